@@ -1,0 +1,1 @@
+"""Attention over the interleaved KV cache (not built yet)."""

@@ -1,0 +1,135 @@
+"""The Pasta-Lang syntax tree.
+
+Invariants:
+- Every node is a frozen dataclass; spans never take part in equality, so a
+  document printed and parsed again compares equal to the original.
+- Spans are half-open ``[start, end)`` over the source text; lines and columns
+  are 1-based and count code points; offsets are 0-based.
+- A parsed body never holds two adjacent ``Text`` nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import assert_never
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    offset: int
+    line: int
+    column: int
+
+    def advance(self, text: str) -> Position:
+        """The position reached after reading ``text`` from here."""
+        newlines = text.count("\n")
+        if newlines == 0:
+            return Position(self.offset + len(text), self.line, self.column + len(text))
+        tail = len(text) - text.rfind("\n") - 1
+        return Position(self.offset + len(text), self.line + newlines, tail + 1)
+
+    def __str__(self) -> str:
+        return f"{self.line}:{self.column}"
+
+
+START = Position(0, 1, 1)
+
+
+@dataclass(frozen=True)
+class Span:
+    start: Position
+    end: Position
+
+    @staticmethod
+    def point(at: Position) -> Span:
+        return Span(at, at)
+
+    @staticmethod
+    def of(start: Position, text: str) -> Span:
+        return Span(start, start.advance(text))
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
+
+_NOWHERE = Span(START, START)
+
+
+def _span() -> Span:
+    return field(default=_NOWHERE, compare=False, repr=False)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Text:
+    value: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Promise:
+    """``<promise topic=".." tokens=".."/>``: a fork point in its thread."""
+
+    topic: str
+    tokens: int | None = None
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Async:
+    """``<async>..</async>``: the content that fulfils a promise.
+
+    ``topic`` is the optional repeated topic.  ``closed`` is False only for a
+    block that lenient mode closed at the end of its enclosing body.
+    """
+
+    body: tuple[Node, ...]
+    topic: str | None = None
+    closed: bool = True
+    span: Span = _span()
+    open_span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Sync:
+    """``<sync/>``: the writing thread waits for every thread it forked."""
+
+    span: Span = _span()
+
+
+Node = Text | Promise | Async | Sync
+
+
+@dataclass(frozen=True)
+class Document:
+    body: tuple[Node, ...]
+    span: Span = _span()
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def dump(document: Document) -> str:
+    """One node per line, indented by nesting, with spans: the golden AST form."""
+    lines = [f"document {document.span}"]
+
+    def walk(body: tuple[Node, ...], indent: str) -> None:
+        for node in body:
+            match node:
+                case Text(value=value, span=span):
+                    lines.append(f"{indent}text {span} {_quote(value)}")
+                case Promise(topic=topic, tokens=tokens, span=span):
+                    size = "" if tokens is None else f" tokens={tokens}"
+                    lines.append(f"{indent}promise {span} topic={_quote(topic)}{size}")
+                case Async(body=inner, topic=topic, closed=closed, span=span):
+                    extra = "" if topic is None else f" topic={_quote(topic)}"
+                    extra += "" if closed else " unclosed"
+                    lines.append(f"{indent}async {span}{extra}")
+                    walk(inner, indent + "  ")
+                case Sync(span=span):
+                    lines.append(f"{indent}sync {span}")
+                case _:
+                    assert_never(node)
+
+    walk(document.body, "  ")
+    return "\n".join(lines) + "\n"

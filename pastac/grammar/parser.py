@@ -1,0 +1,236 @@
+"""Batch parsing: text -> lexemes -> syntax tree -> checked document.
+
+Invariants:
+- Every input parses to a ``Document`` plus diagnostics; nothing raises but
+  ``ParseError`` (strict mode, when there are errors).
+- Lenient mode never drops text: every character of the input is rendered,
+  kept as text, or belongs to a tag.
+- ``tokenize`` is the reference the streaming scanner must agree with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lark import Token, Tree
+from lark.exceptions import UnexpectedToken
+
+from pastac.grammar.ast import START, Async, Document, Node, Position, Promise, Span, Sync, Text
+from pastac.grammar.diagnostics import Diagnostic, Note, ParseError, Severity
+from pastac.grammar.structure import bind
+from pastac.grammar.tags import AsyncClose, AsyncOpen, Lexeme, TagKind, TagToken, TextToken, lark_parser, read_tag
+
+Mode = Literal["strict", "lenient"]
+MODES: tuple[Mode, ...] = ("strict", "lenient")
+DEFAULT_MAX_DEPTH = 2
+
+
+def tokenize(text: str) -> list[Lexeme]:
+    """Split ``text`` into text and tag lexemes (each tag read and diagnosed)."""
+    out: list[Lexeme] = []
+    for tok in lark_parser("document").lex(text):
+        assert tok.start_pos is not None and tok.line is not None and tok.column is not None
+        start = Position(tok.start_pos, tok.line, tok.column)
+        if tok.type == "TEXT":
+            out.append(TextToken(str(tok), Span.of(start, str(tok))))
+        else:
+            end = tok.start_pos + len(tok)
+            out.append(read_tag(TagKind(tok.type), str(tok), start, at_end=end == len(text)))
+    return out
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    document: Document
+    diagnostics: tuple[Diagnostic, ...]
+    source: str
+    filename: str
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity is Severity.ERROR)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check(
+    text: str, *, mode: Mode = "strict", max_depth: int = DEFAULT_MAX_DEPTH, filename: str = "<input>"
+) -> ParseResult:
+    """Parse ``text`` and report every diagnostic; never raises on bad input."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if max_depth < 0:
+        raise ValueError(f"max_depth must be >= 0, not {max_depth}")
+    end = START.advance(text)
+    diagnostics: list[Diagnostic] = []
+    lexemes = tokenize(text)
+    for lexeme in lexemes:
+        if isinstance(lexeme, TagToken):
+            diagnostics.extend(lexeme.diagnostics)
+    body = _Builder(lexemes, end, diagnostics).build()
+    document = Document(body, Span(START, end))
+    _check_body(document.body, 0, max_depth, None, diagnostics)
+    severity = Severity.ERROR if mode == "strict" else Severity.WARNING
+    ordered = sorted(diagnostics, key=lambda d: (d.span.start.offset, d.span.end.offset, d.code))
+    return ParseResult(document, tuple(d.with_severity(severity) for d in ordered), text, filename)
+
+
+def parse(
+    text: str, *, mode: Mode = "strict", max_depth: int = DEFAULT_MAX_DEPTH, filename: str = "<input>"
+) -> Document:
+    """Parse a Pasta-Lang document.
+
+    Strict mode raises ``ParseError`` (with every diagnostic) on any deviation;
+    lenient mode recovers and returns the document (``check`` gives its warnings).
+    """
+    result = check(text, mode=mode, max_depth=max_depth, filename=filename)
+    if result.errors:
+        raise ParseError(result.errors, text, filename)
+    return result.document
+
+
+class _Builder:
+    """Nests the lexemes into async blocks with the grammar's LALR parser, recovering from its errors."""
+
+    def __init__(self, lexemes: list[Lexeme], end: Position, diagnostics: list[Diagnostic]) -> None:
+        self.lexemes = lexemes
+        self.end = end
+        self.diagnostics = diagnostics
+        # Synthetic lexemes (closes inserted by recovery) are appended here.
+        self.items: list[Lexeme | None] = list(lexemes)
+        self.as_text: set[int] = set()
+        self.synthetic_close: set[int] = set()
+
+    def _feed(self, parser, kind: str, index: int) -> None:  # type: ignore[no-untyped-def]
+        parser.feed_token(Token(kind, str(index)))
+
+    def build(self) -> tuple[Node, ...]:
+        parser = lark_parser("document").parse_interactive(start="document")
+        open_stack: list[int] = []
+        for i, lexeme in enumerate(self.lexemes):
+            match lexeme:
+                case TextToken():
+                    self._feed(parser, "TEXT", i)
+                case TagToken(tag=None):
+                    self.as_text.add(i)
+                    self._feed(parser, "TEXT", i)
+                case TagToken(kind=TagKind.ASYNC_CLOSE):
+                    if "ASYNC_CLOSE" in parser.choices() and open_stack:
+                        open_stack.pop()
+                        self._feed(parser, "ASYNC_CLOSE", i)
+                    else:
+                        self.diagnostics.append(Diagnostic("E302", "</async> closes no open <async> block",
+                                                           lexeme.span))
+                        self.as_text.add(i)
+                        self._feed(parser, "TEXT", i)
+                case TagToken(tag=AsyncOpen(self_closed=True)):
+                    self._feed(parser, "ASYNC_OPEN", i)
+                    self._feed(parser, "ASYNC_CLOSE", self._synthetic(i))
+                case TagToken(kind=kind):
+                    if kind is TagKind.ASYNC_OPEN:
+                        open_stack.append(i)
+                    self._feed(parser, str(kind), i)
+        while open_stack:
+            opened = self.lexemes[open_stack.pop()]
+            self.diagnostics.append(Diagnostic(
+                "E301", "unclosed <async>: expected </async> before the end of input", Span.point(self.end),
+                notes=(Note("<async> opened here", opened.span),)))
+            self._feed(parser, "ASYNC_CLOSE", self._synthetic(None))
+        try:
+            tree = parser.feed_eof()
+        except UnexpectedToken as error:  # the recovery above keeps the grammar satisfied
+            raise AssertionError(f"structure recovery left the parser unfinished: {error}") from error
+        return self._nodes(tree.children)
+
+    def _synthetic(self, owner: int | None) -> int:
+        self.items.append(None)
+        index = len(self.items) - 1
+        self.synthetic_close.add(index)
+        return index
+
+    def _nodes(self, children: list[Tree | Token]) -> tuple[Node, ...]:
+        out: list[Node] = []
+        for child in children:
+            if isinstance(child, Tree):
+                out.append(self._async(child))
+                continue
+            i = int(child)
+            lexeme = self.lexemes[i]
+            if isinstance(lexeme, TextToken) or i in self.as_text:
+                value = lexeme.value if isinstance(lexeme, TextToken) else lexeme.raw
+                if out and isinstance(out[-1], Text):
+                    prev = out.pop()
+                    assert isinstance(prev, Text)
+                    out.append(Text(prev.value + value, Span(prev.span.start, lexeme.span.end)))
+                else:
+                    out.append(Text(value, lexeme.span))
+            else:
+                assert isinstance(lexeme, TagToken) and isinstance(lexeme.tag, Promise | Sync)
+                out.append(lexeme.tag)
+        return tuple(out)
+
+    def _async(self, tree: Tree) -> Async:
+        first, *inner, last = tree.children
+        opener = self.lexemes[int(first)]
+        assert isinstance(opener, TagToken) and isinstance(opener.tag, AsyncOpen)
+        close_index = int(last)
+        synthetic = close_index in self.synthetic_close
+        if synthetic and opener.tag.self_closed:
+            end, closed = opener.span.end, True
+        elif synthetic:
+            end, closed = self.end, False
+        else:
+            closer = self.lexemes[close_index]
+            assert isinstance(closer, TagToken) and isinstance(closer.tag, AsyncClose)
+            end, closed = closer.span.end, True
+        return Async(self._nodes(inner), opener.tag.topic, closed, Span(opener.span.start, end), opener.span)
+
+
+def _check_body(
+    body: tuple[Node, ...], depth: int, max_depth: int, parent: Async | None, diagnostics: list[Diagnostic]
+) -> None:
+    """The semantic rules of spec §4 over one body, then its nested bodies."""
+    binding = bind(body)
+    for a, p in binding.fulfils.items():
+        block, promise = body[a], body[p]
+        assert isinstance(block, Async) and isinstance(promise, Promise)
+        if block.topic is not None and block.topic != promise.topic:
+            diagnostics.append(Diagnostic(
+                "E206", f"<async topic={block.topic!r}> does not match its promise's topic {promise.topic!r}",
+                block.open_span, notes=(Note("promise declared here", promise.span),)))
+    for a in binding.orphans:
+        block = body[a]
+        assert isinstance(block, Async)
+        notes = tuple(
+            Note("this promise was already joined by the <sync/> here", body[s].span)
+            for p, s in list(binding.joined_by.items())[-1:]
+            if s is not None and p < a and s < a
+        )
+        diagnostics.append(Diagnostic(
+            "E303", "<async> block without an unfulfilled promise before it in the same body",
+            block.open_span, notes=notes))
+    for p, s in binding.unfulfilled:
+        promise = body[p]
+        assert isinstance(promise, Promise)
+        if s is not None:
+            note = Note("joined by this <sync/>", body[s].span)
+        elif parent is not None:
+            note = Note("joined at the end of this <async> block", parent.span)
+        else:
+            note = Note("joined at the end of the document", Span.point(promise.span.end))
+        diagnostics.append(Diagnostic(
+            "E304", f"promise {promise.topic!r} is never fulfilled by an <async> block", promise.span,
+            notes=(note,) if s is not None or parent is not None else ()))
+    for s in binding.empty_syncs:
+        diagnostics.append(Diagnostic("E306", "<sync/> joins no promise", body[s].span))
+    for node in body:
+        if isinstance(node, Async):
+            if depth + 1 > max_depth:
+                notes = (Note("inside this <async> block", parent.open_span),) if parent is not None else ()
+                diagnostics.append(Diagnostic(
+                    "E305", f"<async> nested {depth + 1} deep; the limit is {max_depth}", node.open_span,
+                    notes=notes))
+            _check_body(node.body, depth + 1, max_depth, node, diagnostics)

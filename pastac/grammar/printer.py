@@ -1,0 +1,38 @@
+"""The canonical source form of a document (``pastac fmt``).
+
+Invariant: for every document ``d`` that strict parsing accepts,
+``parse(to_source(d)) == d``, and ``to_source`` is idempotent through ``parse``.
+Text is printed verbatim; tags are normalised (no extra white space, topic
+before tokens, minimal escapes).
+"""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text
+from pastac.grammar.tags import escape
+
+
+def _body(body: tuple[Node, ...], out: list[str]) -> None:
+    for node in body:
+        match node:
+            case Text(value=value):
+                out.append(value)
+            case Promise(topic=topic, tokens=tokens):
+                size = "" if tokens is None else f' tokens="{tokens}"'
+                out.append(f'<promise topic="{escape(topic)}"{size}/>')
+            case Async(body=inner, topic=topic):
+                out.append("<async>" if topic is None else f'<async topic="{escape(topic)}">')
+                _body(inner, out)
+                out.append("</async>")
+            case Sync():
+                out.append("<sync/>")
+            case _:
+                assert_never(node)
+
+
+def to_source(document: Document) -> str:
+    out: list[str] = []
+    _body(document.body, out)
+    return "".join(out)

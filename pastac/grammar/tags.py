@@ -1,0 +1,326 @@
+"""Reading one tag extent: the tag level of the grammar, and tag recovery.
+
+Invariants:
+- ``read_tag`` never raises on any string that the document level lexes as a
+  tag; its result does not depend on the parsing mode.  A well-formed tag has
+  no diagnostics.  A malformed one has diagnostics and, where the tag can be
+  recovered, the tag as lenient mode reads it (strict mode reports the
+  diagnostics and also uses the recovered tag for the structure, so that one
+  bad tag does not cascade into structural errors).
+- Only an unterminated tag (E101) is unrecoverable: it becomes text.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import resources
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedInput
+
+from pastac.grammar.ast import Position, Promise, Span, Sync
+from pastac.grammar.diagnostics import Diagnostic, Note
+
+
+class TagKind(StrEnum):
+    PROMISE = "PROMISE"
+    ASYNC_OPEN = "ASYNC_OPEN"
+    ASYNC_CLOSE = "ASYNC_CLOSE"
+    SYNC = "SYNC"
+
+
+# The text that opens each kind of tag; a delimiter must follow (see pasta.lark).
+OPENERS: dict[TagKind, str] = {
+    TagKind.PROMISE: "<promise",
+    TagKind.ASYNC_OPEN: "<async",
+    TagKind.ASYNC_CLOSE: "</async",
+    TagKind.SYNC: "<sync",
+}
+# How diagnostics name each kind of tag.
+DISPLAY: dict[TagKind, str] = {
+    TagKind.PROMISE: "<promise/>",
+    TagKind.ASYNC_OPEN: "<async>",
+    TagKind.ASYNC_CLOSE: "</async>",
+    TagKind.SYNC: "<sync/>",
+}
+DELIMITERS = " \t\r\n/>"
+WHITESPACE = " \t\r\n"
+
+
+@dataclass(frozen=True)
+class AsyncOpen:
+    topic: str | None
+    self_closed: bool = False
+
+
+@dataclass(frozen=True)
+class AsyncClose:
+    pass
+
+
+TagValue = Promise | AsyncOpen | AsyncClose | Sync
+
+
+@dataclass(frozen=True)
+class TextToken:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class TagToken:
+    """One tag extent: its kind, raw text, the tag read from it, and what was wrong."""
+
+    kind: TagKind
+    raw: str
+    span: Span
+    tag: TagValue | None = None
+    diagnostics: tuple[Diagnostic, ...] = ()
+
+
+Lexeme = TextToken | TagToken
+
+
+@functools.cache
+def grammar_source() -> str:
+    return resources.files("pastac.grammar").joinpath("pasta.lark").read_text(encoding="utf-8")
+
+
+@functools.cache
+def lark_parser(start: str) -> Lark:
+    lexer = "basic" if start == "document" else "contextual"
+    return Lark(grammar_source(), start=start, parser="lalr", lexer=lexer, propagate_positions=False)
+
+
+@dataclass(frozen=True)
+class _Attribute:
+    name: str
+    value: str | None  # unescaped; None when the attribute has no value
+    span: Span
+    value_span: Span
+
+
+_ENTITIES = {"&quot;": '"', "&amp;": "&", "&lt;": "<", "&gt;": ">"}
+_ENTITY = re.compile(r"&(?:quot|amp|lt|gt);")
+
+
+def unescape(value: str) -> str:
+    return _ENTITY.sub(lambda m: _ENTITIES[m.group(0)], value)
+
+
+def escape(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class _Reader:
+    """Turns offsets inside one tag's raw text into document positions."""
+
+    def __init__(self, raw: str, start: Position) -> None:
+        self.raw = raw
+        self.start = start
+
+    def at(self, offset: int) -> Position:
+        return self.start.advance(self.raw[:offset])
+
+    def span(self, begin: int, end: int) -> Span:
+        return Span(self.at(begin), self.at(end))
+
+
+def read_tag(kind: TagKind, raw: str, start: Position, *, at_end: bool) -> TagToken:
+    """Read the tag extent ``raw`` (of ``kind``) that starts at ``start``.
+
+    ``at_end`` says whether the extent stops at the end of input (else at a '<'
+    or after its '>').
+    """
+    r = _Reader(raw, start)
+    whole = r.span(0, len(raw))
+    name = OPENERS[kind]
+    if not raw.endswith(">"):
+        diag = Diagnostic(
+            "E101",
+            f"unterminated {DISPLAY[kind]} tag: expected '>' before "
+            + ("the end of input" if at_end else "the next '<'"),
+            r.span(len(raw), len(raw)),
+            notes=(Note("tag starts here", r.span(0, len(name))),),
+        )
+        return TagToken(kind, raw, whole, None, (diag,))
+    diagnostics: list[Diagnostic] = []
+    try:
+        tree = lark_parser("tag").parse(raw)
+        attributes = _attributes_from_tree(tree, r)
+        self_closed = raw.endswith("/>")
+    except UnexpectedInput as error:
+        diagnostics.append(_classify(kind, raw, error, r))
+        attributes, self_closed = _recover(kind, raw, r)
+    tag = _interpret(kind, attributes, self_closed, r, diagnostics)
+    return TagToken(kind, raw, whole, tag, tuple(diagnostics))
+
+
+def _attributes_from_tree(tree: Tree, r: _Reader) -> list[_Attribute]:
+    out = []
+    for attr in tree.find_data("attribute"):
+        name, value = attr.children
+        assert isinstance(name, Token) and isinstance(value, Token)
+        assert name.start_pos is not None and value.end_pos is not None and value.start_pos is not None
+        out.append(
+            _Attribute(
+                str(name),
+                unescape(str(value)[1:-1]),
+                r.span(name.start_pos, value.end_pos),
+                r.span(value.start_pos, value.end_pos),
+            )
+        )
+    return out
+
+
+def _error_offset(error: UnexpectedInput, raw: str) -> int:
+    pos = getattr(error, "pos_in_stream", None)
+    token = getattr(error, "token", None)
+    if isinstance(token, Token) and token.type == "$END":
+        return len(raw)
+    if isinstance(token, Token) and token.start_pos is not None:
+        return token.start_pos
+    return pos if isinstance(pos, int) else 0
+
+
+def _classify(kind: TagKind, raw: str, error: UnexpectedInput, r: _Reader) -> Diagnostic:
+    """Map a tag-level parse failure onto a located diagnostic with a stable code."""
+    name = OPENERS[kind]
+    at = _error_offset(error, raw)
+    rest = raw[at:]
+    expected = set(getattr(error, "expected", ()) or ())
+    here = r.span(at, at + 1)
+    if "VALUE" in expected:
+        if rest.startswith('"'):
+            close = raw.find('"', at + 1)
+            if close == -1:
+                end = len(raw) - (2 if raw.endswith("/>") else 1)
+                return Diagnostic("E104", "attribute value has no closing quote", r.span(at, max(end, at + 1)))
+            amp = at + 1 + rest[1:].find("&")
+            bad = re.compile(r"&(?!(?:quot|amp|lt|gt);)").search(raw, at + 1, close)
+            where = bad.start() if bad else amp
+            return Diagnostic(
+                "E105",
+                "'&' in an attribute value must start &quot; &amp; &lt; or &gt;",
+                r.span(where, where + 1),
+            )
+        if rest[:1] in ("/", ">", "") or rest[:1] in WHITESPACE:
+            return Diagnostic("E103", "attribute has no value after '='", here)
+        end = at + len(re.match(r"[^ \t\r\n/>]*", rest).group(0))  # type: ignore[union-attr]
+        return Diagnostic(
+            "E102",
+            "attribute value must be in double quotes",
+            r.span(at, end),
+        )
+    if rest.startswith(">") and kind in (TagKind.PROMISE, TagKind.SYNC):
+        return Diagnostic("E106", f"{DISPLAY[kind]} must be self-closing: end it with '/>'", here)
+    if rest.startswith("/>") and kind in (TagKind.ASYNC_OPEN, TagKind.ASYNC_CLOSE):
+        what = "an empty block is <async></async>" if kind is TagKind.ASYNC_OPEN else "write </async>"
+        return Diagnostic("E107", f"{DISPLAY[kind]} is not self-closing: {what}", r.span(at, at + 2))
+    if kind in (TagKind.SYNC, TagKind.ASYNC_CLOSE) and rest[:1] not in ("", "/", ">"):
+        end = len(raw) - (2 if raw.endswith("/>") else 1)
+        return Diagnostic("E108", f"{DISPLAY[kind]} takes no attributes",
+                          r.span(at, max(end, at + 1)))
+    if "EQUAL" in expected:
+        return Diagnostic("E103", "expected '=' after the attribute name", here)
+    if "_WS" in expected and "NAME" not in expected and re.match(r"[A-Za-z_]", rest):
+        return Diagnostic("E103", "attributes must be separated by white space", here)
+    return Diagnostic("E103", f"malformed attribute in {DISPLAY[kind]} tag", here)
+
+
+_RECOVER_NAME = re.compile(r"[^ \t\r\n=\"/>]+")
+_RECOVER_UNQUOTED = re.compile(r"[^ \t\r\n/>\"]*")
+
+
+def _recover(kind: TagKind, raw: str, r: _Reader) -> tuple[list[_Attribute], bool]:
+    """Read the attributes of a malformed tag as forgivingly as possible."""
+    self_closed = raw.endswith("/>")
+    body_end = len(raw) - (2 if self_closed else 1)
+    i = len(OPENERS[kind])
+    out: list[_Attribute] = []
+    while i < body_end:
+        ch = raw[i]
+        if ch in WHITESPACE or ch == "/":
+            i += 1
+            continue
+        m = _RECOVER_NAME.match(raw, i, body_end)
+        if not m:  # a stray '=' or quote: skip it
+            i += 1
+            continue
+        name_start, i = i, m.end()
+        j = i
+        while j < body_end and raw[j] in WHITESPACE:
+            j += 1
+        if j >= body_end or raw[j] != "=":
+            out.append(_Attribute(m.group(0), None, r.span(name_start, i), r.span(i, i)))
+            continue
+        j += 1
+        while j < body_end and raw[j] in WHITESPACE:
+            j += 1
+        if j < body_end and raw[j] == '"':
+            close = raw.find('"', j + 1, body_end)
+            end = body_end if close == -1 else close + 1
+            value = raw[j + 1 : close if close != -1 else body_end]
+        else:
+            end = _RECOVER_UNQUOTED.match(raw, j, body_end).end()  # type: ignore[union-attr]
+            value = raw[j:end]
+        out.append(_Attribute(m.group(0), unescape(value), r.span(name_start, end), r.span(j, end)))
+        i = max(end, j)
+    return out, self_closed
+
+
+_TOKENS = re.compile(r"[0-9]+")
+
+
+def _interpret(
+    kind: TagKind, attributes: list[_Attribute], self_closed: bool, r: _Reader, diagnostics: list[Diagnostic]
+) -> TagValue:
+    """Give the attributes their meaning; append the semantic diagnostics."""
+    whole = r.span(0, len(r.raw))
+    allowed = {TagKind.PROMISE: ("topic", "tokens"), TagKind.ASYNC_OPEN: ("topic",)}.get(kind, ())
+    seen: dict[str, _Attribute] = {}
+    for attr in attributes:
+        if attr.name in seen:
+            diagnostics.append(Diagnostic(
+                "E205", f"duplicate attribute '{attr.name}'", attr.span,
+                notes=(Note("first given here", seen[attr.name].span),)))
+        elif attr.name not in allowed:
+            if allowed:
+                known = " and ".join(f"'{a}'" for a in allowed)
+                diagnostics.append(Diagnostic(
+                    "E204", f"unknown attribute '{attr.name}' ({DISPLAY[kind]} takes {known})", attr.span))
+            elif not any(d.code == "E108" for d in diagnostics):
+                diagnostics.append(Diagnostic(
+                    "E108", f"{DISPLAY[kind]} takes no attributes",
+                    attr.span))
+        elif attr.value is not None:
+            seen[attr.name] = attr
+    match kind:
+        case TagKind.PROMISE:
+            topic_attr = seen.get("topic")
+            topic = topic_attr.value if topic_attr is not None and topic_attr.value is not None else ""
+            if topic_attr is None:
+                if not any(a.name == "topic" for a in attributes):
+                    diagnostics.append(Diagnostic("E201", "promise has no 'topic' attribute", whole))
+            elif not topic.strip():
+                diagnostics.append(Diagnostic("E202", "promise topic is empty", topic_attr.value_span))
+            tokens: int | None = None
+            tokens_attr = seen.get("tokens")
+            if tokens_attr is not None and tokens_attr.value is not None:
+                if _TOKENS.fullmatch(tokens_attr.value):
+                    tokens = int(tokens_attr.value)
+                else:
+                    diagnostics.append(Diagnostic(
+                        "E203", f"'tokens' must be a non-negative integer, not {tokens_attr.value!r}",
+                        tokens_attr.value_span))
+            return Promise(topic, tokens, span=whole)
+        case TagKind.ASYNC_OPEN:
+            topic_attr = seen.get("topic")
+            return AsyncOpen(topic_attr.value if topic_attr else None, self_closed)
+        case TagKind.ASYNC_CLOSE:
+            return AsyncClose()
+        case TagKind.SYNC:
+            return Sync(span=whole)

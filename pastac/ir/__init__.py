@@ -1,0 +1,1 @@
+"""The dependency-graph IR of threads, promises and syncs (not built yet)."""

@@ -1,0 +1,1 @@
+"""Scheduling passes over the IR (not built yet)."""

@@ -1,0 +1,1 @@
+"""The interpreter that decodes a model's threads concurrently (not built yet)."""
