@@ -1,0 +1,5 @@
+import sys
+
+from pastac.cli import main
+
+sys.exit(main())

@@ -1,0 +1,258 @@
+"""The ``pastac`` command line: argument parsing only; the work is in the library.
+
+Exit codes: 0 success (warnings allowed), 1 the input has errors (or ``fmt
+--check`` would reformat), 2 usage or input/output error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from pastac import __version__
+from pastac.grammar import DEFAULT_MAX_DEPTH, ParseResult, Severity, check, render, to_source
+from pastac.grammar.diagnostics import format_github, format_text, to_json
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad argument or an unreadable input: exit status 2."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One document to check: a whole file, or one record of a JSONL file."""
+
+    label: str  # how diagnostics name it
+    text: str
+    path: str
+    record_line: int | None = None  # the JSONL line, for annotations
+    field: str | None = None
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"cannot read '{path}': no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"cannot read '{path}': it is a directory") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"cannot read '{path}': not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise UsageError(f"cannot read '{path}': {error.strerror}") from None
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """A JSONL line that holds no document (bad JSON, no such field)."""
+
+    path: str
+    line: int
+    message: str
+
+
+def _sources(path: str, field: str) -> Iterator[Source | RecordError]:
+    text = _read(path)
+    if not path.endswith(".jsonl"):
+        yield Source(path if path != "-" else "<stdin>", text, path)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield RecordError(path, number, f"invalid JSON: {error.msg} (column {error.colno})")
+            continue
+        if not isinstance(record, dict):
+            yield RecordError(path, number, "record is not a JSON object")
+        elif field not in record:
+            yield RecordError(path, number, f"record has no field '{field}' (fields: {', '.join(record) or 'none'})")
+        elif not isinstance(record[field], str):
+            yield RecordError(path, number, f"field '{field}' is not a string")
+        else:
+            yield Source(f"{path}[{number}].{field}", record[field], path, number, field)
+
+
+def _max_depth(value: str) -> int:
+    try:
+        depth = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if depth < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {depth}")
+    return depth
+
+
+def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    mode = "lenient" if args.lenient else "strict"
+    documents = errors = warnings = 0
+    failed_records = 0
+    records: list[dict[str, object]] = []
+    usage_problem = False
+    for path in args.files:
+        try:
+            items = list(_sources(path, args.field))
+        except UsageError as error:
+            print(f"pastac: error: {error}", file=sys.stderr)
+            usage_problem = True
+            continue
+        for item in items:
+            if isinstance(item, RecordError):
+                failed_records += 1
+                if args.format == "text":
+                    out.write(f"{item.path}:{item.line}:1: error: {item.message}\n")
+                elif args.format == "github":
+                    out.write(f"::error file={item.path},line={item.line},title=record::{item.message}\n")
+                else:
+                    records.append({"file": item.path, "record": item.line, "severity": "error",
+                                    "code": None, "message": item.message})
+                continue
+            documents += 1
+            result = check(item.text, mode=mode, max_depth=args.max_depth, filename=item.label)
+            errors += len(result.errors)
+            warnings += sum(d.severity is Severity.WARNING for d in result.diagnostics)
+            _emit(result, item, args.format, out, records)
+    if args.format == "json":
+        summary = {"documents": documents, "errors": errors, "warnings": warnings,
+                   "bad_records": failed_records, "mode": mode, "valid": errors == 0 and failed_records == 0}
+        out.write(json.dumps({"diagnostics": records, "summary": summary}, indent=2, ensure_ascii=False) + "\n")
+    elif args.format == "text":
+        what = f"{documents} document{'s' if documents != 1 else ''}"
+        problems = [f"{n} {name}{'s' if n != 1 else ''}" for n, name in
+                    ((errors, "error"), (warnings, "warning"), (failed_records, "bad record")) if n]
+        out.write(f"checked {what} ({mode}): {', '.join(problems) if problems else 'no problems'}\n")
+    if usage_problem:
+        return EXIT_USAGE
+    return EXIT_ERRORS if errors or failed_records else EXIT_OK
+
+
+def _emit(result: ParseResult, item: Source, fmt: str, out: TextIO, records: list[dict[str, object]]) -> None:
+    for d in result.diagnostics:
+        if fmt == "text":
+            out.write(format_text([d], result.source, item.label))
+        elif fmt == "github":
+            if item.record_line is None:
+                out.write(format_github(d, item.path) + "\n")
+            else:
+                prefix = f"record {item.record_line}, field '{item.field}', {d.span.start}: "
+                out.write(format_github(d, item.path, line=item.record_line, prefix=prefix) + "\n")
+        else:
+            entry = to_json(d, item.label)
+            if item.record_line is not None:
+                entry |= {"file": item.path, "record": item.record_line, "field": item.field}
+            records.append(entry)
+
+
+def _single(args: argparse.Namespace, *, mode: str) -> tuple[ParseResult, str] | int:
+    try:
+        text = _read(args.file)
+    except UsageError as error:
+        print(f"pastac: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    label = args.file if args.file != "-" else "<stdin>"
+    result = check(text, mode=mode, max_depth=args.max_depth, filename=label)  # type: ignore[arg-type]
+    sys.stderr.write(format_text(result.diagnostics, text, label))
+    return result, text
+
+
+def _cmd_render(args: argparse.Namespace, out: TextIO) -> int:
+    got = _single(args, mode="lenient" if args.lenient else "strict")
+    if isinstance(got, int):
+        return got
+    result, _ = got
+    if result.errors:
+        return EXIT_ERRORS
+    out.write(render(result.document))
+    return EXIT_OK
+
+
+def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
+    status = EXIT_OK
+    if len(args.files) > 1 and not (args.check or args.write):
+        raise UsageError("formatting several files needs --check or --write")
+    for path in args.files:
+        args.file = path
+        got = _single(args, mode="strict")
+        if isinstance(got, int):
+            status = max(status, got)
+            continue
+        result, text = got
+        if result.errors:
+            status = max(status, EXIT_ERRORS)
+            continue
+        canonical = to_source(result.document)
+        if args.check:
+            if canonical != text:
+                print(f"would reformat {path}", file=sys.stderr)
+                status = max(status, EXIT_ERRORS)
+        elif args.write:
+            if canonical != text and path != "-":
+                Path(path).write_text(canonical, encoding="utf-8")
+                print(f"reformatted {path}", file=sys.stderr)
+            elif path == "-":
+                out.write(canonical)
+        else:
+            out.write(canonical)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pastac", description="Pasta-Lang toolchain for learned asynchronous decoding.")
+    parser.add_argument("--version", action="version", version=f"pastac {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    depth = argparse.ArgumentParser(add_help=False)
+    depth.add_argument("--max-depth", type=_max_depth, default=DEFAULT_MAX_DEPTH, metavar="N",
+                       help=f"deepest allowed <async> nesting (default {DEFAULT_MAX_DEPTH})")
+
+    p = sub.add_parser("check", parents=[depth], help="check Pasta-Lang documents or JSONL datasets",
+                       description="Check Pasta-Lang files ('-' reads standard input); a .jsonl file is "
+                                   "checked record by record. Exit 0 when all are valid, 1 on errors, 2 on "
+                                   "usage errors.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--strict", action="store_true", help="every deviation is an error (default)")
+    modes.add_argument("--lenient", action="store_true", help="recover with warnings, as for a model's live output")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text",
+                   help="diagnostics as text, one JSON object, or GitHub Actions annotations")
+    p.add_argument("--field", default="text", metavar="NAME",
+                   help="in .jsonl files, the field that holds the annotated text (default: text)")
+    p.set_defaults(run=_cmd_check)
+
+    p = sub.add_parser("render", parents=[depth], help="print the stitched text a reader sees")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--lenient", action="store_true", help="recover from errors (warnings on stderr)")
+    p.set_defaults(run=_cmd_render)
+
+    p = sub.add_parser("fmt", parents=[depth], help="print documents in canonical form")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="exit 1 if a file is not in canonical form")
+    action.add_argument("--write", action="store_true", help="rewrite files in place")
+    p.set_defaults(run=_cmd_fmt)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args, sys.stdout))
+    except UsageError as error:
+        print(f"pastac: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
