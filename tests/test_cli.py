@@ -143,7 +143,8 @@ def test_fmt_several_files_needs_check_or_write(capsys, files):
 
 
 def test_console_script_reads_stdin():
-    done = subprocess.run([sys.executable, "-m", "pastac", "check", "-"], input='<promise topic="a"/><async></async><sync>', text=True,
+    stdin = '<promise topic="a"/><async></async><sync>'
+    done = subprocess.run([sys.executable, "-m", "pastac", "check", "-"], input=stdin, text=True,
                           capture_output=True, check=False)
     assert done.returncode == 1
     assert done.stdout.startswith("<stdin>:1:41: error[E106]: <sync/> must be self-closing")

@@ -55,14 +55,10 @@ class Span:
 _NOWHERE = Span(START, START)
 
 
-def _span() -> Span:
-    return field(default=_NOWHERE, compare=False, repr=False)  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class Text:
     value: str
-    span: Span = _span()
+    span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class Promise:
 
     topic: str
     tokens: int | None = None
-    span: Span = _span()
+    span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -85,15 +81,15 @@ class Async:
     body: tuple[Node, ...]
     topic: str | None = None
     closed: bool = True
-    span: Span = _span()
-    open_span: Span = _span()
+    span: Span = field(default=_NOWHERE, compare=False, repr=False)
+    open_span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Sync:
     """``<sync/>``: the writing thread waits for every thread it forked."""
 
-    span: Span = _span()
+    span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
 
 Node = Text | Promise | Async | Sync
@@ -102,7 +98,7 @@ Node = Text | Promise | Async | Sync
 @dataclass(frozen=True)
 class Document:
     body: tuple[Node, ...]
-    span: Span = _span()
+    span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
 
 def _quote(value: str) -> str:

@@ -128,7 +128,7 @@ class _Builder:
                         self._feed(parser, "TEXT", i)
                 case TagToken(tag=AsyncOpen(self_closed=True)):
                     self._feed(parser, "ASYNC_OPEN", i)
-                    self._feed(parser, "ASYNC_CLOSE", self._synthetic(i))
+                    self._feed(parser, "ASYNC_CLOSE", self._synthetic())
                 case TagToken(kind=kind):
                     if kind is TagKind.ASYNC_OPEN:
                         open_stack.append(i)
@@ -138,14 +138,14 @@ class _Builder:
             self.diagnostics.append(Diagnostic(
                 "E301", "unclosed <async>: expected </async> before the end of input", Span.point(self.end),
                 notes=(Note("<async> opened here", opened.span),)))
-            self._feed(parser, "ASYNC_CLOSE", self._synthetic(None))
+            self._feed(parser, "ASYNC_CLOSE", self._synthetic())
         try:
             tree = parser.feed_eof()
         except UnexpectedToken as error:  # the recovery above keeps the grammar satisfied
             raise AssertionError(f"structure recovery left the parser unfinished: {error}") from error
         return self._nodes(tree.children)
 
-    def _synthetic(self, owner: int | None) -> int:
+    def _synthetic(self) -> int:
         self.items.append(None)
         index = len(self.items) - 1
         self.synthetic_close.add(index)
@@ -204,11 +204,9 @@ def _check_body(
     for a in binding.orphans:
         block = body[a]
         assert isinstance(block, Async)
-        notes = tuple(
-            Note("this promise was already joined by the <sync/> here", body[s].span)
-            for p, s in list(binding.joined_by.items())[-1:]
-            if s is not None and p < a and s < a
-        )
+        syncs = [i for i in range(a) if isinstance(body[i], Sync)]
+        joined = syncs and any(isinstance(body[i], Promise) for i in range(syncs[-1]))
+        notes = (Note("the promises before this <sync/> were joined here", body[syncs[-1]].span),) if joined else ()
         diagnostics.append(Diagnostic(
             "E303", "<async> block without an unfulfilled promise before it in the same body",
             block.open_span, notes=notes))
@@ -216,14 +214,13 @@ def _check_body(
         promise = body[p]
         assert isinstance(promise, Promise)
         if s is not None:
-            note = Note("joined by this <sync/>", body[s].span)
+            notes = (Note("joined by this <sync/>", body[s].span),)
         elif parent is not None:
-            note = Note("joined at the end of this <async> block", parent.span)
+            notes = (Note("joined at the end of this <async> block", parent.span),)
         else:
-            note = Note("joined at the end of the document", Span.point(promise.span.end))
+            notes = ()  # joined by the end of the document
         diagnostics.append(Diagnostic(
-            "E304", f"promise {promise.topic!r} is never fulfilled by an <async> block", promise.span,
-            notes=(note,) if s is not None or parent is not None else ()))
+            "E304", f"promise {promise.topic!r} is never fulfilled by an <async> block", promise.span, notes=notes))
     for s in binding.empty_syncs:
         diagnostics.append(Diagnostic("E306", "<sync/> joins no promise", body[s].span))
     for node in body:

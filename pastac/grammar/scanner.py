@@ -16,7 +16,7 @@ from pastac.grammar.ast import START, Position, Span
 from pastac.grammar.tags import DELIMITERS, OPENERS, Lexeme, TagKind, TextToken, read_tag
 
 
-def _opening(pending: str, final: bool) -> TagKind | None | bool:
+def _opening(pending: str, final: bool) -> TagKind | bool | None:
     """For ``pending`` starting with '<': the tag kind it opens, None if it is
     text, or True if more input is needed to tell."""
     for kind, opener in OPENERS.items():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
 
@@ -188,7 +188,6 @@ def _error_offset(error: UnexpectedInput, raw: str) -> int:
 
 def _classify(kind: TagKind, raw: str, error: UnexpectedInput, r: _Reader) -> Diagnostic:
     """Map a tag-level parse failure onto a located diagnostic with a stable code."""
-    name = OPENERS[kind]
     at = _error_offset(error, raw)
     rest = raw[at:]
     expected = set(getattr(error, "expected", ()) or ())
@@ -199,9 +198,8 @@ def _classify(kind: TagKind, raw: str, error: UnexpectedInput, r: _Reader) -> Di
             if close == -1:
                 end = len(raw) - (2 if raw.endswith("/>") else 1)
                 return Diagnostic("E104", "attribute value has no closing quote", r.span(at, max(end, at + 1)))
-            amp = at + 1 + rest[1:].find("&")
-            bad = re.compile(r"&(?!(?:quot|amp|lt|gt);)").search(raw, at + 1, close)
-            where = bad.start() if bad else amp
+            bad = _BAD_AMPERSAND.search(raw, at + 1, close)
+            where = bad.start() if bad else at
             return Diagnostic(
                 "E105",
                 "'&' in an attribute value must start &quot; &amp; &lt; or &gt;",
@@ -231,6 +229,7 @@ def _classify(kind: TagKind, raw: str, error: UnexpectedInput, r: _Reader) -> Di
     return Diagnostic("E103", f"malformed attribute in {DISPLAY[kind]} tag", here)
 
 
+_BAD_AMPERSAND = re.compile(r"&(?!(?:quot|amp|lt|gt);)")
 _RECOVER_NAME = re.compile(r"[^ \t\r\n=\"/>]+")
 _RECOVER_UNQUOTED = re.compile(r"[^ \t\r\n/>\"]*")
 
