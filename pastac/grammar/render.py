@@ -1,4 +1,4 @@
-"""Rendering: the text a reader sees (spec §6).
+"""Rendering: the text a reader sees (spec §5).
 
 Each promise is replaced by the content of the <async> block that fulfils it;
 async blocks are removed from where they were written; syncs are removed.
