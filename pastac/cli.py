@@ -37,10 +37,10 @@ class Source:
 
 
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+    """The file's text, line endings untouched (columns and fmt depend on them)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"cannot read '{path}': no such file") from None
     except IsADirectoryError:
@@ -197,7 +197,7 @@ def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
                 status = max(status, EXIT_ERRORS)
         elif args.write:
             if canonical != text and path != "-":
-                Path(path).write_text(canonical, encoding="utf-8")
+                Path(path).write_bytes(canonical.encode("utf-8"))
                 print(f"reformatted {path}", file=sys.stderr)
             elif path == "-":
                 out.write(canonical)

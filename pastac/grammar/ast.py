@@ -10,6 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -101,8 +102,9 @@ class Document:
     span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def quote(value: str) -> str:
+    """A string as a JSON literal: one line, every control character escaped."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def dump(document: Document) -> str:
@@ -113,12 +115,12 @@ def dump(document: Document) -> str:
         for node in body:
             match node:
                 case Text(value=value, span=span):
-                    lines.append(f"{indent}text {span} {_quote(value)}")
+                    lines.append(f"{indent}text {span} {quote(value)}")
                 case Promise(topic=topic, tokens=tokens, span=span):
                     size = "" if tokens is None else f" tokens={tokens}"
-                    lines.append(f"{indent}promise {span} topic={_quote(topic)}{size}")
+                    lines.append(f"{indent}promise {span} topic={quote(topic)}{size}")
                 case Async(body=inner, topic=topic, closed=closed, span=span):
-                    extra = "" if topic is None else f" topic={_quote(topic)}"
+                    extra = "" if topic is None else f" topic={quote(topic)}"
                     extra += "" if closed else " unclosed"
                     lines.append(f"{indent}async {span}{extra}")
                     walk(inner, indent + "  ")

@@ -16,7 +16,7 @@ from typing import Literal
 from lark import Token, Tree
 from lark.exceptions import UnexpectedToken
 
-from pastac.grammar.ast import START, Async, Document, Node, Position, Promise, Span, Sync, Text
+from pastac.grammar.ast import START, Async, Document, Node, Position, Promise, Span, Sync, Text, quote
 from pastac.grammar.diagnostics import Diagnostic, Note, ParseError, Severity
 from pastac.grammar.structure import bind
 from pastac.grammar.tags import AsyncClose, AsyncOpen, Lexeme, TagKind, TagToken, TextToken, lark_parser, read_tag
@@ -199,7 +199,7 @@ def _check_body(
         assert isinstance(block, Async) and isinstance(promise, Promise)
         if block.topic is not None and block.topic != promise.topic:
             diagnostics.append(Diagnostic(
-                "E206", f"<async topic={block.topic!r}> does not match its promise's topic {promise.topic!r}",
+                "E206", f"<async topic={quote(block.topic)}> does not match its promise's topic {quote(promise.topic)}",
                 block.open_span, notes=(Note("promise declared here", promise.span),)))
     for a in binding.orphans:
         block = body[a]
@@ -219,8 +219,8 @@ def _check_body(
             notes = (Note("joined at the end of this <async> block", parent.span),)
         else:
             notes = ()  # joined by the end of the document
-        diagnostics.append(Diagnostic(
-            "E304", f"promise {promise.topic!r} is never fulfilled by an <async> block", promise.span, notes=notes))
+        message = f"promise {quote(promise.topic)} is never fulfilled by an <async> block"
+        diagnostics.append(Diagnostic("E304", message, promise.span, notes=notes))
     for s in binding.empty_syncs:
         diagnostics.append(Diagnostic("E306", "<sync/> joins no promise", body[s].span))
     for node in body:

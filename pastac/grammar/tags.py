@@ -21,7 +21,7 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from pastac.grammar.ast import Position, Promise, Span, Sync
+from pastac.grammar.ast import Position, Promise, Span, Sync, quote
 from pastac.grammar.diagnostics import Diagnostic, Note
 
 
@@ -222,6 +222,8 @@ def _classify(kind: TagKind, raw: str, error: UnexpectedInput, r: _Reader) -> Di
         end = len(raw) - (2 if raw.endswith("/>") else 1)
         return Diagnostic("E108", f"{DISPLAY[kind]} takes no attributes",
                           r.span(at, max(end, at + 1)))
+    if rest.startswith("/") and not rest.startswith("/>"):
+        return Diagnostic("E103", f"stray '/' in {DISPLAY[kind]} tag: '/' may only come right before '>'", here)
     if "EQUAL" in expected:
         return Diagnostic("E103", "expected '=' after the attribute name", here)
     if "_WS" in expected and "NAME" not in expected and re.match(r"[A-Za-z_]", rest):
@@ -313,7 +315,7 @@ def _interpret(
                     tokens = int(tokens_attr.value)
                 else:
                     diagnostics.append(Diagnostic(
-                        "E203", f"'tokens' must be a non-negative integer, not {tokens_attr.value!r}",
+                        "E203", f"'tokens' must be a non-negative integer, not {quote(tokens_attr.value)}",
                         tokens_attr.value_span))
             return Promise(topic, tokens, span=whole)
         case TagKind.ASYNC_OPEN:
