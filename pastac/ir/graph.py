@@ -1,0 +1,271 @@
+"""The dependency-graph IR: threads, promises (forks) and syncs (joins) over networkx.
+
+A node is one operation of one thread, carrying a token length:
+
+- ``Segment``: text the thread writes;
+- ``Fork``: the promise tag; it starts a child thread;
+- ``Open`` / ``Close``: the child's ``<async>`` and ``</async>`` tags;
+- ``SyncTag``: the ``<sync/>`` tag the thread writes;
+- ``Join``: the point (no tokens) after which the thread sees the content of
+  the children it joins; explicit after a ``SyncTag``, implicit at the end of
+  a thread's body.
+
+Edges: ``seq`` (consecutive nodes of one thread), ``fork`` (a Fork to its
+child's first node), ``join`` (a child's last node to the Join that waits for it).
+
+Invariants (checked by ``verify``):
+- the graph is acyclic and node ids increase along every edge, so id order is a
+  topological order; for a lowered document it is the order of the training
+  layout (the annotated text as written);
+- every thread but the main one has exactly one Fork, starts with its Open,
+  and is joined exactly once, by a Join of its parent;
+- a thread's depth is its parent's + 1 and stays within the limit;
+- a token may attend to the tokens of its own node before it and to every token
+  of the node's ancestors (``pastac.passes.visibility``).
+
+The graph grows incrementally (the runtime adds nodes as the model writes tags):
+``ThreadGraph`` only appends, and each append keeps the invariants except that
+threads may still be open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import assert_never
+
+import networkx as nx
+
+MAIN = 0
+
+
+class EdgeKind(StrEnum):
+    SEQ = "seq"
+    FORK = "fork"
+    JOIN = "join"
+
+
+@dataclass(frozen=True)
+class Segment:
+    thread: int
+    text: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Fork:
+    thread: int
+    child: int
+    topic: str
+    predicted: int | None  # the promise's tokens="..", in the document's unit
+    text: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Open:
+    thread: int
+    text: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Close:
+    thread: int
+    text: str
+    length: int
+
+
+@dataclass(frozen=True)
+class SyncTag:
+    thread: int
+    text: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Join:
+    thread: int
+    children: tuple[int, ...]
+    explicit: bool  # after a <sync/>; else the implicit join at the end of a body
+    length: int = 0
+    text: str = ""
+
+
+Op = Segment | Fork | Open | Close | SyncTag | Join
+
+
+@dataclass(frozen=True)
+class Thread:
+    id: int
+    parent: int | None
+    depth: int
+    topic: str | None = None
+    fork: int | None = None  # the Fork node that started it
+
+
+class IRError(ValueError):
+    """The graph breaks an invariant (or an append would)."""
+
+
+@dataclass
+class _ThreadState:
+    nodes: list[int] = field(default_factory=list)
+    unjoined: list[int] = field(default_factory=list)  # children forked, not yet joined
+    ended: bool = False
+
+
+class ThreadGraph:
+    """The IR of one document or one run; appends only."""
+
+    def __init__(self) -> None:
+        self.g: nx.DiGraph = nx.DiGraph()
+        self.threads: dict[int, Thread] = {MAIN: Thread(MAIN, None, 0)}
+        self._state: dict[int, _ThreadState] = {MAIN: _ThreadState()}
+        self.ends: list[tuple[int, int]] = []  # (thread, node count when it ended), in order
+
+    # -- queries ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.g.number_of_nodes()
+
+    def op(self, node: int) -> Op:
+        return self.g.nodes[node]["op"]
+
+    def ops(self) -> list[tuple[int, Op]]:
+        """Every node in id order (a topological order)."""
+        return [(n, self.g.nodes[n]["op"]) for n in sorted(self.g.nodes)]
+
+    def thread_nodes(self, thread: int) -> tuple[int, ...]:
+        return tuple(self._state[thread].nodes)
+
+    def children(self, thread: int) -> tuple[int, ...]:
+        return tuple(t.id for t in self.threads.values() if t.parent == thread)
+
+    def unjoined(self, thread: int) -> tuple[int, ...]:
+        return tuple(self._state[thread].unjoined)
+
+    def ended(self, thread: int) -> bool:
+        return self._state[thread].ended
+
+    def tokens(self) -> int:
+        return sum(op.length for _, op in self.ops())
+
+    # -- appends ---------------------------------------------------------------
+
+    def _append(self, op: Op) -> int:
+        state = self._state.get(op.thread)
+        if state is None:
+            raise IRError(f"no thread t{op.thread}")
+        if state.ended:
+            raise IRError(f"thread t{op.thread} has ended")
+        if op.length < 0:
+            raise IRError(f"negative length {op.length}")
+        node = self.g.number_of_nodes()
+        self.g.add_node(node, op=op)
+        if state.nodes:
+            self.g.add_edge(state.nodes[-1], node, kind=EdgeKind.SEQ)
+        else:
+            fork = self.threads[op.thread].fork
+            if fork is not None:
+                self.g.add_edge(fork, node, kind=EdgeKind.FORK)
+        state.nodes.append(node)
+        return node
+
+    def segment(self, thread: int, text: str, length: int) -> int:
+        return self._append(Segment(thread, text, length))
+
+    def fork(self, thread: int, topic: str, predicted: int | None, text: str, length: int) -> tuple[int, int]:
+        """Append a promise; returns (fork node, new child thread id)."""
+        child = max(self.threads) + 1
+        node = self._append(Fork(thread, child, topic, predicted, text, length))
+        self.threads[child] = Thread(child, thread, self.threads[thread].depth + 1, topic, node)
+        self._state[child] = _ThreadState()
+        self._state[thread].unjoined.append(child)
+        return node, child
+
+    def open(self, thread: int, text: str, length: int) -> int:
+        if self._state[thread].nodes or self.threads[thread].fork is None:
+            raise IRError(f"<async> must start a forked thread (t{thread})")
+        return self._append(Open(thread, text, length))
+
+    def close(self, thread: int, text: str, length: int) -> int:
+        return self._append(Close(thread, text, length))
+
+    def sync(self, thread: int, text: str, length: int) -> int:
+        return self._append(SyncTag(thread, text, length))
+
+    def join(self, thread: int, *, explicit: bool) -> int | None:
+        """Join every unjoined child of ``thread`` (they must have ended); None if there are none."""
+        state = self._state[thread]
+        if not state.unjoined:
+            return None
+        waiting = [c for c in state.unjoined if not self._state[c].ended]
+        if waiting:
+            raise IRError(f"t{thread} cannot join t{waiting[0]}: it has not ended")
+        children = tuple(state.unjoined)
+        node = self._append(Join(thread, children, explicit))
+        for child in children:
+            self.g.add_edge(self._state[child].nodes[-1], node, kind=EdgeKind.JOIN)
+        state.unjoined.clear()
+        return node
+
+    def end(self, thread: int) -> None:
+        """End a thread's body: implicitly join its unjoined children."""
+        if thread != MAIN and not self._state[thread].nodes:
+            raise IRError(f"thread t{thread} ends without content")
+        self.join(thread, explicit=False)
+        self._state[thread].ended = True
+        self.ends.append((thread, len(self)))
+
+
+def verify(graph: ThreadGraph, *, max_depth: int | None = None, complete: bool = True) -> None:
+    """Raise ``IRError`` naming the first broken invariant.  ``complete``: every thread has ended."""
+    g = graph.g
+    if not nx.is_directed_acyclic_graph(g):
+        raise IRError("the graph has a cycle")
+    for u, v in g.edges:
+        if u >= v:
+            raise IRError(f"edge %{u} -> %{v} goes backwards in id order")
+    joined_by: dict[int, int] = {}
+    for node, op in graph.ops():
+        kinds = {d["kind"] for _, _, d in g.in_edges(node, data=True)}
+        thread = graph.threads.get(op.thread)
+        if thread is None:
+            raise IRError(f"%{node} belongs to unknown thread t{op.thread}")
+        nodes = graph.thread_nodes(op.thread)
+        first = nodes[0] == node
+        if first and thread.fork is not None and not isinstance(op, Open):
+            raise IRError(f"thread t{op.thread} starts with %{node}, not with its <async>")
+        if first and thread.fork is not None and EdgeKind.FORK not in kinds:
+            raise IRError(f"%{node} starts t{op.thread} but has no fork edge")
+        if not first and EdgeKind.SEQ not in kinds:
+            raise IRError(f"%{node} has no seq edge from its thread's previous node")
+        match op:
+            case Join(children=children):
+                for child in children:
+                    if child in joined_by:
+                        raise IRError(f"t{child} is joined twice (%{joined_by[child]} and %{node})")
+                    if graph.threads[child].parent != op.thread:
+                        raise IRError(f"%{node} joins t{child}, which is not a child of t{op.thread}")
+                    joined_by[child] = node
+                    last = graph.thread_nodes(child)[-1]
+                    if not g.has_edge(last, node):
+                        raise IRError(f"%{node} joins t{child} without an edge from its last node %{last}")
+            case Segment() | Fork() | Open() | Close() | SyncTag():
+                pass
+            case _:
+                assert_never(op)
+    for thread in graph.threads.values():
+        if max_depth is not None and thread.depth > max_depth:
+            raise IRError(f"thread t{thread.id} is at depth {thread.depth}; the limit is {max_depth}")
+        if thread.parent is None:
+            continue
+        if thread.parent not in graph.threads or graph.threads[thread.parent].depth + 1 != thread.depth:
+            raise IRError(f"thread t{thread.id} has a wrong parent or depth")
+        if complete and thread.id not in joined_by:
+            raise IRError(f"thread t{thread.id} is never joined")
+    if complete:
+        open_threads = [t for t in graph.threads if not graph.ended(t)]
+        if open_threads:
+            raise IRError(f"thread t{open_threads[0]} has not ended")

@@ -1,0 +1,147 @@
+"""positions: a position id for every token, under a pluggable policy.
+
+Each node's tokens take consecutive positions from the node's start.  A child
+thread always starts right after its promise (its Fork).  Policies differ in
+where the parent goes on after a promise, and after a join:
+
+- ``sequential``: the positions of the stitched text (each <async> block moved
+  right after its promise, tags kept): what one thread writing the answer in
+  order would use.
+- ``oracle``: the parent skips the child's real length (its whole subtree).
+  Equal to ``sequential`` by construction; computed independently, as a check.
+- ``predicted``: the parent skips ``<async>`` + ``tokens`` x ``unit`` +
+  ``</async>`` (``missing`` stands in for an absent ``tokens``).  A child that
+  overruns its reservation reuses positions the parent also uses; the
+  visibility relation keeps that correct.
+- ``restart``: no reservation: the parent goes on right after its promise, as
+  when each part is a separate request that re-encodes its prefix.
+- ``lockstep``: no reservation, and after a join the parent goes on after the
+  furthest position any joined child reached (threads advance together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar, assert_never
+
+from pastac.ir.graph import MAIN, Close, Fork, Join, Open, Segment, SyncTag, ThreadGraph
+
+
+class Policy(StrEnum):
+    PREDICTED = "predicted"
+    ORACLE = "oracle"
+    SEQUENTIAL = "sequential"
+    RESTART = "restart"
+    LOCKSTEP = "lockstep"
+
+
+@dataclass(frozen=True)
+class PositionOptions:
+    policy: Policy = Policy.PREDICTED
+    unit: int = 10  # tokens="N" predicts N x unit tokens
+    missing: int = 0  # predicted length (in units) of a promise without tokens=".."
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", Policy(self.policy))
+        if self.unit < 0 or self.missing < 0:
+            raise ValueError("unit and missing must be >= 0")
+
+
+@dataclass(frozen=True)
+class Positions:
+    policy: Policy
+    start: tuple[int, ...]  # per node id: the position of its first token
+    length: tuple[int, ...]  # per node id
+
+    def of(self, node: int) -> range:
+        return range(self.start[node], self.start[node] + self.length[node])
+
+
+def subtree_length(graph: ThreadGraph, thread: int) -> int:
+    """Tokens of a thread and all its descendants."""
+    own = sum(graph.op(n).length for n in graph.thread_nodes(thread))
+    return own + sum(subtree_length(graph, c) for c in graph.children(thread))
+
+
+def _sequential(graph: ThreadGraph) -> list[int]:
+    start = [0] * len(graph)
+    pos = 0
+
+    def walk(thread: int) -> None:
+        nonlocal pos
+        for node in graph.thread_nodes(thread):
+            op = graph.op(node)
+            start[node] = pos
+            pos += op.length
+            if isinstance(op, Fork):
+                walk(op.child)
+
+    walk(MAIN)
+    return start
+
+
+def _reserving(graph: ThreadGraph, options: PositionOptions) -> list[int]:
+    start = [0] * len(graph)
+    policy = options.policy
+
+    def reservation(fork: Fork) -> int:
+        match policy:
+            case Policy.ORACLE:
+                return subtree_length(graph, fork.child)
+            case Policy.PREDICTED:
+                tags = sum(graph.op(n).length for n in graph.thread_nodes(fork.child)
+                           if isinstance(graph.op(n), Open | Close))
+                units = fork.predicted if fork.predicted is not None else options.missing
+                return tags + units * options.unit
+            case Policy.RESTART | Policy.LOCKSTEP:
+                return 0
+            case Policy.SEQUENTIAL:
+                raise AssertionError("sequential positions are not reservations")
+            case _:
+                assert_never(policy)
+
+    def walk(thread: int, pos: int) -> int:
+        """Assign the thread's positions from ``pos``; returns the position after its last token."""
+        ends: dict[int, int] = {}
+        for node in graph.thread_nodes(thread):
+            op = graph.op(node)
+            start[node] = pos
+            pos += op.length
+            match op:
+                case Fork(child=child):
+                    ends[child] = walk(child, pos)
+                    pos += reservation(op)
+                case Join(children=children):
+                    if policy is Policy.LOCKSTEP:
+                        pos = max([pos, *(ends[c] for c in children)])
+                case Segment() | Open() | Close() | SyncTag():
+                    pass
+                case _:
+                    assert_never(op)
+        return pos
+
+    walk(MAIN, 0)
+    return start
+
+
+def assign_positions(graph: ThreadGraph, options: PositionOptions = PositionOptions()) -> Positions:
+    start = _sequential(graph) if options.policy is Policy.SEQUENTIAL else _reserving(graph, options)
+    return Positions(options.policy, tuple(start), tuple(op.length for _, op in graph.ops()))
+
+
+@dataclass(frozen=True)
+class PositionsPass:
+    """The ``positions`` pass (an analysis: the graph is not changed)."""
+
+    options: PositionOptions = PositionOptions()
+    name: ClassVar[str] = "positions"
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, graph: ThreadGraph, results: dict[str, object]) -> Positions:
+        return assign_positions(graph, self.options)
+
+    @staticmethod
+    def annotate(result: Positions) -> dict[int, str]:
+        return {n: f"pos [{s}, {s + length})" for n, (s, length) in enumerate(zip(result.start, result.length,
+                                                                                   strict=True)) if length}
