@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import assert_never
 
 
@@ -102,6 +103,16 @@ class Document:
     span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
 
+def decimal_digits(n: int) -> str:
+    """``n`` in decimal, however large (``str(n)`` refuses ints of more than 4300 digits)."""
+    return f"{Decimal(n):f}"
+
+
+def decimal_int(digits: str) -> int:
+    """The int of a string of ASCII digits, however long (``int(s)`` refuses more than 4300)."""
+    return int(Decimal(digits))
+
+
 def quote(value: str) -> str:
     """A string as a JSON literal: one line, every control character escaped."""
     return json.dumps(value, ensure_ascii=False)
@@ -112,18 +123,21 @@ def dump(document: Document) -> str:
     lines = [f"document {document.span}"]
 
     def walk(body: tuple[Node, ...], indent: str) -> None:
-        for node in body:
+        # An explicit stack, not recursion: lenient documents may nest to any depth.
+        work = [(node, indent) for node in reversed(body)]
+        while work:
+            node, indent = work.pop()
             match node:
                 case Text(value=value, span=span):
                     lines.append(f"{indent}text {span} {quote(value)}")
                 case Promise(topic=topic, tokens=tokens, span=span):
-                    size = "" if tokens is None else f" tokens={tokens}"
+                    size = "" if tokens is None else f" tokens={decimal_digits(tokens)}"
                     lines.append(f"{indent}promise {span} topic={quote(topic)}{size}")
                 case Async(body=inner, topic=topic, closed=closed, span=span):
                     extra = "" if topic is None else f" topic={quote(topic)}"
                     extra += "" if closed else " unclosed"
                     lines.append(f"{indent}async {span}{extra}")
-                    walk(inner, indent + "  ")
+                    work.extend((child, indent + "  ") for child in reversed(inner))
                 case Sync(span=span):
                     lines.append(f"{indent}sync {span}")
                 case _:

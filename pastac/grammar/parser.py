@@ -10,6 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -152,28 +153,40 @@ class _Builder:
         return index
 
     def _nodes(self, children: list[Tree | Token]) -> tuple[Node, ...]:
-        out: list[Node] = []
-        for child in children:
-            if isinstance(child, Tree):
-                out.append(self._async(child))
-                continue
-            i = int(child)
-            lexeme = self.lexemes[i]
-            if isinstance(lexeme, TextToken) or i in self.as_text:
-                value = lexeme.value if isinstance(lexeme, TextToken) else lexeme.raw
-                if out and isinstance(out[-1], Text):
-                    prev = out.pop()
-                    assert isinstance(prev, Text)
-                    out.append(Text(prev.value + value, Span(prev.span.start, lexeme.span.end)))
-                else:
-                    out.append(Text(value, lexeme.span))
+        """The nodes of the top-level body.  Nested blocks are built with an explicit
+        stack, not by recursion: lenient mode accepts any nesting depth."""
+        top: list[Node] = []
+        # (the async_block tree being built or None for the top level, its remaining children, its nodes)
+        stack: list[tuple[Tree | None, Iterator[Tree | Token], list[Node]]] = [(None, iter(children), top)]
+        while stack:
+            tree, remaining, out = stack[-1]
+            child = next(remaining, None)
+            if child is None:
+                stack.pop()
+                if tree is not None:
+                    stack[-1][2].append(self._async(tree, tuple(out)))
+            elif isinstance(child, Tree):
+                stack.append((child, iter(child.children[1:-1]), []))
             else:
-                assert isinstance(lexeme, TagToken) and isinstance(lexeme.tag, Promise | Sync)
-                out.append(lexeme.tag)
-        return tuple(out)
+                self._leaf(int(child), out)
+        return tuple(top)
 
-    def _async(self, tree: Tree) -> Async:
-        first, *inner, last = tree.children
+    def _leaf(self, i: int, out: list[Node]) -> None:
+        lexeme = self.lexemes[i]
+        if isinstance(lexeme, TextToken) or i in self.as_text:
+            value = lexeme.value if isinstance(lexeme, TextToken) else lexeme.raw
+            if out and isinstance(out[-1], Text):
+                prev = out.pop()
+                assert isinstance(prev, Text)
+                out.append(Text(prev.value + value, Span(prev.span.start, lexeme.span.end)))
+            else:
+                out.append(Text(value, lexeme.span))
+        else:
+            assert isinstance(lexeme, TagToken) and isinstance(lexeme.tag, Promise | Sync)
+            out.append(lexeme.tag)
+
+    def _async(self, tree: Tree, body: tuple[Node, ...]) -> Async:
+        first, last = tree.children[0], tree.children[-1]
         opener = self.lexemes[int(first)]
         assert isinstance(opener, TagToken) and isinstance(opener.tag, AsyncOpen)
         close_index = int(last)
@@ -186,13 +199,27 @@ class _Builder:
             closer = self.lexemes[close_index]
             assert isinstance(closer, TagToken) and isinstance(closer.tag, AsyncClose)
             end, closed = closer.span.end, True
-        return Async(self._nodes(inner), opener.tag.topic, closed, Span(opener.span.start, end), opener.span)
+        return Async(body, opener.tag.topic, closed, Span(opener.span.start, end), opener.span)
 
 
 def _check_body(
     body: tuple[Node, ...], depth: int, max_depth: int, parent: Async | None, diagnostics: list[Diagnostic]
 ) -> None:
-    """The semantic rules of spec §4 over one body, then its nested bodies."""
+    """The semantic rules of spec §4 over one body, then its nested bodies (depth first, in source
+    order; with an explicit stack, not by recursion: lenient mode accepts any nesting depth)."""
+    # (body, its depth, the block whose body it is, that block's parent)
+    work: list[tuple[tuple[Node, ...], int, Async | None, Async | None]] = [(body, depth, parent, None)]
+    while work:
+        body, depth, parent, grandparent = work.pop()
+        if parent is not None and depth > max_depth:
+            notes = (Note("inside this <async> block", grandparent.open_span),) if grandparent is not None else ()
+            diagnostics.append(Diagnostic(
+                "E305", f"<async> nested {depth} deep; the limit is {max_depth}", parent.open_span, notes=notes))
+        _check_one_body(body, parent, diagnostics)
+        work.extend((node.body, depth + 1, node, parent) for node in reversed(body) if isinstance(node, Async))
+
+
+def _check_one_body(body: tuple[Node, ...], parent: Async | None, diagnostics: list[Diagnostic]) -> None:
     binding = bind(body)
     for a, p in binding.fulfils.items():
         block, promise = body[a], body[p]
@@ -223,11 +250,3 @@ def _check_body(
         diagnostics.append(Diagnostic("E304", message, promise.span, notes=notes))
     for s in binding.empty_syncs:
         diagnostics.append(Diagnostic("E306", "<sync/> joins no promise", body[s].span))
-    for node in body:
-        if isinstance(node, Async):
-            if depth + 1 > max_depth:
-                notes = (Note("inside this <async> block", parent.open_span),) if parent is not None else ()
-                diagnostics.append(Diagnostic(
-                    "E305", f"<async> nested {depth + 1} deep; the limit is {max_depth}", node.open_span,
-                    notes=notes))
-            _check_body(node.body, depth + 1, max_depth, node, diagnostics)

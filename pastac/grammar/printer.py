@@ -10,22 +10,27 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text
+from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text, decimal_digits
 from pastac.grammar.tags import escape
 
 
 def _body(body: tuple[Node, ...], out: list[str]) -> None:
-    for node in body:
+    # An explicit stack of nodes and closing tags, not recursion: documents may nest to any depth.
+    work: list[Node | str] = list(reversed(body))
+    while work:
+        node = work.pop()
         match node:
+            case str():
+                out.append(node)
             case Text(value=value):
                 out.append(value)
             case Promise(topic=topic, tokens=tokens):
-                size = "" if tokens is None else f' tokens="{tokens}"'
+                size = "" if tokens is None else f' tokens="{decimal_digits(tokens)}"'
                 out.append(f'<promise topic="{escape(topic)}"{size}/>')
             case Async(body=inner, topic=topic):
                 out.append("<async>" if topic is None else f'<async topic="{escape(topic)}">')
-                _body(inner, out)
-                out.append("</async>")
+                work.append("</async>")
+                work.extend(reversed(inner))
             case Sync():
                 out.append("<sync/>")
             case _:

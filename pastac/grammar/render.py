@@ -8,6 +8,7 @@ promise renders where it was written, an unfulfilled promise renders as nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import assert_never
 
 from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text
@@ -15,20 +16,34 @@ from pastac.grammar.structure import bind
 
 
 def _body(body: tuple[Node, ...], out: list[str]) -> None:
-    binding = bind(body)
-    fulfilled_by = binding.fulfilled_by
-    for i, node in enumerate(body):
+    """Render ``body`` into ``out``.  Nested bodies go on an explicit stack, not
+    recursion: lenient documents may nest to any depth."""
+    # (a body, the indices of it still to render, its promise -> async pairing, its orphan asyncs)
+    stack: list[tuple[tuple[Node, ...], Iterator[int], dict[int, int], set[int]]] = []
+
+    def push(nodes: tuple[Node, ...]) -> None:
+        binding = bind(nodes)
+        stack.append((nodes, iter(range(len(nodes))), binding.fulfilled_by, set(binding.orphans)))
+
+    push(body)
+    while stack:
+        nodes, remaining, fulfilled_by, orphans = stack[-1]
+        i = next(remaining, None)
+        if i is None:
+            stack.pop()
+            continue
+        node = nodes[i]
         match node:
             case Text(value=value):
                 out.append(value)
             case Promise():
                 if i in fulfilled_by:
-                    block = body[fulfilled_by[i]]
+                    block = nodes[fulfilled_by[i]]
                     assert isinstance(block, Async)
-                    _body(block.body, out)
+                    push(block.body)
             case Async(body=inner):
-                if i in binding.orphans:
-                    _body(inner, out)
+                if i in orphans:
+                    push(inner)
             case Sync():
                 pass
             case _:

@@ -21,7 +21,7 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from pastac.grammar.ast import Position, Promise, Span, Sync, quote
+from pastac.grammar.ast import Position, Promise, Span, Sync, decimal_int, quote
 from pastac.grammar.diagnostics import Diagnostic, Note
 
 
@@ -312,7 +312,7 @@ def _interpret(
             tokens_attr = seen.get("tokens")
             if tokens_attr is not None and tokens_attr.value is not None:
                 if _TOKENS.fullmatch(tokens_attr.value):
-                    tokens = int(tokens_attr.value)
+                    tokens = decimal_int(tokens_attr.value)  # no upper bound (spec §3.1)
                 else:
                     diagnostics.append(Diagnostic(
                         "E203", f"'tokens' must be a non-negative integer, not {quote(tokens_attr.value)}",
