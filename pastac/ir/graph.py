@@ -18,7 +18,11 @@ Invariants (checked by ``verify``):
   topological order; for a lowered document it is the order of the training
   layout (the annotated text as written);
 - every thread but the main one has exactly one Fork, starts with its Open,
-  and is joined exactly once, by a Join of its parent;
+  and is joined exactly once, by a Join of its parent; after its Close (at most
+  one) only its implicit Join may follow; the main thread has no Open or Close;
+- the edges are exactly those the threads explain (they decide visibility):
+  seq between consecutive nodes of a thread, fork from a Fork to its child's
+  first node, join from a joined child's last node to the Join;
 - a thread's depth is its parent's + 1 and stays within the limit;
 - a token may attend to the tokens of its own node before it and to every token
   of the node's ancestors (``pastac.passes.visibility``).
@@ -113,6 +117,7 @@ class _ThreadState:
     nodes: list[int] = field(default_factory=list)
     unjoined: list[int] = field(default_factory=list)  # children forked, not yet joined
     ended: bool = False
+    closed: bool = False  # has written its </async>
 
 
 class ThreadGraph:
@@ -153,14 +158,26 @@ class ThreadGraph:
 
     # -- appends ---------------------------------------------------------------
 
-    def _append(self, op: Op) -> int:
-        state = self._state.get(op.thread)
+    def _live(self, thread: int) -> _ThreadState:
+        """The state of a thread that may still take appends."""
+        state = self._state.get(thread)
         if state is None:
-            raise IRError(f"no thread t{op.thread}")
+            raise IRError(f"no thread t{thread}")
         if state.ended:
-            raise IRError(f"thread t{op.thread} has ended")
+            raise IRError(f"thread t{thread} has ended")
+        return state
+
+    def _append(self, op: Op) -> int:
+        state = self._live(op.thread)
         if op.length < 0:
             raise IRError(f"negative length {op.length}")
+        forked = self.threads[op.thread].fork is not None
+        if forked and not state.nodes and not isinstance(op, Open):
+            raise IRError(f"thread t{op.thread} must start with its <async>")
+        if isinstance(op, Close) and not forked:
+            raise IRError(f"</async> outside a forked thread (t{op.thread})")
+        if state.closed and not isinstance(op, Join):
+            raise IRError(f"thread t{op.thread} has written its </async>")
         node = self.g.number_of_nodes()
         self.g.add_node(node, op=op)
         if state.nodes:
@@ -170,6 +187,7 @@ class ThreadGraph:
             if fork is not None:
                 self.g.add_edge(fork, node, kind=EdgeKind.FORK)
         state.nodes.append(node)
+        state.closed |= isinstance(op, Close)
         return node
 
     def segment(self, thread: int, text: str, length: int) -> int:
@@ -185,7 +203,7 @@ class ThreadGraph:
         return node, child
 
     def open(self, thread: int, text: str, length: int) -> int:
-        if self._state[thread].nodes or self.threads[thread].fork is None:
+        if self._live(thread).nodes or self.threads[thread].fork is None:
             raise IRError(f"<async> must start a forked thread (t{thread})")
         return self._append(Open(thread, text, length))
 
@@ -197,7 +215,7 @@ class ThreadGraph:
 
     def join(self, thread: int, *, explicit: bool) -> int | None:
         """Join every unjoined child of ``thread`` (they must have ended); None if there are none."""
-        state = self._state[thread]
+        state = self._live(thread)
         if not state.unjoined:
             return None
         waiting = [c for c in state.unjoined if not self._state[c].ended]
@@ -212,7 +230,7 @@ class ThreadGraph:
 
     def end(self, thread: int) -> None:
         """End a thread's body: implicitly join its unjoined children."""
-        if thread != MAIN and not self._state[thread].nodes:
+        if thread != MAIN and not self._live(thread).nodes:
             raise IRError(f"thread t{thread} ends without content")
         self.join(thread, explicit=False)
         self._state[thread].ended = True
@@ -227,35 +245,73 @@ def verify(graph: ThreadGraph, *, max_depth: int | None = None, complete: bool =
     for u, v in g.edges:
         if u >= v:
             raise IRError(f"edge %{u} -> %{v} goes backwards in id order")
+    # Where each node sits in its thread, by the threads' own lists.
+    index: dict[int, tuple[int, int]] = {n: (t, i) for t in graph.threads for i, n in enumerate(graph.thread_nodes(t))}
     joined_by: dict[int, int] = {}
+    closed: set[int] = set()  # threads whose </async> came (nodes are visited in id order)
     for node, op in graph.ops():
-        kinds = {d["kind"] for _, _, d in g.in_edges(node, data=True)}
         thread = graph.threads.get(op.thread)
         if thread is None:
             raise IRError(f"%{node} belongs to unknown thread t{op.thread}")
+        if index.get(node, (None, 0))[0] != op.thread:
+            raise IRError(f"%{node} is not a node of t{op.thread}")
         nodes = graph.thread_nodes(op.thread)
-        first = nodes[0] == node
+        at = index[node][1]
+        first = at == 0
         if first and thread.fork is not None and not isinstance(op, Open):
             raise IRError(f"thread t{op.thread} starts with %{node}, not with its <async>")
-        if first and thread.fork is not None and EdgeKind.FORK not in kinds:
+        if first and thread.fork is not None and _kind(g, thread.fork, node) != EdgeKind.FORK:
             raise IRError(f"%{node} starts t{op.thread} but has no fork edge")
-        if not first and EdgeKind.SEQ not in kinds:
+        if not first and _kind(g, nodes[at - 1], node) != EdgeKind.SEQ:
             raise IRError(f"%{node} has no seq edge from its thread's previous node")
+        if not isinstance(op, Join) and op.thread in closed:
+            raise IRError(f"%{node} comes after the </async> of t{op.thread}")
         match op:
             case Join(children=children):
                 for child in children:
                     if child in joined_by:
                         raise IRError(f"t{child} is joined twice (%{joined_by[child]} and %{node})")
-                    if graph.threads[child].parent != op.thread:
+                    if child not in graph.threads or graph.threads[child].parent != op.thread:
                         raise IRError(f"%{node} joins t{child}, which is not a child of t{op.thread}")
                     joined_by[child] = node
-                    last = graph.thread_nodes(child)[-1]
-                    if not g.has_edge(last, node):
+                    child_nodes = graph.thread_nodes(child)
+                    last = child_nodes[-1] if child_nodes else None
+                    if last is None or _kind(g, last, node) != EdgeKind.JOIN:
                         raise IRError(f"%{node} joins t{child} without an edge from its last node %{last}")
-            case Segment() | Fork() | Open() | Close() | SyncTag():
+            case Fork(child=child):
+                forked = graph.threads.get(child)
+                if forked is None:
+                    raise IRError(f"%{node} forks unknown thread t{child}")
+                if forked.fork != node:
+                    raise IRError(f"%{node} forks t{child}, but t{child} was forked by %{forked.fork}")
+                if forked.parent != op.thread:
+                    raise IRError(f"%{node} forks t{child}, whose parent is t{forked.parent}, not t{op.thread}")
+            case Open():
+                if not first or thread.fork is None:
+                    raise IRError(f"%{node}: <async> that does not start t{op.thread}")
+            case Close():
+                if thread.fork is None:
+                    raise IRError(f"%{node}: </async> outside a forked thread")
+                closed.add(op.thread)
+            case Segment() | SyncTag():
                 pass
             case _:
                 assert_never(op)
+    # Every edge is one the threads explain: the edges decide visibility.
+    for u, v, kind in g.edges(data="kind"):
+        t, at = index[v]
+        match kind:
+            case EdgeKind.SEQ:
+                ok = at > 0 and graph.thread_nodes(t)[at - 1] == u
+            case EdgeKind.FORK:
+                ok = at == 0 and graph.threads[t].fork == u
+            case EdgeKind.JOIN:
+                op = graph.op(v)
+                ok = isinstance(op, Join) and index[u][0] in op.children and graph.thread_nodes(index[u][0])[-1] == u
+            case _:
+                ok = False
+        if not ok:
+            raise IRError(f"unexpected {kind} edge %{u} -> %{v}")
     for thread in graph.threads.values():
         if max_depth is not None and thread.depth > max_depth:
             raise IRError(f"thread t{thread.id} is at depth {thread.depth}; the limit is {max_depth}")
@@ -263,9 +319,17 @@ def verify(graph: ThreadGraph, *, max_depth: int | None = None, complete: bool =
             continue
         if thread.parent not in graph.threads or graph.threads[thread.parent].depth + 1 != thread.depth:
             raise IRError(f"thread t{thread.id} has a wrong parent or depth")
+        fork = graph.op(thread.fork) if thread.fork is not None and thread.fork in g else None
+        if not isinstance(fork, Fork) or fork.child != thread.id or fork.thread != thread.parent:
+            raise IRError(f"thread t{thread.id} names %{thread.fork} as its promise, which does not fork it")
         if complete and thread.id not in joined_by:
             raise IRError(f"thread t{thread.id} is never joined")
     if complete:
         open_threads = [t for t in graph.threads if not graph.ended(t)]
         if open_threads:
             raise IRError(f"thread t{open_threads[0]} has not ended")
+
+
+def _kind(g: nx.DiGraph, u: int, v: int) -> EdgeKind | None:
+    data = g.get_edge_data(u, v)
+    return None if data is None else data.get("kind")

@@ -8,6 +8,7 @@ lowered as its parent's text, a promise that nothing fulfils as plain tag text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import assert_never
 
 from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text
@@ -29,37 +30,52 @@ def _tag(node: Promise | Async) -> str:
 
 def lower(document: Document, length: LengthFn = chars) -> ThreadGraph:
     graph = ThreadGraph()
-    _body(graph, document.body, MAIN, length)
+    # An explicit stack of bodies, not recursion: lenient documents may nest to any depth.
+    stack: list[_Body] = [_Body(document.body, MAIN, None)]
+    while stack:
+        frame = stack[-1]
+        item = next(frame.items, None)
+        if item is None:
+            stack.pop()
+            if frame.closes is not None:
+                graph.close(frame.closes, CLOSE, length(CLOSE))
+                graph.end(frame.closes)
+            continue
+        i, node = item
+        match node:
+            case Text(value=value):
+                graph.segment(frame.thread, value, length(value))
+            case Promise(topic=topic, tokens=tokens):
+                text = _tag(node)
+                if i in frame.fulfilled_by:
+                    _, frame.child_of[i] = graph.fork(frame.thread, topic, tokens, text, length(text))
+                else:
+                    graph.segment(frame.thread, text, length(text))
+            case Async(body=inner):
+                if i in frame.orphans:  # lenient recovery: the content stays with this thread
+                    stack.append(_Body(inner, frame.thread, None))
+                    continue
+                child = frame.child_of[frame.binding.fulfils[i]]
+                text = _tag(node)
+                graph.open(child, text, length(text))
+                stack.append(_Body(inner, child, child))
+            case Sync():
+                graph.sync(frame.thread, SYNC, length(SYNC))
+                graph.join(frame.thread, explicit=True)
+            case _:
+                assert_never(node)
     graph.end(MAIN)
     return graph
 
 
-def _body(graph: ThreadGraph, body: tuple[Node, ...], thread: int, length: LengthFn) -> None:
-    binding = bind(body)
-    child_of: dict[int, int] = {}  # promise index -> child thread
-    for i, node in enumerate(body):
-        match node:
-            case Text(value=value):
-                graph.segment(thread, value, length(value))
-            case Promise(topic=topic, tokens=tokens):
-                text = _tag(node)
-                if i in binding.fulfilled_by:
-                    _, child_of[i] = graph.fork(thread, topic, tokens, text, length(text))
-                else:
-                    graph.segment(thread, text, length(text))
-            case Async(body=inner):
-                if i in binding.orphans:  # lenient recovery: the content stays with this thread
-                    _body(graph, inner, thread, length)
-                    continue
-                child = child_of[binding.fulfils[i]]
-                text = _tag(node)
-                graph.open(child, text, length(text))
-                _body(graph, inner, child, length)
-                graph.close(child, CLOSE, length(CLOSE))
-                graph.end(child)
-            case Sync():
-                graph.sync(thread, SYNC, length(SYNC))
-                graph.join(thread, explicit=True)
-            case _:
-                assert_never(node)
+class _Body:
+    """One body being lowered: its thread, its pairing, and the thread to close and end after it."""
 
+    def __init__(self, body: tuple[Node, ...], thread: int, closes: int | None) -> None:
+        self.items: Iterator[tuple[int, Node]] = iter(enumerate(body))
+        self.thread = thread
+        self.closes = closes  # the child whose <async> block this body is, or None
+        self.binding = bind(body)
+        self.fulfilled_by = self.binding.fulfilled_by
+        self.orphans = set(self.binding.orphans)
+        self.child_of: dict[int, int] = {}  # promise index -> child thread

@@ -24,6 +24,8 @@ from pastac.ir.graph import ThreadGraph
 from pastac.passes.positions import PositionOptions, Positions, assign_positions
 from pastac.passes.visibility import Visibility, ancestors
 
+_INT64_MAX = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -68,8 +70,12 @@ def training_layout(graph: ThreadGraph, options: PositionOptions | Positions = P
                     visibility: Visibility | None = None) -> Layout:
     positions = options if isinstance(options, Positions) else assign_positions(graph, options)
     lengths: Sequence[int] = positions.length
+    furthest = max((s + n for s, n in zip(positions.start, lengths, strict=True) if n), default=0)
+    if furthest > _INT64_MAX + 1:
+        raise ValueError(f"{positions.policy} positions go past 2**63, more than an int64 position id holds: "
+                         "a promise predicts too many tokens")
     node_ids = torch.repeat_interleave(torch.arange(len(graph)), torch.tensor(lengths, dtype=torch.long))
-    starts = torch.tensor(positions.start, dtype=torch.long)
+    starts = torch.tensor([s if n else 0 for s, n in zip(positions.start, lengths, strict=True)], dtype=torch.long)
     first_token = torch.cumsum(torch.tensor([0, *lengths], dtype=torch.long), 0)[:-1]
     offsets = torch.arange(node_ids.numel()) - first_token[node_ids]  # offset of each token in its node
     threads = torch.tensor([op.thread for _, op in graph.ops()], dtype=torch.long)

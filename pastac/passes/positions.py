@@ -21,7 +21,8 @@ where the parent goes on after a promise, and after a join:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, assert_never
 
@@ -58,37 +59,62 @@ class Positions:
         return range(self.start[node], self.start[node] + self.length[node])
 
 
+def subtree_lengths(graph: ThreadGraph) -> dict[int, int]:
+    """Tokens of each thread and all its descendants."""
+    total = {t: 0 for t in graph.threads}
+    for _, op in graph.ops():
+        total[op.thread] += op.length
+    for thread in sorted(graph.threads, reverse=True):  # a child's id is greater than its parent's
+        parent = graph.threads[thread].parent
+        if parent is not None:
+            total[parent] += total[thread]
+    return total
+
+
 def subtree_length(graph: ThreadGraph, thread: int) -> int:
     """Tokens of a thread and all its descendants."""
-    own = sum(graph.op(n).length for n in graph.thread_nodes(thread))
-    return own + sum(subtree_length(graph, c) for c in graph.children(thread))
+    return subtree_lengths(graph)[thread]
+
+
+# The walks below keep an explicit stack of threads, not recursion: lenient documents may nest to any depth.
 
 
 def _sequential(graph: ThreadGraph) -> list[int]:
     start = [0] * len(graph)
     pos = 0
-
-    def walk(thread: int) -> None:
-        nonlocal pos
-        for node in graph.thread_nodes(thread):
-            op = graph.op(node)
-            start[node] = pos
-            pos += op.length
-            if isinstance(op, Fork):
-                walk(op.child)
-
-    walk(MAIN)
+    stack = [iter(graph.thread_nodes(MAIN))]
+    while stack:
+        node = next(stack[-1], None)
+        if node is None:
+            stack.pop()
+            continue
+        op = graph.op(node)
+        start[node] = pos
+        pos += op.length
+        if isinstance(op, Fork):
+            stack.append(iter(graph.thread_nodes(op.child)))
     return start
+
+
+@dataclass
+class _Walk:
+    """A thread being walked: its nodes left, the position reached, where its joined children ended."""
+
+    thread: int
+    nodes: Iterator[int]
+    pos: int
+    ends: dict[int, int] = field(default_factory=dict)
 
 
 def _reserving(graph: ThreadGraph, options: PositionOptions) -> list[int]:
     start = [0] * len(graph)
     policy = options.policy
+    subtree = subtree_lengths(graph) if policy is Policy.ORACLE else {}
 
     def reservation(fork: Fork) -> int:
         match policy:
             case Policy.ORACLE:
-                return subtree_length(graph, fork.child)
+                return subtree[fork.child]
             case Policy.PREDICTED:
                 tags = sum(graph.op(n).length for n in graph.thread_nodes(fork.child)
                            if isinstance(graph.op(n), Open | Close))
@@ -101,27 +127,32 @@ def _reserving(graph: ThreadGraph, options: PositionOptions) -> list[int]:
             case _:
                 assert_never(policy)
 
-    def walk(thread: int, pos: int) -> int:
-        """Assign the thread's positions from ``pos``; returns the position after its last token."""
-        ends: dict[int, int] = {}
-        for node in graph.thread_nodes(thread):
-            op = graph.op(node)
-            start[node] = pos
-            pos += op.length
-            match op:
-                case Fork(child=child):
-                    ends[child] = walk(child, pos)
-                    pos += reservation(op)
-                case Join(children=children):
-                    if policy is Policy.LOCKSTEP:
-                        pos = max([pos, *(ends[c] for c in children)])
-                case Segment() | Open() | Close() | SyncTag():
-                    pass
-                case _:
-                    assert_never(op)
-        return pos
-
-    walk(MAIN, 0)
+    stack = [_Walk(MAIN, iter(graph.thread_nodes(MAIN)), 0)]
+    while stack:
+        walk = stack[-1]
+        node = next(walk.nodes, None)
+        if node is None:  # the thread is done: its parent goes on past the reservation
+            stack.pop()
+            fork = graph.threads[walk.thread].fork
+            if stack and fork is not None:
+                fork_op = graph.op(fork)
+                assert isinstance(fork_op, Fork)
+                stack[-1].ends[walk.thread] = walk.pos
+                stack[-1].pos += reservation(fork_op)
+            continue
+        op = graph.op(node)
+        start[node] = walk.pos
+        walk.pos += op.length
+        match op:
+            case Fork(child=child):  # the child's positions come right after its promise
+                stack.append(_Walk(child, iter(graph.thread_nodes(child)), walk.pos))
+            case Join(children=children):
+                if policy is Policy.LOCKSTEP:
+                    walk.pos = max([walk.pos, *(walk.ends[c] for c in children)])
+            case Segment() | Open() | Close() | SyncTag():
+                pass
+            case _:
+                assert_never(op)
     return start
 
 

@@ -125,14 +125,23 @@ def schedule(graph: ThreadGraph, options: ScheduleOptions = ScheduleOptions()) -
                 break
         if len(done) == len(graph.threads) and not pending:
             break
-        runnable_counts.append(len(ready) + len(pending))
         active = ready if cap is None else ready[:cap]
+        held_back = len(ready) - len(active)
         pending.sort(key=key)
+        finished = False
         while pending and (cap is None or len(active) < cap):
             thread, _ = pending.pop(0)
             started.append(thread)
             if settle(thread):
                 active.append(thread)
+            finished |= thread in done
+        if finished:
+            # A child with no token to write ended as it started: a join waiting for it may pass
+            # now, so resolve this step again (those started stay started).
+            continue
+        # Those decoding, those the cap held back, and the children still pending (a child started now
+        # may have forked others at once, with promises of no tokens).
+        runnable_counts.append(len(active) + held_back + len(pending))
         if not active:
             raise ScheduleError(f"no thread can decode at step {step}: the graph is incomplete or deadlocked")
         forks: list[int] = []
