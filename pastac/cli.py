@@ -1,7 +1,9 @@
-"""The ``pastac`` command line: argument parsing only; the work is in the library.
+"""The ``pastac`` command line: argument parsing only; the work is in the library
+(``pastac.report`` for figures, ``pastac.viz`` for pictures and tables).
 
 Exit codes: 0 success (warnings allowed), 1 the input has errors (or ``fmt
---check`` would reformat), 2 usage or input/output error.
+--check`` would reformat), 2 usage or input/output error.  ``stats`` counts
+invalid records instead of failing on them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from typing import TextIO
 from pastac import __version__
 from pastac.grammar import DEFAULT_MAX_DEPTH, ParseResult, Severity, check, render, to_source
 from pastac.grammar.diagnostics import format_github, format_text, to_json
+from pastac.ir.graph import ThreadGraph
+from pastac.ir.lengths import LENGTHS, by_name
+from pastac.ir.lower import lower
+from pastac.passes import Order, Policy
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -206,6 +212,168 @@ def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
     return status
 
 
+def _positive(value: str) -> int:
+    number = _max_depth(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {number}")
+    return number
+
+
+def _document(args: argparse.Namespace) -> tuple[ThreadGraph, str] | int:
+    """The file's document lowered to the IR, or an exit status (diagnostics are on stderr)."""
+    got = _single(args, mode="lenient" if args.lenient else "strict")
+    if isinstance(got, int):
+        return got
+    result, _ = got
+    if result.errors:
+        return EXIT_ERRORS
+    return lower(result.document, by_name(args.length)), result.filename
+
+
+def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    from pastac.report import PlanOptions, plan, plan_json
+    from pastac.viz.terminal import plan_view, show
+
+    got = _document(args)
+    if isinstance(got, int):
+        return got
+    graph, label = got
+    options = PlanOptions(policy=args.policy, unit=args.unit, max_width=args.max_width, order=args.order)
+    result = plan(graph, options, dump_after=args.dump_after or ())
+    if args.json:
+        out.write(json.dumps({"file": label} | plan_json(result, length=args.length), indent=2,
+                             ensure_ascii=False) + "\n")
+        return EXIT_OK
+    for name, text in result.dumps.items():
+        out.write(f"// IR after pass '{name}'\n{text}\n")
+    show(out, plan_view(result, label=label, length=args.length))
+    return EXIT_OK
+
+
+GRAPH_FORMATS = ("tree", "dot", "mermaid", "json", "png", "svg")
+PICTURES = ("png", "svg")
+
+
+def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
+    from pastac.viz import GraphvizMissing, render_dot, to_dot, to_mermaid
+
+    picture = args.format in PICTURES
+    if picture and not args.output:
+        raise UsageError(f"--format {args.format} writes a picture: name the file with --output FILE")
+    if args.view is not None and not picture:
+        raise UsageError("--view applies to --format png and svg")
+    got = _document(args)
+    if isinstance(got, int):
+        return got
+    graph, label = got
+    if picture and args.view == "graph":
+        try:
+            render_dot(to_dot(graph, label), args.format, args.output)
+        except GraphvizMissing as error:
+            raise UsageError(str(error)) from None
+        return EXIT_OK
+    if picture:
+        return _timeline(args, graph, label)
+    if args.format == "tree":
+        from pastac.viz.terminal import show, thread_tree
+
+        if args.output:
+            with _open_output(args.output) as file:
+                show(file, thread_tree(graph))
+        else:
+            show(out, thread_tree(graph))
+        return EXIT_OK
+    match args.format:
+        case "dot":
+            text = to_dot(graph, label)
+        case "mermaid":
+            text = to_mermaid(graph)
+        case "json":
+            from pastac.ir.printer import dumps_json
+
+            text = dumps_json(graph) + "\n"
+        case _:
+            raise AssertionError(args.format)
+    if args.output:
+        with _open_output(args.output) as file:
+            file.write(text)
+    else:
+        out.write(text)
+    return EXIT_OK
+
+
+def _open_output(path: str) -> TextIO:
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot write '{path}': {error.strerror}") from None
+
+
+def _timeline(args: argparse.Namespace, graph: ThreadGraph, label: str) -> int:
+    from pastac.passes import ScheduleOptions, critical_path, schedule
+
+    try:
+        from pastac.viz.timeline import draw_timeline
+
+        plan = schedule(graph, ScheduleOptions(args.max_width, args.order))
+        draw_timeline(graph, plan, critical_path(graph, plan), args.output, label=label, fmt=args.format)
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib" and not (error.name or "").startswith("matplotlib."):
+            raise
+        raise UsageError("the timeline needs matplotlib: pip install 'pastac[viz]'") from None
+    except OSError as error:
+        raise UsageError(f"cannot write '{args.output}': {error.strerror}") from None
+    return EXIT_OK
+
+
+def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    from pastac.report import InvalidRecord, document_figures, summarize
+    from pastac.viz.terminal import show, stats_view
+
+    mode = "lenient" if args.lenient else "strict"
+    length = by_name(args.length)
+    items: list[Source | RecordError] = []
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            items.extend(_sources(path, args.field))
+        except UsageError as error:
+            print(f"pastac: error: {error}", file=sys.stderr)
+            status = EXIT_USAGE
+    documents, invalid = [], []
+    for item in _progress(items, "analysing"):
+        if isinstance(item, RecordError):
+            invalid.append(InvalidRecord(f"{item.path}[{item.line}]", item.message, item.line))
+            continue
+        result = check(item.text, mode=mode, max_depth=args.max_depth, filename=item.label)  # type: ignore[arg-type]
+        if result.errors:
+            first = result.errors[0]
+            more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+            invalid.append(InvalidRecord(item.label, f"{first.span.start}: error[{first.code}]: {first.message}{more}",
+                                         item.record_line))
+            continue
+        documents.append(document_figures(lower(result.document, length)))
+    stats = summarize(documents, invalid)
+    label = ", ".join(args.files)
+    if args.json:
+        settings = {"files": args.files, "field": args.field, "mode": mode, "length": args.length}
+        out.write(json.dumps(settings | stats.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        show(out, stats_view(stats, label=label, length=args.length, mode=mode))
+    return status
+
+
+def _progress(items: list[Source | RecordError], what: str) -> Iterator[Source | RecordError]:
+    """``items``, with a progress bar on stderr for long runs when stderr is a terminal."""
+    if len(items) < 2000 or not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import track
+
+    yield from track(items, description=what, console=Console(file=sys.stderr), transient=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pastac", description="Pasta-Lang toolchain for learned asynchronous decoding.")
@@ -241,6 +409,63 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--check", action="store_true", help="exit 1 if a file is not in canonical form")
     action.add_argument("--write", action="store_true", help="rewrite files in place")
     p.set_defaults(run=_cmd_fmt)
+
+    analysis = argparse.ArgumentParser(add_help=False)
+    analysis.add_argument("--length", choices=tuple(LENGTHS), default="words",
+                          help="how text is counted in tokens: whitespace-separated words (default) or "
+                               "characters; a model's tokenizer comes with the runtime")
+    analysis.add_argument("--lenient", action="store_true",
+                          help="recover from errors (warnings on stderr) and use the recovered document; by "
+                               "default a document with errors prints them and exits 1")
+    width = argparse.ArgumentParser(add_help=False)
+    width.add_argument("--max-width", type=_positive, default=None, metavar="N",
+                       help="at most N threads decode per step, the main one included (default: no cap)")
+    width.add_argument("--order", choices=[str(o) for o in Order], default=str(Order.FIFO),
+                       help="which waiting thread gets a free slot first: the first promised (fifo, default), "
+                            "or by the promises' predicted lengths")
+
+    from pastac.report import pass_names
+
+    p = sub.add_parser("plan", parents=[depth, analysis, width], help="the decoding schedule and its figures",
+                       description="Schedule a document's threads over decode steps and print one row per "
+                                   "thread and the figures: tokens, steps, critical path, theoretical speedup, "
+                                   "width. Exit 0, 1 if the document has errors, 2 on usage errors.")
+    p.add_argument("file", metavar="FILE", help="a Pasta-Lang file ('-': standard input)")
+    p.add_argument("--policy", choices=[str(x) for x in Policy], default=str(Policy.PREDICTED),
+                   help="position ids: where a parent goes on after a promise (default: predicted)")
+    p.add_argument("--unit", type=_max_depth, default=10, metavar="N",
+                   help="a promise's tokens=\"K\" predicts K x N tokens (default 10)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object: the figures under their names, the settings, width per step, "
+                        "threads and nodes")
+    p.add_argument("--dump-after", action="append", choices=pass_names(), metavar="PASS",
+                   help=f"also print the IR annotated after PASS ({', '.join(pass_names())}); repeatable")
+    p.set_defaults(run=_cmd_plan)
+
+    p = sub.add_parser("graph", parents=[depth, analysis, width], help="draw the dependency graph or the timeline",
+                       description="Print a document's dependency graph as a tree in the terminal, Graphviz "
+                                   "DOT, a Mermaid flowchart or the IR's JSON; or draw the timeline of its "
+                                   "threads over decode steps (png, svg; needs matplotlib).")
+    p.add_argument("file", metavar="FILE", help="a Pasta-Lang file ('-': standard input)")
+    p.add_argument("--format", choices=GRAPH_FORMATS, default="tree",
+                   help="tree (default), dot, mermaid, json; png and svg draw a picture into --output")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output "
+                                                          "(required for png and svg)")
+    p.add_argument("--view", choices=("timeline", "graph"), default=None,
+                   help="what png and svg show: the timeline (default), or the graph drawn by Graphviz's "
+                        "'dot' (which must be installed)")
+    p.set_defaults(run=_cmd_graph)
+
+    p = sub.add_parser("stats", parents=[depth, analysis], help="distributions of the figures over a dataset",
+                       description="For each document of JSONL datasets (or Pasta-Lang files), compute the "
+                                   "theoretical speedup (no width cap), the width, promises and the share of "
+                                   "tokens in async blocks; print their distributions. Invalid records are "
+                                   "counted and listed, not fatal.")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".jsonl datasets or Pasta-Lang files ('-': stdin)")
+    p.add_argument("--field", default="text", metavar="NAME",
+                   help="in .jsonl files, the field that holds the annotated text (default: text)")
+    p.add_argument("--json", action="store_true", help="one JSON object: the distributions under their names")
+    p.set_defaults(run=_cmd_stats)
     return parser
 
 
