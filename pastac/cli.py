@@ -320,7 +320,7 @@ def _timeline(args: argparse.Namespace, graph: ThreadGraph, label: str) -> int:
     except ModuleNotFoundError as error:
         if error.name != "matplotlib" and not (error.name or "").startswith("matplotlib."):
             raise
-        raise UsageError("the timeline needs matplotlib: pip install 'pastac[viz]'") from None
+        raise UsageError("the timeline needs matplotlib: pip install matplotlib") from None
     except OSError as error:
         raise UsageError(f"cannot write '{args.output}': {error.strerror}") from None
     return EXIT_OK
@@ -340,6 +340,8 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         except UsageError as error:
             print(f"pastac: error: {error}", file=sys.stderr)
             status = EXIT_USAGE
+    if not items and status != EXIT_OK:
+        return status
     documents, invalid = [], []
     for item in _progress(items, "analysing"):
         if isinstance(item, RecordError):

@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
+from pastac.grammar.ast import decimal_digits
 from pastac.ir.graph import MAIN, Fork, ThreadGraph, verify
+from pastac.ir.printer import json_int
 from pastac.passes import (
     DEFAULT_STEP_COST,
     CriticalPath,
@@ -40,20 +41,12 @@ from pastac.passes import (
     standard_pipeline,
     width,
 )
-
-# Python will not turn an int of more than 4300 digits into text (``sys.int_info``); a promise may predict
-# such a length, and positions under the ``predicted`` policy follow it.
-_MAX_DIGITS = 4000
-
-
-def json_int(n: int | None) -> int | str | None:
-    """``n`` for JSON: a string of digits when it is too long to be written as a number."""
-    return n if n is None or abs(n) < 10**_MAX_DIGITS else f"{Decimal(n):f}"
+from pastac.passes.positions import subtree_lengths
 
 
 def int_text(n: int | None) -> str:
     """``n`` as decimal text, however long; '-' for None."""
-    return "-" if n is None else f"{Decimal(n):f}" if abs(n) >= 10**_MAX_DIGITS else str(n)
+    return "-" if n is None else decimal_digits(n)
 
 
 @dataclass(frozen=True)
@@ -112,20 +105,8 @@ def plan(graph: ThreadGraph, options: PlanOptions = PlanOptions(), dump_after: S
                 thread_rows(graph, positions, plan_), dict(results.dumps))
 
 
-def subtree_tokens(graph: ThreadGraph) -> dict[int, int]:
-    """Tokens of each thread and all its descendants."""
-    total = dict.fromkeys(graph.threads, 0)
-    for _, op in graph.ops():
-        total[op.thread] += op.length
-    for thread in sorted(graph.threads, reverse=True):  # a child's id is greater than its parent's
-        parent = graph.threads[thread].parent
-        if parent is not None:
-            total[parent] += total[thread]
-    return total
-
-
 def thread_rows(graph: ThreadGraph, positions: Positions, plan_: Schedule) -> tuple[ThreadRow, ...]:
-    subtree = subtree_tokens(graph)
+    subtree = subtree_lengths(graph)
     rows = []
     for thread in graph.threads.values():
         nodes = [n for n in graph.thread_nodes(thread.id) if graph.op(n).length]

@@ -358,5 +358,6 @@ def test_usage_errors_exit_two(capsys, tmp_path, argv):
     except SystemExit as exit_:  # argparse's own errors
         code = exit_.code
     assert code == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith(("pastac: error:", "usage:")) and err.strip()
+    assert out == ""  # nothing half-done on standard output

@@ -530,3 +530,13 @@ def test_lowering_deep_lenient_nesting(depth: int) -> None:
     g = lower(orphans.document, words)
     verify(g)
     assert [type(op) for _, op in g.ops()] == [Segment]
+
+
+def test_library_api_layout_is_importable_from_the_top_and_loads_torch_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, pastac, pastac.cli; assert 'torch' not in sys.modules, 'torch imported eagerly'; "
+            "layout = pastac.training_layout(pastac.lower(pastac.parse('a<promise topic=\"t\"/><async>b</async>')));"
+            "assert isinstance(layout, pastac.Layout) and layout.mask.shape[0] == layout.position_ids.numel()")
+    subprocess.run([sys.executable, "-c", code], check=True)

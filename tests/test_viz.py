@@ -14,6 +14,7 @@ from pastac.grammar import check, parse
 from pastac.ir.graph import EdgeKind
 from pastac.ir.lengths import words
 from pastac.ir.lower import lower
+from pastac.passes.positions import subtree_lengths
 from pastac.report import (
     PlanOptions,
     distribution,
@@ -22,7 +23,6 @@ from pastac.report import (
     plan,
     plan_json,
     quantile,
-    subtree_tokens,
     summarize,
 )
 from pastac.viz import GraphvizMissing, render_dot, to_dot, to_mermaid
@@ -62,7 +62,7 @@ def test_plan_nested():
     p = plan(g, PlanOptions(policy="sequential"))
     # main: "top ", promise (2), <sync/>, " end" = 5; t1: <async>, "o ", promise (2), " p", </async> = 6;
     # t2: <async>, "i i i", </async> = 5.
-    assert subtree_tokens(g) == {0: 16, 1: 11, 2: 5} and p.figures.tokens == 16
+    assert subtree_lengths(g) == {0: 16, 1: 11, 2: 5} and p.figures.tokens == 16
     # Sequential positions are those of the stitched text: every thread's ranges tile 0..tokens.
     ranges = sorted(r for row in p.threads for r in row.positions)
     assert ranges[0][0] == 0 and ranges[-1][1] == p.figures.tokens

@@ -9,28 +9,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any, assert_never
 
-from pastac.grammar.ast import quote
+from pastac.grammar.ast import decimal_digits, decimal_int, quote
 from pastac.ir.graph import Close, Fork, IRError, Join, Open, Segment, SyncTag, ThreadGraph
 
-# Python refuses to convert ints of more than 4300 digits to or from text (``sys.int_info``), and
-# promise lengths have no upper bound: such a predicted length is written in decimal with Decimal,
-# and in JSON as a string of digits (a number that long could not be read back).
+# Promise lengths have no upper bound, and Python refuses to write an int of more than 4300 digits as a
+# JSON number (``sys.int_info``): such a length goes into JSON as a string of digits.
 _JSON_INT_LIMIT = 10**4300
 
 
-def _digits(n: int) -> str:
-    return str(n) if abs(n) < _JSON_INT_LIMIT else f"{Decimal(n):f}"
-
-
-def _json_int(n: int | None) -> int | str | None:
-    return n if n is None or abs(n) < _JSON_INT_LIMIT else _digits(n)
+def json_int(n: int | None) -> int | str | None:
+    """``n`` for JSON: a string of digits when it is too long to be written as a number."""
+    return n if n is None or abs(n) < _JSON_INT_LIMIT else decimal_digits(n)
 
 
 def _int(value: int | str | None) -> int | None:
-    return int(Decimal(value)) if isinstance(value, str) else value
+    return decimal_int(value) if isinstance(value, str) else value
 
 
 def dump(graph: ThreadGraph, annotations: Mapping[int, str] | None = None) -> str:
@@ -45,7 +40,7 @@ def dump(graph: ThreadGraph, annotations: Mapping[int, str] | None = None) -> st
             case Segment(text=text, length=length):
                 body = f"segment len={length} {quote(text)}"
             case Fork(child=child, topic=topic, predicted=predicted, length=length):
-                size = "" if predicted is None else f" predicted={_digits(predicted)}"
+                size = "" if predicted is None else f" predicted={decimal_digits(predicted)}"
                 body = f"fork t{child} len={length} topic={quote(topic)}{size}"
             case Open(length=length):
                 body = f"open len={length}"
@@ -72,7 +67,7 @@ def to_json(graph: ThreadGraph) -> dict[str, Any]:
         kind = type(op).__name__.lower()
         fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(op).items()}
         if "predicted" in fields:
-            fields["predicted"] = _json_int(fields["predicted"])
+            fields["predicted"] = json_int(fields["predicted"])
         nodes.append({"kind": kind, **fields})
     return {"format": "pastac-ir", "version": 1, "nodes": nodes, "ends": [list(e) for e in graph.ends]}
 

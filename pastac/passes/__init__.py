@@ -2,6 +2,8 @@
 
 The standard pipeline, in order: ``positions``, ``visibility``,
 ``resolution-order`` (the schedule), ``width``, ``critical-path``.
+``training_layout`` turns positions and visibility into the tensors the
+trainer and the runtime use (``Layout.mask``, ``Layout.position_ids``).
 """
 
 from pastac.passes.critical_path import DEFAULT_STEP_COST, CriticalPath, CriticalPathPass, StepCost, critical_path
@@ -21,8 +23,22 @@ def standard_pipeline(
 
 
 __all__ = [
-    "DEFAULT_STEP_COST", "CriticalPath", "CriticalPathPass", "Order", "Pass", "PassError", "PassManager",
+    "DEFAULT_STEP_COST", "CriticalPath", "CriticalPathPass", "Layout", "Order", "Pass", "PassError", "PassManager",
     "PassResults", "Policy", "PositionOptions", "Positions", "PositionsPass", "ResolutionOrderPass", "Schedule",
     "ScheduleOptions", "StepCost", "Visibility", "VisibilityPass", "Width", "WidthPass", "ancestors",
-    "assign_positions", "critical_path", "schedule", "standard_pipeline", "width",
+    "assign_positions", "critical_path", "node_visibility", "schedule", "standard_pipeline", "token_mask",
+    "training_layout", "width",
 ]
+
+
+_LAYOUT = ("Layout", "node_visibility", "token_mask", "training_layout")
+
+
+def __getattr__(name: str) -> object:
+    # The tensor layout needs torch; importing it only on first use keeps the front end and the
+    # command line's analysis commands quick to start.
+    if name in _LAYOUT:
+        from pastac.passes import layout
+
+        return getattr(layout, name)
+    raise AttributeError(f"module 'pastac.passes' has no attribute {name!r}")

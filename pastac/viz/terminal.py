@@ -20,7 +20,8 @@ from rich.tree import Tree
 
 from pastac.grammar.ast import quote
 from pastac.ir.graph import Fork, ThreadGraph
-from pastac.report import COUNTS, FIGURES, METRICS, Plan, Stats, int_text, plan_figures, subtree_tokens
+from pastac.passes.positions import subtree_lengths
+from pastac.report import COUNTS, FIGURES, METRICS, Plan, Stats, int_text, plan_figures
 from pastac.viz.graphviz import nesting
 from pastac.viz.labels import KIND_COLORS, excerpt, kind_name, node_label
 
@@ -70,7 +71,7 @@ def _number(value: float | int, *, count: bool = False) -> str:
 
 def thread_tree(graph: ThreadGraph) -> Tree:
     """Threads nested under the promise that forked them, each with its nodes in order."""
-    subtree = subtree_tokens(graph)
+    subtree = subtree_lengths(graph)
 
     def title(thread: int) -> Text:
         info = graph.threads[thread]
