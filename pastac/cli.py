@@ -171,13 +171,20 @@ def _single(args: argparse.Namespace, *, mode: str) -> tuple[ParseResult, str] |
     return result, text
 
 
-def _cmd_render(args: argparse.Namespace, out: TextIO) -> int:
+def _usable(args: argparse.Namespace) -> ParseResult | int:
+    """The file's parse result when it has no errors (under --lenient, recovered), else an exit status
+    (the diagnostics are on stderr)."""
     got = _single(args, mode="lenient" if args.lenient else "strict")
     if isinstance(got, int):
         return got
     result, _ = got
-    if result.errors:
-        return EXIT_ERRORS
+    return EXIT_ERRORS if result.errors else result
+
+
+def _cmd_render(args: argparse.Namespace, out: TextIO) -> int:
+    result = _usable(args)
+    if isinstance(result, int):
+        return result
     out.write(render(result.document))
     return EXIT_OK
 
@@ -220,13 +227,10 @@ def _positive(value: str) -> int:
 
 
 def _document(args: argparse.Namespace) -> tuple[ThreadGraph, str] | int:
-    """The file's document lowered to the IR, or an exit status (diagnostics are on stderr)."""
-    got = _single(args, mode="lenient" if args.lenient else "strict")
-    if isinstance(got, int):
-        return got
-    result, _ = got
-    if result.errors:
-        return EXIT_ERRORS
+    """The file's document lowered to the IR, or an exit status."""
+    result = _usable(args)
+    if isinstance(result, int):
+        return result
     return lower(result.document, by_name(args.length)), result.filename
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import run
 
 from pastac.cli import main
 from pastac.grammar import check
@@ -34,12 +35,6 @@ ONE = 'A <promise topic="x" tokens="2"/><async>b c d</async><sync/> e f'
 # With --max-width 2 (fifo; started threads keep their slots): t2 waits for a slot until t1 is at its
 # last two tokens and main waits at its join: main 0-5, t1 3-7, t2 6-8: 9 steps, 14/9.
 TWO = 'x <promise topic="a"/><async>one two three</async><promise topic="b"/><async>four</async><sync/>'
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

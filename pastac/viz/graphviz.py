@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from pastac.ir.graph import MAIN, EdgeKind, Join, ThreadGraph
+from pastac.ir.graph import MAIN, EdgeKind, Join, Op, ThreadGraph
 from pastac.viz.labels import KIND_COLORS, excerpt, kind_name, node_label
 
 _EDGE_STYLE = {
@@ -59,27 +59,41 @@ def nesting(graph: ThreadGraph) -> Iterator[tuple[int, bool]]:
             stack.extend((c, True) for c in reversed(children[thread]))
 
 
+def cluster_lines(graph: ThreadGraph, header: Callable[[int], list[str]], node_line: Callable[[int, Op], str],
+                  close: str) -> Iterator[str]:
+    """One nested group of lines per thread: its ``header`` lines, a ``node_line`` per node, then ``close``;
+    indented two spaces per level (shared by the DOT and Mermaid writers)."""
+    depth = 0
+    for thread, opening in nesting(graph):
+        if not opening:
+            depth -= 1
+            yield "  " * (depth + 1) + close
+            continue
+        head, *rest = header(thread)
+        pad = "  " * (depth + 2)
+        yield "  " * (depth + 1) + head
+        yield from (pad + line for line in rest)
+        yield from (pad + node_line(node, graph.op(node)) for node in graph.thread_nodes(thread))
+        depth += 1
+
+
+def _dot_node(node: int, op: Op) -> str:
+    kind = kind_name(op)
+    look = ('shape=diamond, fillcolor="#DDDDDD", fontcolor=black' if isinstance(op, Join)
+            else f'fillcolor="{KIND_COLORS[kind]}"')
+    return f"n{node} [label={_label(node_label(node, op))}, {look}, tooltip={_string(kind)}];"
+
+
 def to_dot(graph: ThreadGraph, name: str = "pasta") -> str:
     lines = [f"digraph {_string(name)} {{",
              '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, compound=true, newrank=true];',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, fontcolor=white];',
              '  edge [fontname="Helvetica", fontsize=9, arrowsize=0.7];']
-    depth = 0
-    for thread, opening in nesting(graph):
-        if not opening:
-            depth -= 1
-            lines.append("  " * (depth + 1) + "}")
-            continue
-        pad = "  " * (depth + 2)
-        lines.append("  " * (depth + 1) + f"subgraph cluster_t{thread} {{")
-        lines.append(pad + f'label={_string(thread_title(graph, thread))}; style="rounded"; color="#999999";')
-        for node in graph.thread_nodes(thread):
-            op = graph.op(node)
-            kind = kind_name(op)
-            look = ('shape=diamond, fillcolor="#DDDDDD", fontcolor=black' if isinstance(op, Join)
-                    else f'fillcolor="{KIND_COLORS[kind]}"')
-            lines.append(pad + f"n{node} [label={_label(node_label(node, op))}, {look}, tooltip={_string(kind)}];")
-        depth += 1
+    lines.extend(cluster_lines(
+        graph,
+        lambda t: [f"subgraph cluster_t{t} {{",
+                   f'label={_string(thread_title(graph, t))}; style="rounded"; color="#999999";'],
+        _dot_node, "}"))
     for u, v, kind in sorted(graph.g.edges(data="kind")):
         lines.append(f"  n{u} -> n{v} [{_EDGE_STYLE[EdgeKind(kind)]}];")
     lines.append("}")

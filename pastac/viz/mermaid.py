@@ -7,8 +7,8 @@ for the characters its parser or HTML labels would read.
 
 from __future__ import annotations
 
-from pastac.ir.graph import EdgeKind, Join, ThreadGraph
-from pastac.viz.graphviz import nesting, thread_title
+from pastac.ir.graph import EdgeKind, Join, Op, ThreadGraph
+from pastac.viz.graphviz import cluster_lines, thread_title
 from pastac.viz.labels import KIND_COLORS, kind_name, node_label
 
 _ARROWS = {EdgeKind.SEQ: "-->", EdgeKind.FORK: "-. fork .->", EdgeKind.JOIN: "== join ==>"}
@@ -23,23 +23,16 @@ def _class(kind: str) -> str:
     return kind.replace(" ", "_")
 
 
+def _node(node: int, op: Op) -> str:
+    label = "<br/>".join(_escape(line) for line in node_label(node, op))
+    shape = ("{{", "}}") if isinstance(op, Join) else ("[", "]")
+    return f'n{node}{shape[0]}"{label}"{shape[1]}:::{_class(kind_name(op))}'
+
+
 def to_mermaid(graph: ThreadGraph) -> str:
     lines = ["flowchart TD"]
-    depth = 0
-    for thread, opening in nesting(graph):
-        if not opening:
-            depth -= 1
-            lines.append("  " * (depth + 1) + "end")
-            continue
-        pad = "  " * (depth + 2)
-        lines.append("  " * (depth + 1) + f'subgraph t{thread} ["{_escape(thread_title(graph, thread))}"]')
-        lines.append(pad + "direction TB")
-        for node in graph.thread_nodes(thread):
-            op = graph.op(node)
-            label = "<br/>".join(_escape(line) for line in node_label(node, op))
-            shape = ("{{", "}}") if isinstance(op, Join) else ("[", "]")
-            lines.append(pad + f'n{node}{shape[0]}"{label}"{shape[1]}:::{_class(kind_name(op))}')
-        depth += 1
+    lines.extend(cluster_lines(
+        graph, lambda t: [f'subgraph t{t} ["{_escape(thread_title(graph, t))}"]', "direction TB"], _node, "end"))
     for u, v, kind in sorted(graph.g.edges(data="kind")):
         lines.append(f"  n{u} {_ARROWS[EdgeKind(kind)]} n{v}")
     for kind, color in KIND_COLORS.items():
