@@ -21,7 +21,7 @@ where the parent goes on after a promise, and after a join:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, assert_never
@@ -106,26 +106,49 @@ class _Walk:
     ends: dict[int, int] = field(default_factory=dict)
 
 
-def _reserving(graph: ThreadGraph, options: PositionOptions) -> list[int]:
-    start = [0] * len(graph)
-    policy = options.policy
-    subtree = subtree_lengths(graph) if policy is Policy.ORACLE else {}
+@dataclass(frozen=True)
+class PositionRule:
+    """A reserving policy's arithmetic, shared by this pass (over a finished graph) and the runtime
+    (while threads are decoded): how far a parent skips after a promise, and where it goes on after
+    a join.  ``sequential`` is not a reservation and ``oracle`` needs the child's real length, so the
+    runtime, which knows neither in advance, uses ``predicted``, ``restart`` or ``lockstep``."""
 
-    def reservation(fork: Fork) -> int:
+    options: PositionOptions
+
+    def reservation(self, predicted: int | None, tag_tokens: int, real: int | None = None) -> int:
+        """Positions a parent skips after a promise predicting ``predicted`` units, whose child's
+        <async> and </async> take ``tag_tokens`` tokens; ``real``: the child's whole length (oracle)."""
+        policy = self.options.policy
         match policy:
             case Policy.ORACLE:
-                return subtree[fork.child]
+                if real is None:
+                    raise ValueError("the oracle policy needs the child's real length")
+                return real
             case Policy.PREDICTED:
-                tags = sum(graph.op(n).length for n in graph.thread_nodes(fork.child)
-                           if isinstance(graph.op(n), Open | Close))
-                units = fork.predicted if fork.predicted is not None else options.missing
-                return tags + units * options.unit
+                units = predicted if predicted is not None else self.options.missing
+                return tag_tokens + units * self.options.unit
             case Policy.RESTART | Policy.LOCKSTEP:
                 return 0
             case Policy.SEQUENTIAL:
-                raise AssertionError("sequential positions are not reservations")
+                raise ValueError("sequential positions are not reservations")
             case _:
                 assert_never(policy)
+
+    def after_join(self, position: int, child_ends: Iterable[int]) -> int:
+        """Where a parent at ``position`` goes on after joining children that ended at ``child_ends``."""
+        if self.options.policy is Policy.LOCKSTEP:
+            return max([position, *child_ends])
+        return position
+
+
+def _reserving(graph: ThreadGraph, options: PositionOptions) -> list[int]:
+    start = [0] * len(graph)
+    rule = PositionRule(options)
+    subtree = subtree_lengths(graph) if options.policy is Policy.ORACLE else {}
+
+    def reservation(fork: Fork) -> int:
+        tags = sum(graph.op(n).length for n in graph.thread_nodes(fork.child) if isinstance(graph.op(n), Open | Close))
+        return rule.reservation(fork.predicted, tags, subtree.get(fork.child))
 
     stack = [_Walk(MAIN, iter(graph.thread_nodes(MAIN)), 0)]
     while stack:
@@ -147,8 +170,7 @@ def _reserving(graph: ThreadGraph, options: PositionOptions) -> list[int]:
             case Fork(child=child):  # the child's positions come right after its promise
                 stack.append(_Walk(child, iter(graph.thread_nodes(child)), walk.pos))
             case Join(children=children):
-                if policy is Policy.LOCKSTEP:
-                    walk.pos = max([walk.pos, *(walk.ends[c] for c in children)])
+                walk.pos = rule.after_join(walk.pos, (walk.ends[c] for c in children))
             case Segment() | Open() | Close() | SyncTag():
                 pass
             case _:
