@@ -472,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in .jsonl files, the field that holds the annotated text (default: text)")
     p.add_argument("--json", action="store_true", help="one JSON object: the distributions under their names")
     p.set_defaults(run=_cmd_stats)
+
+    from pastac.runtime.command import add_parser
+
+    add_parser(sub, _positive, _max_depth)
     return parser
 
 

@@ -1,0 +1,110 @@
+"""The interleaved KV cache: one preallocated buffer per layer, written by slot index.
+
+Every token of every thread takes the next free *slot*; a thread's tokens are
+therefore interleaved with the other threads' in slot order, and a thread reads
+the slots it may see through the attention mask, never through a copy.  The
+shared prefix is written once.  Each step the runner sets ``write_slots`` (where
+the step's new keys and values go) and ``used`` (how many slots attention reads:
+the high-water mark after the step); every layer's ``update`` writes with
+``index_copy_`` and returns views of the first ``used`` slots, so a step
+allocates nothing and copies nothing but its own new keys and values.
+
+The buffers are allocated on the first write, at full capacity, when the
+layer's head count, head size, dtype and device are known.  ``reserve`` grows
+them (one copy) if a run needs more slots than planned; ``growths`` counts
+those copies.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class SlotLayer(CacheLayerMixin):
+    """One layer's keys and values, ``[1, kv_heads, capacity, head_dim]``."""
+
+    def __init__(self, cache: SlotCache) -> None:
+        super().__init__()
+        self._cache = cache
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads = key_states.shape[:2]
+        if batch != 1:
+            raise ValueError(f"the slot cache holds one packed row, not a batch of {batch}")
+        capacity = self._cache.capacity
+        self.keys = key_states.new_zeros((1, heads, capacity, key_states.shape[-1]))
+        self.values = value_states.new_zeros((1, heads, capacity, value_states.shape[-1]))
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
+               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        slots = self._cache.write_slots
+        if slots is None:
+            raise RuntimeError("SlotCache.write_slots must be set before a forward pass")
+        assert self.keys is not None and self.values is not None
+        self.keys.index_copy_(2, slots, key_states)
+        self.values.index_copy_(2, slots, value_states)
+        used = self._cache.used
+        return self.keys[:, :, :used], self.values[:, :, :used]
+
+    def grow(self, capacity: int) -> None:
+        if not self.is_initialized:
+            return
+        assert self.keys is not None and self.values is not None
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros((*old.shape[:2], capacity, old.shape[-1]))
+            new[:, :, : old.shape[2]] = old
+            setattr(self, name, new)
+
+    def get_mask_sizes(self, query_length: int, *args: object) -> tuple[int, int]:
+        return self._cache.used, 0
+
+    def get_seq_length(self) -> int:
+        return self._cache.used
+
+    def get_max_length(self) -> int:
+        return self._cache.capacity
+
+    def nbytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        assert self.keys is not None and self.values is not None
+        return self.keys.nbytes + self.values.nbytes
+
+
+class SlotCache(Cache):
+    """A ``transformers`` cache whose layers write at the slots the runner names."""
+
+    def __init__(self, num_layers: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.write_slots: torch.Tensor | None = None
+        self.used = 0
+        self.growths = 0
+        super().__init__(layers=[SlotLayer(self) for _ in range(num_layers)])
+
+    def reserve(self, slots: int) -> None:
+        """Make room for ``slots`` slots in all (growing by at least half, one copy)."""
+        if slots <= self.capacity:
+            return
+        self.capacity = max(slots, self.capacity + self.capacity // 2)
+        for layer in self.layers:
+            assert isinstance(layer, SlotLayer)
+            layer.grow(self.capacity)
+        self.growths += 1
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.used
+
+    def nbytes(self) -> int:
+        """Bytes held by the keys and values of all layers (the whole preallocation)."""
+        return sum(layer.nbytes() for layer in self.layers if isinstance(layer, SlotLayer))
+
+    def used_bytes(self) -> int:
+        """Bytes of the slots written so far: what the run's keys and values need."""
+        total = self.nbytes()
+        return total * self.used // self.capacity if self.capacity else 0

@@ -1,0 +1,281 @@
+"""The engine: a model, its tokenizer, and the decode loop that joins scheduler and runner.
+
+    engine = Engine.from_pretrained()                 # the embedded default model
+    result = engine.generate("Give me three tips for sleeping better.")
+    result.text, result.annotated, result.graph, result.stats
+
+Modes: ``async`` (threads fork at promises), ``sequential`` (the same engine with
+every promise decoded inline: one thread, the baseline), ``replay`` (the tokens
+of an annotated response teacher-forced through model and scheduler), and
+templates (the main thread's text is given, the model fulfils its promises).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import torch
+
+from pastac.grammar import check
+from pastac.grammar.ast import Async, Document, Promise, Sync, Text
+from pastac.ir.graph import ThreadGraph
+from pastac.passes import PositionOptions, critical_path, schedule
+from pastac.runtime.replay import Replay
+from pastac.runtime.runner import Runner
+from pastac.runtime.sampling import Sampler, SamplingOptions
+from pastac.runtime.scheduler import Limits, Scheduler
+
+
+class Mode(StrEnum):
+    ASYNC = "async"
+    SEQUENTIAL = "sequential"
+
+
+class InputError(ValueError):
+    """A template or replayed document that cannot be used (the message says where and why)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    mode: Mode = Mode.ASYNC
+    limits: Limits = Limits()
+    positions: PositionOptions = PositionOptions()
+    sampling: SamplingOptions = SamplingOptions()
+    chat: bool = True  # format the prompt with the tokenizer's chat template
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))
+
+
+@dataclass(frozen=True)
+class Stats:
+    threads: int  # threads that decoded, the main one included
+    steps: int  # forward passes after the prompt's
+    tokens: int  # tokens the threads put in the cache (forced text and tags included)
+    generated: int  # tokens the model chose
+    prompt_tokens: int
+    max_width: int  # most threads in one step
+    wall_s: float
+    prefill_s: float
+    decode_s: float
+    tokens_per_s: float  # tokens / decode_s
+    parallelism: float  # tokens / steps: the speedup over one token per step that the run achieved
+    theoretical_speedup: float  # the annotated answer's tokens / its critical path
+    kv_bytes: int  # keys and values of the slots used
+    kv_capacity_bytes: int  # the preallocated cache
+    cache_growths: int
+    warnings: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def line(self) -> str:
+        return (f"{self.tokens} tokens in {self.steps} steps by {self.threads} thread"
+                f"{'s' if self.threads != 1 else ''} (max {self.max_width} at once); {self.tokens_per_s:.1f} tokens/s, "
+                f"{self.wall_s:.2f} s wall; parallelism {self.parallelism:.2f}, theoretical speedup "
+                f"{self.theoretical_speedup:.2f}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # the stitched answer
+    annotated: str  # the answer with its Pasta-Lang tags, each async block after its promise
+    graph: ThreadGraph
+    stats: Stats
+    warnings: tuple[str, ...] = ()
+    thread_steps: dict[int, tuple[int, int]] = field(default_factory=dict)  # thread -> (first, last step)
+    activity: tuple[tuple[int, int, int], ...] = ()  # (step, thread, tokens placed); step 0 is the prompt's
+    step_times: tuple[tuple[float, float], ...] = ()  # per step: start and end, seconds from the run's start
+    topics: dict[int, str | None] = field(default_factory=dict)  # per thread
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: int
+    new_text: dict[int, str]  # per thread, the text it wrote in this step
+    status: dict[int, str]  # per live thread
+    parents: dict[int, int | None]
+    topics: dict[int, str | None]
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    result: Generation
+
+
+def template_chunks(source: str, tokenizer: Any, *, filename: str = "<template>") -> list[tuple[list[int], str]]:
+    """A template's main-thread text as (tokens, text) chunks, each ending at a promise or a sync.
+
+    A template is Pasta-Lang whose promises have no ``<async>`` block: the model
+    writes them.  Any other error is an ``InputError`` with the diagnostics."""
+    result = check(source, mode="strict", filename=filename)
+    errors = [d for d in result.errors if d.code != "E304"]
+    if errors or result.document is None:
+        from pastac.grammar.diagnostics import format_text
+
+        raise InputError("the template has errors:\n" + format_text(errors, source, filename))
+    chunks: list[tuple[list[int], str]] = []
+    tokens: list[int] = []
+    text: list[str] = []
+    for node in result.document.body:
+        match node:
+            case Async():
+                raise InputError(f"{filename}:{node.span.start}: a template's promises are fulfilled by the model; "
+                                 "remove the <async> block")
+            case Text(value=value):
+                piece = value
+            case Promise() | Sync():
+                from pastac.grammar.printer import to_source
+
+                piece = to_source(Document((node,)))
+        tokens.extend(tokenizer.encode(piece, add_special_tokens=False))
+        text.append(piece)
+        if isinstance(node, Promise | Sync):
+            chunks.append((tokens, "".join(text)))
+            tokens, text = [], []
+    if tokens:
+        chunks.append((tokens, "".join(text)))
+    return chunks
+
+
+@dataclass
+class _Run:
+    sched: Scheduler
+    runner: Runner
+    prompt_tokens: int
+    started: float
+    times: list[tuple[float, float]] = field(default_factory=list)
+    max_width: int = 0
+
+
+class Engine:
+    _run: _Run | None = None
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model") -> None:
+        from pastac.runtime.models import check_architecture
+
+        check_architecture(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos: tuple[int, ...] = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
+                        adapter: str | None = None, progress: bool = True) -> Engine:
+        from pastac.runtime.models import load_model
+
+        loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
+        return cls(loaded.model, loaded.tokenizer, name=loaded.name)
+
+    def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]:
+        from pastac.runtime.models import prompt_ids
+
+        return prompt_ids(self.tokenizer, prompt, chat=chat)
+
+    def generate(self, prompt: str, options: RunOptions = RunOptions(), *, template: str | None = None,
+                 replay: str | None = None, keep_logits: bool = False) -> Generation:
+        result = None
+        for event in self.stream(prompt, options, template=template, replay=replay, keep_logits=keep_logits):
+            if isinstance(event, DoneEvent):
+                result = event.result
+        assert result is not None
+        return result
+
+    def stream(self, prompt: str, options: RunOptions = RunOptions(), *, template: str | None = None,
+               replay: str | None = None, keep_logits: bool = False) -> Iterator[StepEvent | DoneEvent]:
+        """Decode, yielding a ``StepEvent`` after every step and a ``DoneEvent`` at the end."""
+        limits = options.limits
+        if options.mode is Mode.SEQUENTIAL:
+            limits = replace(limits, max_depth=0)
+        replayed = None
+        if replay is not None:
+            parsed = check(replay, mode="strict", max_depth=max(limits.max_depth, 64))
+            if parsed.errors or parsed.document is None:
+                from pastac.grammar.diagnostics import format_text
+
+                raise InputError("the replayed document has errors:\n" + format_text(parsed.errors, replay, "<replay>"))
+            replayed = Replay(parsed.document, self.tokenizer, max_depth=limits.max_depth)
+            big = replayed.tokens() + 1
+            limits = replace(limits, max_new_tokens=max(limits.max_new_tokens, big),
+                             max_total_tokens=max(limits.max_total_tokens, big))
+        chunks = template_chunks(template, self.tokenizer) if template is not None else None
+
+        started = time.perf_counter()
+        ids = self.prompt_ids(prompt, chat=options.chat)
+        if not ids:
+            raise InputError("the prompt is empty")
+        sched = Scheduler(self.tokenizer, limits=limits, positions=options.positions, eos=self.eos,
+                          prompt_length=0, replay=replayed)
+        main = sched.threads[0]
+        main.inputs = list(ids)
+        if chunks:
+            sched.force(chunks)
+        forced = sum(len(t) for t, _ in chunks or ())
+        runner = Runner(self.model, capacity=len(ids) + limits.max_total_tokens + forced + 64)
+        runner.keep_logits = keep_logits
+        sampler = Sampler(options.sampling, device=runner.device)
+        self.runner = runner  # for tests and benchmarks: the last run's cache and logits
+        self._run = run = _Run(sched, runner, len(ids), started)
+        seen: dict[int, int] = {}
+        while not sched.done:
+            plan = sched.plan()
+            if not plan.tokens:
+                break
+            runner.reserve(max(plan.slots) + 1, max(sched.threads) + 1)
+            begun = time.perf_counter() - started
+            tokens = runner.step(plan, sampler)
+            sched.advance(tokens)
+            run.times.append((begun, time.perf_counter() - started))
+            if len(run.times) > 1:
+                run.max_width = max(run.max_width, len(set(plan.threads)))
+            yield self._event(sched, seen)
+        yield DoneEvent(self._result(run))
+
+    def partial(self) -> Generation | None:
+        """The current (or last) run as it stands: what was decoded so far, e.g. after an interrupt."""
+        return None if self._run is None else self._result(self._run)
+
+    def _event(self, sched: Scheduler, seen: dict[int, int]) -> StepEvent:
+        new: dict[int, str] = {}
+        for tid, thread in sched.threads.items():
+            pieces = thread.pieces
+            start = seen.get(tid, 0)
+            text = "".join(v for k, v in pieces[start:] if k == "text")
+            seen[tid] = len(pieces)
+            if text:
+                new[tid] = text
+        return StepEvent(sched.step_no, new, {t: str(th.status) for t, th in sched.threads.items()},
+                         {t: th.parent for t, th in sched.threads.items()},
+                         {t: th.topic for t, th in sched.threads.items()})
+
+    def _result(self, run: _Run) -> Generation:
+        sched, runner, prompt_tokens = run.sched, run.runner, run.prompt_tokens
+        wall = time.perf_counter() - run.started
+        prefill_s = run.times[0][1] if run.times else 0.0
+        steps, max_width = max(len(run.times) - 1, 0), run.max_width
+        placed = sum(n for _, _, n in sched.activity) - prompt_tokens
+        decode_s = max(wall - prefill_s, 1e-9)
+        graph = sched.graph
+        try:
+            theoretical = critical_path(graph, schedule(graph)).theoretical_speedup
+        except Exception:  # an unfinished graph (a run cut short) has no schedule
+            theoretical = 1.0
+        threads = sum(1 for t in sched.threads.values() if t.fed)
+        stats = Stats(
+            threads=threads, steps=steps, tokens=placed, generated=sched.chosen, prompt_tokens=prompt_tokens,
+            max_width=max_width, wall_s=wall, prefill_s=prefill_s, decode_s=decode_s,
+            tokens_per_s=placed / decode_s, parallelism=placed / steps if steps else 1.0,
+            theoretical_speedup=theoretical, kv_bytes=runner.cache.used_bytes(),
+            kv_capacity_bytes=runner.cache.nbytes(), cache_growths=runner.cache.growths,
+            warnings=len(sched.warnings))
+        warnings = tuple(f"t{w.thread}: {w.message}" for w in sched.warnings)
+        spans = {t: (th.first_step or 0, th.last_step or 0) for t, th in sched.threads.items()}
+        return Generation(sched.stitched(), sched.annotated(), graph, stats, warnings, spans, tuple(sched.activity),
+                          tuple(run.times), {t: th.topic for t, th in sched.threads.items()})

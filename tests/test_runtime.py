@@ -1,0 +1,223 @@
+"""The runtime's correctness on tiny random models (CPU, float32).
+
+The central check: every logit the runtime computes while replaying an
+annotated document step by step, threads interleaved in one KV cache, equals
+the logit of one forward over the training layout with the mask and positions
+of the IR's passes; and equals a plain forward over exactly the tokens that
+token may see.  Tolerance: 1e-4 absolute on logits of order 1 (float32; the
+only differences are summation orders).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from pastac import PositionOptions, lower, parse, training_layout
+from pastac.grammar import check
+from pastac.ir.lengths import tokenizer_length
+from pastac.runtime.engine import Engine, Generation, InputError, RunOptions
+from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.replay import node_token_ids
+from pastac.runtime.scheduler import Limits
+
+ATOL = 1e-4
+SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
+PROMPT = "Give me tips."
+DOC = ('Tips: <promise topic="sleep" tokens="2"/><async>Sleep well at night, every night.</async>'
+       '<promise topic="food" tokens="1"/><async>Eat <promise topic="greens"/><async>greens and beans</async>'
+       '<sync/> daily.</async> and <sync/> Done, that is all.')
+
+
+@functools.cache
+def engine(shape: str) -> Engine:
+    tokenizer = tiny_tokenizer()
+    return Engine(random_model(shape, vocab_size=len(tokenizer), seed=1), tokenizer, name=shape)
+
+
+def replay(shape: str, doc: str = DOC, **options: object) -> tuple[Engine, Generation]:
+    e = engine(shape)
+    result = e.generate(PROMPT, RunOptions(**options), replay=doc, keep_logits=True)  # type: ignore[arg-type]
+    return e, result
+
+
+def reference(e: Engine, doc: str, policy: str = "predicted") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                        dict[int, list[int]]]:
+    """Tokens, positions and mask of prompt + training layout, and each IR thread's token indices in order."""
+    graph = lower(parse(doc), tokenizer_length(e.tokenizer))
+    ids = node_token_ids(graph, e.tokenizer)
+    layout = training_layout(graph, PositionOptions(policy=policy))
+    prompt = e.prompt_ids(PROMPT)
+    p, t = len(prompt), layout.node_ids.numel()
+    tokens = torch.tensor(prompt + [tok for node in ids for tok in node])
+    assert tokens.numel() == p + t
+    positions = torch.cat([torch.arange(p), p + layout.position_ids])
+    mask = torch.zeros((p + t, p + t), dtype=torch.bool)
+    mask[:p, :p] = torch.tril(torch.ones((p, p), dtype=torch.bool))
+    mask[p:, :p] = True
+    mask[p:, p:] = layout.mask
+    order: dict[int, list[int]] = {0: list(range(p))}
+    for index, thread in enumerate(layout.thread_ids.tolist()):
+        order.setdefault(thread, []).append(p + index)
+    return tokens, positions, mask, order
+
+
+def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    additive = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+    with torch.inference_mode():
+        out = model(input_ids=tokens[None], position_ids=positions[None], attention_mask=additive[None, None])
+    return out.logits[0]
+
+
+def runtime_logits(e: Engine) -> list[tuple[int, int, torch.Tensor]]:
+    """(runtime thread, index of the token in that thread, logits) for every query the runtime sampled."""
+    runner = e.runner
+    count: dict[int, int] = {}
+    out = []
+    for (_, threads, sample), logits in zip(runner.plans, runner.logits, strict=True):
+        index_of = {}
+        for q, thread in enumerate(threads):
+            index_of[q] = count.get(thread, 0)
+            count[thread] = index_of[q] + 1
+        for row, q in enumerate(sample):
+            out.append((threads[q], index_of[q], logits[row]))
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("policy", ["predicted", "restart", "lockstep"])
+def test_replay_logits_equal_one_forward_over_the_training_layout(shape, policy):
+    e, result = replay(shape, positions=PositionOptions(policy=policy))
+    assert result.stats.threads == 4 and not result.warnings
+    tokens, positions, mask, order = reference(e, DOC, policy)
+    expected = forward(e.model, tokens, positions, mask)
+    ir_of = {t: th.ir_thread for t, th in e._run.sched.threads.items()}
+    checked = 0
+    for thread, index, logits in runtime_logits(e):
+        want = expected[order[ir_of[thread]][index]]
+        torch.testing.assert_close(logits, want, atol=ATOL, rtol=0)
+        checked += 1
+    assert checked >= result.stats.generated - result.stats.threads  # (nearly) every token the threads chose
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_each_token_sees_exactly_what_a_plain_forward_over_its_visible_tokens_sees(shape):
+    e, _ = replay(shape)
+    tokens, positions, mask, order = reference(e, DOC)
+    ir_of = {t: th.ir_thread for t, th in e._run.sched.threads.items()}
+    for n, (thread, index, logits) in enumerate(runtime_logits(e)):
+        if n % 5:  # a fifth of the tokens: each is one forward
+            continue
+        i = order[ir_of[thread]][index]
+        visible = mask[i].nonzero().squeeze(-1)
+        assert visible[-1] == i
+        alone = forward(e.model, tokens[visible], positions[visible], mask[visible][:, visible])
+        torch.testing.assert_close(logits, alone[-1], atol=ATOL, rtol=0)
+
+
+def test_sequential_replay_is_one_causal_thread():
+    e, result = replay("tiny-llama", mode="sequential")
+    assert result.stats.threads == 1 and not result.warnings
+    tokens, positions, _, _ = reference(e, DOC, "sequential")
+    order = sorted(range(tokens.numel()), key=lambda i: positions[i].item())  # the sequential layout
+    causal = torch.tril(torch.ones((len(order), len(order)), dtype=torch.bool))
+    expected = forward(e.model, tokens[order], torch.arange(len(order)), causal)
+    got = [logits for _, _, logits in runtime_logits(e)]
+    # the sampled queries are the tokens the model chose, in order; forced <async> tags are fed with the promise
+    seen = 0
+    for row in range(expected.shape[0]):
+        if seen < len(got) and torch.allclose(got[seen], expected[row], atol=ATOL, rtol=0):
+            seen += 1
+    assert seen == len(got)
+
+
+def test_replay_reproduces_the_document_under_any_width_and_depth():
+    for limits in (Limits(), Limits(max_width=2), Limits(max_width=1), Limits(max_depth=1), Limits(max_depth=0)):
+        _, result = replay("tiny-llama", limits=limits)
+        assert result.annotated == DOC, limits
+        assert result.text == ("Tips: Sleep well at night, every night.Eat greens and beans daily. and  Done, "
+                               "that is all.")
+        if limits.max_width is not None:
+            assert result.stats.max_width <= limits.max_width
+    _, capped = replay("tiny-llama", limits=Limits(max_width=1))
+    assert capped.stats.parallelism == pytest.approx(capped.stats.tokens / capped.stats.steps)
+
+
+def test_kv_memory_of_a_forked_run_equals_the_sequential_run():
+    _, forked = replay("tiny-llama")
+    _, sequential = replay("tiny-llama", mode="sequential")
+    assert forked.stats.kv_bytes == sequential.stats.kv_bytes
+    assert forked.stats.steps < sequential.stats.steps
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_text_without_tags_gives_the_same_tokens_in_every_mode_and_hf_generate(shape):
+    e = engine(shape)
+    options = RunOptions(limits=Limits(max_new_tokens=24))
+    a = e.generate(PROMPT, options)
+    s = e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_new_tokens=24)))
+    ids = torch.tensor([e.prompt_ids(PROMPT)])
+    with torch.inference_mode():
+        hf = e.model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=list(e.eos) or None,
+                              pad_token_id=e.tokenizer.pad_token_id)
+    text = e.tokenizer.decode(hf[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "<promise" not in a.annotated  # a random model that wrote a tag would test something else
+    assert a.text == s.text == text
+
+
+TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="food" tokens="1"/>\n<sync/>\nThat is all.'
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_template_children_equal_decoding_each_thread_alone(shape):
+    e = engine(shape)
+    budget = 10
+    result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=budget)), template=TEMPLATE)
+    assert result.stats.threads == 3
+    doc = check(result.annotated, mode="strict")
+    assert not doc.errors, doc.diagnostics
+    sched = e._run.sched
+    prompt = e.prompt_ids(PROMPT)
+    main_text = 'Three tips:\n<promise topic="sleep" tokens="1"/>'
+    for child, before in ((1, main_text), (2, main_text + '\n<promise topic="food" tokens="1"/>')):
+        # the child sees the prompt, the main thread up to its promise, and its <async>: a plain prefix
+        pieces = ['Three tips:\n', '<promise topic="sleep" tokens="1"/>']
+        if child == 2:
+            pieces += ['\n', '<promise topic="food" tokens="1"/>']
+        assert "".join(pieces) == before
+        ids = prompt + [t for piece in pieces for t in e.tokenizer.encode(piece, add_special_tokens=False)]
+        ids += e.tokenizer.encode("<async>", add_special_tokens=False)
+        with torch.inference_mode():
+            out = e.model.generate(torch.tensor([ids]), max_new_tokens=budget, do_sample=False,
+                                   eos_token_id=list(e.eos) or None, pad_token_id=e.tokenizer.pad_token_id)
+        alone = e.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
+        assert written == alone
+
+
+def test_budget_and_eos_close_children_with_a_warning_and_a_valid_document():
+    e = engine("tiny-llama")
+    result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=3)), template=TEMPLATE)
+    assert any("closed" in w for w in result.warnings)
+    assert not check(result.annotated, mode="strict").errors
+    assert result.text.startswith("Three tips:\n") and result.text.endswith("\nThat is all.")
+
+
+def test_bad_template_and_replay_are_input_errors():
+    e = engine("tiny-llama")
+    with pytest.raises(InputError, match="E102"):
+        e.generate(PROMPT, template='a <promise topic=x/>')
+    with pytest.raises(InputError, match="fulfilled by the model"):
+        e.generate(PROMPT, template='a <promise topic="x"/><async>b</async>')
+    with pytest.raises(InputError, match="E301"):
+        e.generate(PROMPT, replay='a <promise topic="x"/><async>b')
+
+
+def test_stream_yields_steps_then_the_result():
+    e = engine("tiny-llama")
+    events = list(e.stream(PROMPT, RunOptions(limits=Limits(max_new_tokens=5)), template=TEMPLATE))
+    assert events[-1].result.stats.steps == len(events) - 2  # the prompt's forward is not a step
+    written = "".join(ev.new_text.get(0, "") for ev in events[:-1])
+    assert written == "".join(v for k, v in e._run.sched.threads[0].pieces if k == "text")
