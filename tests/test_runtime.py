@@ -171,30 +171,44 @@ TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="fo
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_template_children_equal_decoding_each_thread_alone(shape):
+@pytest.mark.parametrize("tags", [True, False])
+def test_template_children_equal_decoding_each_thread_alone(shape, tags):
+    """Each child, decoded among the others, writes what greedy decoding of its context alone writes.
+    (The restart policy keeps the context's positions contiguous, so a plain ``generate`` can compare.)"""
     e = engine(shape)
     budget = 10
-    result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=budget)), template=TEMPLATE)
+    options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
+                         template_tags=tags, child_stop="")
+    result = e.generate(PROMPT, options, template=TEMPLATE)
     assert result.stats.threads == 3
     doc = check(result.annotated, mode="strict")
     assert not doc.errors, doc.diagnostics
     sched = e._run.sched
-    prompt = e.prompt_ids(PROMPT)
-    main_text = 'Three tips:\n<promise topic="sleep" tokens="1"/>'
-    for child, before in ((1, main_text), (2, main_text + '\n<promise topic="food" tokens="1"/>')):
+    promises = ['<promise topic="sleep" tokens="1"/>', '<promise topic="food" tokens="1"/>']
+    contexts = [["Three tips:\n", promises[0]], ["Three tips:\n", promises[0], "\n", promises[1]]]
+    for child, pieces in zip((1, 2), contexts, strict=True):
         # the child sees the prompt, the main thread up to its promise, and its <async>: a plain prefix
-        pieces = ['Three tips:\n', '<promise topic="sleep" tokens="1"/>']
-        if child == 2:
-            pieces += ['\n', '<promise topic="food" tokens="1"/>']
-        assert "".join(pieces) == before
-        ids = prompt + [t for piece in pieces for t in e.tokenizer.encode(piece, add_special_tokens=False)]
-        ids += e.tokenizer.encode("<async>", add_special_tokens=False)
+        if not tags:
+            pieces = [p for p in pieces if p not in promises]
+        ids = e.prompt_ids(PROMPT) + [t for p in pieces for t in e.tokenizer.encode(p, add_special_tokens=False)]
+        if tags:
+            ids += e.tokenizer.encode("<async>", add_special_tokens=False)
         with torch.inference_mode():
             out = e.model.generate(torch.tensor([ids]), max_new_tokens=budget, do_sample=False,
                                    eos_token_id=list(e.eos) or None, pad_token_id=e.tokenizer.pad_token_id)
         alone = e.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
         written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
         assert written == alone
+
+
+def test_template_children_stop_at_a_line_break_by_default():
+    e = engine("tiny-llama")
+    result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=40)), template=TEMPLATE)
+    sched = e._run.sched
+    for child in (1, 2):
+        written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
+        assert "\n" not in written.strip(), written
+    assert result.text.startswith("Three tips:\n") and result.text.endswith("\nThat is all.")
 
 
 def test_budget_and_eos_close_children_with_a_warning_and_a_valid_document():

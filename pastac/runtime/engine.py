@@ -46,6 +46,10 @@ class RunOptions:
     positions: PositionOptions = PositionOptions()
     sampling: SamplingOptions = SamplingOptions()
     chat: bool = True  # format the prompt with the tokenizer's chat template
+    # Templates: keep the tags in the model's context (for a model trained on Pasta-Lang), or leave them
+    # out (default: a model that never saw a tag reads plain text, and each child starts where its promise was).
+    template_tags: bool = False
+    child_stop: str | None = None  # a child's body ends where it writes this (templates default to a newline)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -107,11 +111,14 @@ class DoneEvent:
     result: Generation
 
 
-def template_chunks(source: str, tokenizer: Any, *, filename: str = "<template>") -> list[tuple[list[int], str]]:
+def template_chunks(source: str, tokenizer: Any, *, tags: bool = True,
+                    filename: str = "<template>") -> list[tuple[list[int], str]]:
     """A template's main-thread text as (tokens, text) chunks, each ending at a promise or a sync.
 
     A template is Pasta-Lang whose promises have no ``<async>`` block: the model
-    writes them.  Any other error is an ``InputError`` with the diagnostics."""
+    writes them.  Any other error is an ``InputError`` with the diagnostics.
+    Without ``tags`` the tags are scanned (so threads fork and join) but put no
+    tokens in the context; a chunk left without tokens joins the one before."""
     result = check(source, mode="strict", filename=filename)
     errors = [d for d in result.errors if d.code != "E304"]
     if errors or result.document is None:
@@ -132,12 +139,16 @@ def template_chunks(source: str, tokenizer: Any, *, filename: str = "<template>"
                 from pastac.grammar.printer import to_source
 
                 piece = to_source(Document((node,)))
-        tokens.extend(tokenizer.encode(piece, add_special_tokens=False))
+        if tags or isinstance(node, Text):
+            tokens.extend(tokenizer.encode(piece, add_special_tokens=False))
         text.append(piece)
         if isinstance(node, Promise | Sync):
-            chunks.append((tokens, "".join(text)))
+            if tokens or not chunks:
+                chunks.append((tokens, "".join(text)))
+            else:
+                chunks[-1] = (chunks[-1][0], chunks[-1][1] + "".join(text))
             tokens, text = [], []
-    if tokens:
+    if tokens or text:
         chunks.append((tokens, "".join(text)))
     return chunks
 
@@ -205,14 +216,18 @@ class Engine:
             big = replayed.tokens() + 1
             limits = replace(limits, max_new_tokens=max(limits.max_new_tokens, big),
                              max_total_tokens=max(limits.max_total_tokens, big))
-        chunks = template_chunks(template, self.tokenizer) if template is not None else None
+        chunks = None
+        if template is not None:
+            chunks = template_chunks(template, self.tokenizer, tags=options.template_tags)
 
         started = time.perf_counter()
         ids = self.prompt_ids(prompt, chat=options.chat)
         if not ids:
             raise InputError("the prompt is empty")
+        tags = template is None or options.template_tags
+        stop = options.child_stop if options.child_stop is not None or template is None else "\n"
         sched = Scheduler(self.tokenizer, limits=limits, positions=options.positions, eos=self.eos,
-                          prompt_length=0, replay=replayed)
+                          prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None)
         main = sched.threads[0]
         main.inputs = list(ids)
         if chunks:

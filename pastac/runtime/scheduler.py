@@ -124,7 +124,8 @@ class Warning_:
 
 class Scheduler:
     def __init__(self, tokenizer: Any, *, limits: Limits, positions: PositionOptions, eos: Sequence[int],
-                 prompt_length: int, replay: Replay | None = None) -> None:
+                 prompt_length: int, replay: Replay | None = None, tags: bool = True,
+                 child_stop: str | None = None) -> None:
         if positions.policy in (Policy.SEQUENTIAL, Policy.ORACLE):
             raise ValueError(f"the runtime cannot use the {positions.policy} position policy: it needs the "
                              "children's lengths before they are written; use predicted, restart or lockstep")
@@ -134,8 +135,11 @@ class Scheduler:
         self.eos = frozenset(eos)
         self.graph = ThreadGraph()
         self.threads: dict[int, Thread] = {}
-        self.open_ids = tokenizer.encode(OPEN, add_special_tokens=False)
-        self.close_ids = tokenizer.encode(CLOSE, add_special_tokens=False)
+        # The tags the runtime force-feeds.  Without them (templates for models that never saw a tag) a
+        # child's first token is chosen from its parent's last query, where both see the same context.
+        self.open_ids = tokenizer.encode(OPEN, add_special_tokens=False) if tags else []
+        self.close_ids = tokenizer.encode(CLOSE, add_special_tokens=False) if tags else []
+        self.child_stop = child_stop
         self.next_slot = prompt_length
         self.step_no = 0
         self.chosen = 0
@@ -192,6 +196,9 @@ class Scheduler:
             self.activity.append((self.step_no, thread.id, n))
             for child in self._pending_forks.pop(thread.id, ()):
                 plan.forks.append((thread.id, child, plan.slots[first + n - 1] + 1))
+                if not self.threads[child].inputs:
+                    plan.sample.append(first + n - 1)
+                    self._sampling.append(self.threads[child])
             if self._wants_sample(thread):
                 plan.sample.append(first + n - 1)
                 self._sampling.append(thread)
@@ -298,8 +305,11 @@ class Scheduler:
         self.chosen += 1
         thread.inputs.append(token)
         assert thread.detok is not None
-        self._scan(thread, thread.detok.add(token), tokens=1)
-        if thread.status is not Status.RUNNING:
+        text = thread.detok.add(token)
+        self._scan(thread, text, tokens=1)
+        if thread.status not in (Status.RUNNING, Status.QUEUED):
+            return
+        if self.child_stop and thread.id != MAIN and self.child_stop in text and self._stop(thread):
             return
         if thread.chosen >= self.limits.max_new_tokens:
             self._end_body(thread, reason=f"reached --max-new-tokens ({self.limits.max_new_tokens})")
@@ -449,6 +459,26 @@ class Scheduler:
             self.graph.close(thread.id, CLOSE, len(self.close_ids))
             thread.pieces.append(("tag", CLOSE))
         self._closing(thread)
+
+    def _stop(self, thread: Thread) -> bool:
+        """End a child at ``child_stop`` once it has written something; the stop and what follows it
+        in the same token are dropped (they belong to the parent's layout, e.g. a list's line break)."""
+        assert self.child_stop is not None
+        text = "".join(v for k, v in thread.pieces if k == "text") + thread.scanner.held
+        cut = text.find(self.child_stop, len(text) - len(text.lstrip()))
+        if cut <= 0 or not text[:cut].strip():
+            return False
+        self._end_body(thread, reason=None)
+        kept, out = 0, []
+        for kind, value in thread.pieces:
+            if kind == "text":
+                value = value[: max(cut - kept, 0)]
+                kept += len(value)
+                if not value:
+                    continue
+            out.append((kind, value))
+        thread.pieces = out
+        return True
 
     def _warn(self, thread: Thread, message: str) -> None:
         self.warnings.append(Warning_(thread.id, message))
