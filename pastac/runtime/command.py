@@ -43,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction, positive: type | object, count: 
                                                            "writes what its promises promise")
     source.add_argument("--replay", metavar="FILE", help="teacher-force this annotated response through the model "
                                                          "and the scheduler (measures the runtime, not the model)")
+    how.add_argument("--template-tags", action="store_true",
+                     help="keep the template's tags in the model's context (for a model trained on Pasta-Lang)")
+    how.add_argument("--child-stop", metavar="TEXT", default=None,
+                     help="a child's part ends where it writes TEXT (default with --template: a line break; "
+                          "'' for none)")
     how.add_argument("--max-new-tokens", type=positive, default=256, metavar="N", help="per thread (default 256)")
     how.add_argument("--max-total-tokens", type=positive, default=2048, metavar="N",
                      help="all threads together (default 2048)")
@@ -97,7 +102,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
                           max_width=args.max_width, max_depth=args.max_depth, order=args.order),
             positions=PositionOptions(policy=args.policy, unit=args.unit),
             sampling=SamplingOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed),
-            chat=not args.no_chat)
+            chat=not args.no_chat, template_tags=args.template_tags,
+            child_stop=None if args.child_stop is None else args.child_stop.encode().decode("unicode_escape"))
     except ValueError as error:
         raise UsageError(str(error)) from None
     try:

@@ -1,0 +1,81 @@
+"""``pastac run`` end to end on a tiny random model saved as a Hugging Face folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli import run
+
+from pastac.runtime.models import random_model, tiny_tokenizer
+
+TEMPLATE = ('Tips:\n<promise topic="a" tokens="1"/>\n<promise topic="b" tokens="1"/>\n<promise topic="c"/>\n'
+            '<sync/>\nEnd.')
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = tiny_tokenizer()
+    random_model("tiny-llama", vocab_size=len(tokenizer), seed=3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_run_json_with_a_template_forks_three_threads(capsys, tmp_path, model_dir):
+    template = tmp_path / "t.pasta"
+    template.write_text(TEMPLATE)
+    trace = tmp_path / "trace.json"
+    code, out, err = run(capsys, "run", "Give tips.", "--model", model_dir, "--template", str(template),
+                         "--max-new-tokens", "6", "--json", "--trace", str(trace), "-q")
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) >= {"text", "annotated", "stats", "warnings"}
+    assert result["stats"]["threads"] == 4 and result["stats"]["steps"] >= 1
+    assert result["text"].startswith("Tips:\n") and result["text"].endswith("\nEnd.")
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {e["tid"] for e in events if e.get("ph") == "X"} == {0, 1, 2, 3}
+
+
+def test_run_prints_the_answer_and_a_stats_line(capsys, tmp_path, model_dir):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Hello")
+    code, out, err = run(capsys, "run", str(prompt), "--model", model_dir, "--max-new-tokens", "5",
+                         "--show-annotated", "--mode", "sequential")
+    assert code == 0 and "--- annotated ---" in out
+    assert "tokens in" in err and "1 thread" in err
+
+
+def test_run_replay(capsys, tmp_path, model_dir):
+    doc = tmp_path / "doc.pasta"
+    doc.write_text('A <promise topic="x"/><async>b c</async><sync/> d')
+    code, out, err = run(capsys, "run", "Hi", "--model", model_dir, "--replay", str(doc), "--json", "-q")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["annotated"] == 'A <promise topic="x"/><async>b c</async><sync/> d'
+    assert result["text"] == "A b c d" and result["stats"]["threads"] == 2
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["run", "missing.txt"], 2, "no such file"),
+    (["run", "hi", "--model", "{tmp}/nope"], 2, "nope"),
+    (["run", "hi", "--model", "{model}", "--template", "{tmp}/bad.pasta"], 1, "E102"),
+    (["run", "hi", "--model", "{model}", "--template", "{tmp}/none.pasta"], 2, "no such file"),
+    (["run", "hi", "--model", "{model}", "--top-p", "0"], 2, "top_p"),
+])
+def test_run_errors(capsys, tmp_path, model_dir, argv, code, message):
+    (tmp_path / "bad.pasta").write_text("a <promise topic=x/>")
+    args = [a.format(tmp=tmp_path, model=model_dir) for a in argv]
+    got, out, err = run(capsys, *args)
+    assert got == code and message in err and out == ""
+
+
+def test_stdin_prompt(capsys, monkeypatch, model_dir):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": io.BytesIO(b"Hello")})())
+    code, out, _ = run(capsys, "run", "-", "--model", model_dir, "--max-new-tokens", "3", "-q")
+    assert code == 0 and out.endswith("\n")
+    assert Path(model_dir).is_dir()
