@@ -40,4 +40,8 @@ def __getattr__(name: str) -> object:
         from pastac.passes import layout
 
         return getattr(layout, name)
+    if name in ("Engine", "RunOptions", "Generation"):  # need torch and transformers
+        from pastac.runtime import engine
+
+        return getattr(engine, name)
     raise AttributeError(f"module 'pastac' has no attribute {name!r}")
