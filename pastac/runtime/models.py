@@ -671,25 +671,17 @@ def verify_packed_attention(model: PreTrainedModel, *, atol: float | None = None
 #: qwen2 with grouped-query attention); ``smollm2-135m`` is the default model's real shape and ``llama-7b``
 #: that of Llama-2-7B, for benchmarks that time decoding at scale without weights. Position tables are
 #: large because the runtime may skip positions ahead of the tokens it has.
+_TINY_DECODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 4096,
+}
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny-llama": {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 128,
-        "max_position_embeddings": 4096,
-    },
-    "tiny-qwen2": {
-        "model_type": "qwen2",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 128,
-        "max_position_embeddings": 4096,
-    },
+    "tiny-llama": {"model_type": "llama", **_TINY_DECODER},
+    "tiny-qwen2": {"model_type": "qwen2", **_TINY_DECODER},
     "tiny-gpt2": {
         "model_type": "gpt2",
         "n_embd": 64,
