@@ -73,7 +73,7 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
 
 def runtime_logits(e: Engine) -> list[tuple[int, int, torch.Tensor]]:
     """(runtime thread, index of the token in that thread, logits) for every query the runtime sampled."""
-    runner = e.runner
+    runner = e.last_run.runner
     count: dict[int, int] = {}
     out = []
     for (_, threads, sample), logits in zip(runner.plans, runner.logits, strict=True):
@@ -93,7 +93,7 @@ def test_replay_logits_equal_one_forward_over_the_training_layout(shape, policy)
     assert result.stats.threads == 4 and not result.warnings
     tokens, positions, mask, order = reference(e, DOC, policy)
     expected = forward(e.model, tokens, positions, mask)
-    ir_of = {t: th.ir_thread for t, th in e._run.sched.threads.items()}
+    ir_of = {t: th.ir_thread for t, th in e.last_run.sched.threads.items()}
     checked = 0
     for thread, index, logits in runtime_logits(e):
         want = expected[order[ir_of[thread]][index]]
@@ -106,7 +106,7 @@ def test_replay_logits_equal_one_forward_over_the_training_layout(shape, policy)
 def test_each_token_sees_exactly_what_a_plain_forward_over_its_visible_tokens_sees(shape):
     e, _ = replay(shape)
     tokens, positions, mask, order = reference(e, DOC)
-    ir_of = {t: th.ir_thread for t, th in e._run.sched.threads.items()}
+    ir_of = {t: th.ir_thread for t, th in e.last_run.sched.threads.items()}
     for n, (thread, index, logits) in enumerate(runtime_logits(e)):
         if n % 5:  # a fifth of the tokens: each is one forward
             continue
@@ -183,7 +183,7 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
     assert result.stats.threads == 3
     doc = check(result.annotated, mode="strict")
     assert not doc.errors, doc.diagnostics
-    sched = e._run.sched
+    sched = e.last_run.sched
     promises = ['<promise topic="sleep" tokens="1"/>', '<promise topic="food" tokens="1"/>']
     contexts = [["Three tips:\n", promises[0]], ["Three tips:\n", promises[0], "\n", promises[1]]]
     for child, pieces in zip((1, 2), contexts, strict=True):
@@ -204,7 +204,7 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
 def test_template_children_stop_at_a_line_break_by_default():
     e = engine("tiny-llama")
     result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=40)), template=TEMPLATE)
-    sched = e._run.sched
+    sched = e.last_run.sched
     for child in (1, 2):
         written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
         assert "\n" not in written.strip(), written
@@ -234,4 +234,4 @@ def test_stream_yields_steps_then_the_result():
     events = list(e.stream(PROMPT, RunOptions(limits=Limits(max_new_tokens=5)), template=TEMPLATE))
     assert events[-1].result.stats.steps == len(events) - 2  # the prompt's forward is not a step
     written = "".join(ev.new_text.get(0, "") for ev in events[:-1])
-    assert written == "".join(v for k, v in e._run.sched.threads[0].pieces if k == "text")
+    assert written == "".join(v for k, v in e.last_run.sched.threads[0].pieces if k == "text")

@@ -154,7 +154,9 @@ def template_chunks(source: str, tokenizer: Any, *, tags: bool = True,
 
 
 @dataclass
-class _Run:
+class Run:
+    """A run's live state: its scheduler (threads, graph), its runner (cache; logits when kept)."""
+
     sched: Scheduler
     runner: Runner
     prompt_tokens: int
@@ -164,7 +166,7 @@ class _Run:
 
 
 class Engine:
-    _run: _Run | None = None
+    last_run: Run | None = None  # the current or last run, for tests, benchmarks and partial results
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model") -> None:
         from pastac.runtime.models import check_architecture
@@ -236,8 +238,7 @@ class Engine:
         runner = Runner(self.model, capacity=len(ids) + limits.max_total_tokens + forced + 64)
         runner.keep_logits = keep_logits
         sampler = Sampler(options.sampling, device=runner.device)
-        self.runner = runner  # for tests and benchmarks: the last run's cache and logits
-        self._run = run = _Run(sched, runner, len(ids), started)
+        self.last_run = run = Run(sched, runner, len(ids), started)
         seen: dict[int, int] = {}
         while not sched.done:
             plan = sched.plan()
@@ -255,7 +256,7 @@ class Engine:
 
     def partial(self) -> Generation | None:
         """The current (or last) run as it stands: what was decoded so far, e.g. after an interrupt."""
-        return None if self._run is None else self._result(self._run)
+        return None if self.last_run is None else self._result(self.last_run)
 
     def _event(self, sched: Scheduler, seen: dict[int, int]) -> StepEvent:
         new: dict[int, str] = {}
@@ -270,7 +271,7 @@ class Engine:
                          {t: th.parent for t, th in sched.threads.items()},
                          {t: th.topic for t, th in sched.threads.items()})
 
-    def _result(self, run: _Run) -> Generation:
+    def _result(self, run: Run) -> Generation:
         sched, runner, prompt_tokens = run.sched, run.runner, run.prompt_tokens
         wall = time.perf_counter() - run.started
         prefill_s = run.times[0][1] if run.times else 0.0

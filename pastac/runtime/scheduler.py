@@ -117,7 +117,7 @@ class Thread:
 
 
 @dataclass(frozen=True)
-class Warning_:
+class RunWarning:
     thread: int
     message: str
 
@@ -143,7 +143,7 @@ class Scheduler:
         self.next_slot = prompt_length
         self.step_no = 0
         self.chosen = 0
-        self.warnings: list[Warning_] = []
+        self.warnings: list[RunWarning] = []
         self._pending_forks: dict[int, list[int]] = {}
         self._joins: list[tuple[int, int]] = []
         self._sampling: list[Thread] = []
@@ -337,7 +337,7 @@ class Scheduler:
             thread.segment.append(lexeme.value)
             thread.pieces.append(("text", lexeme.value))
             return
-        if thread.status is not Status.RUNNING:  # e.g. text after </async> in the token that closed it
+        if thread.status not in (Status.RUNNING, Status.QUEUED):  # e.g. text after the </async> that closed it
             self._warn(thread, f"dropped {quote(lexeme.raw)} written after the thread's end")
             return
         self._on_tag(thread, lexeme)
@@ -392,7 +392,7 @@ class Scheduler:
                     length = self._tag_node(thread, lexeme)
                     self.graph.close(thread.id, lexeme.raw, length)
                     thread.pieces.append(("tag", lexeme.raw))
-                    self._closing(thread)
+                    thread.status = Status.CLOSING
                 else:
                     self._warn(thread, "dropped a </async> that closes no block")
             case TagKind.ASYNC_OPEN:
@@ -428,9 +428,6 @@ class Scheduler:
         thread.skip += self.rule.reservation(tag.tokens, len(self.open_ids) + len(self.close_ids))
         self._pending_forks.setdefault(thread.id, []).append(child_id)
 
-    def _closing(self, thread: Thread) -> None:
-        thread.status = Status.CLOSING
-
     def _end_body(self, thread: Thread, reason: str | None) -> None:
         """End a thread's body: EOS, budget, or end of its script or template."""
         assert thread.detok is not None
@@ -458,7 +455,7 @@ class Scheduler:
             thread.inputs.extend(self.close_ids)
             self.graph.close(thread.id, CLOSE, len(self.close_ids))
             thread.pieces.append(("tag", CLOSE))
-        self._closing(thread)
+        thread.status = Status.CLOSING
 
     def _stop(self, thread: Thread) -> bool:
         """End a child at ``child_stop`` once it has written something; the stop and what follows it
@@ -481,7 +478,7 @@ class Scheduler:
         return True
 
     def _warn(self, thread: Thread, message: str) -> None:
-        self.warnings.append(Warning_(thread.id, message))
+        self.warnings.append(RunWarning(thread.id, message))
 
     # -- results ---------------------------------------------------------------
 
