@@ -22,8 +22,11 @@ import torch
 
 from pastac.grammar import check
 from pastac.grammar.ast import Async, Document, Promise, Sync, Text
+from pastac.grammar.diagnostics import format_text
+from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
+from pastac.runtime.models import check_architecture, load_model, prompt_ids
 from pastac.runtime.replay import Replay
 from pastac.runtime.runner import Runner
 from pastac.runtime.sampling import Sampler, SamplingOptions
@@ -122,8 +125,6 @@ def template_chunks(source: str, tokenizer: Any, *, tags: bool = True,
     result = check(source, mode="strict", filename=filename)
     errors = [d for d in result.errors if d.code != "E304"]
     if errors or result.document is None:
-        from pastac.grammar.diagnostics import format_text
-
         raise InputError("the template has errors:\n" + format_text(errors, source, filename))
     chunks: list[tuple[list[int], str]] = []
     tokens: list[int] = []
@@ -136,8 +137,6 @@ def template_chunks(source: str, tokenizer: Any, *, tags: bool = True,
             case Text(value=value):
                 piece = value
             case Promise() | Sync():
-                from pastac.grammar.printer import to_source
-
                 piece = to_source(Document((node,)))
         if tags or isinstance(node, Text):
             tokens.extend(tokenizer.encode(piece, add_special_tokens=False))
@@ -169,8 +168,6 @@ class Engine:
     last_run: Run | None = None  # the current or last run, for tests, benchmarks and partial results
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model") -> None:
-        from pastac.runtime.models import check_architecture
-
         check_architecture(model)
         self.model = model
         self.tokenizer = tokenizer
@@ -182,14 +179,10 @@ class Engine:
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
                         adapter: str | None = None, progress: bool = True) -> Engine:
-        from pastac.runtime.models import load_model
-
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
         return cls(loaded.model, loaded.tokenizer, name=loaded.name)
 
     def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]:
-        from pastac.runtime.models import prompt_ids
-
         return prompt_ids(self.tokenizer, prompt, chat=chat)
 
     def generate(self, prompt: str, options: RunOptions = RunOptions(), *, template: str | None = None,
@@ -211,9 +204,8 @@ class Engine:
         if replay is not None:
             parsed = check(replay, mode="strict", max_depth=max(limits.max_depth, 64))
             if parsed.errors or parsed.document is None:
-                from pastac.grammar.diagnostics import format_text
-
-                raise InputError("the replayed document has errors:\n" + format_text(parsed.errors, replay, "<replay>"))
+                errors = format_text(parsed.errors, replay, "<replay>")
+                raise InputError("the replayed document has errors:\n" + errors)
             replayed = Replay(parsed.document, self.tokenizer, max_depth=limits.max_depth)
             big = replayed.tokens() + 1
             limits = replace(limits, max_new_tokens=max(limits.max_new_tokens, big),
@@ -279,10 +271,7 @@ class Engine:
         placed = sum(n for _, _, n in sched.activity) - prompt_tokens
         decode_s = max(wall - prefill_s, 1e-9)
         graph = sched.graph
-        try:
-            theoretical = critical_path(graph, schedule(graph)).theoretical_speedup
-        except Exception:  # an unfinished graph (a run cut short) has no schedule
-            theoretical = 1.0
+        theoretical = critical_path(graph, schedule(graph)).theoretical_speedup  # a cut-short run's graph too
         threads = sum(1 for t in sched.threads.values() if t.fed)
         stats = Stats(
             threads=threads, steps=steps, tokens=placed, generated=sched.chosen, prompt_tokens=prompt_tokens,
