@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from test_cli import run
@@ -78,4 +77,3 @@ def test_stdin_prompt(capsys, monkeypatch, model_dir):
     monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": io.BytesIO(b"Hello")})())
     code, out, _ = run(capsys, "run", "-", "--model", model_dir, "--max-new-tokens", "3", "-q")
     assert code == 0 and out.endswith("\n")
-    assert Path(model_dir).is_dir()

@@ -201,13 +201,22 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
         assert written == alone
 
 
+def test_a_child_ends_where_it_writes_the_stop_text():
+    e = engine("tiny-llama")
+    limits = Limits(max_new_tokens=16)
+    free = e.generate(PROMPT, RunOptions(limits=limits, child_stop=""), template=TEMPLATE)
+    written = "".join(v for k, v in e.last_run.sched.threads[1].pieces if k == "text")
+    stop = written.strip()[len(written.strip()) // 2:][:2]  # text the child does write, after some content
+    assert stop.strip() and free.stats.threads == 3
+    e.generate(PROMPT, RunOptions(limits=limits, child_stop=stop), template=TEMPLATE)
+    stopped = "".join(v for k, v in e.last_run.sched.threads[1].pieces if k == "text")
+    assert stopped == written[:written.index(stop, len(written) - len(written.lstrip()) + 1)]
+
+
 def test_template_children_stop_at_a_line_break_by_default():
     e = engine("tiny-llama")
     result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=40)), template=TEMPLATE)
-    sched = e.last_run.sched
-    for child in (1, 2):
-        written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
-        assert "\n" not in written.strip(), written
+    assert e.last_run.sched.child_stop == "\n"
     assert result.text.startswith("Three tips:\n") and result.text.endswith("\nThat is all.")
 
 

@@ -462,8 +462,9 @@ class Scheduler:
         in the same token are dropped (they belong to the parent's layout, e.g. a list's line break)."""
         assert self.child_stop is not None
         text = "".join(v for k, v in thread.pieces if k == "text") + thread.scanner.held
-        cut = text.find(self.child_stop, len(text) - len(text.lstrip()))
-        if cut <= 0 or not text[:cut].strip():
+        content = len(text) - len(text.lstrip())  # the first character written that is not white space
+        cut = text.find(self.child_stop, content + 1)
+        if content == len(text) or cut < 0:
             return False
         self._end_body(thread, reason=None)
         kept, out = 0, []
