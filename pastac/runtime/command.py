@@ -11,13 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from pastac.runtime.engine import Generation
 
 PROMPT_SUFFIXES = (".txt", ".md", ".prompt", ".pasta", ".json")
 
 
-def add_parser(sub: argparse._SubParsersAction, positive: type | object, count: type | object) -> None:
+def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], count: Callable[[str], int]) -> None:
+    """Add ``run`` to the CLI; ``positive`` and ``count`` parse integers >= 1 and >= 0 (the CLI's own)."""
     from pastac.passes import Order, Policy
 
     p = sub.add_parser(
@@ -87,7 +92,7 @@ def _prompt(arg: str) -> str:
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.cli import EXIT_ERRORS, EXIT_OK, UsageError, _read
     from pastac.passes import PositionOptions
-    from pastac.runtime.engine import Engine, Generation, InputError, RunOptions
+    from pastac.runtime.engine import DoneEvent, Engine, InputError, RunOptions
     from pastac.runtime.models import ModelError
     from pastac.runtime.sampling import SamplingOptions
     from pastac.runtime.scheduler import Limits
@@ -119,12 +124,11 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         live = LiveView(sys.stderr)
     result: Generation | None = None
     try:
-        stream = engine.stream(prompt, options, template=template, replay=replay)
-        for event in stream:
-            if hasattr(event, "result"):
-                result = event.result  # type: ignore[attr-defined]
+        for event in engine.stream(prompt, options, template=template, replay=replay):
+            if isinstance(event, DoneEvent):
+                result = event.result
             elif live is not None:
-                live.update(event)  # type: ignore[arg-type]
+                live.update(event)
     except InputError as error:
         print(f"pastac: error: {error}", file=sys.stderr)
         return EXIT_ERRORS
@@ -140,8 +144,6 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         if live is not None:
             live.stop()
     assert result is not None
-    if args.trace:
-        _write_trace(args.trace, result, engine.name)
     if args.json:
         out.write(json.dumps({"text": result.text, "annotated": result.annotated, "stats": result.stats.to_json(),
                               "warnings": list(result.warnings), "model": engine.name, "mode": args.mode},
@@ -154,14 +156,13 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         for warning in result.warnings:
             print(f"pastac: warning: {warning}", file=sys.stderr)
         print(f"pastac: {result.stats.line()}", file=sys.stderr)
+    if args.trace:  # after the answer: an unwritable trace file loses nothing decoded
+        _write_trace(args.trace, result, engine.name)
     return EXIT_OK
 
 
-def trace_events(result: object, name: str) -> dict[str, object]:
+def trace_events(result: Generation, name: str) -> dict[str, object]:
     """A Chrome/Perfetto trace: one track per thread, one slice per step it decoded in (time in ms)."""
-    from pastac.runtime.engine import Generation
-
-    assert isinstance(result, Generation)
     times = result.step_times
     events: list[dict[str, object]] = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": name}}]
     topics = {t: (th_topic or "main") for t, th_topic in result.topics.items()}
@@ -176,7 +177,7 @@ def trace_events(result: object, name: str) -> dict[str, object]:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-def _write_trace(path: str, result: object, name: str) -> None:
+def _write_trace(path: str, result: Generation, name: str) -> None:
     from pastac.cli import UsageError
 
     try:
