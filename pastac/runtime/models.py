@@ -383,6 +383,8 @@ def convert_gguf(path: str | os.PathLike[str], *, progress: bool = True) -> Path
                 )
                 _require_all_weights(info, source)
                 tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+            # What transformers raises for a file it cannot read: a damaged file (OSError, ValueError, KeyError),
+            # an architecture its GGUF loader does not know (NotImplementedError), mismatched tensors (RuntimeError).
             except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as error:
                 raise ModelError(f"transformers cannot load the GGUF file {source}: {error}") from error
         _complete_converted(model, tokenizer, source)
