@@ -108,3 +108,7 @@ class SlotCache(Cache):
         """Bytes of the slots written so far: what the run's keys and values need."""
         total = self.nbytes()
         return total * self.used // self.capacity if self.capacity else 0
+
+    def peak_bytes(self) -> int:
+        """The most bytes of keys and values held at once: the slots used (they are never freed)."""
+        return self.used_bytes()

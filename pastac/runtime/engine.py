@@ -13,7 +13,7 @@ templates (the main thread's text is given, the model fulfils its promises).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -28,9 +28,12 @@ from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
 from pastac.runtime.models import check_architecture, load_model, prompt_ids
 from pastac.runtime.replay import Replay
+from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner
 from pastac.runtime.sampling import Sampler, SamplingOptions
 from pastac.runtime.scheduler import Limits, Scheduler
+
+RunnerFactory = Callable[[torch.nn.Module, int], Any]
 
 
 class Mode(StrEnum):
@@ -73,6 +76,7 @@ class Stats:
     parallelism: float  # tokens / steps: the speedup over one token per step that the run achieved
     theoretical_speedup: float  # the annotated answer's tokens / its critical path
     kv_bytes: int  # keys and values of the slots used
+    kv_peak_bytes: int  # the most keys and values held at once
     kv_capacity_bytes: int  # the preallocated cache
     cache_growths: int
     warnings: int
@@ -157,7 +161,7 @@ class Run:
     """A run's live state: its scheduler (threads, graph), its runner (cache; logits when kept)."""
 
     sched: Scheduler
-    runner: Runner
+    runner: Runner | RowRunner
     prompt_tokens: int
     started: float
     times: list[tuple[float, float]] = field(default_factory=list)
@@ -186,17 +190,23 @@ class Engine:
         return prompt_ids(self.tokenizer, prompt, chat=chat)
 
     def generate(self, prompt: str, options: RunOptions = RunOptions(), *, template: str | None = None,
-                 replay: str | None = None, keep_logits: bool = False) -> Generation:
+                 replay: str | None = None, keep_logits: bool = False,
+                 runner: RunnerFactory | None = None) -> Generation:
         result = None
-        for event in self.stream(prompt, options, template=template, replay=replay, keep_logits=keep_logits):
+        for event in self.stream(prompt, options, template=template, replay=replay, keep_logits=keep_logits,
+                                 runner=runner):
             if isinstance(event, DoneEvent):
                 result = event.result
         assert result is not None
         return result
 
     def stream(self, prompt: str, options: RunOptions = RunOptions(), *, template: str | None = None,
-               replay: str | None = None, keep_logits: bool = False) -> Iterator[StepEvent | DoneEvent]:
-        """Decode, yielding a ``StepEvent`` after every step and a ``DoneEvent`` at the end."""
+               replay: str | None = None, keep_logits: bool = False,
+               runner: RunnerFactory | None = None) -> Iterator[StepEvent | DoneEvent]:
+        """Decode, yielding a ``StepEvent`` after every step and a ``DoneEvent`` at the end.
+
+        ``runner`` makes the runner from the model and a cache capacity (default: the packed ``Runner``;
+        the benchmark passes the row runners of the strategies pastac is compared with)."""
         limits = options.limits
         if options.mode is Mode.SEQUENTIAL:
             limits = replace(limits, max_depth=0)
@@ -227,7 +237,8 @@ class Engine:
         if chunks:
             sched.force(chunks)
         forced = sum(len(t) for t, _ in chunks or ())
-        runner = Runner(self.model, capacity=len(ids) + limits.max_total_tokens + forced + 64)
+        capacity = len(ids) + limits.max_total_tokens + forced + 64
+        runner = (runner or Runner)(self.model, capacity)
         runner.keep_logits = keep_logits
         sampler = Sampler(options.sampling, device=runner.device)
         self.last_run = run = Run(sched, runner, len(ids), started)
@@ -278,6 +289,7 @@ class Engine:
             max_width=max_width, wall_s=wall, prefill_s=prefill_s, decode_s=decode_s,
             tokens_per_s=placed / decode_s, parallelism=placed / steps if steps else 1.0,
             theoretical_speedup=theoretical, kv_bytes=runner.cache.used_bytes(),
+            kv_peak_bytes=runner.cache.peak_bytes(),
             kv_capacity_bytes=runner.cache.nbytes(), cache_growths=runner.cache.growths,
             warnings=len(sched.warnings))
         warnings = tuple(f"t{w.thread}: {w.message}" for w in sched.warnings)
