@@ -553,3 +553,20 @@ def test_layout_refuses_positions_past_int64() -> None:
     # Policies without reservations are unaffected.
     sequential = training_layout(doc(huge), PositionOptions(Policy.SEQUENTIAL))
     assert sequential.position_ids.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_step_cost_with_context(doc: ThreadGraph) -> None:
+    cost = StepCost(((1, 10.0), (2, 12.0), (4, 16.0)), "test", ((1, 1.0), (4, 4.0)))  # ms per 1000 cached
+    assert cost(1) == 10.0 and cost(1, 1000) == 11.0 and cost(2, 500) == 12.0 + 2.0 * 0.5
+    figures = critical_path(doc, schedule(doc), cost, context=1000)
+    plan = schedule(doc)
+    placed, parallel = 1000, 0.0
+    for decoding in plan.decoding:  # every step reads what the steps before it placed
+        parallel += cost(len(decoding), placed)
+        placed += len(decoding)
+    assert figures.parallel_ms == pytest.approx(parallel)
+    assert figures.sequential_ms == pytest.approx(sum(10.0 + (1000 + i) / 1000 for i in range(20)))
+    assert figures.predicted_speedup == pytest.approx(figures.sequential_ms / parallel)
+    assert critical_path(doc, plan, COST, context=1000).parallel_ms == critical_path(doc, plan, COST).parallel_ms
+    with pytest.raises(ValueError, match="distinct thread counts"):
+        StepCost(((1, 1.0),), "", ((0, 1.0),))

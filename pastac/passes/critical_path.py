@@ -7,8 +7,10 @@
   1); ``max_speedup`` = tokens / critical_path (the paper's figure);
 - ``average_parallelism``: tokens decoded per step, the mean width;
 - with a step-cost model (milliseconds per step as a function of the number of
-  decoding threads, calibrated by the benchmark): ``predicted_speedup`` =
-  cost of decoding every token alone / cost of the schedule's steps.
+  decoding threads and of the tokens already in the cache, calibrated by
+  ``pastac bench``): ``predicted_speedup`` = cost of decoding every token alone
+  / cost of the schedule's steps.  ``context`` is the prompt's length: the
+  cache holds it before the first step.
 """
 
 from __future__ import annotations
@@ -24,24 +26,36 @@ from pastac.passes.resolution_order import Schedule, ScheduleOptions, schedule
 
 @dataclass(frozen=True)
 class StepCost:
-    """Milliseconds per decode step by number of threads; linear between and beyond the points."""
+    """Milliseconds per decode step by number of threads, plus (``per_context``, by number of threads)
+    milliseconds per 1,000 tokens already in the cache; linear between and beyond the points."""
 
     table: tuple[tuple[int, float], ...]
     source: str = ""
+    per_context: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
-        points = tuple(sorted(self.table))
-        if not points or points[0][0] < 1 or any(a[0] == b[0] for a, b in itertools.pairwise(points)):
-            raise ValueError("a step-cost table needs distinct thread counts >= 1")
-        object.__setattr__(self, "table", points)
+        for name in ("table", "per_context"):
+            points = tuple(sorted(getattr(self, name)))
+            if name == "per_context" and not points:
+                continue
+            if not points or points[0][0] < 1 or any(a[0] == b[0] for a, b in itertools.pairwise(points)):
+                raise ValueError("a step-cost table needs distinct thread counts >= 1")
+            object.__setattr__(self, name, points)
 
-    def __call__(self, threads: int) -> float:
-        xs = [t for t, _ in self.table]
-        if len(self.table) == 1:
-            return self.table[0][1] * threads / xs[0] if threads > xs[0] else self.table[0][1]
-        i = min(max(bisect.bisect_left(xs, threads), 1), len(xs) - 1)
-        (x0, y0), (x1, y1) = self.table[i - 1], self.table[i]
-        return max(0.0, y0 + (y1 - y0) * (threads - x0) / (x1 - x0))
+    def __call__(self, threads: int, context: int = 0) -> float:
+        ms = _interpolate(self.table, threads)
+        if self.per_context and context:
+            ms += _interpolate(self.per_context, threads) * context / 1000
+        return max(0.0, ms)
+
+
+def _interpolate(table: tuple[tuple[int, float], ...], x: int) -> float:
+    xs = [t for t, _ in table]
+    if len(table) == 1:
+        return table[0][1] * x / xs[0] if x > xs[0] else table[0][1]
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    (x0, y0), (x1, y1) = table[i - 1], table[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 # Measured with SmolLM2-135M-Instruct in bf16 on a 2-core AVX-512 CPU, one packed row, 200-token prefix.
@@ -63,12 +77,20 @@ class CriticalPath:
     cost_model: str = field(default="")
 
 
-def critical_path(graph: ThreadGraph, plan: Schedule, cost: StepCost = DEFAULT_STEP_COST) -> CriticalPath:
+def critical_path(graph: ThreadGraph, plan: Schedule, cost: StepCost = DEFAULT_STEP_COST, *,
+                  context: int = 0) -> CriticalPath:
     tokens = graph.tokens()
     unbounded = plan if plan.options.max_width is None else schedule(graph, ScheduleOptions(None, plan.options.order))
     steps = plan.steps
-    sequential_ms = tokens * cost(1)
-    parallel_ms = sum(cost(len(d)) for d in plan.decoding)
+    if cost.per_context:
+        sequential_ms = sum(cost(1, context + i) for i in range(tokens))
+        parallel_ms, placed = 0.0, context
+        for decoding in plan.decoding:
+            parallel_ms += cost(len(decoding), placed)
+            placed += len(decoding)
+    else:
+        sequential_ms = tokens * cost(1)
+        parallel_ms = sum(cost(len(d)) for d in plan.decoding)
     return CriticalPath(
         tokens=tokens,
         steps=steps,
