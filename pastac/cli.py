@@ -476,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pastac.runtime.command import add_parser
 
     add_parser(sub, _positive, _max_depth)
+    from pastac.bench.command import add_parser as add_bench
+
+    add_bench(sub, _positive)
     return parser
 
 

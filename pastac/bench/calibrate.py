@@ -1,0 +1,75 @@
+"""Calibrating the step-cost model on the running machine.
+
+One decode step of pastac's runner costs a forward over one query per thread,
+each reading the cache.  ``calibrate`` times such steps for several thread
+counts and cache lengths (random tokens: the cost does not depend on them) and
+fits, per thread count, milliseconds = base + slope x context: the
+``StepCost`` that ``critical_path`` turns into the cost-model bound.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pastac.passes.critical_path import StepCost
+from pastac.runtime.runner import Runner, StepPlan
+from pastac.runtime.sampling import Sampler, SamplingOptions
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threads: tuple[int, ...]
+    contexts: tuple[int, ...]
+    ms: tuple[tuple[float, ...], ...]  # ms[i][j]: median ms per step, threads[i] at contexts[j]
+    cost: StepCost
+
+    def to_json(self) -> dict[str, object]:
+        return {"threads": list(self.threads), "contexts": list(self.contexts),
+                "ms_per_step": [list(row) for row in self.ms],
+                "fit": {"ms": [list(p) for p in self.cost.table],
+                        "ms_per_1000_context": [list(p) for p in self.cost.per_context]}}
+
+
+def _fit(contexts: tuple[int, ...], ms: tuple[float, ...]) -> tuple[float, float]:
+    """Least squares: ms = base + slope * context / 1000."""
+    if len(contexts) == 1:
+        return ms[0], 0.0
+    xs = [c / 1000 for c in contexts]
+    mx, my = statistics.fmean(xs), statistics.fmean(ms)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ms, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, max(slope, 0.0)
+
+
+def calibrate(model: torch.nn.Module, *, threads: tuple[int, ...] = (1, 2, 4, 8, 16),
+              contexts: tuple[int, ...] = (128, 512, 1024), repeats: int = 5, seed: int = 0,
+              label: str = "") -> Calibration:
+    """Median milliseconds per decode step of ``Runner`` for each thread count and cache length."""
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    sampler = Sampler(SamplingOptions())
+    table: list[list[float]] = [[] for _ in threads]
+    for context in contexts:
+        runner = Runner(model, capacity=context + max(threads) + 1, threads=max(threads))
+        prompt = torch.randint(vocab, (context,), generator=generator).tolist()
+        runner.step(StepPlan(tokens=prompt, positions=list(range(context)), slots=list(range(context)),
+                             threads=[0] * context, sample=[context - 1]), sampler)
+        runner.views[: max(threads), :context] = True  # every thread sees the whole prefix
+        for i, n in enumerate(threads):
+            tokens = torch.randint(vocab, (n,), generator=generator).tolist()
+            plan = StepPlan(tokens=tokens, positions=[context] * n, slots=list(range(context, context + n)),
+                            threads=list(range(n)), sample=list(range(n)))
+            runner.step(plan, sampler)  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                runner.step(plan, sampler)  # one host sync: the sampled tokens
+                times.append((time.perf_counter() - start) * 1000)
+            table[i].append(statistics.median(times))
+    fits = [_fit(contexts, tuple(row)) for row in table]
+    cost = StepCost(tuple((n, base) for n, (base, _) in zip(threads, fits, strict=True)), label,
+                    tuple((n, slope) for n, (_, slope) in zip(threads, fits, strict=True)))
+    return Calibration(tuple(threads), tuple(contexts), tuple(tuple(row) for row in table), cost)

@@ -1,0 +1,141 @@
+"""``pastac bench``: the strategies side by side on the replay suite, with the calibrated bound.
+
+Prints tables (or ``--json``); ``--plot DIR`` draws the pictures; ``--out DIR``
+writes report.json, report.txt and the pictures there.  Exit status: 0 done,
+2 usage error, unreadable suite or a model that cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
+    from pastac.bench import STRATEGIES
+
+    p = sub.add_parser(
+        "bench", help="measured vs theoretical speedup, against the strategies peers use",
+        description="Replay annotated responses through every strategy (hf-generate, sequential, refork, "
+                    "batched-copy, pasta) with the same model in one process, interleaved; calibrate the "
+                    "step cost and compare pasta's measured speedup with the bound it gives. Figures are "
+                    "measured on this machine; nothing is asserted.")
+    p.add_argument("--suite", metavar="FILE.jsonl", help="annotated responses, one JSON object per line with "
+                                                        "\"prompt\" and \"text\" (default: the shipped suite)")
+    p.add_argument("--ids", metavar="ID,...", help="only these responses of the suite")
+    p.add_argument("--limit", type=positive, metavar="N", help="only the first N responses")
+    p.add_argument("--sample", type=positive, metavar="N", help="N responses spread over the suite's shapes")
+    p.add_argument("--quick", action="store_true",
+                   help="the shortest response that forks, one run of each strategy, a small calibration "
+                        "(under 2 minutes on a 2-core CPU with the default model)")
+    model = p.add_argument_group("model")
+    source = model.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="PATH", help="a Hugging Face model folder or a .gguf file (default: "
+                                                        "the embedded SmolLM2-135M-Instruct)")
+    source.add_argument("--shape", metavar="NAME",
+                        help="random weights of this shape (tiny-llama, tiny-qwen2, tiny-gpt2, smollm2-135m, "
+                             "llama-7b) with the default model's tokenizer (timing needs no "
+                             "trained weights; llama-7b for a GPU)")
+    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    model.add_argument("--torch-threads", type=positive, metavar="N", help="torch's intra-op threads on the CPU")
+    how = p.add_argument_group("runs")
+    how.add_argument("--strategies", metavar="S,...", default=",".join(STRATEGIES),
+                     help=f"which to run (default: all of {', '.join(STRATEGIES)})")
+    how.add_argument("--repeats", type=positive, metavar="N", help="runs of each strategy per response (default 2; "
+                                                                  "1 with --quick)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the report as one JSON object instead of tables")
+    out.add_argument("--plot", metavar="DIR", help="write measured_vs_theoretical.png and step_cost.png here")
+    out.add_argument("--out", metavar="DIR", help="write report.json, report.txt and the pictures here")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=bench_command)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from pastac.cli import UsageError
+    from pastac.runtime.engine import Engine
+    from pastac.runtime.models import ModelError, load_model, random_model
+
+    try:
+        if args.shape is None:
+            return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+        tokenizer = load_model(None, progress=not args.quiet).tokenizer
+        model = random_model(args.shape, vocab_size=len(tokenizer), dtype=args.dtype, device=args.device,
+                             eos_token_id=tokenizer.eos_token_id)
+        return Engine(model, tokenizer, name=f"{args.shape} (random weights)")
+    except ModelError as error:
+        raise UsageError(str(error)) from None
+
+
+def bench_command(args: argparse.Namespace, out: TextIO) -> int:
+    import torch
+    from rich.console import Console
+
+    from pastac.bench.report import plot, print_report
+    from pastac.bench.run import QUICK, BenchOptions, run_bench
+    from pastac.bench.suite import SuiteError, load_suite, quick_selection, spread_selection
+    from pastac.cli import EXIT_OK, UsageError
+
+    try:
+        responses = load_suite(args.suite)
+    except SuiteError as error:
+        raise UsageError(str(error)) from None
+    if args.ids:
+        wanted = [i.strip() for i in args.ids.split(",") if i.strip()]
+        known = {r.id for r in responses}
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            raise UsageError(f"no response with id {', '.join(missing)} in the suite")
+        responses = [r for r in responses if r.id in wanted]
+    elif args.sample:
+        responses = spread_selection(responses, args.sample)
+    elif args.quick:
+        responses = quick_selection(responses)
+    if args.limit:
+        responses = responses[: args.limit]
+    base = QUICK if args.quick else BenchOptions()
+    try:
+        options = BenchOptions(strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+                               repeats=args.repeats or base.repeats, threads=base.threads, contexts=base.contexts,
+                               calibration_repeats=base.calibration_repeats, warmup=base.warmup)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    engine = _engine(args)
+    err = Console(file=sys.stderr)
+    if args.quiet:
+        report = run_bench(engine, responses, options)
+    else:
+        from rich.progress import Progress
+
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("pastac bench", total=len(responses))
+
+            def tell(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"pastac bench: {what}", completed=done)
+
+            report = run_bench(engine, responses, options, progress=tell)
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        print_report(report, Console(file=out, width=200))
+    folders = [Path(d) for d in (args.plot, args.out) if d]
+    try:
+        for folder in folders:
+            paths = plot(report, folder)
+            if not args.quiet:
+                print(f"pastac: wrote {', '.join(map(str, paths))}", file=sys.stderr)
+        if args.out:
+            folder = Path(args.out)
+            (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            with (folder / "report.txt").open("w", encoding="utf-8") as text:
+                print_report(report, Console(file=text, width=200, color_system=None))
+    except OSError as error:
+        raise UsageError(f"cannot write the report: {error}") from None
+    return EXIT_OK

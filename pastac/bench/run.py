@@ -1,0 +1,165 @@
+"""Running the benchmark: calibration, the strategies interleaved on every response, the report."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pastac.bench import STRATEGIES
+from pastac.bench.calibrate import Calibration, calibrate
+from pastac.bench.strategies import Bench, Measurement
+from pastac.bench.suite import Response
+from pastac.passes import critical_path, schedule
+from pastac.runtime.engine import Engine
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    strategies: tuple[str, ...] = STRATEGIES
+    repeats: int = 2  # runs of each strategy on each response
+    threads: tuple[int, ...] = (1, 2, 4, 8, 12, 16)  # calibration grid
+    contexts: tuple[int, ...] = (128, 512, 1024)
+    calibration_repeats: int = 5
+    warmup: bool = True  # run each strategy once on a small document first
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise ValueError(f"unknown strategy {', '.join(unknown) or '(none)'}; choose from {', '.join(STRATEGIES)}")
+        if self.repeats < 1 or self.calibration_repeats < 1:
+            raise ValueError("repeats must be >= 1")
+
+
+# The calibration has warmed the model up; the strategies' own first calls are a small part of a quick run.
+QUICK = BenchOptions(repeats=1, threads=(1, 2, 4, 8), contexts=(64, 512), calibration_repeats=3, warmup=False)
+
+WARMUP = Response("warm-up", "list", "Two tips, please.",
+                  'Sure: <promise topic="first" tokens="10"/><async>1. Rest well.\n</async>'
+                  '<promise topic="second" tokens="10"/><async>2. Eat well.\n</async><sync/> Done.')
+
+
+def machine(engine: Engine) -> dict[str, Any]:
+    """What the figures were measured on."""
+    param = next(engine.model.parameters())
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out: dict[str, Any] = {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch."), "model": engine.name,
+        "parameters": sum(p.numel() for p in engine.model.parameters()),
+    }
+    try:
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    if param.device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(param.device)
+    return out
+
+
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    logs = [math.log(v) for v in values]
+    return {"geomean": geomean(values), "min": min(values), "max": max(values),
+            "geo_std": math.exp(statistics.pstdev(logs)) if len(logs) > 1 else 1.0}
+
+
+def _pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
+    return [(a, b) for a in strategies for b in strategies if a != b]
+
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def run_bench(engine: Engine, responses: Sequence[Response], options: BenchOptions = BenchOptions(),
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Calibrate, run every strategy on every response, and return the report (a JSON-able dict)."""
+    tell = progress or (lambda what, done, total: None)
+    tell("calibrating the step cost", 0, 1)
+    cal = calibrate(engine.model, threads=options.threads, contexts=options.contexts,
+                    repeats=options.calibration_repeats, label=f"{engine.name}, calibrated")
+    tell("calibrating the step cost", 1, 1)
+    bench = Bench(engine)
+    for strategy in options.strategies if options.warmup else ():  # first-call costs stay out of the figures
+        bench.run(strategy, WARMUP.prompt, WARMUP.text)
+    results = []
+    for n, response in enumerate(responses):
+        tell(response.id, n, len(responses))
+        runs: dict[str, list[Measurement]] = {s: [] for s in options.strategies}
+        for r in range(options.repeats):
+            order = options.strategies if r % 2 == 0 else tuple(reversed(options.strategies))
+            for strategy in order:
+                runs[strategy].append(bench.run(strategy, response.prompt, response.text))
+        results.append(_result(response, runs, cal))
+    tell("done", len(responses), len(responses))
+    return {"machine": machine(engine), "options": {"strategies": list(options.strategies),
+                                                    "repeats": options.repeats, "responses": len(responses)},
+            "calibration": cal.to_json(), "results": results, "summary": _summary(results, options.strategies)}
+
+
+def _result(response: Response, runs: dict[str, list[Measurement]], cal: Calibration) -> dict[str, Any]:
+    median = {s: statistics.median(m.wall_s for m in ms) for s, ms in runs.items()}
+    out: dict[str, Any] = {"id": response.id, "shape": response.shape}
+    strategies: dict[str, Any] = {}
+    for s, ms in runs.items():
+        last = ms[-1]
+        strategies[s] = {**last.to_json(), "wall_s": median[s], "tokens_per_s": last.tokens / median[s],
+                         "runs_s": [m.wall_s for m in ms]}
+    reference = runs.get("pasta") or runs.get("sequential") or next(iter(runs.values()))
+    generation = reference[-1].generation
+    if generation is not None:
+        graph = generation.graph
+        figures = critical_path(graph, schedule(graph), cal.cost, context=generation.stats.prompt_tokens)
+        out.update(prompt_tokens=generation.stats.prompt_tokens, tokens=generation.stats.tokens,
+                   threads=generation.stats.threads, theoretical_speedup=figures.theoretical_speedup,
+                   bound=figures.predicted_speedup, schedule_steps=figures.steps)
+    out["strategies"] = strategies
+    out["speedup"] = {f"{a}_vs_{b}": median[b] / median[a] for a, b in _pairs(list(runs))}
+    if "pasta" in runs and "sequential" in runs and "bound" in out:
+        out["efficiency"] = out["speedup"]["pasta_vs_sequential"] / out["bound"]
+    return out
+
+
+def _summary(results: list[dict[str, Any]], strategies: Sequence[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"responses": len(results)}
+    forked = [r for r in results if r.get("threads", 1) > 1]
+    summary["forked_responses"] = len(forked)
+    spreads = {key: _spread([r["speedup"][key] for r in results]) for key in results[0]["speedup"]} if results else {}
+    summary["speedup"] = {key: s["geomean"] for key, s in spreads.items()}
+    summary["speedup_spread"] = spreads
+    if forked and "efficiency" in forked[0]:
+        summary["efficiency"] = geomean([r["efficiency"] for r in forked])
+        summary["efficiency_spread"] = _spread([r["efficiency"] for r in forked])
+        summary["efficiency_all"] = geomean([r["efficiency"] for r in results])
+        summary["pasta_vs_sequential_forked"] = geomean([r["speedup"]["pasta_vs_sequential"] for r in forked])
+    if results and "bound" in results[0]:
+        summary["theoretical_speedup"] = geomean([r["theoretical_speedup"] for r in results])
+        summary["bound"] = geomean([r["bound"] for r in results])
+        if forked:
+            summary["bound_forked"] = geomean([r["bound"] for r in forked])
+    summary["tokens_per_s"] = {
+        s: sum(r["strategies"][s]["tokens"] for r in results) / sum(r["strategies"][s]["wall_s"] for r in results)
+        for s in strategies} if results else {}
+    summary["kv_peak_bytes"] = {s: max(r["strategies"][s]["kv_peak_bytes"] for r in results)
+                                for s in strategies} if results else {}
+    summary["kv_peak_ratio_vs_pasta"] = {
+        s: geomean([r["strategies"][s]["kv_peak_bytes"] / r["strategies"]["pasta"]["kv_peak_bytes"]
+                    for r in results]) for s in strategies} if results and "pasta" in strategies else {}
+    return summary

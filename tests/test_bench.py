@@ -1,0 +1,144 @@
+"""``pastac bench``: strategies, calibration, report and CLI (figures are read by people, not asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from test_cli import run
+
+from pastac.bench import STRATEGIES, geomean, run_bench
+from pastac.bench.calibrate import _fit, calibrate
+from pastac.bench.report import plot, tables
+from pastac.bench.run import BenchOptions
+from pastac.bench.strategies import Bench, kv_bytes_per_token
+from pastac.bench.suite import SUITE, Response, SuiteError, load_suite, quick_selection, spread_selection
+from pastac.grammar import check
+from pastac.runtime.engine import Engine
+from pastac.runtime.models import random_model, tiny_tokenizer
+
+SMALL = BenchOptions(repeats=2, threads=(1, 2, 4), contexts=(16, 64), calibration_repeats=1, warmup=False)
+FORKED = Response("tips", "list", "Give me tips.",
+                  'Tips: <promise topic="sleep" tokens="10"/><async>Sleep well at night, every night.</async>'
+                  '<promise topic="food" tokens="10"/><async>Eat <promise topic="greens"/><async>greens and beans'
+                  '</async><sync/> daily.</async><sync/> Done, that is all.')
+PLAIN = Response("plain", "none", "What is the capital of France?", "The capital of France is Paris.")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    tokenizer = tiny_tokenizer()
+    return Engine(random_model("tiny-llama", vocab_size=len(tokenizer), seed=2, eos_token_id=tokenizer.eos_token_id),
+                  tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def report(engine: Engine) -> dict:
+    return run_bench(engine, [FORKED, PLAIN], SMALL)
+
+
+def test_the_shipped_suite_is_valid_and_varied():
+    responses = load_suite()
+    assert len(responses) >= 40 and len({r.id for r in responses}) == len(responses)
+    for response in responses:
+        result = check(response.text, mode="strict")
+        assert not result.errors, (response.id, result.errors)
+    shapes = {r.shape for r in responses}
+    assert {"list", "list-long-items", "rounds", "nested", "sections", "none"} <= shapes
+    assert sum("<promise" not in r.text for r in responses) >= 5
+    assert quick_selection(responses)[0].shape != "none"
+    sample = spread_selection(responses, 12)
+    assert len(sample) == 12 and {r.shape for r in sample} == shapes
+
+
+def test_every_engine_strategy_places_the_same_tokens_and_hf_generate_as_many(engine: Engine):
+    bench = Bench(engine)
+    runs = {s: bench.run(s, FORKED.prompt, FORKED.text) for s in STRATEGIES}
+    texts = {s: m.generation.annotated for s, m in runs.items() if m.generation is not None}
+    assert set(texts) == set(STRATEGIES) - {"hf-generate"} and set(texts.values()) == {FORKED.text}
+    assert {m.tokens for m in runs.values()} == {runs["sequential"].tokens}
+    assert runs["pasta"].steps < runs["sequential"].steps
+    per_token = kv_bytes_per_token(engine.model)
+    assert runs["sequential"].kv_peak_bytes == runs["pasta"].kv_peak_bytes  # one shared cache either way
+    assert runs["batched-copy"].kv_peak_bytes > runs["pasta"].kv_peak_bytes  # copied prefixes
+    assert runs["refork"].kv_peak_bytes == runs["batched-copy"].kv_peak_bytes  # re-encoded: the same entries
+    assert runs["hf-generate"].kv_bytes % per_token == 0
+    with pytest.raises(ValueError, match="unknown strategy"):
+        bench.run("speculative", FORKED.prompt, FORKED.text)
+
+
+def test_report_figures_are_consistent(report: dict):
+    results, summary = report["results"], report["summary"]
+    assert [r["id"] for r in results] == ["tips", "plain"]
+    forked, plain = results
+    assert forked["threads"] == 4 and plain["threads"] == 1 and plain["bound"] == pytest.approx(1.0)
+    for r in results:
+        for s in STRATEGIES:
+            runs = r["strategies"][s]["runs_s"]
+            assert len(runs) == 2 and r["strategies"][s]["wall_s"] == pytest.approx(sum(runs) / 2)  # the median
+        speed = r["speedup"]
+        assert speed["pasta_vs_sequential"] == pytest.approx(
+            r["strategies"]["sequential"]["wall_s"] / r["strategies"]["pasta"]["wall_s"])
+        assert speed["pasta_vs_sequential"] * speed["sequential_vs_pasta"] == pytest.approx(1.0)
+        assert r["efficiency"] == pytest.approx(speed["pasta_vs_sequential"] / r["bound"])
+    assert summary["forked_responses"] == 1
+    assert summary["efficiency"] == pytest.approx(forked["efficiency"])
+    assert summary["speedup"]["pasta_vs_sequential"] == pytest.approx(
+        geomean([r["speedup"]["pasta_vs_sequential"] for r in results]))
+    assert set(summary["speedup"]) == {f"{a}_vs_{b}" for a in STRATEGIES for b in STRATEGIES if a != b}
+    assert report["calibration"]["threads"] == [1, 2, 4] and len(report["calibration"]["ms_per_step"]) == 3
+    assert report["machine"]["model"] == "tiny-llama" and report["machine"]["cpu_count"] >= 1
+    json.dumps(report)  # JSON-able as it is
+
+
+def test_report_tables_and_plots(report: dict, tmp_path: Path):
+    assert len(tables(report)) == 4
+    paths = plot(report, tmp_path / "plots")
+    assert [p.name for p in paths] == ["measured_vs_theoretical.png", "step_cost.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_calibration_fit(engine: Engine):
+    base, slope = _fit((100, 300, 500), (11.0, 13.0, 15.0))
+    assert (base, slope) == (pytest.approx(10.0), pytest.approx(10.0))  # 10 ms + 10 ms per 1000 tokens
+    cal = calibrate(engine.model, threads=(1, 3), contexts=(8, 32), repeats=1)
+    assert len(cal.ms) == 2 and all(len(row) == 2 and all(v > 0 for v in row) for row in cal.ms)
+    assert [t for t, _ in cal.cost.table] == [1, 3] and all(s >= 0 for _, s in cal.cost.per_context)
+    assert cal.cost(1, 8) == pytest.approx(cal.cost.table[0][1] + cal.cost.per_context[0][1] * 8 / 1000)
+
+
+def test_suite_errors(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "text": "t"}\n{"text": "no prompt"}\n', encoding="utf-8")
+    with pytest.raises(SuiteError, match=r"bad.jsonl:2: missing field 'prompt'"):
+        load_suite(bad)
+    bad.write_text("[1, 2]\n", encoding="utf-8")
+    with pytest.raises(SuiteError, match=r"bad.jsonl:1: not a JSON object"):
+        load_suite(bad)
+    with pytest.raises(SuiteError, match="cannot read"):
+        load_suite(tmp_path / "missing.jsonl")
+    assert load_suite(SUITE)[0].prompt
+    with pytest.raises(ValueError, match="unknown strategy"):
+        BenchOptions(strategies=("pasta", "magic"))
+
+
+def test_cli_usage_errors(capsys, tmp_path: Path):
+    assert run(capsys, "bench", "--strategies", "pasta,magic")[0] == 2
+    code, _, err = run(capsys, "bench", "--suite", str(tmp_path / "none.jsonl"))
+    assert code == 2 and "cannot read the suite" in err
+    code, _, err = run(capsys, "bench", "--ids", "no-such-response")
+    assert code == 2 and "no-such-response" in err
+
+
+def test_bench_quick_on_the_default_model(capsys, tmp_path: Path):
+    """Integration (about two minutes): `pastac bench --quick` with the embedded model; figures not asserted."""
+    code, out, err = run(capsys, "bench", "--quick", "--json", "--out", str(tmp_path / "report"), "-q")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["options"]["responses"] == 1 and report["summary"]["forked_responses"] == 1
+    assert all(math.isfinite(v) and v > 0 for v in report["summary"]["speedup"].values())
+    assert math.isfinite(report["summary"]["efficiency"])
+    written = {p.name for p in (tmp_path / "report").iterdir()}
+    assert written == {"report.json", "report.txt", "measured_vs_theoretical.png", "step_cost.png"}
