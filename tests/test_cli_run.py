@@ -77,3 +77,16 @@ def test_stdin_prompt(capsys, monkeypatch, model_dir):
     monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": io.BytesIO(b"Hello")})())
     code, out, _ = run(capsys, "run", "-", "--model", model_dir, "--max-new-tokens", "3", "-q")
     assert code == 0 and out.endswith("\n")
+
+
+def test_live_shows_each_thread_and_prints_the_same_answer(capsys, tmp_path, model_dir):
+    template = tmp_path / "t.pasta"
+    template.write_text(TEMPLATE)
+    args = ("run", "Give tips.", "--model", model_dir, "--template", str(template), "--max-new-tokens", "6")
+    code, plain, _ = run(capsys, *args, "-q")
+    assert code == 0
+    code, out, err = run(capsys, *args, "--live")
+    assert code == 0 and out == plain
+    for title in ("t0 main", "t1 a", "t2 b", "t3 c"):  # one panel per thread, in its final state
+        assert title in err
+    assert "done" in err and "tokens in" in err
