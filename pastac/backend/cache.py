@@ -17,16 +17,37 @@ those copies.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
-class SlotLayer(CacheLayerMixin):
-    """One layer's keys and values, ``[1, kv_heads, capacity, head_dim]``."""
+class PreallocatedLayer(CacheLayerMixin):
+    """A layer of a cache that preallocates ``capacity`` entries and attends over its first ``used``."""
 
-    def __init__(self, cache: SlotCache) -> None:
+    def __init__(self, cache: Any) -> None:  # a cache with ``used`` and ``capacity``
         super().__init__()
         self._cache = cache
+
+    def get_mask_sizes(self, query_length: int, *args: object) -> tuple[int, int]:
+        return self._cache.used, 0
+
+    def get_seq_length(self) -> int:
+        return self._cache.used
+
+    def get_max_length(self) -> int:
+        return self._cache.capacity
+
+    def nbytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        assert self.keys is not None and self.values is not None
+        return self.keys.nbytes + self.values.nbytes
+
+
+class SlotLayer(PreallocatedLayer):
+    """One layer's keys and values, ``[1, kv_heads, capacity, head_dim]``."""
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads = key_states.shape[:2]
@@ -60,21 +81,6 @@ class SlotLayer(CacheLayerMixin):
             new = old.new_zeros((*old.shape[:2], capacity, old.shape[-1]))
             new[:, :, : old.shape[2]] = old
             setattr(self, name, new)
-
-    def get_mask_sizes(self, query_length: int, *args: object) -> tuple[int, int]:
-        return self._cache.used, 0
-
-    def get_seq_length(self) -> int:
-        return self._cache.used
-
-    def get_max_length(self) -> int:
-        return self._cache.capacity
-
-    def nbytes(self) -> int:
-        if not self.is_initialized:
-            return 0
-        assert self.keys is not None and self.values is not None
-        return self.keys.nbytes + self.values.nbytes
 
 
 class SlotCache(Cache):

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
     from pastac.bench import STRATEGIES
+    from pastac.runtime.command import model_arguments
 
     p = sub.add_parser(
         "bench", help="measured vs theoretical speedup, against the strategies peers use",
@@ -34,14 +35,11 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
                         "(under 2 minutes on a 2-core CPU with the default model)")
     model = p.add_argument_group("model")
     source = model.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="PATH", help="a Hugging Face model folder or a .gguf file (default: "
-                                                        "the embedded SmolLM2-135M-Instruct)")
+    model_arguments(model, source)
     source.add_argument("--shape", metavar="NAME",
                         help="random weights of this shape (tiny-llama, tiny-qwen2, tiny-gpt2, smollm2-135m, "
                              "llama-7b) with the default model's tokenizer (timing needs no "
                              "trained weights; llama-7b for a GPU)")
-    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     model.add_argument("--torch-threads", type=positive, metavar="N", help="torch's intra-op threads on the CPU")
     how = p.add_argument_group("runs")
     how.add_argument("--strategies", metavar="S,...", default=",".join(STRATEGIES),

@@ -98,25 +98,27 @@ def plot(report: dict[str, Any], folder: str | Path) -> list[Path]:
                    label="pasta vs hf-generate (measured)")
     top = max([*xs, 1.0]) * 1.05
     ax.plot([1, top], [1, top], color="0.8", linestyle="--", label="theoretical (tokens / steps)")
-    ax.set_xlabel("theoretical speedup (tokens / steps)")
-    ax.set_ylabel("speedup")
-    ax.set_title(f"measured vs theoretical speedup per response\n{label}", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(folder / "measured_vs_theoretical.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_finish(fig, ax, "theoretical speedup (tokens / steps)", "speedup",
+                         f"measured vs theoretical speedup per response\n{label}",
+                         folder / "measured_vs_theoretical.png"))
     cal = report["calibration"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for j, context in enumerate(cal["contexts"]):
         ax.plot(cal["threads"], [row[j] for row in cal["ms_per_step"]], marker="o", label=f"{context} tokens cached")
-    ax.set_xlabel("threads decoding in the step")
-    ax.set_ylabel("ms per step")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"step cost vs threads\n{label}", fontsize=10)
+    paths.append(_finish(fig, ax, "threads decoding in the step", "ms per step", f"step cost vs threads\n{label}",
+                         folder / "step_cost.png"))
+    return paths
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(folder / "step_cost.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return path

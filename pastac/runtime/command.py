@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 PROMPT_SUFFIXES = (".txt", ".md", ".prompt", ".pasta", ".json")
 
 
+def model_arguments(group: argparse._ArgumentGroup, source: argparse._MutuallyExclusiveGroup | None = None) -> None:
+    """--model (in ``source`` when given), --device and --dtype: the options of every command that loads a model."""
+    (source or group).add_argument("--model", metavar="PATH", help="a Hugging Face model folder or a .gguf file "
+                                                                   "(default: the embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+
+
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], count: Callable[[str], int]) -> None:
     """Add ``run`` to the CLI; ``positive`` and ``count`` parse integers >= 1 and >= 0 (the CLI's own)."""
     from pastac.passes import Order, Policy
@@ -34,11 +42,8 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], 
     p.add_argument("prompt", metavar="PROMPT", help="the prompt: a file (.txt, .md, ...; '-' for standard input) "
                                                     "or the text itself")
     model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="PATH", help="a Hugging Face model folder or a .gguf file (default: the "
-                                                       "embedded SmolLM2-135M-Instruct)")
+    model_arguments(model)
     model.add_argument("--adapter", metavar="DIR", help="a PEFT adapter folder, merged into the model")
-    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     model.add_argument("--no-chat", action="store_true", help="feed the prompt as is, without the chat template")
     how = p.add_argument_group("decoding")
     how.add_argument("--mode", choices=("async", "sequential"), default="async",

@@ -30,20 +30,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache
 
+from pastac.backend.cache import PreallocatedLayer
 from pastac.runtime.runner import StepPlan
 from pastac.runtime.sampling import Sampler
 
 Fork = Literal["copy", "reencode"]
 
 
-class RowLayer(CacheLayerMixin):
+class RowLayer(PreallocatedLayer):
     """One layer's keys and values, ``[rows, kv_heads, capacity, head_dim]``."""
-
-    def __init__(self, cache: RowCache) -> None:
-        super().__init__()
-        self._cache = cache
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         c = self._cache
@@ -62,7 +59,7 @@ class RowLayer(CacheLayerMixin):
         batch = torch.arange(key_states.shape[0], device=key_states.device)[:, None]
         for store, new in ((self.keys, key_states), (self.values, value_states)):
             store[rows].transpose(1, 2)[batch, c.write] = new.transpose(1, 2)
-        return self.keys[rows, :, : c.length], self.values[rows, :, : c.length]
+        return self.keys[rows, :, : c.used], self.values[rows, :, : c.used]
 
     def move(self, src: int, dst: int, src_index: torch.Tensor, dst_index: torch.Tensor) -> None:
         """Copy entries ``src_index`` of row ``src`` to entries ``dst_index`` of row ``dst``."""
@@ -82,21 +79,6 @@ class RowLayer(CacheLayerMixin):
             new[: old.shape[0], :, : old.shape[2]] = old
             setattr(self, name, new)
 
-    def get_mask_sizes(self, query_length: int, *args: object) -> tuple[int, int]:
-        return self._cache.length, 0
-
-    def get_seq_length(self) -> int:
-        return self._cache.length
-
-    def get_max_length(self) -> int:
-        return self._cache.capacity
-
-    def nbytes(self) -> int:
-        if not self.is_initialized:
-            return 0
-        assert self.keys is not None and self.values is not None
-        return self.keys.nbytes + self.values.nbytes
-
 
 class RowCache(Cache):
     """A ``transformers`` cache of one row per thread; a forward covers rows ``first`` to ``first + batch``."""
@@ -106,7 +88,7 @@ class RowCache(Cache):
         self.capacity = capacity
         self.first = 0
         self.write: torch.Tensor | None = None  # [batch, queries]: the entry each query's keys go to
-        self.length = 0  # entries attention reads in every row of the forward
+        self.used = 0  # entries attention reads in every row of the forward
         self.growths = 0
         self.entries = 0  # live entries in all rows (sinks excluded)
         self.peak_entries = 0
@@ -124,7 +106,7 @@ class RowCache(Cache):
         self.growths += 1
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
+        return self.used
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers if isinstance(layer, RowLayer))
@@ -245,7 +227,7 @@ class RowRunner:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         columns = sorted({c for _, c in keep})
-        self.cache.first, self.cache.write, self.cache.length = first, write_t, length
+        self.cache.first, self.cache.write, self.cache.used = first, write_t, length
         out = self.model(
             input_ids=torch.tensor(tokens, dtype=torch.long, device=dev),
             position_ids=torch.tensor(positions, dtype=torch.long, device=dev),
