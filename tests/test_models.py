@@ -19,7 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from pastac.passes import PositionOptions
 from pastac.runtime import models
+from pastac.runtime.engine import Engine
 from pastac.runtime.models import (
     PACKED_ATTENTION_ARCHITECTURES,
     SHAPES,
@@ -407,6 +409,17 @@ def test_load_model_merges_an_adapter(tmp_path: Path, saved_tiny_model: Path) ->
         logits = loaded.model(ids).logits
     assert torch.allclose(logits, expected, atol=1e-5)
     assert not torch.allclose(logits, unadapted, atol=1e-3)
+    assert loaded.settings == {}  # no pastac.json: the runtime's defaults
+
+    (adapter / "pastac.json").write_text('{"policy": "restart", "unit": 1, "max_depth": 2}')
+    engine = Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
+    assert engine.positions == PositionOptions(policy="restart", unit=1)  # decoded as it was trained
+    (adapter / "pastac.json").write_text('{"unit": "many"}')
+    with pytest.raises(ModelError, match="bad position settings"):
+        Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
+    (adapter / "pastac.json").write_text("[1]")
+    with pytest.raises(ModelError, match="must hold a JSON object"):
+        load_model(saved_tiny_model, adapter=adapter, progress=False)
 
 
 def _write_gguf(path: Path, *, chat_template: str | None) -> None:

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -67,9 +68,11 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], 
                      help="promises deeper than N are decoded inline (default 2)")
     how.add_argument("--order", choices=[str(o) for o in Order], default=str(Order.FIFO),
                      help="which waiting promise starts first when a slot frees")
-    how.add_argument("--policy", choices=("predicted", "restart", "lockstep"), default=str(Policy.PREDICTED),
-                     help="position ids after a promise (default predicted: skip tokens= x --unit)")
-    how.add_argument("--unit", type=count, default=10, metavar="N", help="tokens=\"K\" predicts K x N tokens")
+    how.add_argument("--policy", choices=("predicted", "restart", "lockstep"), default=None,
+                     help=f"position ids after a promise (default: the adapter's, else {Policy.PREDICTED}: skip "
+                          "tokens= x --unit)")
+    how.add_argument("--unit", type=count, default=None, metavar="N",
+                     help="tokens=\"K\" predicts K x N tokens (default: the adapter's, else 10)")
     how.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     how.add_argument("--top-p", type=float, default=1.0)
     how.add_argument("--seed", type=int, default=None)
@@ -110,7 +113,6 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
             mode=args.mode,
             limits=Limits(max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens,
                           max_width=args.max_width, max_depth=args.max_depth, order=args.order),
-            positions=PositionOptions(policy=args.policy, unit=args.unit),
             sampling=SamplingOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed),
             chat=not args.no_chat, template_tags=args.template_tags,
             child_stop=None if args.child_stop is None else args.child_stop.encode().decode("unicode_escape"))
@@ -121,6 +123,13 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
                                         progress=not args.quiet)
     except ModelError as error:
         raise UsageError(str(error)) from None
+    trained = engine.positions  # the adapter's position settings, unless the command line says otherwise
+    try:
+        positions = PositionOptions(policy=args.policy or trained.policy,
+                                    unit=trained.unit if args.unit is None else args.unit)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    options = replace(options, positions=positions)
 
     live = None
     if args.live:

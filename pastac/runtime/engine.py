@@ -26,7 +26,7 @@ from pastac.grammar.diagnostics import format_text
 from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
-from pastac.runtime.models import check_architecture, load_model, prompt_ids
+from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, check_architecture, load_model, prompt_ids
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner
@@ -49,7 +49,7 @@ class InputError(ValueError):
 class RunOptions:
     mode: Mode = Mode.ASYNC
     limits: Limits = Limits()
-    positions: PositionOptions = PositionOptions()
+    positions: PositionOptions | None = None  # None: the engine's (its adapter's settings, else the defaults)
     sampling: SamplingOptions = SamplingOptions()
     chat: bool = True  # format the prompt with the tokenizer's chat template
     # Templates: keep the tags in the model's context (for a model trained on Pasta-Lang), or leave them
@@ -171,11 +171,13 @@ class Run:
 class Engine:
     last_run: Run | None = None  # the current or last run, for tests, benchmarks and partial results
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model") -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model",
+                 positions: PositionOptions | None = None) -> None:
         check_architecture(model)
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.positions = positions or PositionOptions()  # what the model was trained with (its adapter says)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos: tuple[int, ...] = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
@@ -184,7 +186,16 @@ class Engine:
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
                         adapter: str | None = None, progress: bool = True) -> Engine:
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
-        return cls(loaded.model, loaded.tokenizer, name=loaded.name)
+        settings = loaded.settings
+        positions = None
+        if "policy" in settings or "unit" in settings:
+            defaults = PositionOptions()
+            try:
+                positions = PositionOptions(policy=settings.get("policy", defaults.policy),
+                                            unit=int(settings.get("unit", defaults.unit)))
+            except (TypeError, ValueError) as error:
+                raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has bad position settings: {error}") from None
+        return cls(loaded.model, loaded.tokenizer, name=loaded.name, positions=positions)
 
     def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]:
         return prompt_ids(self.tokenizer, prompt, chat=chat)
@@ -230,7 +241,8 @@ class Engine:
             raise InputError("the prompt is empty")
         tags = template is None or options.template_tags
         stop = options.child_stop if options.child_stop is not None or template is None else "\n"
-        sched = Scheduler(self.tokenizer, limits=limits, positions=options.positions, eos=self.eos,
+        positions = options.positions or self.positions
+        sched = Scheduler(self.tokenizer, limits=limits, positions=positions, eos=self.eos,
                           prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None)
         main = sched.threads[0]
         main.inputs = list(ids)

@@ -163,6 +163,25 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
     name: str
     source: str
+    settings: dict[str, Any] = field(default_factory=dict)  # the adapter's pastac.json: how it was trained
+
+
+#: Written by ``pastac train`` next to an adapter: the settings the runtime must decode with (position policy
+#: and unit, depth), so that positions at run time are those of training.
+ADAPTER_SETTINGS = "pastac.json"
+
+
+def adapter_settings(folder: Path) -> dict[str, Any]:
+    path = folder / ADAPTER_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot read {path}: {error}") from error
+    if not isinstance(settings, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -512,7 +531,8 @@ def load_model(
             loaded = _merge_adapter(loaded, adapter_folder)
         name = f"{name}+{adapter_folder.name}"
     loaded.eval()
-    return LoadedModel(model=loaded, tokenizer=tokenizer, name=name, source=str(source))
+    settings = adapter_settings(adapter_folder) if adapter_folder is not None else {}
+    return LoadedModel(model=loaded, tokenizer=tokenizer, name=name, source=str(source), settings=settings)
 
 
 # ---------------------------------------------------------------------------------------------------------
