@@ -479,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pastac.bench.command import add_parser as add_bench
 
     add_bench(sub, _positive)
+    from pastac.data.command import add_parser as add_data
+
+    add_data(sub, _positive)
     return parser
 
 
