@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pastac import __version__
+from pastac import __version__, jsonl
 from pastac.grammar import DEFAULT_MAX_DEPTH, ParseResult, Severity, check, render, to_source
 from pastac.grammar.diagnostics import format_github, format_text, to_json
 from pastac.ir.graph import ThreadGraph
@@ -71,16 +71,9 @@ def _sources(path: str, field: str) -> Iterator[Source | RecordError]:
     if not path.endswith(".jsonl"):
         yield Source(path if path != "-" else "<stdin>", text, path)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            yield RecordError(path, number, f"invalid JSON: {error.msg} (column {error.colno})")
-            continue
-        if not isinstance(record, dict):
-            yield RecordError(path, number, "record is not a JSON object")
+    for number, record in jsonl.parse(text):
+        if isinstance(record, str):
+            yield RecordError(path, number, record)
         elif field not in record:
             yield RecordError(path, number, f"record has no field '{field}' (fields: {', '.join(record) or 'none'})")
         elif not isinstance(record[field], str):

@@ -115,7 +115,7 @@ def test_suite_errors(tmp_path: Path):
     with pytest.raises(SuiteError, match=r"bad.jsonl:2: missing field 'prompt'"):
         load_suite(bad)
     bad.write_text("[1, 2]\n", encoding="utf-8")
-    with pytest.raises(SuiteError, match=r"bad.jsonl:1: not a JSON object"):
+    with pytest.raises(SuiteError, match=r"bad.jsonl:1: the record is not a JSON object"):
         load_suite(bad)
     with pytest.raises(SuiteError, match="cannot read"):
         load_suite(tmp_path / "missing.jsonl")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from pastac import jsonl
 
 SUITE = Path(__file__).with_name("replay.jsonl")
 
@@ -25,21 +26,19 @@ def load_suite(path: str | Path | None = None) -> list[Response]:
     """The responses of a JSONL suite (default: the one shipped with pastac)."""
     path = SUITE if path is None else Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SuiteError(f"cannot read the suite {path}: {error.strerror or error}") from None
     out: list[Response] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            response = Response(str(record.get("id", f"line-{number}")), str(record.get("shape", "")),
-                                str(record["prompt"]), str(record["text"]))
-        except (json.JSONDecodeError, KeyError, AttributeError) as error:
-            what = f"missing field {error}" if isinstance(error, KeyError) else "not a JSON object"
-            raise SuiteError(f"{path}:{number}: {what} (each line needs \"prompt\" and \"text\")") from None
-        out.append(response)
+    for number, record in jsonl.parse(text):
+        if isinstance(record, str):
+            raise SuiteError(f"{path}:{number}: {record}")
+        missing = [name for name in ("prompt", "text") if name not in record]
+        if missing:
+            raise SuiteError(f"{path}:{number}: missing field {', '.join(map(repr, missing))} (each line needs "
+                             "\"prompt\" and \"text\")")
+        out.append(Response(str(record.get("id", f"line-{number}")), str(record.get("shape", "")),
+                            str(record["prompt"]), str(record["text"])))
     if not out:
         raise SuiteError(f"{path}: no responses")
     return out

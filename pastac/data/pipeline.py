@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pastac import jsonl
 from pastac.data.annotate import Annotation, Annotator, StructuralAnnotator, count_promises, validate
 from pastac.data.prompts import CATEGORIES, DEFAULT_SEED, FORKABLE, SPLITS, assign_split, build_prompts
 from pastac.grammar import check
@@ -100,18 +101,12 @@ def _io_problem(path: Path, error: OSError) -> str:
 
 
 def _parse_lines(path: Path, text: str) -> list[Record]:
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PipelineError(f"{path}:{number}: invalid JSON ({error.msg}, column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise PipelineError(f"{path}:{number}: the record is not a JSON object")
-        records.append(record)
-    return records
+    out = []
+    for number, record in jsonl.parse(text):
+        if isinstance(record, str):
+            raise PipelineError(f"{path}:{number}: {record}")
+        out.append(record)
+    return out
 
 
 def read_records(path: str | Path, *, required: Sequence[str] = ("id",)) -> list[Record]:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from pastac import jsonl
+
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
@@ -616,9 +618,9 @@ def write_jsonl(records: Iterable[PromptRecord], path: str | Path) -> None:
 
 def read_jsonl(path: str | Path) -> list[PromptRecord]:
     """Read records written by ``write_jsonl`` (blank lines are skipped)."""
-    records = []
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                records.append(PromptRecord(**json.loads(line)))
-    return records
+    out = []
+    for number, record in jsonl.parse(Path(path).read_text(encoding="utf-8")):
+        if isinstance(record, str):
+            raise ValueError(f"{path}:{number}: {record}")
+        out.append(PromptRecord(**record))
+    return out
