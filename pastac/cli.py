@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pastac import __version__, jsonl
+from pastac.files import InputFileError, read_text
 from pastac.grammar import DEFAULT_MAX_DEPTH, ParseResult, Severity, check, render, to_source
 from pastac.grammar.diagnostics import format_github, format_text, to_json
 from pastac.ir.graph import ThreadGraph
@@ -45,16 +46,9 @@ class Source:
 def _read(path: str) -> str:
     """The file's text, line endings untouched (columns and fmt depend on them)."""
     try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-        return data.decode("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"cannot read '{path}': no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"cannot read '{path}': it is a directory") from None
-    except UnicodeDecodeError as error:
-        raise UsageError(f"cannot read '{path}': not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise UsageError(f"cannot read '{path}': {error.strerror}") from None
+        return read_text(path, stdin=True)
+    except InputFileError as error:
+        raise UsageError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -475,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pastac.data.command import add_parser as add_data
 
     add_data(sub, _positive)
+    from pastac.train.command import add_parser as add_train
+
+    add_train(sub, _positive)
     return parser
 
 

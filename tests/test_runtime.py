@@ -15,13 +15,12 @@ import functools
 import pytest
 import torch
 
-from pastac import PositionOptions, lower, parse, training_layout
+from pastac import PositionOptions
 from pastac.grammar import check
-from pastac.ir.lengths import tokenizer_length
 from pastac.runtime.engine import Engine, Generation, InputError, RunOptions
 from pastac.runtime.models import random_model, tiny_tokenizer
-from pastac.runtime.replay import node_token_ids
 from pastac.runtime.scheduler import Limits
+from pastac.train.data import encode_example
 
 ATOL = 1e-4
 SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
@@ -45,23 +44,13 @@ def replay(shape: str, doc: str = DOC, **options: object) -> tuple[Engine, Gener
 
 def reference(e: Engine, doc: str, policy: str = "predicted") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                         dict[int, list[int]]]:
-    """Tokens, positions and mask of prompt + training layout, and each IR thread's token indices in order."""
-    graph = lower(parse(doc), tokenizer_length(e.tokenizer))
-    ids = node_token_ids(graph, e.tokenizer)
-    layout = training_layout(graph, PositionOptions(policy=policy))
-    prompt = e.prompt_ids(PROMPT)
-    p, t = len(prompt), layout.node_ids.numel()
-    tokens = torch.tensor(prompt + [tok for node in ids for tok in node])
-    assert tokens.numel() == p + t
-    positions = torch.cat([torch.arange(p), p + layout.position_ids])
-    mask = torch.zeros((p + t, p + t), dtype=torch.bool)
-    mask[:p, :p] = torch.tril(torch.ones((p, p), dtype=torch.bool))
-    mask[p:, :p] = True
-    mask[p:, p:] = layout.mask
-    order: dict[int, list[int]] = {0: list(range(p))}
-    for index, thread in enumerate(layout.thread_ids.tolist()):
-        order.setdefault(thread, []).append(p + index)
-    return tokens, positions, mask, order
+    """Tokens, positions and mask of prompt + training layout (the trainer's own ``encode_example``), and each
+    IR thread's token indices in order (the prompt's in the main thread's)."""
+    example = encode_example(e.tokenizer, PROMPT, doc, PositionOptions(policy=policy))
+    order: dict[int, list[int]] = {}
+    for index, thread in enumerate(example.thread_ids.tolist()):
+        order.setdefault(thread, []).append(index)
+    return example.input_ids, example.position_ids, example.mask, order
 
 
 def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import math
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pastac import jsonl
 from pastac.data.annotate import Annotation, Annotator, StructuralAnnotator, count_promises, validate
 from pastac.data.prompts import CATEGORIES, DEFAULT_SEED, FORKABLE, SPLITS, assign_split, build_prompts
+from pastac.files import InputFileError, problem, read_text
 from pastac.grammar import check
+from pastac.progress import progress_bar as bar
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -92,14 +93,6 @@ class StepResult:
 # ----------------------------------------------------------------------------------------------- JSONL files
 
 
-def _io_problem(path: Path, error: OSError) -> str:
-    if isinstance(error, FileNotFoundError):
-        return f"cannot read '{path}': no such file"
-    if isinstance(error, IsADirectoryError):
-        return f"cannot read '{path}': it is a directory"
-    return f"cannot read '{path}': {error.strerror or error}"
-
-
 def _parse_lines(path: Path, text: str) -> list[Record]:
     out = []
     for number, record in jsonl.parse(text):
@@ -113,11 +106,9 @@ def read_records(path: str | Path, *, required: Sequence[str] = ("id",)) -> list
     """The JSON objects of a JSONL file (blank lines skipped); each must have the ``required`` fields."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise PipelineError(f"cannot read '{path}': not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise PipelineError(_io_problem(path, error)) from None
+        text = read_text(path)
+    except InputFileError as error:
+        raise PipelineError(str(error)) from None
     records = _parse_lines(path, text)
     for index, record in enumerate(records, start=1):
         missing = [name for name in required if name not in record]
@@ -138,7 +129,7 @@ def resume(path: str | Path) -> dict[str, Record]:
     except FileNotFoundError:
         return {}
     except OSError as error:
-        raise PipelineError(_io_problem(path, error)) from None
+        raise PipelineError(problem(path, error)) from None
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
         tail = data[cut:]
@@ -158,7 +149,7 @@ def resume(path: str | Path) -> dict[str, Record]:
     try:
         records = _parse_lines(path, data.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise PipelineError(f"cannot read '{path}': not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise PipelineError(problem(path, error)) from None
     done: dict[str, Record] = {}
     for index, record in enumerate(records, start=1):
         if not isinstance(record.get("id"), str):
@@ -214,24 +205,8 @@ def _same_setting(done: Mapping[str, Record], key: str, value: object, out: Path
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on standard error; yields a function that advances it by n."""
-    if not enabled or total <= 0:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(file=sys.stderr)) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    with bar(description, total, enabled=enabled) as update:
+        yield lambda n: update(advance=n)
 
 
 # --------------------------------------------------------------------------------------------------- prompts
@@ -466,11 +441,9 @@ def import_pairs(path: str | Path, out: str | Path, *, prompt_field: str | None 
     path, out = Path(path), Path(out)
     _distinct(path, out)
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as error:
-        raise PipelineError(f"cannot read '{path}': not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise PipelineError(_io_problem(path, error)) from None
+        lines = [line for line in read_text(path).splitlines() if line.strip()]
+    except InputFileError as error:
+        raise PipelineError(str(error)) from None
     done = resume(out)
     dropped: Counter[str] = Counter()
     written = already = 0
@@ -849,7 +822,7 @@ def card_file(data: str | Path, out: str | Path | None = None, *, filter_log: st
         try:
             log = json.loads(log_path.read_text(encoding="utf-8"))
         except OSError as error:
-            raise PipelineError(_io_problem(log_path, error)) from None
+            raise PipelineError(problem(log_path, error)) from None
         except ValueError as error:
             raise PipelineError(f"cannot read '{log_path}': not a filter log ({error})") from None
         if not isinstance(log, dict) or not {"records", "kept", "dropped"} <= log.keys():

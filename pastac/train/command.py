@@ -1,0 +1,174 @@
+"""``pastac train``: fine-tune a model with a LoRA adapter on annotated responses.
+
+Prints a summary line on standard output; skipped records are listed on standard error.  Exit status:
+0 done, 2 usage error (a missing or unusable dataset, a bad --out, a model that cannot be used), 130 on
+Ctrl-C (rerun the same command to resume from the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+
+def _number(ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
+    """An argparse type: a float for which ``ok`` holds, else an error that says ``requirement``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, not {value}")
+        return value
+
+    return parse
+
+
+_probability = _number(lambda v: 0 <= v < 1, "in [0, 1)")
+_rate = _number(lambda v: v > 0, "> 0")
+
+
+def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
+    """Add ``train`` to the CLI; ``positive`` parses integers >= 1 (the CLI's own)."""
+    from pastac.cli import _max_depth as _count  # integers >= 0
+    from pastac.grammar import DEFAULT_MAX_DEPTH
+    from pastac.train.options import TrainOptions
+
+    d = TrainOptions()
+    p = sub.add_parser(
+        "train", help="fine-tune a model with a LoRA adapter on annotated responses",
+        description="Supervised fine-tuning with a PEFT LoRA adapter on a JSONL dataset of prompts and "
+                    "Pasta-Lang annotated responses, laid out with the mask and position ids the runtime decodes "
+                    "with. Invalid records are skipped and counted. Writes the adapter, pastac.json (the "
+                    "settings the runtime reads), loss.csv, loss.png and train_log.json to --out; checkpoints "
+                    "go to --out/checkpoint, and running again into the same --out resumes.")
+    p.add_argument("data", metavar="DATA.jsonl", help="one JSON object per line with \"prompt\" and the annotated "
+                                                      "response (--field)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the output folder (created; resumed if it holds "
+                                                               "a checkpoint)")
+    p.add_argument("--field", default=d.field, metavar="NAME", help="the field of the annotated response "
+                                                                    f"(default: {d.field})")
+    p.add_argument("--prompt-field", default=d.prompt_field, metavar="NAME",
+                   help=f"the field of the prompt (default: {d.prompt_field})")
+    p.add_argument("--no-chat", action="store_true", help="feed prompts as is, without the chat template")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", metavar="PATH", help="a Hugging Face model folder or a .gguf file "
+                                                       "(default: the embedded SmolLM2-135M-Instruct)")
+    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    model.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    lora = p.add_argument_group("adapter")
+    lora.add_argument("--rank", type=positive, default=d.rank, metavar="N", help=f"LoRA rank (default {d.rank})")
+    lora.add_argument("--alpha", type=positive, default=d.alpha, metavar="N",
+                      help=f"LoRA alpha (default {d.alpha})")
+    lora.add_argument("--dropout", type=_probability, default=d.dropout, metavar="P",
+                      help=f"LoRA dropout (default {d.dropout})")
+    lora.add_argument("--target-modules", metavar="NAME,...",
+                      help="the layers to adapt (default: the attention and MLP projections, found by name)")
+    how = p.add_argument_group("optimisation")
+    how.add_argument("--epochs", type=positive, default=d.epochs, metavar="N", help=f"default {d.epochs}")
+    how.add_argument("--max-steps", type=positive, default=None, metavar="N",
+                     help="stop after N optimizer steps (the learning-rate schedule still spans the epochs)")
+    how.add_argument("--lr", type=_rate, default=d.lr, metavar="X", help=f"peak learning rate (default {d.lr:g})")
+    how.add_argument("--schedule", choices=("linear", "constant"), default=d.schedule,
+                     help="linear (default): decay to 0 over the epochs; constant")
+    how.add_argument("--warmup-steps", type=_count, default=d.warmup_steps, metavar="N")
+    how.add_argument("--batch-size", type=positive, default=d.batch_size, metavar="N",
+                     help=f"examples per micro-batch, padded (default {d.batch_size})")
+    how.add_argument("--grad-accum", type=positive, default=d.grad_accum, metavar="N",
+                     help=f"micro-batches per optimizer step (default {d.grad_accum})")
+    how.add_argument("--max-length", type=positive, default=d.max_length, metavar="N",
+                     help=f"skip examples longer than N tokens, prompt included (default {d.max_length})")
+    how.add_argument("--seed", type=int, default=d.seed, metavar="N", help=f"default {d.seed}")
+    layout = p.add_argument_group("layout (recorded in pastac.json for the runtime)")
+    layout.add_argument("--policy", choices=("predicted", "restart", "lockstep"), default=d.policy,
+                        help=f"position ids after a promise (default {d.policy})")
+    layout.add_argument("--unit", type=_count, default=d.unit, metavar="N",
+                        help=f"tokens=\"K\" predicts K x N tokens (default {d.unit}: the data's values are token "
+                             "counts)")
+    layout.add_argument("--max-depth", type=_count, default=DEFAULT_MAX_DEPTH, metavar="N",
+                        help=f"deepest <async> nesting accepted (default {DEFAULT_MAX_DEPTH}); deeper records "
+                             "are invalid")
+    output = p.add_argument_group("output")
+    output.add_argument("--log-every", type=positive, default=d.log_every, metavar="N",
+                        help="a loss.csv row every N steps")
+    output.add_argument("--save-every", type=positive, default=d.save_every, metavar="N",
+                        help=f"a checkpoint every N steps, and at the end (default {d.save_every})")
+    output.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=train_command)
+
+
+def _check_out(path: Path) -> None:
+    from pastac.cli import UsageError
+
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--out '{path}' is a file, not a folder")
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"--out '{path}' is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot create --out '{path}': '{parent}' is not a writable folder")
+
+
+def train_command(args: argparse.Namespace, out: TextIO) -> int:
+    from pastac.cli import EXIT_OK, UsageError
+    from pastac.runtime.models import ModelError, check_architecture, load_model
+    from pastac.train.data import DataError
+    from pastac.train.options import TrainError, TrainOptions
+    from pastac.train.trainer import CHECKPOINT, train
+
+    data = Path(args.data)
+    if not data.exists():
+        raise UsageError(f"cannot read '{data}': no such file")
+    if not data.is_file():
+        raise UsageError(f"cannot read '{data}': not a file")
+    folder = Path(args.out)
+    _check_out(folder)
+    targets = None
+    if args.target_modules:
+        targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
+    try:
+        options = TrainOptions(
+            rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=targets, lr=args.lr,
+            schedule=args.schedule, warmup_steps=args.warmup_steps, epochs=args.epochs, max_steps=args.max_steps,
+            batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length, seed=args.seed,
+            dtype=args.dtype, device=args.device, log_every=args.log_every, save_every=args.save_every,
+            policy=args.policy, unit=args.unit, max_depth=args.max_depth, field=args.field,
+            prompt_field=args.prompt_field, chat=not args.no_chat, base_model=args.model)
+    except TrainError as error:
+        raise UsageError(str(error)) from None
+    try:
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+        check_architecture(loaded.model)
+    except ModelError as error:
+        raise UsageError(str(error)) from None
+    if args.model is None:
+        from dataclasses import replace
+
+        options = replace(options, base_model=loaded.source)
+    try:
+        result = train(loaded.model, loaded.tokenizer, data, folder, options, progress=not args.quiet)
+    except (DataError, TrainError) as error:
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print(f"pastac: interrupted; run the same command again to resume from {folder / CHECKPOINT}",
+              file=sys.stderr)
+        return 130
+    if not args.quiet:
+        for problem in result.data.problems:
+            print(f"pastac: skipped {data}, {problem}", file=sys.stderr)
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+    last = f"; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else ""
+    out.write(f"pastac: trained {result.steps} of {result.planned_steps} planned steps on {result.examples} "
+              f"examples ({result.invalid} invalid and {result.too_long} too long skipped){resumed}{last}; "
+              f"adapter in {folder}\n")
+    return EXIT_OK

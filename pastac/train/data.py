@@ -1,0 +1,306 @@
+"""Training examples: a prompt and an annotated response as one sequence, its mask, positions and labels.
+
+``encode_example`` lays out the prompt (causal, at positions ``0..P-1``) followed by the *training layout* of
+the annotated response (``pastac.passes.layout.training_layout``): the tokens of the IR nodes in node order,
+each node's text encoded on its own (``pastac.runtime.replay.node_token_ids``), at the layout's position ids
+shifted by ``P``; a layout token sees the whole prompt and, within the layout, what the layout's mask allows.
+This is exactly what the runtime computes while it decodes (or replays) the response, so one forward over an
+example gives, at every position, the logits the runtime would compute there (tests/test_train.py checks it).
+
+Before lowering, a repeated topic on an opening tag (``<async topic="..">``) is dropped: the runtime
+force-feeds a bare ``<async>``, and the model must be trained on what it will see.
+
+Labels: one per position, the token that the runtime *chooses* after the token at that position (``-100``
+where it chooses none).  Let ``next(i)`` be the token that follows position ``i`` in its own thread, in
+layout order (``Layout.thread_ids``; the prompt belongs to the main thread).
+
+- A prompt position: ``-100``, except the prompt's last position, which is labelled with the answer's first
+  token (the runtime samples the main thread's first token there, as in ordinary fine-tuning).
+- A main-thread position: ``next(i)``; the main thread's last token is labelled with the end-of-sequence id
+  (the runtime ends the main thread when the model writes it).  After a ``<sync/>`` the next token is the
+  parent's token after the sync (predicted, as at run time, before the children's text is visible).
+- The last token of a ``<promise .../>``: the *parent's* next token, ``next(i)`` of the parent's thread.
+  The child's first tokens are not predicted from the promise: the runtime force-feeds the child's opening
+  ``<async>`` (the child thread's ``Open`` node, ``Scheduler.open_ids``).
+- Every position whose ``next(i)`` lies in an ``Open`` node gets ``-100``: nothing is trained to predict the
+  force-fed ``<async>``.  So all tokens of a child's ``<async>`` but its last get ``-100``, and the last
+  token of ``<async>`` is labelled with the child's first content token.
+- A child's last token (the last token of its ``</async>``) gets ``-100``: the runtime closes the thread
+  there and samples nothing.  (The tokens of ``</async>`` before the last are labelled as text: the model
+  writes ``</async>`` itself.)
+
+``load_examples`` reads a JSONL dataset (``{"prompt": .., "text": ..}`` per line), checks each response with
+the strict checker and measures the valid ones (``Dataset.example`` encodes one when it is needed);
+``collate`` pads examples into a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pastac import jsonl
+from pastac.files import InputFileError, read_text
+from pastac.grammar import DEFAULT_MAX_DEPTH, Async, Document, Node, check, parse
+from pastac.ir.graph import MAIN, Open, ThreadGraph
+from pastac.ir.lengths import tokenizer_length
+from pastac.ir.lower import lower
+from pastac.passes.layout import Layout, training_layout
+from pastac.passes.positions import PositionOptions
+from pastac.runtime.models import prompt_ids
+from pastac.runtime.replay import node_token_ids
+
+__all__ = [
+    "IGNORE",
+    "Batch",
+    "DataError",
+    "Dataset",
+    "Example",
+    "Item",
+    "collate",
+    "encode_example",
+    "layout_labels",
+    "load_examples",
+    "runtime_form",
+]
+
+#: The label of a position that is not trained (PyTorch's cross-entropy ``ignore_index``).
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: torch.Tensor  # long [N]: the prompt's tokens, then the layout's
+    position_ids: torch.Tensor  # long [N]
+    mask: torch.Tensor  # bool [N, N]: mask[i, j] is True when position i may attend to position j
+    labels: torch.Tensor  # long [N]: the token the runtime chooses after position i, or IGNORE
+    thread_ids: torch.Tensor  # long [N]: the IR thread of each position (the prompt's is the main thread, 0)
+    prompt_length: int
+
+    def __len__(self) -> int:
+        return int(self.input_ids.numel())
+
+    @property
+    def targets(self) -> int:
+        """Positions with a label."""
+        return int((self.labels != IGNORE).sum())
+
+    def additive_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[1, 1, N, N] additive float mask (0 allowed, dtype's min blocked), as HF models take it."""
+        out = torch.zeros(self.mask.shape, dtype=dtype)
+        out.masked_fill_(~self.mask, torch.finfo(dtype).min)
+        return out[None, None]
+
+
+def runtime_form(document: Document) -> Document:
+    """The document as the runtime writes it: every ``<async topic="..">`` a bare ``<async>``."""
+
+    def strip(body: tuple[Node, ...]) -> tuple[Node, ...]:
+        return tuple(replace(n, body=strip(n.body), topic=None) if isinstance(n, Async) else n for n in body)
+
+    return replace(document, body=strip(document.body))
+
+
+def layout_labels(graph: ThreadGraph, tokens: Sequence[int], layout: Layout, eos_id: int) -> torch.Tensor:
+    """long [T]: the label of each layout token (the rule in this module's docstring), without the prompt."""
+    count = layout.node_ids.numel()
+    if len(tokens) != count:
+        raise ValueError(f"{len(tokens)} tokens for a layout of {count}")
+    opens = torch.tensor([isinstance(op, Open) for _, op in graph.ops()], dtype=torch.bool)
+    forced = opens[layout.node_ids].tolist() if count else []
+    labels = [IGNORE] * count
+    by_thread: dict[int, list[int]] = {}
+    for index, thread in enumerate(layout.thread_ids.tolist()):
+        by_thread.setdefault(thread, []).append(index)
+    for thread, indices in by_thread.items():
+        for here, after in pairwise(indices):
+            if not forced[after]:
+                labels[here] = int(tokens[after])
+        if thread == MAIN:
+            labels[indices[-1]] = eos_id
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, options: PositionOptions, *,
+                   chat: bool = True, eos_id: int | None = None, max_depth: int = DEFAULT_MAX_DEPTH) -> Example:
+    """The prompt and the training layout of an annotated response as one sequence (see the module docstring).
+
+    ``annotated`` is Pasta-Lang text (parsed strictly; ``ParseError`` if invalid) or a parsed document;
+    ``options`` are the position options the runtime will decode with; ``chat`` formats the prompt with the
+    tokenizer's chat template (``pastac.runtime.models.prompt_ids``). ``eos_id`` (default: the tokenizer's)
+    labels the main thread's last token.
+    """
+    eos = tokenizer.eos_token_id if eos_id is None else eos_id
+    if eos is None:
+        raise ValueError("the tokenizer has no end-of-sequence token; give eos_id")
+    document = parse(annotated, max_depth=max_depth) if isinstance(annotated, str) else annotated
+    graph = lower(runtime_form(document), tokenizer_length(tokenizer))
+    layout = training_layout(graph, options)
+    tokens = [token for node in node_token_ids(graph, tokenizer) for token in node]
+    if not tokens:
+        raise ValueError("the response is empty")
+    prompt = prompt_ids(tokenizer, prompt, chat=chat)
+    p, t = len(prompt), len(tokens)
+    mask = torch.zeros((p + t, p + t), dtype=torch.bool)
+    mask[:p, :p] = torch.tril(torch.ones((p, p), dtype=torch.bool))
+    mask[p:, :p] = True
+    mask[p:, p:] = layout.mask
+    labels = torch.full((p + t,), IGNORE, dtype=torch.long)
+    labels[p:] = layout_labels(graph, tokens, layout, int(eos))
+    if p:
+        labels[p - 1] = tokens[0]  # the main thread's first token: the layout's first is always the main's
+    return Example(
+        input_ids=torch.tensor(prompt + tokens, dtype=torch.long),
+        position_ids=torch.cat([torch.arange(p), p + layout.position_ids]),
+        mask=mask,
+        labels=labels,
+        thread_ids=torch.cat([torch.full((p,), MAIN, dtype=torch.long), layout.thread_ids]),
+        prompt_length=p,
+    )
+
+
+@dataclass(frozen=True)
+class Item:
+    """A usable record: what ``Dataset.example`` encodes again when a batch needs it (masks are T x T: a
+    dataset's worth of them would not fit in memory)."""
+
+    line: int  # the JSONL line
+    prompt: str
+    document: Document
+    length: int  # tokens, prompt included
+    targets: int  # labelled positions
+
+
+@dataclass
+class Dataset:
+    """The usable records of a JSONL file, how to encode them, and what was left out."""
+
+    tokenizer: Any = field(repr=False)
+    positions: PositionOptions
+    chat: bool = True
+    eos_id: int | None = None
+    items: list[Item] = field(default_factory=list)
+    records: int = 0  # non-blank lines read
+    invalid: int = 0  # bad JSON, missing fields, or a response the strict checker rejects
+    too_long: int = 0  # longer than max_length tokens, or positions past the model's
+    problems: list[str] = field(default_factory=list)  # the first few reasons, for the log
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def example(self, index: int) -> Example:
+        item = self.items[index]
+        return encode_example(self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat,
+                              eos_id=self.eos_id)
+
+    def note(self, line: int, message: str) -> None:
+        if len(self.problems) < 20:
+            self.problems.append(f"line {line}: {message}")
+
+    @property
+    def tokens(self) -> int:
+        return sum(i.length for i in self.items)
+
+    @property
+    def targets(self) -> int:
+        return sum(i.targets for i in self.items)
+
+
+def load_examples(path: str | Path, tokenizer: Any, options: PositionOptions, *, field: str = "text",
+                  prompt_field: str = "prompt", chat: bool = True, eos_id: int | None = None,
+                  max_depth: int = DEFAULT_MAX_DEPTH, max_length: int | None = None,
+                  max_position: int | None = None) -> Dataset:
+    """Read a JSONL dataset and measure its usable records; invalid and too long ones are skipped and counted.
+
+    ``max_length`` caps the tokens of an example (prompt included); ``max_position`` caps its position ids
+    (a model's ``max_position_embeddings``: predicted reservations may place tokens past the sequence length).
+    Raises ``DataError`` when the file cannot be read.
+    """
+    source = Path(path)
+    try:
+        text = read_text(source)
+    except InputFileError as error:
+        raise DataError(str(error)) from None
+    data = Dataset(tokenizer, options, chat=chat, eos_id=eos_id)
+    for number, record in jsonl.parse(text):
+        data.records += 1
+        if isinstance(record, str):
+            data.invalid += 1
+            data.note(number, record)
+            continue
+        prompt, annotated = record.get(prompt_field), record.get(field)
+        if not isinstance(prompt, str) or not isinstance(annotated, str):
+            data.invalid += 1
+            data.note(number, f"no string fields {prompt_field!r} and {field!r}")
+            continue
+        result = check(annotated, mode="strict", max_depth=max_depth)
+        if result.errors:
+            data.invalid += 1
+            first = result.errors[0]
+            data.note(number, f"{first.code}: {first.message}")
+            continue
+        try:
+            example = encode_example(tokenizer, prompt, result.document, options, chat=chat, eos_id=eos_id,
+                                     max_depth=max_depth)
+        except ValueError as error:
+            data.invalid += 1
+            data.note(number, str(error))
+            continue
+        if max_length is not None and len(example) > max_length:
+            data.too_long += 1
+            data.note(number, f"{len(example)} tokens, more than {max_length}")
+            continue
+        if max_position is not None and int(example.position_ids.max()) >= max_position:
+            data.too_long += 1
+            data.note(number, f"position {int(example.position_ids.max())} past the model's {max_position}")
+            continue
+        data.items.append(Item(number, prompt, result.document, len(example), example.targets))
+    return data
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor  # long [B, N]
+    position_ids: torch.Tensor  # long [B, N]
+    mask: torch.Tensor  # bool [B, N, N]
+    labels: torch.Tensor  # long [B, N]
+    tokens: int  # real (not padding) tokens
+
+    def additive_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[B, 1, N, N] additive float mask: 0 allowed, dtype's min blocked."""
+        out = torch.zeros(self.mask.shape, dtype=dtype)
+        out.masked_fill_(~self.mask, torch.finfo(dtype).min)
+        return out[:, None]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return replace(self, input_ids=self.input_ids.to(device), position_ids=self.position_ids.to(device),
+                       mask=self.mask.to(device), labels=self.labels.to(device))
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    """Right-pad examples to one length: a pad sees only itself (no row of the mask is empty, which would
+    make softmax undefined), no real token sees a pad, and pads have label IGNORE and position 0."""
+    if not examples:
+        raise ValueError("no examples to collate")
+    size = max(len(e) for e in examples)
+    b = len(examples)
+    input_ids = torch.full((b, size), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, size), dtype=torch.long)
+    labels = torch.full((b, size), IGNORE, dtype=torch.long)
+    mask = torch.eye(size, dtype=torch.bool).repeat(b, 1, 1)
+    for row, example in enumerate(examples):
+        n = len(example)
+        input_ids[row, :n] = example.input_ids
+        position_ids[row, :n] = example.position_ids
+        labels[row, :n] = example.labels
+        mask[row, :n, :n] = example.mask
+    return Batch(input_ids, position_ids, mask, labels, tokens=sum(len(e) for e in examples))

@@ -1,0 +1,282 @@
+"""``pastac train`` on tiny random models (CPU, float32): the training forward is the runtime's, the labels
+follow the rule of ``pastac.train.data``, training lowers the loss, resumes exactly, and the adapter loads."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_cli import run
+from test_runtime import DOC, PROMPT, runtime_logits
+
+from pastac import PositionOptions, lower, parse, training_layout
+from pastac.ir.graph import SyncTag
+from pastac.ir.lengths import tokenizer_length
+from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.models import load_model, random_model, tiny_tokenizer
+from pastac.train.command import add_parser
+from pastac.train.data import IGNORE, collate, encode_example
+from pastac.train.trainer import TrainError, TrainOptions, train
+
+ATOL = 1e-4
+SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
+POSITIONS = PositionOptions(policy="predicted", unit=1)
+# LoRA on the output head too: a tiny random model's projections alone barely move its near-uniform outputs
+LEARNABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+RECORDS = [
+    {"prompt": "Give me tips.", "text": 'Tips: <promise topic="sleep" tokens="2"/><async>Sleep 8 hours.</async>'
+                                        '<promise topic="water" tokens="1"/><async>Drink water.</async><sync/> Done.'},
+    {"prompt": "Cook pasta.", "text": 'To cook: <promise topic="boil" tokens="3"/><async>Boil salted water.</async>'
+                                      "<sync/> Serve."},
+    {"prompt": "bad", "text": "<async>orphan</async>"},
+    {"prompt": "Paris?", "text": "Paris is the capital of France."},
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_quietly():
+    """Tiny models gain nothing from threads, and lose much when the cores are busy with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Setting `save_embedding_layers`")  # LEARNABLE adapts lm_head
+        # load_model(adapter=...) merges with peft, which reads an attribute that transformers 5 deprecates
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+    torch.set_num_threads(threads)
+
+
+def tiny(shape: str = "tiny-llama", seed: int = 1) -> torch.nn.Module:
+    tok = tiny_tokenizer()
+    return random_model(shape, vocab_size=len(tok), seed=seed, eos_token_id=tok.eos_token_id)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\nnot json\n\n")
+    return path
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_training_forward_equals_the_runtime_replaying_the_document(shape):
+    tok = tiny_tokenizer()
+    model = tiny(shape)
+    e = Engine(model, tok, name=shape)
+    result = e.generate(PROMPT, RunOptions(positions=POSITIONS), replay=DOC, keep_logits=True)
+    assert result.stats.threads == 4 and not result.warnings
+    example = encode_example(tok, PROMPT, DOC, POSITIONS)
+    with torch.inference_mode():
+        logits = model(input_ids=example.input_ids[None], position_ids=example.position_ids[None],
+                       attention_mask=example.additive_mask()).logits[0]
+    order: dict[int, list[int]] = {}
+    for index, thread in enumerate(example.thread_ids.tolist()):
+        order.setdefault(thread, []).append(index)
+    ir_of = {t: th.ir_thread for t, th in e.last_run.sched.threads.items()}
+    sampled = set()
+    for thread, index, got in runtime_logits(e):
+        i = order[ir_of[thread]][index]
+        torch.testing.assert_close(got, logits[i], atol=ATOL, rtol=0)
+        sampled.add(i)
+    assert len(sampled) >= result.stats.generated - result.stats.threads
+    # The runtime chooses a token exactly where a label stands, but after a <sync/>: there a replay takes
+    # the next token once the children are joined, without sampling (free decoding samples it while blocked,
+    # from the same context: the children's text is not visible yet).
+    labelled = set((example.labels != IGNORE).nonzero().squeeze(-1).tolist())
+    graph = lower(parse(DOC), tokenizer_length(tok))
+    layout = training_layout(graph, POSITIONS)
+    nodes = layout.node_ids.tolist()
+    sync_ends = {example.prompt_length + k for k, n in enumerate(nodes)
+                 if isinstance(graph.op(n), SyncTag) and (k + 1 == len(nodes) or nodes[k + 1] != n)}
+    assert sampled <= labelled
+    assert labelled - sampled == sync_ends and len(sync_ends) == 2
+
+
+def test_labels_follow_the_rule():
+    tok = tiny_tokenizer()
+
+    def enc(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    doc = 'A <promise topic="x" tokens="1"/><async>b c</async><sync/> d'
+    a, promise, opening, body, closing, sync, d = (enc(s) for s in (
+        "A ", '<promise topic="x" tokens="1"/>', "<async>", "b c", "</async>", "<sync/>", " d"))
+    assert len(opening) > 1 and len(closing) > 1 and len(promise) > 1  # so that every rule is exercised
+    example = encode_example(tok, "Hi", doc, POSITIONS)
+    p = example.prompt_length
+    assert example.input_ids.tolist()[p:] == a + promise + opening + body + closing + sync + d
+    eos = tok.eos_token_id
+    expected = (
+        [IGNORE] * (p - 1) + [a[0]]  # the prompt: only its last position, which predicts the answer's first token
+        + a[1:] + [promise[0]]  # main text
+        + promise[1:] + [sync[0]]  # the promise's last token predicts the parent's next token
+        + [IGNORE] * (len(opening) - 1) + [body[0]]  # the force-fed <async>; its last predicts the child's first
+        + body[1:] + [closing[0]]  # the child writes its text and </async>
+        + closing[1:] + [IGNORE]  # the last token of </async> predicts nothing
+        + sync[1:] + [d[0]]  # after <sync/>, the parent goes on
+        + d[1:] + [eos]  # the main thread's last token predicts the end of sequence
+    )
+    assert example.labels.tolist() == expected
+    threads = example.thread_ids.tolist()[p:]
+    child = len(a) + len(promise), len(a) + len(promise) + len(opening) + len(body) + len(closing)
+    assert set(threads[child[0]:child[1]]) == {1} and set(threads[:child[0]] + threads[child[1]:]) == {0}
+    # a repeated topic on <async> is dropped: the runtime force-feeds a bare <async>
+    same = encode_example(tok, "Hi", doc.replace("<async>", '<async topic="x">'), POSITIONS)
+    assert torch.equal(same.input_ids, example.input_ids) and torch.equal(same.labels, example.labels)
+
+
+def test_padding_keeps_each_example_as_it_was():
+    tok = tiny_tokenizer()
+    model = tiny("tiny-qwen2")
+    short = encode_example(tok, "Hi", "Short.", POSITIONS)
+    long = encode_example(tok, PROMPT, DOC, POSITIONS)
+    batch = collate([short, long], pad_id=tok.pad_token_id)
+    assert batch.mask.shape == (2, len(long), len(long)) and batch.tokens == len(short) + len(long)
+    assert batch.mask.any(-1).all()  # every row sees something: a pad sees itself
+    with torch.inference_mode():
+        both = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                     attention_mask=batch.additive_mask()).logits
+        alone = model(input_ids=short.input_ids[None], position_ids=short.position_ids[None],
+                      attention_mask=short.additive_mask()).logits[0]
+    torch.testing.assert_close(both[0, :len(short)], alone, atol=ATOL, rtol=0)
+    assert (batch.labels[0, len(short):] == IGNORE).all()
+
+
+def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path, data):
+    tok = tiny_tokenizer()
+    options = TrainOptions(lr=1e-2, schedule="constant", epochs=20, batch_size=3, target_modules=LEARNABLE,
+                           seed=0, dropout=0.0, log_every=5)
+    result = train(tiny(), tok, data, tmp_path / "out", options, progress=False)
+    assert result.steps == 20 and result.examples == 3 and result.invalid == 2 and result.too_long == 0
+    assert result.losses[-1] < 0.5 * result.losses[0], result.losses
+    out = tmp_path / "out"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "pastac.json", "loss.csv", "loss.png",
+                 "train_log.json", "checkpoint/state.json", "checkpoint/optimizer.pt"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20] and list(rows[0]) == ["step", "loss", "lr", "tokens",
+                                                                                   "seconds"]
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["data"]["invalid"] == 2 and log["steps"] == 20 and "torch" in log["hardware"]
+    again = train(tiny(), tok, data, out, options, progress=False)  # finished: nothing left to do
+    assert again.resumed_from == 20 and again.losses == result.losses
+
+
+def test_resume_continues_as_one_run(tmp_path, data):
+    tok = tiny_tokenizer()
+    options = TrainOptions(lr=5e-3, epochs=12, batch_size=2, seed=3, save_every=4, target_modules=LEARNABLE)
+
+    def run_to(steps: int, folder: str):
+        return train(tiny(), tok, data, tmp_path / folder, TrainOptions(**{**options.__dict__, "max_steps": steps}),
+                     progress=False)
+
+    first = run_to(10, "resumed")
+    assert first.steps == 10 and first.planned_steps == 24
+    resumed = run_to(20, "resumed")
+    straight = run_to(20, "straight")
+    assert resumed.resumed_from == 10 and resumed.steps == straight.steps == 20
+    assert resumed.losses[:10] == first.losses
+    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(straight.losses), atol=1e-5, rtol=0)
+    got = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    want = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    assert got.keys() == want.keys() and got
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0)
+    rows = list(csv.DictReader((tmp_path / "resumed" / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 21))
+    with pytest.raises(TrainError, match="other options"):
+        train(tiny(), tok, data, tmp_path / "straight", TrainOptions(**{**options.__dict__, "lr": 1e-3}),
+              progress=False)
+
+
+def test_gpt2_in_bfloat16_with_accumulation_and_a_length_cap(tmp_path, data):
+    tok = tiny_tokenizer()
+    cap = len(encode_example(tok, "Paris?", "Paris is the capital of France.", POSITIONS))
+    options = TrainOptions(dtype="bfloat16", batch_size=2, grad_accum=2, max_steps=2, max_length=cap, epochs=4)
+    result = train(tiny("tiny-gpt2"), tok, data, tmp_path / "out", options, progress=False)
+    assert result.examples == 1 and result.too_long == 2 and result.invalid == 2 and result.steps == 2
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] and set(config["target_modules"]) == {"c_attn", "c_proj", "c_fc"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = tiny_tokenizer()
+    tiny(seed=3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_the_adapter_loads_with_its_position_settings(tmp_path, data, model_dir):
+    base = load_model(model_dir, progress=False)
+    options = TrainOptions(lr=1e-2, max_steps=3, unit=3, dropout=0.0, base_model=model_dir)
+    result = train(base.model, base.tokenizer, data, tmp_path / "out", options, progress=False)
+    settings = json.loads((tmp_path / "out" / "pastac.json").read_text())
+    assert settings == {"policy": "predicted", "unit": 3, "base_model": model_dir, "max_depth": 2, "chat": True,
+                        "eos_token_id": base.tokenizer.eos_token_id}
+    loaded = load_model(model_dir, adapter=tmp_path / "out", progress=False)
+    assert loaded.settings == settings
+    ids = torch.tensor([base.tokenizer.encode("Tips: sleep well.")])
+    result.model.eval()
+    with torch.inference_mode():
+        trained = result.model(input_ids=ids).logits
+        merged = loaded.model(input_ids=ids).logits
+        plain = load_model(model_dir, progress=False).model(input_ids=ids).logits
+    torch.testing.assert_close(merged, trained, atol=ATOL, rtol=0)
+    assert (merged - plain).abs().max() > 1e-3  # the adapter changed something
+    engine = Engine.from_pretrained(model_dir, adapter=str(tmp_path / "out"), progress=False)
+    assert engine.positions == PositionOptions(policy="predicted", unit=3)
+
+
+def run_train(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str, str]:
+    """``pastac train ...`` through ``pastac.cli.main``, with ``train`` added to its parser if it is not there."""
+    import pastac.cli as cli
+
+    build = cli.build_parser
+
+    def with_train() -> argparse.ArgumentParser:
+        parser = build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "train" not in sub.choices:
+            add_parser(sub, cli._positive)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", with_train)
+    return run(capsys, "train", *argv)
+
+
+def test_cli_trains_and_resumes(capsys, monkeypatch, tmp_path, data, model_dir):
+    common = (str(data), "--out", str(tmp_path / "out"), "--model", model_dir)
+    code, stdout, err = run_train(capsys, monkeypatch, *common, "--max-steps", "2", "--save-every", "1", "-q")
+    assert code == 0, err
+    assert "trained 2 of 3 planned steps on 3 examples (2 invalid and 0 too long skipped)" in stdout
+    assert err == ""
+    code, stdout, err = run_train(capsys, monkeypatch, *common)  # not quiet: the skipped records are listed
+    assert code == 0, err
+    assert "trained 3 of 3" in stdout and "resumed from step 2" in stdout
+    assert f"skipped {data}, line 3: E303" in err and f"skipped {data}, line 5: invalid JSON" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["{tmp}/missing.jsonl", "--out", "{tmp}/o"], "no such file"),
+    (["{tmp}/empty.jsonl", "--out", "{tmp}/o", "--model", "{model}"], "no usable examples"),
+    (["{tmp}/bad.jsonl", "--out", "{tmp}/o", "--model", "{model}"], "2 records, 2 invalid"),
+    (["{data}", "--out", "{data}", "--model", "{model}"], "is a file"),
+    (["{data}", "--out", "{tmp}/o", "--model", "{tmp}/nope"], "nope"),
+])
+def test_cli_errors(capsys, monkeypatch, tmp_path, data, model_dir, argv, message):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "text": "<sync/>"}\n{"text": "x"}\n')
+    args = [a.format(tmp=tmp_path, model=model_dir, data=data) for a in argv]
+    code, out, err = run_train(capsys, monkeypatch, *args, "-q")
+    assert code == 2 and out == ""
+    assert err.startswith("pastac: error: ") and message in err, err
+    assert not (tmp_path / "o").exists()
