@@ -472,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pastac.train.command import add_parser as add_train
 
     add_train(sub, _positive)
+    from pastac.evaluation.command import add_parser as add_eval
+
+    add_eval(sub, _positive)
     return parser
 
 

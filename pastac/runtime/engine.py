@@ -102,6 +102,8 @@ class Generation:
     activity: tuple[tuple[int, int, int], ...] = ()  # (step, thread, tokens placed); step 0 is the prompt's
     step_times: tuple[tuple[float, float], ...] = ()  # per step: start and end, seconds from the run's start
     topics: dict[int, str | None] = field(default_factory=dict)  # per thread
+    parents: dict[int, int | None] = field(default_factory=dict)  # per thread (None for the main one)
+    thread_text: dict[int, str] = field(default_factory=dict)  # per thread: its own text, without its children's
 
 
 @dataclass(frozen=True)
@@ -306,5 +308,7 @@ class Engine:
             warnings=len(sched.warnings))
         warnings = tuple(f"t{w.thread}: {w.message}" for w in sched.warnings)
         spans = {t: (th.first_step or 0, th.last_step or 0) for t, th in sched.threads.items()}
+        own = {t: "".join(v for k, v in th.pieces if k == "text") for t, th in sched.threads.items()}
         return Generation(sched.stitched(), sched.annotated(), graph, stats, warnings, spans, tuple(sched.activity),
-                          tuple(run.times), {t: th.topic for t, th in sched.threads.items()})
+                          tuple(run.times), {t: th.topic for t, th in sched.threads.items()},
+                          {t: th.parent for t, th in sched.threads.items()}, own)

@@ -1,0 +1,172 @@
+"""Evaluating a Pasta-equipped model on a prompt set (see the package's docstring)."""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pastac.bench.run import geomean
+from pastac.data.annotate import StructuralAnnotator
+from pastac.data.prompts import FORKABLE
+from pastac.evaluation.metrics import log_likelihood, mean_redundancy, redundancy, sibling_groups
+from pastac.grammar import check, parse, render
+from pastac.grammar.ast import Async, Document, Node
+from pastac.runtime.engine import Engine, InputError, RunOptions
+from pastac.runtime.scheduler import Limits
+
+#: categories of the prompt set whose answers should fork, and the short ones that should not
+LIST_LIKE = tuple(sorted(FORKABLE))
+SHORT = ("factual", "sentence", "arithmetic")
+
+Judge = Callable[[str], str]
+
+
+class JudgeError(RuntimeError):
+    """The judge could not be asked (its server failed); the message says why."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    max_new_tokens: int = 512
+    judge: Judge | None = None
+    seed: int = 0
+
+
+def _async_texts(body: Sequence[Node]) -> list[str]:
+    """The rendered texts of a document's top-level async blocks."""
+    return [render(Document(node.body)) for node in body if isinstance(node, Async)]
+
+
+def item_redundancy(answer: str) -> float | None:
+    """Overlap between the items of a sequential answer: the parts the structural annotator would fork."""
+    annotated = StructuralAnnotator().annotate("", answer).text
+    if not annotated:
+        return None
+    return redundancy(_async_texts(parse(annotated).body))
+
+
+_VERDICT = re.compile(r"\b(A|B|[Tt]ie|TIE)\b")
+
+
+def judge_pair(judge: Judge, prompt: str, ours: str, theirs: str, rng: random.Random) -> str:
+    """Ask ``judge`` which of two answers is better, in a random order; "win", "loss" or "tie" for ours."""
+    first = rng.random() < 0.5
+    a, b = (ours, theirs) if first else (theirs, ours)
+    try:
+        reply = judge(f"Which answer to the request is better? Reply with A, B or tie, then one sentence.\n\n"
+                      f"Request:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n")
+    except RuntimeError as error:
+        raise JudgeError(str(error)) from None
+    found = _VERDICT.search(reply)
+    verdict = found.group(1).lower() if found else "tie"
+    if verdict == "tie":
+        return "tie"
+    return "win" if (verdict == "a") == first else "loss"
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions,
+                 rng: random.Random) -> dict[str, Any]:
+    prompt = str(record["prompt"])
+    limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=4 * options.max_new_tokens)
+    pasta = adapted.generate(prompt, RunOptions(limits=limits))
+    lenient = check(pasta.annotated, mode="lenient")
+    valid = not lenient.diagnostics and not pasta.warnings
+    out: dict[str, Any] = {
+        "id": record.get("id"), "category": record.get("category"), "prompt": prompt,
+        "threads": pasta.stats.threads, "valid": valid, "tokens": pasta.stats.tokens,
+        "theoretical_speedup": pasta.stats.theoretical_speedup, "wall_s": pasta.stats.wall_s,
+        "text": pasta.text, "annotated": pasta.annotated,
+    }
+    try:  # the same text decoded by one thread: what forking bought
+        sequential = adapted.generate(prompt, RunOptions(mode="sequential"), replay=pasta.annotated)
+        out["sequential_wall_s"] = sequential.stats.wall_s
+        out["speedup_vs_sequential"] = sequential.stats.wall_s / pasta.stats.wall_s
+    except InputError:  # an annotation that needed recovery cannot be replayed as it is
+        out["speedup_vs_sequential"] = None
+    ids = base.prompt_ids(prompt)
+    device = next(base.model.parameters()).device
+    tensor = torch.tensor([ids], device=device)
+    with torch.inference_mode():
+        generated, hf_wall = _timed(lambda: base.model.generate(
+            tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=options.max_new_tokens, do_sample=False,
+            pad_token_id=base.eos[0] if base.eos else 0))
+    answer_ids = [t for t in generated[0, len(ids):].tolist() if t not in base.eos]
+    baseline = base.tokenizer.decode(answer_ids, skip_special_tokens=True)
+    out.update(baseline=baseline, hf_generate_wall_s=hf_wall, speedup_vs_hf_generate=hf_wall / pasta.stats.wall_s)
+    stitched_ids = base.tokenizer.encode(pasta.text, add_special_tokens=False)
+    out["loglik_pasta"] = log_likelihood(base.model, ids, stitched_ids)
+    out["loglik_sequential"] = log_likelihood(base.model, ids, answer_ids)
+    out["redundancy_threads"] = mean_redundancy(sibling_groups(pasta.parents, pasta.thread_text))
+    out["redundancy_sequential"] = item_redundancy(baseline)
+    if options.judge is not None:
+        out["judge"] = judge_pair(options.judge, prompt, pasta.text, baseline, rng)
+    return out
+
+
+def _rate(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.fmean(kept) if kept else None
+
+
+def _geomean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and v > 0]
+    return geomean(kept) if kept else None
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def of(categories: Sequence[str]) -> list[dict[str, Any]]:
+        return [r for r in results if r.get("category") in categories]
+
+    listy, short = of(LIST_LIKE), of(SHORT)
+    ll_pasta, ll_seq = _mean([r["loglik_pasta"] for r in results]), _mean([r["loglik_sequential"] for r in results])
+    summary: dict[str, Any] = {
+        "prompts": len(results),
+        "valid_rate": _rate([r["valid"] for r in results]),
+        "fork_rate": _rate([r["threads"] > 1 for r in results]),
+        "fork_rate_list_like": _rate([r["threads"] > 1 for r in listy]),
+        "fork_rate_short": _rate([r["threads"] > 1 for r in short]),
+        "fork_rate_by_category": {c: _rate([r["threads"] > 1 for r in of((c,))])
+                                  for c in sorted({str(r.get("category")) for r in results})},
+        "speedup_vs_sequential": _geomean([r["speedup_vs_sequential"] for r in results]),
+        "speedup_vs_hf_generate": _geomean([r["speedup_vs_hf_generate"] for r in results]),
+        "speedup_vs_sequential_list_like": _geomean([r["speedup_vs_sequential"] for r in listy]),
+        "speedup_vs_hf_generate_list_like": _geomean([r["speedup_vs_hf_generate"] for r in listy]),
+        "theoretical_speedup": _geomean([r["theoretical_speedup"] for r in results]),
+        "loglik_pasta": ll_pasta, "loglik_sequential": ll_seq,
+        "loglik_relative_change": None if ll_pasta is None or not ll_seq else (ll_pasta - ll_seq) / abs(ll_seq),
+        "redundancy_threads": _mean([r["redundancy_threads"] for r in results]),
+        "redundancy_sequential": _mean([r["redundancy_sequential"] for r in results]),
+    }
+    verdicts = [r["judge"] for r in results if "judge" in r]
+    if verdicts:
+        summary["judge"] = {v: verdicts.count(v) / len(verdicts) for v in ("win", "tie", "loss")}
+    return summary
+
+
+def evaluate(records: Sequence[dict[str, Any]], adapted: Engine, base: Engine, options: EvalOptions = EvalOptions(),
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Evaluate every record (``{"prompt", "category", "id"}``); ``{"results": [...], "summary": {...}}``."""
+    rng = random.Random(options.seed)
+    results = []
+    for record in records:
+        results.append(evaluate_one(record, adapted, base, options, rng))
+        if progress is not None:
+            progress(1)
+    return {"results": results, "summary": summarize(results)}

@@ -1,0 +1,103 @@
+"""``pastac eval``: the quality proxies, the judge, and the evaluation loop on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from test_cli import run
+from test_cli_run import model_dir  # noqa: F401 (a fixture)
+
+from pastac.evaluation.metrics import log_likelihood, mean_redundancy, overlap, redundancy, sibling_groups
+from pastac.evaluation.run import EvalOptions, JudgeError, evaluate, item_redundancy, judge_pair
+from pastac.runtime.engine import Engine
+from pastac.runtime.models import random_model, tiny_tokenizer
+
+
+def test_overlap_and_redundancy():
+    assert overlap("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert overlap("the cat sat on the mat", "a dog ran in the park") == 0.0
+    assert overlap("one two", "one two") == 0.0  # no trigram: nothing to compare
+    assert 0 < overlap("drink water every day", "drink water every hour") < 1
+    assert redundancy(["only one"]) is None
+    assert redundancy(["a b c d", "a b c d", "w x y z"]) == pytest.approx((1 + 0 + 0) / 3)
+    groups = sibling_groups({0: None, 1: 0, 2: 0, 3: 1}, {1: "x y z", 2: "x y z", 3: "alone"})
+    assert groups == [["x y z", "x y z"]]  # t3 has no sibling
+    assert mean_redundancy(groups) == 1.0 and mean_redundancy([]) is None
+
+
+def test_items_of_a_sequential_answer():
+    repeated = ("Tips:\n1. Drink water every day and keep a bottle near you.\n"
+                "2. Drink water every day and keep a bottle near you.\n3. Sleep eight hours every night, "
+                "in a dark room.\nThat is all.")
+    distinct = ("Tips:\n1. Drink water every day and keep a bottle near you.\n2. Walk for twenty minutes after "
+                "lunch in the park.\n3. Sleep eight hours every night, in a dark room.\nThat is all.")
+    assert item_redundancy(repeated) > item_redundancy(distinct) >= 0
+    assert item_redundancy("Paris is the capital of France.") is None  # nothing to fork, no items
+
+
+def test_log_likelihood_prefers_what_the_model_would_write():
+    tokenizer = tiny_tokenizer()
+    model = random_model("tiny-llama", vocab_size=len(tokenizer), seed=4)
+    prompt = tokenizer.encode("Give me tips.")
+    greedy = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    rng = random.Random(0)
+    noise = [rng.randrange(len(tokenizer)) for _ in greedy]
+    assert log_likelihood(model, prompt, greedy) > log_likelihood(model, prompt, noise)
+    assert log_likelihood(model, prompt, []) is None
+
+
+def test_judge_sees_both_orders_and_reports_for_ours():
+    def prefers_good(question: str) -> str:
+        a = question.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
+        return "A, it is better." if "good" in a else "B is better."
+
+    rng = random.Random(1)
+    verdicts = {judge_pair(prefers_good, "q", "a good answer", "a bad answer", rng) for _ in range(20)}
+    assert verdicts == {"win"}
+    assert {judge_pair(prefers_good, "q", "bad", "good", rng) for _ in range(20)} == {"loss"}
+    assert judge_pair(lambda q: "Tie: both fine.", "q", "x", "y", rng) == "tie"
+
+    def down(question: str) -> str:
+        raise RuntimeError("cannot reach http://127.0.0.1:9")
+
+    with pytest.raises(JudgeError, match=r"127\.0\.0\.1"):
+        judge_pair(down, "q", "x", "y", rng)
+
+
+def test_evaluate_on_a_tiny_model():
+    tokenizer = tiny_tokenizer()
+    engine = Engine(random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
+                    tokenizer, name="tiny")
+    records = [{"id": "a", "category": "list", "prompt": "Give me three tips."},
+               {"id": "b", "category": "factual", "prompt": "What is the capital of France?"}]
+    report = evaluate(records, engine, engine, EvalOptions(max_new_tokens=8, judge=lambda q: "A"))
+    assert [r["id"] for r in report["results"]] == ["a", "b"]
+    for r in report["results"]:
+        assert r["threads"] >= 1 and isinstance(r["valid"], bool) and r["speedup_vs_hf_generate"] > 0
+        assert r["loglik_pasta"] is not None and r["judge"] in ("win", "loss", "tie")
+    summary = report["summary"]
+    assert summary["prompts"] == 2 and summary["fork_rate_by_category"].keys() == {"list", "factual"}
+    assert 0 <= summary["valid_rate"] <= 1 and sum(summary["judge"].values()) == pytest.approx(1.0)
+    json.dumps(report)
+
+
+def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Hello", "category": "factual", "split": "test"}\n'
+                       '{"id": "b", "prompt": "Tips?", "category": "list", "split": "train"}\n')
+    code, out, err = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
+                         "--split", "test", "--max-new-tokens", "4", "--json", "-q")
+    assert code == 0, err
+    report = json.loads(out)
+    assert [r["id"] for r in report["results"]] == ["a"] and report["summary"]["prompts"] == 1
+    code, out, _ = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
+                       "--limit", "1", "--max-new-tokens", "4", "-q")
+    assert code == 0 and "valid_rate" in out
+    assert run(capsys, "eval", "--prompts", str(tmp_path / "none.jsonl"))[0] == 2
+    code, _, err = run(capsys, "eval", "--prompts", str(prompts), "--judge-url", "http://127.0.0.1:9")
+    assert code == 2 and "go together" in err
+    code, _, err = run(capsys, "eval", "--prompts", str(prompts), "--split", "validation")
+    assert code == 2 and "no prompts" in err
