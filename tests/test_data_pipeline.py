@@ -158,6 +158,20 @@ def test_responses_resume_without_regenerating(tmp_path, model, tok):
         write_responses(prompts, out, counting, model_name="other", limit=7, progress=False)
 
 
+def test_a_batch_holds_one_category_where_it_can(tmp_path):
+    batches: list[list[str]] = []
+
+    def responder(prompts: Sequence[str]) -> list[tuple[str, bool]]:
+        batches.append(list(prompts))
+        return [("answer", True) for _ in prompts]
+
+    prompts = prompt_records(12)  # three categories, four prompts each, interleaved
+    category = {r["prompt"]: r["category"] for r in prompts}
+    write_responses(prompts, tmp_path / "r.jsonl", responder, model_name="m", batch_size=4, progress=False)
+    assert sorted(len(b) for b in batches) == [4, 4, 4]
+    assert all(len({category[p] for p in batch}) == 1 for batch in batches)
+
+
 def read_records_text(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

@@ -348,8 +348,9 @@ def write_responses(prompts: Sequence[Record], out: str | Path, responder: Respo
 
     With ``limit``, only the first ``limit`` prompts of ``round_robin(prompts)`` are answered (a later run
     with a larger limit answers the rest).  Prompts are answered ``batch_size`` at a time; within a window
-    of eight batches, prompts of similar lengths (``responder.length`` when it has one) share a batch, the
-    longest first.  Each batch is appended as soon as it is done.
+    of eight batches, prompts of one category share a batch where they can (answers to one kind of prompt
+    have similar lengths, and a batch runs until its longest answer ends), then the longest prompts
+    (``responder.length`` when it has one) first.  Each batch is appended as soon as it is done.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -365,7 +366,8 @@ def write_responses(prompts: Sequence[Record], out: str | Path, responder: Respo
     unfinished = 0
     with _appending(out) as write, progress_bar("responses", len(pending), progress) as advance:
         for start in range(0, len(pending), window):
-            chunk = sorted(pending[start:start + window], key=lambda r: measure(r["prompt"]), reverse=True)
+            chunk = sorted(pending[start:start + window],
+                           key=lambda r: (str(r.get("category")), -measure(r["prompt"])))
             for first in range(0, len(chunk), batch_size):
                 batch = chunk[first:first + batch_size]
                 answers = responder([r["prompt"] for r in batch])
