@@ -217,6 +217,26 @@ This also explains why the seasons are reversed between the two hemispheres.
 
 FACTUAL = "The capital of Australia is Canberra, not Sydney.\n"
 
+# Plain paragraphs that build on each other: a derivation, and paragraphs that refer back.
+CALCULATION = """\
+To find the total cost, multiply the price of one notebook by the number of notebooks.
+
+One notebook costs $9.92, and we need 10 of them, so the cost is 9.92 * 10 = 99.20 dollars.
+
+We can check the answer by rounding: about $10 each, times 10 notebooks, is close to $100.
+
+So the answer is $99.20.
+"""
+REFERS_BACK = """\
+Sourdough bread is made with a starter, a culture of wild yeast and bacteria kept alive with flour and water.
+
+The starter is mixed with flour, water and salt, and the dough rises slowly for many hours at room temperature.
+
+This slow rise is what gives the bread its sour taste and its open, chewy crumb with large irregular holes.
+
+In short, time and wild yeast do the work.
+"""
+
 CODE_WITH_TAG = """\
 Here is a small parser for the `<async>` tag:
 
@@ -320,8 +340,8 @@ def test_structural_forks(response: str, forks: int, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "response", [FACTUAL, CODE_WITHOUT_TAG, SHORT_PARTS, SEQUENTIAL, "", "Yes."],
-    ids=["factual", "code", "short-parts", "sequential", "empty", "one-word"],
+    "response", [FACTUAL, CODE_WITHOUT_TAG, SHORT_PARTS, SEQUENTIAL, CALCULATION, REFERS_BACK, "", "Yes."],
+    ids=["factual", "code", "short-parts", "sequential", "calculation", "refers-back", "empty", "one-word"],
 )
 def test_structural_does_not_fork(response: str) -> None:
     annotation = StructuralAnnotator().annotate("prompt", response)

@@ -115,6 +115,13 @@ _CONCLUSION_TITLES = frozenset((
 ))
 # Words that open an item which continues the previous one ("Then, 10% off 90: ...").
 _SEQUENTIAL = re.compile(r"(?:then|next|after that|afterwards|after this|now|finally|so|from there)(?=[,\s])", re.I)
+# Words that open a paragraph which leans on the one before it ("This means ...", "Therefore ...").
+_REFERS_BACK = re.compile(
+    r"(?:this|these|that|those|it|they|such|therefore|thus|hence|however|but|also|as a result|because of this|"
+    r"in turn|to (?:find|solve|get|calculate|compute))(?=[,\s])", re.I)
+# A worked calculation ("9.92 * 10 = 99.20"): paragraphs with one carry a derivation, not independent parts.
+_CALCULATION = re.compile(r"\d[\d.,]*\s*(?:[-+*/×÷^]|x(?=\s))\s*\(?\d[\d.,]*\)?\s*=|=\s*-?\d[\d.,]*\s*(?:[-+*/×÷]|$)",
+                          re.M)
 _CONCLUSION_CUES = (
     "in short", "in summary", "to sum up", "to summarise", "to summarize", "overall", "all in all",
     "in conclusion", "so ", "so,", "this ", "these ", "together", "both ", "either way", "in practice",
@@ -429,6 +436,12 @@ class StructuralAnnotator:
                 first = _clean(_strip_marker(lines[start].text.strip()))
                 if m := _SEQUENTIAL.match(first):
                     return f"{round_.label} depend on each other (item {number} starts with {m.group(0)!r})"
+        if round_.label == "paragraphs":
+            for number, part in enumerate(parts, start=1):
+                if m := _SEQUENTIAL.match(part.lstrip()) or _REFERS_BACK.match(part.lstrip()):
+                    return f"paragraphs depend on each other (part {number} starts with {m.group(0)!r})"
+                if m := _CALCULATION.search(part):
+                    return f"paragraphs work through a calculation ({m.group(0).strip()!r} in part {number})"
         if sum(forkable) < self.min_parts:
             return (f"only {sum(forkable)} of {len(parts)} {round_.label} have at least {self.min_part_tokens} "
                     f"tokens ({self.min_parts} needed)")
