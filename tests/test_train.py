@@ -222,6 +222,12 @@ def test_the_adapter_loads_with_its_position_settings(tmp_path, data, model_dir)
     settings = json.loads((tmp_path / "out" / "pastac.json").read_text())
     assert settings == {"policy": "predicted", "unit": 3, "base_model": model_dir, "max_depth": 2, "chat": True,
                         "eos_token_id": base.tokenizer.eos_token_id}
+    adapter_config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == model_dir
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith("# out\n") and f"Base model: {model_dir}" in card and "More Information Needed" not in card
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    assert f"{log['trainable_parameters']:,} trainable parameters" in card and "3 of " in card
     loaded = load_model(model_dir, adapter=tmp_path / "out", progress=False)
     assert loaded.settings == settings
     ids = torch.tensor([base.tokenizer.encode("Tips: sleep well.")])

@@ -154,7 +154,7 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
     if args.model is None:
         from dataclasses import replace
 
-        options = replace(options, base_model=loaded.source)
+        options = replace(options, base_model=loaded.name)  # not the path of the package's file
     try:
         result = train(loaded.model, loaded.tokenizer, data, folder, options, progress=not args.quiet)
     except (DataError, TrainError) as error:

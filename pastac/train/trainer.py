@@ -21,7 +21,9 @@ Output folder:
   which ``pastac.runtime.models.load_model(..., adapter=DIR)`` merges into the base model;
 - ``pastac.json``: the settings the runtime must decode with (position policy and unit, depth, chat);
 - ``loss.csv`` (step, loss, lr, tokens, seconds), ``loss.png``, ``train_log.json`` (options, counts,
-  times, hardware).
+  times, hardware);
+- ``README.md``: a model card drawn from ``train_log.json`` (base model, data, recipe, hardware, time, loss),
+  in place of PEFT's blank template.
 """
 
 from __future__ import annotations
@@ -300,6 +302,50 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "adapter") -> str:
+    """A Markdown model card for an adapter, from its ``train_log.json`` record and ``pastac.json`` settings."""
+    o, data, hw = log["options"], log["data"], log["hardware"]
+    minutes = log["train_seconds"] / 60
+    device = hw.get("device_name") or f"{hw['cpu']} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch threads"
+    lines = [
+        f"# {name}", "",
+        "A LoRA adapter that teaches its base model to write Pasta-Lang: to mark the independent parts of its "
+        "answers with `<promise/>`, `<async>` and `<sync/>`, so that pastac decodes them in parallel.", "",
+        f"- Base model: {settings.get('base_model') or 'not recorded'}",
+        f"- Use: `pastac run PROMPT --adapter {name}`; `pastac.json` gives the runtime the position settings "
+        f"it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
+        f"{settings['max_depth']}).", "",
+        "## Data", "",
+        f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
+        f"examples used ({data['invalid']} invalid and {data['too_long']} too long skipped), "
+        f"{data['tokens']:,} tokens, {data['targets']:,} labelled.",
+        "- Layout: the prompt (chat template: " + ("yes" if settings.get("chat") else "no") + ") then the "
+        "annotated response, with the attention mask and position ids of the runtime; one label per position "
+        "(a child's opening `<async>` is force-fed at run time and is not a target).", "",
+        "## Recipe", "",
+        f"- LoRA rank {o['rank']}, alpha {o['alpha']}, dropout {o['dropout']} on "
+        f"{', '.join(log['target_modules'])}: {log['trainable_parameters']:,} trainable parameters.",
+        f"- AdamW, learning rate {o['lr']} ({o['schedule']}, {o['warmup_steps']} warm-up steps), weight decay "
+        f"{o['weight_decay']}, gradient clipping {o['max_grad_norm']}; batch {o['batch_size']} x "
+        f"{o['grad_accum']} accumulation; {o['epochs']} epoch(s), {log['steps']} of {log['planned_steps']} "
+        f"planned steps; seed {o['seed']}; {o['dtype']} on {o['device']}.",
+        f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "
+        f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`.", "",
+        "## Hardware and time", "",
+        f"- {device}; torch {hw['torch']}, transformers {hw['transformers']}, peft {hw['peft']}, "
+        f"Python {hw['python']}.",
+        f"- {minutes:.1f} minutes of training ({log['tokens']:,} tokens).", "",
+        "## Evaluation", "",
+        "Measure it with `pastac eval --prompts PROMPTS.jsonl --adapter DIR`: valid annotations, fork rate, "
+        "speedups and the quality proxies.", "",
+    ]
+    return "\n".join(lines)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 # -- training ---------------------------------------------------------------------------------------------------
 
 
@@ -411,6 +457,9 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
         if resumed_from == plan.total and checkpoint is not None and checkpoint.name != CHECKPOINT:
             _save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
 
+    if options.base_model:  # not the path of a local cache folder: the model the adapter is meant for
+        for config in peft_model.peft_config.values():
+            config.base_model_name_or_path = options.base_model
     peft_model.save_pretrained(out)
     settings = {"policy": str(options.positions.policy), "unit": options.unit,
                 "base_model": options.base_model or getattr(model, "name_or_path", None) or None,
@@ -437,6 +486,7 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
         "hardware": _hardware(device),
     }
     (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card(log, settings, name=out.name), encoding="utf-8")
     peft_model.eval()
     return TrainResult(model=peft_model, out_dir=out, steps=state.step, planned_steps=plan.planned,
                        losses=list(state.losses), data=data, resumed_from=resumed_from, seconds=seconds)
