@@ -61,7 +61,8 @@ def _engine(args: argparse.Namespace) -> Any:
 
     try:
         if args.shape is None:
-            return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+            return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=None,
+                                          progress=not args.quiet)
         tokenizer = load_model(None, progress=not args.quiet).tokenizer
         model = random_model(args.shape, vocab_size=len(tokenizer), dtype=args.dtype, device=args.device,
                              eos_token_id=tokenizer.eos_token_id)

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
-    from pastac.runtime.command import model_arguments
+    from pastac.runtime.command import adapter_arguments, model_arguments
 
     p = sub.add_parser(
         "eval", help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
@@ -28,9 +28,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     p.add_argument("--limit", type=positive, metavar="N", help="only the first N prompts")
     model = p.add_argument_group("model")
     model_arguments(model)
-    adapter = model.add_mutually_exclusive_group()
-    adapter.add_argument("--adapter", metavar="DIR", help="the PEFT adapter to evaluate")
-    adapter.add_argument("--no-adapter", action="store_true", help="evaluate the base model itself")
+    adapter_arguments(model)
     p.add_argument("--max-new-tokens", type=positive, default=512, metavar="N", help="per thread (default 512)")
     judge = p.add_argument_group("judge (optional)")
     judge.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible server that judges pairs of answers")
@@ -78,7 +76,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
     from pastac.progress import progress_bar
     from pastac.runtime.engine import Engine
-    from pastac.runtime.models import ModelError
+    from pastac.runtime.models import ModelError, resolve_adapter
 
     records = _records(args)
     if bool(args.judge_url) != bool(args.judge_model):
@@ -92,8 +90,9 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
     try:
-        base = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
-        adapted = base if args.no_adapter or not args.adapter else Engine.from_pretrained(
+        base = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=None,
+                                      progress=not args.quiet)
+        adapted = base if resolve_adapter(args.adapter, args.model) is None else Engine.from_pretrained(
             args.model, device=args.device, dtype=args.dtype, adapter=args.adapter, progress=not args.quiet)
     except ModelError as error:
         raise UsageError(str(error)) from None

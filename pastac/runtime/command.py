@@ -30,6 +30,18 @@ def model_arguments(group: argparse._ArgumentGroup, source: argparse._MutuallyEx
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
 
 
+def adapter_arguments(group: argparse._ArgumentGroup) -> None:
+    """--adapter DIR or --no-adapter; neither: pastac's Pasta-Lang adapter with the default model."""
+    from pastac.adapters import DEFAULT_ADAPTER
+
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--adapter", metavar="DIR", default=DEFAULT_ADAPTER,
+                        help="a PEFT adapter folder, merged into the model (default: the Pasta-Lang adapter shipped "
+                             "with pastac for the default model; none for a --model of your own)")
+    choice.add_argument("--no-adapter", dest="adapter", action="store_const", const=None,
+                        help="the base model alone")
+
+
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], count: Callable[[str], int]) -> None:
     """Add ``run`` to the CLI; ``positive`` and ``count`` parse integers >= 1 and >= 0 (the CLI's own)."""
     from pastac.passes import Order, Policy
@@ -44,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], 
                                                     "or the text itself")
     model = p.add_argument_group("model")
     model_arguments(model)
-    model.add_argument("--adapter", metavar="DIR", help="a PEFT adapter folder, merged into the model")
+    adapter_arguments(model)
     model.add_argument("--no-chat", action="store_true", help="feed the prompt as is, without the chat template")
     how = p.add_argument_group("decoding")
     how.add_argument("--mode", choices=("async", "sequential"), default="async",

@@ -20,13 +20,20 @@ from typing import Any
 
 import torch
 
+from pastac.adapters import DEFAULT_ADAPTER
 from pastac.grammar import check
 from pastac.grammar.ast import Async, Document, Promise, Sync, Text
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
-from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, check_architecture, load_model, prompt_ids
+from pastac.runtime.models import (
+    ADAPTER_SETTINGS,
+    ModelError,
+    check_architecture,
+    load_model,
+    prompt_ids,
+)
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner
@@ -186,7 +193,10 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
-                        adapter: str | None = None, progress: bool = True) -> Engine:
+                        adapter: str | None = DEFAULT_ADAPTER, progress: bool = True) -> Engine:
+        """An engine over ``load_model(model, ...)``.  By default the default model comes with the Pasta-Lang
+        adapter shipped in pastac (``adapter=None`` for the base model alone); another model has no adapter
+        unless ``adapter`` names one."""
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
         settings = loaded.settings
         positions = None

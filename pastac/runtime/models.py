@@ -52,6 +52,8 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
+from pastac.adapters import DEFAULT_ADAPTER, packaged_adapter
+
 __all__ = [
     "DTYPES",
     "PACKED_ATTENTION_ARCHITECTURES",
@@ -451,9 +453,14 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _resolve_adapter(adapter: str | os.PathLike[str] | None) -> Path | None:
+def resolve_adapter(adapter: str | os.PathLike[str] | None, model: str | os.PathLike[str] | None = None
+                    ) -> Path | None:
+    """The adapter folder ``load_model`` would merge: None for no adapter; ``DEFAULT_ADAPTER`` for the packaged
+    one when ``model`` is None (the default model); otherwise a PEFT adapter folder, checked."""
     if adapter is None:
         return None
+    if isinstance(adapter, str) and adapter == DEFAULT_ADAPTER:
+        return packaged_adapter() if model is None else None
     folder = Path(adapter).expanduser()
     if not folder.is_dir():
         raise ModelError(f"adapter folder not found: {folder}")
@@ -506,14 +513,15 @@ def load_model(
     ``model`` is a transformers model folder, a GGUF file (converted once, then loaded from the cache; see
     ``convert_gguf``), or ``None`` for the default model, SmolLM2-135M-Instruct (``default_gguf``).
     ``dtype`` is one of ``DTYPES``; ``device`` is ``cpu`` or ``cuda``. ``adapter`` names a PEFT adapter
-    folder that is merged into the weights. The model uses the sdpa attention and is in eval mode.
-    With ``progress``, the steps are shown on standard error. Nothing is fetched from the network.
+    folder that is merged into the weights (``DEFAULT_ADAPTER``: the packaged one, for the default model).
+    The model uses the sdpa attention and is in eval mode. With ``progress``, the steps are shown on
+    standard error. Nothing is fetched from the network.
     Everything that goes wrong raises ``ModelError`` naming the path. Whether the runtime can drive the
     architecture is ``check_architecture``'s question, not this function's.
     """
     torch_dtype = _resolve_dtype(dtype)
     torch_device = _resolve_device(device)
-    adapter_folder = _resolve_adapter(adapter)
+    adapter_folder = resolve_adapter(adapter, model)
     source = default_gguf() if model is None else Path(model).expanduser()
     if source.is_dir():
         folder, name = source, source.resolve().name
