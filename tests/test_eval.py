@@ -87,6 +87,7 @@ def test_evaluate_on_a_tiny_model():
 def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Hello", "category": "factual", "split": "test"}\n'
+                       '{"id": "c", "prompt": "Hi", "category": "factual", "split": "train"}\n'
                        '{"id": "b", "prompt": "Tips?", "category": "list", "split": "train"}\n')
     code, out, err = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
                          "--split", "test", "--max-new-tokens", "4", "--json", "-q")
@@ -96,6 +97,9 @@ def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
     code, out, _ = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
                        "--limit", "1", "--max-new-tokens", "4", "-q")
     assert code == 0 and "valid_rate" in out
+    code, out, _ = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
+                       "--limit", "2", "--max-new-tokens", "4", "--json", "-q")
+    assert [r["id"] for r in json.loads(out)["results"]] == ["a", "b"]  # one of each category first
     assert run(capsys, "eval", "--prompts", str(tmp_path / "none.jsonl"))[0] == 2
     code, _, err = run(capsys, "eval", "--prompts", str(prompts), "--judge-url", "http://127.0.0.1:9")
     assert code == 2 and "go together" in err

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     p.add_argument("--prompts", required=True, metavar="FILE.jsonl",
                    help="one JSON object per line with \"prompt\" (and \"category\", \"id\", \"split\")")
     p.add_argument("--split", metavar="NAME", help="only the records of this split (e.g. test)")
-    p.add_argument("--limit", type=positive, metavar="N", help="only the first N prompts")
+    p.add_argument("--limit", type=positive, metavar="N",
+                   help="only N prompts, taken in turn from each category (file order within one)")
     model = p.add_argument_group("model")
     model_arguments(model)
     adapter_arguments(model)
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
 
 def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
     from pastac.cli import UsageError
-    from pastac.data.pipeline import PipelineError, read_records
+    from pastac.data.pipeline import PipelineError, read_records, round_robin
 
     try:
         records = read_records(args.prompts, required=("prompt",))
@@ -49,7 +50,7 @@ def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise UsageError(str(error)) from None
     if args.split:
         records = [r for r in records if r.get("split") == args.split]
-    records = records[: args.limit] if args.limit else records
+    records = round_robin(records)[: args.limit] if args.limit else records
     if not records:
         raise UsageError(f"no prompts to evaluate in {args.prompts}" + (f" (split {args.split})" if args.split else ""))
     return records
