@@ -122,6 +122,19 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(model, tok):
     assert all(text and finished is False for text, finished in batched)  # random weights: no EOS in 10 tokens
 
 
+def test_repetition_penalty_is_hugging_faces(model, tok):
+    responder = HFResponder(model, tok, max_new_tokens=12, repetition_penalty=1.5, eos_token_ids=[tok.eos_token_id])
+    ids = responder.encode(PROMPTS[0])
+    direct = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False, repetition_penalty=1.5,
+                            pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+    [(text, _)] = responder([PROMPTS[0]])
+    assert text == tok.decode(direct, skip_special_tokens=True).strip()
+    [(plain, _)] = HFResponder(model, tok, max_new_tokens=12, eos_token_ids=[tok.eos_token_id])([PROMPTS[0]])
+    assert plain != text  # random weights repeat themselves; the penalty changes that
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        HFResponder(model, tok, repetition_penalty=0.5)
+
+
 def test_generation_stops_at_the_end_of_sequence_token(model, tok):
     tokens = HFResponder(model, tok, max_new_tokens=6, eos_token_ids=[tok.eos_token_id])
     ids = model.generate(input_ids=torch.tensor([tokens.encode(PROMPTS[1])]), max_new_tokens=6, do_sample=False,

@@ -33,6 +33,13 @@ def _temperature(value: str) -> float:
     return number
 
 
+def _penalty(value: str) -> float:
+    number = _temperature(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return number
+
+
 def _generation_arguments(p: argparse.ArgumentParser, positive: Callable[[str], int]) -> None:
     from pastac.runtime.command import model_arguments
 
@@ -47,6 +54,10 @@ def _generation_arguments(p: argparse.ArgumentParser, positive: Callable[[str], 
                           "larger N answers the rest)")
     how.add_argument("--temperature", type=_temperature, default=0.0, metavar="T", help="0 (default) is greedy")
     how.add_argument("--sample-seed", type=int, default=0, metavar="N", help="torch's seed when sampling")
+    how.add_argument("--repetition-penalty", type=_penalty, default=1.0, metavar="X",
+                     help="divide the scores of tokens already in the answer by X (Hugging Face's "
+                          "repetition_penalty; 1.0, the default, is none): a small model decoded greedily "
+                          "tends to loop until the token limit, and such answers are dropped")
 
 
 def _annotator_arguments(p: argparse.ArgumentParser, positive: Callable[[str], int], *, tokenizer: bool) -> None:
@@ -222,7 +233,7 @@ def _responder(args: argparse.Namespace) -> tuple[Any, LoadedModel]:
     if args.temperature > 0:
         torch.manual_seed(args.sample_seed)
     responder = HFResponder(loaded.model, loaded.tokenizer, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature)
+                            temperature=args.temperature, repetition_penalty=args.repetition_penalty)
     return responder, loaded
 
 
@@ -292,7 +303,8 @@ def _build_command(args: argparse.Namespace) -> str:
         ("--seed", args.seed, None), ("--model", args.model, None), ("--device", args.device, "cpu"),
         ("--dtype", args.dtype, "float32"), ("--batch-size", args.batch_size, 16),
         ("--max-new-tokens", args.max_new_tokens, 384), ("--limit", args.limit, None),
-        ("--temperature", args.temperature, 0.0), ("--annotator", args.annotator, "structural"),
+        ("--temperature", args.temperature, 0.0), ("--repetition-penalty", args.repetition_penalty, 1.0),
+        ("--annotator", args.annotator, "structural"),
         ("--url", args.url, None), ("--llm-model", args.llm_model, None), ("--llm-local", args.llm_local, None),
     ):
         if value != default:
@@ -309,7 +321,8 @@ def _cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     annotator = _annotator(args, lambda: loaded.tokenizer)
     settings = {"command": _build_command(args), "pastac": __version__, "model": loaded.name,
                 "model_source": loaded.source, "max_new_tokens": args.max_new_tokens,
-                "temperature": args.temperature, "annotator": annotator.name,
+                "temperature": args.temperature, "repetition_penalty": args.repetition_penalty,
+                "annotator": annotator.name,
                 "llm": args.llm_model or args.llm_local}
 
     def report(line: str) -> None:

@@ -247,12 +247,15 @@ class HFResponder:
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_new_tokens: int = 384,
-                 temperature: float = 0.0, top_p: float = 1.0, chat: bool = True,
+                 temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0, chat: bool = True,
                  eos_token_ids: Sequence[int] | None = None) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if not repetition_penalty >= 1:
+            raise ValueError(f"repetition_penalty must be at least 1, not {repetition_penalty}")
+        self.repetition_penalty = repetition_penalty
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -299,6 +302,8 @@ class HFResponder:
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
             if self.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+        if self.repetition_penalty != 1:
+            sampling["repetition_penalty"] = self.repetition_penalty
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, pad_token_id=self.pad,
                                   eos_token_id=sorted(self.eos), bos_token_id=None, **sampling)
         with torch.inference_mode():
@@ -733,7 +738,8 @@ def data_card(records: Sequence[Record], *, name: str = "dataset", log: Mapping[
     generation = ""
     if settings.get("max_new_tokens"):
         generation = (f" (at most {settings['max_new_tokens']} new tokens, temperature "
-                      f"{settings.get('temperature', 0)}, batches of {settings.get('batch_size', '?')})")
+                      f"{settings.get('temperature', 0)}, repetition penalty "
+                      f"{settings.get('repetition_penalty', 1.0)}, batches of {settings.get('batch_size', '?')})")
     lines += ["## Method", ""]
     lines += ["**Prompts.** Instructions are built offline from hand-written templates and word lists with a "
               "seeded random generator, so every run gives the same prompts; each has a category and whether a "
