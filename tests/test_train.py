@@ -168,6 +168,20 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path, data):
     assert again.resumed_from == 20 and again.losses == result.losses
 
 
+def test_examples_that_fork_can_be_repeated_each_epoch(tmp_path, data):
+    options = TrainOptions(epochs=2, repeat_forking=3, target_modules=LEARNABLE, save_every=100)
+    result = train(tiny(), tiny_tokenizer(), data, tmp_path / "out", options, progress=False)
+    lengths = [item.length for item in result.data.items]
+    forks = [result.data.forks(i) for i in range(len(lengths))]
+    assert forks == [True, True, False]  # the two tip lists fork, "Paris?" does not
+    assert result.steps == result.planned_steps == 2 * (3 + 3 + 1)
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    assert log["tokens"] == 2 * sum(n * (3 if fork else 1) for n, fork in zip(lengths, forks, strict=True))
+    assert "each example with a promise 3 time(s) per epoch" in (tmp_path / "out" / "README.md").read_text()
+    with pytest.raises(TrainError, match="repeat_forking"):
+        TrainOptions(repeat_forking=0)
+
+
 def test_resume_continues_as_one_run(tmp_path, data):
     tok = tiny_tokenizer()
     options = TrainOptions(lr=5e-3, epochs=12, batch_size=2, seed=3, save_every=4, target_modules=LEARNABLE)

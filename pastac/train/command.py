@@ -72,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
                       help="the layers to adapt (default: the attention and MLP projections, found by name)")
     how = p.add_argument_group("optimisation")
     how.add_argument("--epochs", type=positive, default=d.epochs, metavar="N", help=f"default {d.epochs}")
+    how.add_argument("--repeat-forking", type=positive, default=d.repeat_forking, metavar="N",
+                     help="show each example that forks N times per epoch (default 1): in a dataset where most "
+                          "answers do not fork, the few tags would otherwise be seen rarely")
     how.add_argument("--max-steps", type=positive, default=None, metavar="N",
                      help="stop after N optimizer steps (the learning-rate schedule still spans the epochs)")
     how.add_argument("--lr", type=_rate, default=d.lr, metavar="X", help=f"peak learning rate (default {d.lr:g})")
@@ -139,7 +142,8 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
     try:
         options = TrainOptions(
             rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=targets, lr=args.lr,
-            schedule=args.schedule, warmup_steps=args.warmup_steps, epochs=args.epochs, max_steps=args.max_steps,
+            schedule=args.schedule, warmup_steps=args.warmup_steps, epochs=args.epochs,
+            repeat_forking=args.repeat_forking, max_steps=args.max_steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length, seed=args.seed,
             dtype=args.dtype, device=args.device, log_every=args.log_every, save_every=args.save_every,
             policy=args.policy, unit=args.unit, max_depth=args.max_depth, field=args.field,

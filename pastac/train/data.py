@@ -46,7 +46,7 @@ import torch
 
 from pastac import jsonl
 from pastac.files import InputFileError, read_text
-from pastac.grammar import DEFAULT_MAX_DEPTH, Async, Document, Node, check, parse
+from pastac.grammar import DEFAULT_MAX_DEPTH, Async, Document, Node, Promise, check, parse
 from pastac.ir.graph import MAIN, Open, ThreadGraph
 from pastac.ir.lengths import tokenizer_length
 from pastac.ir.lower import lower
@@ -201,6 +201,10 @@ class Dataset:
         item = self.items[index]
         return encode_example(self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat,
                               eos_id=self.eos_id)
+
+    def forks(self, index: int) -> bool:
+        """Whether example ``index`` makes a promise (a nested one always sits inside a top-level one's part)."""
+        return any(isinstance(node, Promise) for node in self.items[index].document.body)
 
     def note(self, line: int, message: str) -> None:
         if len(self.problems) < 20:

@@ -28,6 +28,7 @@ class TrainOptions:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     epochs: int = 1
+    repeat_forking: int = 1  # an example with a promise is seen this many times per epoch (forks are rare)
     max_steps: int | None = None
     batch_size: int = 1  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -48,7 +49,8 @@ class TrainOptions:
     base_model: str | None = None  # recorded in pastac.json (default: the model's name_or_path)
 
     def __post_init__(self) -> None:
-        for name in ("rank", "alpha", "epochs", "batch_size", "grad_accum", "max_length", "log_every", "save_every"):
+        for name in ("rank", "alpha", "epochs", "repeat_forking", "batch_size", "grad_accum", "max_length",
+                     "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -135,10 +135,13 @@ class _State:
 class _Plan:
     """Which examples each micro-batch holds, and the learning rate of each step."""
 
-    def __init__(self, examples: int, options: TrainOptions) -> None:
+    def __init__(self, examples: int, options: TrainOptions, forking: Sequence[bool] = ()) -> None:
         self.examples = examples
         self.options = options
-        self.per_epoch = math.ceil(examples / options.batch_size)
+        # Each epoch draws from this pool: every example once, those that fork ``repeat_forking`` times.
+        self.pool = [i for i in range(examples)
+                     for _ in range(options.repeat_forking if i < len(forking) and forking[i] else 1)]
+        self.per_epoch = math.ceil(len(self.pool) / options.batch_size)
         self.micro_batches = options.epochs * self.per_epoch
         self.planned = math.ceil(self.micro_batches / options.grad_accum)
         self.total = self.planned if options.max_steps is None else min(self.planned, options.max_steps)
@@ -148,9 +151,9 @@ class _Plan:
         if epoch not in self._orders:
             if self.options.shuffle:
                 generator = torch.Generator().manual_seed(self.options.seed * 1_000_003 + epoch)
-                self._orders[epoch] = torch.randperm(self.examples, generator=generator).tolist()
+                self._orders[epoch] = [self.pool[i] for i in torch.randperm(len(self.pool), generator=generator)]
             else:
-                self._orders[epoch] = list(range(self.examples))
+                self._orders[epoch] = list(self.pool)
         return self._orders[epoch]
 
     def step(self, step: int) -> list[list[int]]:
@@ -327,7 +330,8 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         f"{', '.join(log['target_modules'])}: {log['trainable_parameters']:,} trainable parameters.",
         f"- AdamW, learning rate {o['lr']} ({o['schedule']}, {o['warmup_steps']} warm-up steps), weight decay "
         f"{o['weight_decay']}, gradient clipping {o['max_grad_norm']}; batch {o['batch_size']} x "
-        f"{o['grad_accum']} accumulation; {o['epochs']} epoch(s), {log['steps']} of {log['planned_steps']} "
+        f"{o['grad_accum']} accumulation; {o['epochs']} epoch(s), each example with a promise "
+        f"{o.get('repeat_forking', 1)} time(s) per epoch; {log['steps']} of {log['planned_steps']} "
         f"planned steps; seed {o['seed']}; {o['dtype']} on {o['device']}.",
         f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "
         f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`.", "",
@@ -399,7 +403,7 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
         raise TrainError(f"cannot create the output folder '{out}': {error.strerror or error}") from None
     record = {"options": _options_record(options), "data": str(source.resolve()), "data_sha256": _digest(source),
               "examples": len(data)}
-    plan = _Plan(len(data), options)
+    plan = _Plan(len(data), options, [data.forks(i) for i in range(len(data))])
     devices = [device] if device.type == "cuda" else []
 
     with torch.random.fork_rng(devices=devices):
@@ -460,7 +464,7 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
     if options.base_model:  # not the path of a local cache folder: the model the adapter is meant for
         for config in peft_model.peft_config.values():
             config.base_model_name_or_path = options.base_model
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(out, save_embedding_layers=False)  # embeddings are never adapted
     settings = {"policy": str(options.positions.policy), "unit": options.unit,
                 "base_model": options.base_model or getattr(model, "name_or_path", None) or None,
                 "max_depth": options.max_depth, "chat": options.chat, "eos_token_id": eos}
