@@ -90,3 +90,19 @@ def test_live_shows_each_thread_and_prints_the_same_answer(capsys, tmp_path, mod
     for title in ("t0 main", "t1 a", "t2 b", "t3 c"):  # one panel per thread, in its final state
         assert title in err
     assert "done" in err and "tokens in" in err
+
+
+def test_the_default_model_forks_with_its_shipped_adapter(capsys):
+    """Integration (about 20 s): the README's promise. The default model, with the adapter shipped in
+    pastac/adapters, writes its own promises for a list prompt; with --no-adapter it writes none."""
+    from pastac import check
+
+    prompt = "Give me five tips for better sleep."
+    code, out, err = run(capsys, "run", prompt, "--json", "--max-new-tokens", "120")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["stats"]["threads"] >= 3, result["annotated"]
+    assert not check(result["annotated"], mode="strict").diagnostics, result["annotated"]
+    code, out, err = run(capsys, "run", prompt, "--json", "--max-new-tokens", "40", "--no-adapter")
+    assert code == 0, err
+    assert json.loads(out)["stats"]["threads"] == 1

@@ -353,6 +353,21 @@ def test_load_model_adapter_errors(tmp_path: Path, saved_tiny_model: Path) -> No
         load_model(saved_tiny_model, adapter=tmp_path)
 
 
+def test_the_default_adapter_goes_with_the_default_model_only(tmp_path: Path, monkeypatch) -> None:
+    from pastac import adapters
+
+    assert models.resolve_adapter(None) is None
+    assert models.resolve_adapter(adapters.DEFAULT_ADAPTER, model=None) == adapters.packaged_adapter()
+    assert models.resolve_adapter(adapters.DEFAULT_ADAPTER, model=tmp_path) is None  # trained for one model only
+    shipped = adapters.packaged_adapter()
+    assert shipped is not None and shipped.name == adapters.PACKAGED_ADAPTER_NAME
+    assert (shipped / "adapter_config.json").is_file() and (shipped / models.ADAPTER_SETTINGS).is_file()
+    assert (shipped / "README.md").is_file()  # its model card
+    # A copy of pastac without the folder runs the default model alone.
+    monkeypatch.setattr(adapters, "__file__", str(tmp_path / "__init__.py"))
+    assert adapters.packaged_adapter() is None
+
+
 def test_load_model_refuses_missing_weights(tmp_path: Path, saved_tiny_model: Path) -> None:
     folder = tmp_path / "weightless"
     folder.mkdir()
