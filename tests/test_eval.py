@@ -11,7 +11,7 @@ from test_cli import run
 from test_cli_run import model_dir  # noqa: F401 (a fixture)
 
 from pastac.evaluation.metrics import log_likelihood, mean_redundancy, overlap, redundancy, sibling_groups
-from pastac.evaluation.run import EvalOptions, JudgeError, evaluate, item_redundancy, judge_pair
+from pastac.evaluation.run import LIST_LIKE, EvalOptions, JudgeError, evaluate, item_redundancy, judge_pair, summarize
 from pastac.runtime.engine import Engine
 from pastac.runtime.models import random_model, tiny_tokenizer
 
@@ -82,6 +82,21 @@ def test_evaluate_on_a_tiny_model():
     assert summary["prompts"] == 2 and summary["fork_rate_by_category"].keys() == {"list", "factual"}
     assert 0 <= summary["valid_rate"] <= 1 and sum(summary["judge"].values()) == pytest.approx(1.0)
     json.dumps(report)
+
+
+def test_list_like_and_short_figures_take_only_their_categories():
+    def result(category: str, threads: int, speedup: float) -> dict:
+        return {"category": category, "threads": threads, "valid": True, "speedup_vs_sequential": speedup,
+                "speedup_vs_hf_generate": speedup, "theoretical_speedup": speedup, "loglik_pasta": -1.0,
+                "loglik_sequential": -1.0, "redundancy_threads": 0.0, "redundancy_sequential": 0.0}
+
+    summary = summarize([result("list", 4, 2.0), result("plan", 1, 1.0), result("factual", 1, 1.0),
+                         result("code", 1, 0.5)])
+    assert LIST_LIKE == ("comparison", "explanation", "howto", "list", "plan")
+    assert summary["fork_rate"] == 0.25 and summary["fork_rate_list_like"] == 0.5
+    assert summary["fork_rate_short"] == 0.0
+    assert summary["speedup_vs_sequential_list_like"] == pytest.approx(2 ** 0.5)
+    assert summary["speedup_vs_sequential"] == pytest.approx(1.0)  # (2 x 1 x 1 x 0.5) ** (1/4)
 
 
 def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811

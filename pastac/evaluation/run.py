@@ -22,7 +22,7 @@ from pastac.runtime.engine import Engine, InputError, RunOptions
 from pastac.runtime.scheduler import Limits
 
 #: categories of the prompt set whose answers should fork, and the short ones that should not
-LIST_LIKE = tuple(sorted(FORKABLE))
+LIST_LIKE = tuple(sorted(category for category, forks in FORKABLE.items() if forks))
 SHORT = ("factual", "sentence", "arithmetic")
 
 Judge = Callable[[str], str]
