@@ -27,13 +27,7 @@ from pastac.grammar.diagnostics import format_text
 from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
-from pastac.runtime.models import (
-    ADAPTER_SETTINGS,
-    ModelError,
-    check_architecture,
-    load_model,
-    prompt_ids,
-)
+from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, check_architecture, load_model, prompt_ids
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner

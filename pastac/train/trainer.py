@@ -135,12 +135,11 @@ class _State:
 class _Plan:
     """Which examples each micro-batch holds, and the learning rate of each step."""
 
-    def __init__(self, examples: int, options: TrainOptions, forking: Sequence[bool] = ()) -> None:
-        self.examples = examples
+    def __init__(self, forking: Sequence[bool], options: TrainOptions) -> None:
         self.options = options
-        # Each epoch draws from this pool: every example once, those that fork ``repeat_forking`` times.
-        self.pool = [i for i in range(examples)
-                     for _ in range(options.repeat_forking if i < len(forking) and forking[i] else 1)]
+        # Each epoch draws from this pool: every example once, those that fork (``forking[i]``)
+        # ``repeat_forking`` times.
+        self.pool = [i for i, forks in enumerate(forking) for _ in range(options.repeat_forking if forks else 1)]
         self.per_epoch = math.ceil(len(self.pool) / options.batch_size)
         self.micro_batches = options.epochs * self.per_epoch
         self.planned = math.ceil(self.micro_batches / options.grad_accum)
@@ -315,8 +314,8 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         "A LoRA adapter that teaches its base model to write Pasta-Lang: to mark the independent parts of its "
         "answers with `<promise/>`, `<async>` and `<sync/>`, so that pastac decodes them in parallel.", "",
         f"- Base model: {settings.get('base_model') or 'not recorded'}",
-        f"- Use: `pastac run PROMPT --adapter {name}`; `pastac.json` gives the runtime the position settings "
-        f"it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
+        "- Use: `pastac run PROMPT --adapter DIR`, DIR being this folder; `pastac.json` gives the runtime the "
+        f"position settings it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
         f"{settings['max_depth']}).", "",
         "## Data", "",
         f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
@@ -403,7 +402,7 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
         raise TrainError(f"cannot create the output folder '{out}': {error.strerror or error}") from None
     record = {"options": _options_record(options), "data": str(source.resolve()), "data_sha256": _digest(source),
               "examples": len(data)}
-    plan = _Plan(len(data), options, [data.forks(i) for i in range(len(data))])
+    plan = _Plan([data.forks(i) for i in range(len(data))], options)
     devices = [device] if device.type == "cuda" else []
 
     with torch.random.fork_rng(devices=devices):
