@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
     from pastac.bench import STRATEGIES
-    from pastac.runtime.command import model_arguments
+    from pastac.runtime.command import kernel_arguments, model_arguments
 
     p = sub.add_parser(
         "bench", help="measured vs theoretical speedup, against the strategies peers use",
@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     model = p.add_argument_group("model")
     source = model.add_mutually_exclusive_group()
     model_arguments(model, source)
+    kernel_arguments(model)
     source.add_argument("--shape", metavar="NAME",
                         help="random weights of this shape (tiny-llama, tiny-qwen2, tiny-gpt2, smollm2-135m, "
                              "llama-7b) with the default model's tokenizer (timing needs no "
@@ -62,11 +63,12 @@ def _engine(args: argparse.Namespace) -> Any:
     try:
         if args.shape is None:
             return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=None,
-                                          progress=not args.quiet)
+                                          kernels=args.kernels, progress=not args.quiet)
         tokenizer = load_model(None, progress=not args.quiet).tokenizer
         model = random_model(args.shape, vocab_size=len(tokenizer), dtype=args.dtype, device=args.device,
                              eos_token_id=tokenizer.eos_token_id)
-        return Engine(model, tokenizer, name=f"{args.shape} (random weights)")
+        return Engine(model, tokenizer, name=f"{args.shape} (random weights)", kernels=args.kernels,
+                      progress=not args.quiet)
     except ModelError as error:
         raise UsageError(str(error)) from None
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
+from pastac.backend.linear import LinearKernels
 from pastac.bench import STRATEGIES
 from pastac.bench.calibrate import Calibration, calibrate
 from pastac.bench.strategies import Bench, Measurement
 from pastac.bench.suite import Response
+from pastac.machine import cpu_name
 from pastac.passes import critical_path, schedule
 from pastac.runtime.engine import Engine
 
@@ -48,18 +50,15 @@ WARMUP = Response("warm-up", "list", "Two tips, please.",
 def machine(engine: Engine) -> dict[str, Any]:
     """What the figures were measured on."""
     param = next(engine.model.parameters())
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     out: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_name(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch."), "model": engine.name,
         "parameters": sum(p.numel() for p in engine.model.parameters()),
+        "kernels": engine.kernels,
     }
+    if isinstance(linears := getattr(engine.model, "pastac_linears", None), LinearKernels):
+        out["linear_kernels"] = linears.summary()
     try:
         import transformers
 

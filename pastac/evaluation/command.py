@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
-    from pastac.runtime.command import adapter_arguments, model_arguments
+    from pastac.runtime.command import adapter_arguments, kernel_arguments, model_arguments
 
     p = sub.add_parser(
         "eval", help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     model = p.add_argument_group("model")
     model_arguments(model)
     adapter_arguments(model)
+    kernel_arguments(model)
     p.add_argument("--max-new-tokens", type=positive, default=512, metavar="N", help="per thread (default 512)")
     judge = p.add_argument_group("judge (optional)")
     judge.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible server that judges pairs of answers")
@@ -92,9 +93,10 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(str(error)) from None
     try:
         base = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=None,
-                                      progress=not args.quiet)
+                                      kernels=args.kernels, progress=not args.quiet)
         adapted = base if resolve_adapter(args.adapter, args.model) is None else Engine.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, adapter=args.adapter, progress=not args.quiet)
+            args.model, device=args.device, dtype=args.dtype, adapter=args.adapter, kernels=args.kernels,
+            progress=not args.quiet)
     except ModelError as error:
         raise UsageError(str(error)) from None
     with progress_bar("pastac eval", len(records), enabled=not args.quiet) as bar:

@@ -30,6 +30,13 @@ def model_arguments(group: argparse._ArgumentGroup, source: argparse._MutuallyEx
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
 
 
+def kernel_arguments(group: argparse._ArgumentGroup) -> None:
+    """--kernels: the engine's linear-layer kernels, tuned on this machine or stock ``F.linear``."""
+    group.add_argument("--kernels", choices=("tuned", "stock"), default="tuned",
+                       help="tuned (default): decode steps use the fastest of several matrix-product calls per "
+                            "weight shape and row count, timed once on this machine and cached; stock: F.linear")
+
+
 def adapter_arguments(group: argparse._ArgumentGroup) -> None:
     """--adapter DIR or --no-adapter; neither: pastac's Pasta-Lang adapter with the default model."""
     from pastac.adapters import DEFAULT_ADAPTER
@@ -57,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], 
     model = p.add_argument_group("model")
     model_arguments(model)
     adapter_arguments(model)
+    kernel_arguments(model)
     model.add_argument("--no-chat", action="store_true", help="feed the prompt as is, without the chat template")
     how = p.add_argument_group("decoding")
     how.add_argument("--mode", choices=("async", "sequential"), default="async",
@@ -132,7 +140,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(str(error)) from None
     try:
         engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
-                                        progress=not args.quiet)
+                                        kernels=args.kernels, progress=not args.quiet)
     except ModelError as error:
         raise UsageError(str(error)) from None
     trained = engine.positions  # the adapter's position settings, unless the command line says otherwise

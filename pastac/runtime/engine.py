@@ -12,6 +12,7 @@ templates (the main thread's text is given, the model fulfils its promises).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,13 +22,14 @@ from typing import Any
 import torch
 
 from pastac.adapters import DEFAULT_ADAPTER
+from pastac.backend.linear import tune_linears
 from pastac.grammar import check
 from pastac.grammar.ast import Async, Document, Promise, Sync, Text
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
-from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, check_architecture, load_model, prompt_ids
+from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, cache_dir, check_architecture, load_model, prompt_ids
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner
@@ -35,6 +37,7 @@ from pastac.runtime.sampling import Sampler, SamplingOptions
 from pastac.runtime.scheduler import Limits, Scheduler
 
 RunnerFactory = Callable[[torch.nn.Module, int], Any]
+KERNELS = ("tuned", "stock")
 
 
 class Mode(StrEnum):
@@ -175,8 +178,12 @@ class Engine:
     last_run: Run | None = None  # the current or last run, for tests, benchmarks and partial results
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model",
-                 positions: PositionOptions | None = None) -> None:
+                 positions: PositionOptions | None = None, kernels: str = "stock", progress: bool = False) -> None:
+        """``kernels="tuned"`` times the linear layers' kernels on this machine and decodes with the fastest
+        per shape and row count (``pastac.backend.linear``; cached on disk); ``"stock"`` keeps ``F.linear``."""
         check_architecture(model)
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -184,13 +191,18 @@ class Engine:
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos: tuple[int, ...] = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+        self.kernels = kernels
+        if kernels == "tuned":
+            say = (lambda message: print(f"pastac: {message}", file=sys.stderr)) if progress else None
+            tune_linears(model, cache=cache_dir() / "kernels", progress=say)
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
-                        adapter: str | None = DEFAULT_ADAPTER, progress: bool = True) -> Engine:
+                        adapter: str | None = DEFAULT_ADAPTER, kernels: str = "tuned",
+                        progress: bool = True) -> Engine:
         """An engine over ``load_model(model, ...)``.  By default the default model comes with the Pasta-Lang
         adapter shipped in pastac (``adapter=None`` for the base model alone); another model has no adapter
-        unless ``adapter`` names one."""
+        unless ``adapter`` names one.  The linear layers' kernels are tuned (``kernels="stock"``: not)."""
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
         settings = loaded.settings
         positions = None
@@ -201,7 +213,8 @@ class Engine:
                                             unit=int(settings.get("unit", defaults.unit)))
             except (TypeError, ValueError) as error:
                 raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has bad position settings: {error}") from None
-        return cls(loaded.model, loaded.tokenizer, name=loaded.name, positions=positions)
+        return cls(loaded.model, loaded.tokenizer, name=loaded.name, positions=positions, kernels=kernels,
+                   progress=progress)
 
     def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]:
         return prompt_ids(self.tokenizer, prompt, chat=chat)

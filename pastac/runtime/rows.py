@@ -33,6 +33,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from pastac.backend.cache import PreallocatedLayer
+from pastac.backend.linear import kernels_active
 from pastac.runtime.runner import StepPlan
 from pastac.runtime.sampling import Sampler
 
@@ -228,14 +229,15 @@ class RowRunner:
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         columns = sorted({c for _, c in keep})
         self.cache.first, self.cache.write, self.cache.used = first, write_t, length
-        out = self.model(
-            input_ids=torch.tensor(tokens, dtype=torch.long, device=dev),
-            position_ids=torch.tensor(positions, dtype=torch.long, device=dev),
-            attention_mask=mask[:, None],
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=torch.tensor(columns or [0], dtype=torch.long, device=dev),
-        )
+        with kernels_active(self.model):
+            out = self.model(
+                input_ids=torch.tensor(tokens, dtype=torch.long, device=dev),
+                position_ids=torch.tensor(positions, dtype=torch.long, device=dev),
+                attention_mask=mask[:, None],
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=torch.tensor(columns or [0], dtype=torch.long, device=dev),
+            )
         self.cache.write = None
         self.forwards += 1
         return {(b, c): out.logits[b, columns.index(c)] for b, c in keep}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pastac.backend.cache import SlotCache
+from pastac.backend.linear import kernels_active
 from pastac.runtime.sampling import Sampler
 
 
@@ -87,14 +88,15 @@ class Runner:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         self.cache.write_slots = slots
-        out = self.model(
-            input_ids=torch.tensor([plan.tokens], dtype=torch.long, device=dev),
-            position_ids=torch.tensor([plan.positions], dtype=torch.long, device=dev),
-            attention_mask=mask[None, None],
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=torch.tensor(plan.sample, dtype=torch.long, device=dev),
-        )
+        with kernels_active(self.model):
+            out = self.model(
+                input_ids=torch.tensor([plan.tokens], dtype=torch.long, device=dev),
+                position_ids=torch.tensor([plan.positions], dtype=torch.long, device=dev),
+                attention_mask=mask[None, None],
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=torch.tensor(plan.sample, dtype=torch.long, device=dev),
+            )
         self.cache.write_slots = None
         if not plan.sample:
             return []

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pastac.machine import cpu_name
 from pastac.progress import progress_bar
 from pastac.runtime.models import ADAPTER_SETTINGS, DTYPES
 from pastac.train.data import IGNORE, Dataset, collate, load_examples
@@ -290,7 +291,7 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

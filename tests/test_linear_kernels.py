@@ -1,0 +1,105 @@
+"""The tuned linear kernels: same products as ``F.linear``, used only inside the runners' forward passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pastac.backend import linear
+from pastac.backend.linear import KERNELS, ROWS, check_kernels, kernels_active, tune_linears
+from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.scheduler import Limits
+
+
+def model(shape: str = "tiny-llama", seed: int = 1) -> torch.nn.Module:
+    return random_model(shape, vocab_size=len(tiny_tokenizer()), seed=seed)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("bias", [False, True])
+def test_each_kernel_computes_the_linear_product(name: str, bias: bool) -> None:
+    if name == "mkl-packed" and not linear._mkl_packing(torch.float32, torch.device("cpu")):
+        pytest.skip("MKL weight packing is not available in this torch build")
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 40, generator=g)
+    b = torch.randn(96, generator=g) if bias else None
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(w, 1) if name == "mkl-packed" else None
+    for rows in ([1] if name == "mkl-packed" else [1, 2, 3, 5, 16]):
+        x = torch.randn(1, rows, 40, generator=g)
+        got = KERNELS[name](x, w, b, packed)
+        assert got.shape == (1, rows, 96)
+        torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_tuning_picks_a_timed_kernel_per_shape_and_row_count(tmp_path: Path) -> None:
+    m = model()
+    kernels = tune_linears(m, rounds=1, cache=tmp_path)
+    assert tune_linears(m, cache=tmp_path) is kernels  # once per model
+    linears = [mod for mod in m.modules() if type(mod) is torch.nn.Linear]
+    assert sum(len(g.modules) for g in kernels.groups) == len(linears)
+    for group in kernels.groups:
+        assert set(group.choice) == set(ROWS)
+        for rows, name in group.choice.items():
+            assert name in KERNELS
+            assert group.ms[rows][name] == min(group.ms[rows].values())  # the fastest of those timed
+            assert "mkl-packed" not in group.ms[rows] or rows == 1
+    assert check_kernels(m) < 1e-4
+
+
+def test_choices_are_cached_per_machine_and_shapes(tmp_path: Path) -> None:
+    first = tune_linears(model(seed=1), rounds=1, cache=tmp_path)
+    assert not first.cached and len(list(tmp_path.glob("linears-*.json"))) == 1
+    second = tune_linears(model(seed=2), cache=tmp_path)  # same shapes: read back, not timed
+    assert second.cached
+    assert [g.choice for g in second.groups] == [g.choice for g in first.groups]
+    other = tune_linears(model("tiny-qwen2"), rounds=1, cache=tmp_path)  # other shapes: timed, own file
+    assert not other.cached and len(list(tmp_path.glob("linears-*.json"))) == 2
+
+
+def test_the_choices_apply_only_inside_kernels_active(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = model()
+    kernels = tune_linears(m, rounds=1)
+    calls: list[int] = []
+
+    def spy(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: torch.Tensor | None) -> torch.Tensor:
+        calls.append(x.shape[-2])
+        return F.linear(x, w, b)
+
+    for group in kernels.groups:
+        group.choice = dict.fromkeys(ROWS, "weight-left")
+        kernels._install(group)
+    monkeypatch.setitem(KERNELS, "weight-left", spy)
+    layer = next(mod for mod in m.modules() if type(mod) is torch.nn.Linear)
+    x = torch.randn(1, 3, layer.in_features)
+    layer(x)
+    assert calls == []  # outside: plain F.linear (training, HF generate)
+    with kernels_active(m):
+        layer(x)
+        layer(torch.randn(1, max(ROWS) + 1, layer.in_features))  # more rows than tuned: plain
+    assert calls == [3]
+
+
+def test_a_tuned_engine_decodes_what_a_stock_one_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PASTAC_CACHE", str(tmp_path))
+    tokenizer = tiny_tokenizer()
+    stock = Engine(model(), tokenizer)
+    tuned = Engine(model(), tokenizer, kernels="tuned")
+    doc = 'Tips: <promise topic="a" tokens="1"/><async>one two</async><promise topic="b"/><async>three</async><sync/> x'
+    a = stock.generate("Hi.", replay=doc, keep_logits=True)
+    b = tuned.generate("Hi.", replay=doc, keep_logits=True)
+    assert a.annotated == b.annotated
+    assert stock.last_run is not None and tuned.last_run is not None
+    for x, y in zip(stock.last_run.runner.logits, tuned.last_run.runner.logits, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=0)
+    assert list((tmp_path / "kernels").glob("linears-*.json"))
+    options = RunOptions(limits=Limits(max_new_tokens=12))
+    assert stock.generate("Hello", options).text == tuned.generate("Hello", options).text
+
+
+def test_an_unknown_kernel_choice_is_refused() -> None:
+    with pytest.raises(ValueError, match="kernels must be one of tuned, stock"):
+        Engine(model(), tiny_tokenizer(), kernels="fast")
