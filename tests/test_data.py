@@ -353,16 +353,17 @@ def test_structural_does_not_fork(response: str) -> None:
 def test_intro_and_conclusion_stay_in_the_main_thread() -> None:
     text = StructuralAnnotator().annotate("prompt", NUMBERED).text
     assert text is not None
-    assert text.startswith("Here are five ways to sleep better:\n<promise ")
+    assert text.startswith("Here are five ways to sleep better:\n1. <promise ")
     assert text.endswith("</async><sync/>\nStart with one change at a time and give each a week before judging it.\n")
-    assert '<async>1. Keep a regular schedule: go to bed and get up at the same time every day, weekends included.\n' \
-           '</async>' in text
+    # the list marker stays with the parent: a child does not have to count its siblings to number itself
+    assert '1. <promise topic="Keep a regular schedule" tokens="20"/><async>Keep a regular schedule: go to bed and ' \
+           'get up at the same time every day, weekends included.\n</async>2. <promise ' in text
 
 
 def test_nested_items_stay_in_their_item() -> None:
     text = StructuralAnnotator().annotate("prompt", NESTED).text
     assert text is not None
-    assert "<async>1. Research the company:\n   - read its annual report and recent news,\n" \
+    assert "1. <promise topic=\"Research the company\" tokens=\"20\"/><async>Research the company:\n   - read its annual report and recent news,\n" \
            "   - look at the team on LinkedIn.\n</async>" in text
 
 
@@ -376,7 +377,7 @@ def test_conclusion_heading_is_not_forked() -> None:
 def test_short_parts_stay_in_the_main_thread() -> None:
     text = StructuralAnnotator().annotate("prompt", MIXED_LENGTHS).text
     assert text is not None
-    assert "</async>2. Socks.\n<promise " in text
+    assert "</async>2. Socks.\n3. <promise " in text
 
 
 def test_topics_are_escaped() -> None:

@@ -471,7 +471,10 @@ class StructuralAnnotator:
                         inner_done += inner.done
                 if fork:
                     topic = escape(make_topic(part, index))
-                    out.append(f'<promise topic="{topic}" tokens="{self.tokens(part)}"/><async>{body}</async>')
+                    lead = ""
+                    if not round_.sections and (m := _MARKER.match(body)):  # "3. " stays with the parent, so
+                        lead, body = body[: m.end()], body[m.end():]  # the child need not count its siblings
+                    out.append(f'{lead}<promise topic="{topic}" tokens="{self.tokens(body)}"/><async>{body}</async>')
                     forks += 1
                 else:
                     out.append(part)
@@ -500,7 +503,8 @@ generated in parallel. It has three tags:
   summary of the part; N is its approximate length in tokens, a multiple of 10.
 - <async>PART</async> comes right after its promise and holds the exact text of the part.
 - <sync/> comes after the last part of a group. Text after it (a conclusion) may depend on the parts.
-Text before the first promise, such as an introduction, stays outside the tags.
+Text before the first promise, such as an introduction, stays outside the tags, and so does a list
+item's marker ("1. ", "- "): it goes just before the item's promise.
 Fork only parts that do not depend on each other: list items, separate sections, steps that can be
 written on their own. Do not fork short answers, single sentences, calculations or code: return them
 unchanged. Every character of the response must be kept: removing the tags must give back the response.
@@ -516,11 +520,11 @@ DEFAULT_FEW_SHOT: tuple[tuple[str, str, str], ...] = (
         "3. Buy store brands for staples such as rice, flour, pasta and canned tomatoes.\n"
         "\nTogether these can cut a grocery bill by a fifth without eating any worse.\n",
         "A few habits make a big difference:\n"
-        '<promise topic="plan meals and a list" tokens="20"/><async>1. Plan the week\'s meals before you shop '
+        '1. <promise topic="plan meals and a list" tokens="20"/><async>Plan the week\'s meals before you shop '
         "and write a list, so you buy only what you will use.\n</async>"
-        '<promise topic="compare unit prices" tokens="20"/><async>2. Compare the price per kilogram on the '
+        '2. <promise topic="compare unit prices" tokens="20"/><async>Compare the price per kilogram on the '
         "shelf label instead of the package price.\n</async>"
-        '<promise topic="store brands for staples" tokens="20"/><async>3. Buy store brands for staples such as '
+        '3. <promise topic="store brands for staples" tokens="20"/><async>Buy store brands for staples such as '
         "rice, flour, pasta and canned tomatoes.\n</async><sync/>"
         "\nTogether these can cut a grocery bill by a fifth without eating any worse.\n",
     ),
