@@ -363,7 +363,8 @@ def test_intro_and_conclusion_stay_in_the_main_thread() -> None:
 def test_nested_items_stay_in_their_item() -> None:
     text = StructuralAnnotator().annotate("prompt", NESTED).text
     assert text is not None
-    assert "1. <promise topic=\"Research the company\" tokens=\"20\"/><async>Research the company:\n   - read its annual report and recent news,\n" \
+    assert "1. <promise topic=\"Research the company\" tokens=\"20\"/><async>Research the company:\n" \
+           "   - read its annual report and recent news,\n" \
            "   - look at the team on LinkedIn.\n</async>" in text
 
 

@@ -103,3 +103,20 @@ def test_a_tuned_engine_decodes_what_a_stock_one_does(monkeypatch: pytest.Monkey
 def test_an_unknown_kernel_choice_is_refused() -> None:
     with pytest.raises(ValueError, match="kernels must be one of tuned, stock"):
         Engine(model(), tiny_tokenizer(), kernels="fast")
+
+
+def test_a_weight_changed_after_packing_is_not_read_from_the_stale_copy() -> None:
+    if not linear._mkl_packing(torch.float32, torch.device("cpu")):
+        pytest.skip("MKL weight packing is not available in this torch build")
+    m = model()
+    kernels = tune_linears(m, rounds=1)
+    group = kernels.groups[0]
+    group.choice = dict.fromkeys(ROWS, "mkl-packed")
+    kernels._pack(group)
+    kernels._install(group)
+    layer = group.modules[0]
+    x = torch.randn(1, 1, layer.in_features)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    with kernels_active(m), torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))

@@ -93,7 +93,9 @@ class LinearKernels:
         self.tuned_s = tuned_s
         self.cached = cached
         self.on = False
-        self.packed: dict[int, torch.Tensor] = {}  # id(module) -> MKL-packed weight, for the one-row products
+        # id(module) -> MKL-packed copy of its weight for the one-row products, and the weight's version then
+        self.packed: dict[int, torch.Tensor] = {}
+        self.versions: dict[int, int] = {}
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -116,10 +118,12 @@ class LinearKernels:
         for module in group.modules:
             if id(module) not in self.packed:
                 self.packed[id(module)] = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), 1)
+                self.versions[id(module)] = module.weight._version
 
     def _unpack(self, group: _Group) -> None:
         for module in group.modules:
             self.packed.pop(id(module), None)
+            self.versions.pop(id(module), None)
 
     def _time(self, group: _Group, x: torch.Tensor, names: list[str], rounds: int) -> dict[str, float]:
         """Median ms of each kernel over all of ``group``'s layers, the kernels taking turns; one warm-up round."""
@@ -145,8 +149,9 @@ class LinearKernels:
                     return F.linear(x, module.weight, module.bias)
                 name = table[rows]
                 packed = kernels.packed.get(id(module)) if name == "mkl-packed" else None
-                if name == "mkl-packed" and (packed is None or rows != 1):
-                    name = "linear"
+                if name == "mkl-packed" and (packed is None or rows != 1
+                                             or kernels.versions[id(module)] != module.weight._version):
+                    name = "linear"  # not packed, or the weight changed since (the copy would be stale)
                 return KERNELS[name](x, module.weight, module.bias, packed)
 
             module.forward = forward  # type: ignore[method-assign]
@@ -191,7 +196,8 @@ def tune_linears(model: torch.nn.Module, *, rounds: int = 3, cache: Path | None 
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads(file.read_text())
             for group in groups:
-                group.choice = {int(r): str(k) for r, k in saved["groups"][group.key].items()}
+                group.choice = {int(r): str(k) if k in KERNELS else "linear"
+                                for r, k in saved["groups"][group.key].items()}
                 group.ms = {int(r): v for r, v in saved["ms"][group.key].items()}
             kernels.cached = True
     if not kernels.cached:
