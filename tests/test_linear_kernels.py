@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pastac.backend import linear
-from pastac.backend.linear import KERNELS, ROWS, check_kernels, kernels_active, tune_linears
+from pastac.backend.linear import KERNELS, ONE_ROW_ONLY, PACKERS, ROWS, check_kernels, kernels_active, tune_linears
 from pastac.runtime.engine import Engine, RunOptions
 from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.scheduler import Limits
@@ -21,18 +21,20 @@ def model(shape: str = "tiny-llama", seed: int = 1) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
 @pytest.mark.parametrize("bias", [False, True])
-def test_each_kernel_computes_the_linear_product(name: str, bias: bool) -> None:
-    if name == "mkl-packed" and not linear._mkl_packing(torch.float32, torch.device("cpu")):
-        pytest.skip("MKL weight packing is not available in this torch build")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_kernel_computes_the_linear_product(name: str, bias: bool, dtype: torch.dtype) -> None:
+    if name in PACKERS and not linear._packing(name, dtype, torch.device("cpu")):
+        pytest.skip(f"{name} cannot pack {dtype} weights in this torch build")
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(96, 40, generator=g)
-    b = torch.randn(96, generator=g) if bias else None
-    packed = torch.ops.mkl._mkl_reorder_linear_weight(w, 1) if name == "mkl-packed" else None
-    for rows in ([1] if name == "mkl-packed" else [1, 2, 3, 5, 16]):
-        x = torch.randn(1, rows, 40, generator=g)
+    w = torch.randn(96, 40, generator=g).to(dtype)
+    b = torch.randn(96, generator=g).to(dtype) if bias else None
+    packed = PACKERS[name](w) if name in PACKERS else None
+    for rows in ([1] if name in ONE_ROW_ONLY else [1, 2, 3, 5, 16]):
+        x = torch.randn(1, rows, 40, generator=g).to(dtype)
         got = KERNELS[name](x, w, b, packed)
-        assert got.shape == (1, rows, 96)
-        torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+        assert got.shape == (1, rows, 96) and got.dtype == dtype
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got, F.linear(x, w, b), atol=tolerance, rtol=tolerance)
 
 
 def test_tuning_picks_a_timed_kernel_per_shape_and_row_count(tmp_path: Path) -> None:
@@ -46,7 +48,9 @@ def test_tuning_picks_a_timed_kernel_per_shape_and_row_count(tmp_path: Path) -> 
         for rows, name in group.choice.items():
             assert name in KERNELS
             assert group.ms[rows][name] == min(group.ms[rows].values())  # the fastest of those timed
-            assert "mkl-packed" not in group.ms[rows] or rows == 1
+            assert rows == 1 or not ONE_ROW_ONLY & group.ms[rows].keys()
+        packed = {name for name, i in kernels.packed if any(i == id(m) for m in group.modules)}
+        assert packed == PACKERS.keys() & set(group.choice.values())  # only the copies a choice reads
     assert check_kernels(m) < 1e-4
 
 
@@ -106,13 +110,13 @@ def test_an_unknown_kernel_choice_is_refused() -> None:
 
 
 def test_a_weight_changed_after_packing_is_not_read_from_the_stale_copy() -> None:
-    if not linear._mkl_packing(torch.float32, torch.device("cpu")):
-        pytest.skip("MKL weight packing is not available in this torch build")
+    if not linear._packing("onednn-packed", torch.float32, torch.device("cpu")):
+        pytest.skip("oneDNN weight packing is not available in this torch build")
     m = model()
     kernels = tune_linears(m, rounds=1)
     group = kernels.groups[0]
-    group.choice = dict.fromkeys(ROWS, "mkl-packed")
-    kernels._pack(group)
+    group.choice = dict.fromkeys(ROWS, "onednn-packed")
+    kernels._pack(group, "onednn-packed")
     kernels._install(group)
     layer = group.modules[0]
     x = torch.randn(1, 1, layer.in_features)

@@ -62,12 +62,32 @@ def _mkl_packed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed
     return torch.ops.mkl._mkl_linear(x, packed, w, b, 1)
 
 
-KERNELS: dict[str, Kernel] = {"linear": _linear, "weight-left": _weight_left, "mkl-packed": _mkl_packed}
+def _onednn_packed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                   packed: torch.Tensor | None) -> torch.Tensor:
+    assert packed is not None
+    return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
 
-def _mkl_packing(dtype: torch.dtype, device: torch.device) -> bool:
-    return (device.type == "cpu" and dtype == torch.float32 and torch.backends.mkl.is_available()
-            and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
+KERNELS: dict[str, Kernel] = {"linear": _linear, "weight-left": _weight_left, "mkl-packed": _mkl_packed,
+                              "onednn-packed": _onednn_packed}
+# The kernels that read a packed copy of the weight, made once: how to make it, and the row counts it serves
+# (MKL's copy is packed for one row; oneDNN's takes any).
+PACKERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mkl-packed": lambda w: torch.ops.mkl._mkl_reorder_linear_weight(w, 1),
+    "onednn-packed": lambda w: torch.ops.mkldnn._reorder_linear_weight(w, 1),
+}
+ONE_ROW_ONLY = frozenset({"mkl-packed"})
+
+
+def _packing(name: str, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether this torch build can pack weights of ``dtype`` on ``device`` for kernel ``name``."""
+    if device.type != "cpu":
+        return False
+    if name == "mkl-packed":
+        return dtype == torch.float32 and torch.backends.mkl.is_available()
+    if name == "onednn-packed":
+        return dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+    return False
 
 
 @dataclass
@@ -93,8 +113,9 @@ class LinearKernels:
         self.tuned_s = tuned_s
         self.cached = cached
         self.on = False
-        # id(module) -> MKL-packed copy of its weight for the one-row products, and the weight's version then
-        self.packed: dict[int, torch.Tensor] = {}
+        # (kernel, id(module)) -> that kernel's packed copy of the module's weight; id(module) -> the weight's
+        # version when it was packed (a weight changed in place since is not read from a stale copy)
+        self.packed: dict[tuple[str, int], torch.Tensor] = {}
         self.versions: dict[int, int] = {}
 
     @contextlib.contextmanager
@@ -114,16 +135,15 @@ class LinearKernels:
                 "packed_mib": round(self.packed_bytes() / 2**20, 1), "tuned_s": round(self.tuned_s, 2),
                 "cached": self.cached}
 
-    def _pack(self, group: _Group) -> None:
+    def _pack(self, group: _Group, name: str) -> None:
         for module in group.modules:
-            if id(module) not in self.packed:
-                self.packed[id(module)] = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), 1)
+            if (name, id(module)) not in self.packed:
+                self.packed[name, id(module)] = PACKERS[name](module.weight.detach())
                 self.versions[id(module)] = module.weight._version
 
-    def _unpack(self, group: _Group) -> None:
+    def _unpack(self, group: _Group, name: str) -> None:
         for module in group.modules:
-            self.packed.pop(id(module), None)
-            self.versions.pop(id(module), None)
+            self.packed.pop((name, id(module)), None)
 
     def _time(self, group: _Group, x: torch.Tensor, names: list[str], rounds: int) -> dict[str, float]:
         """Median ms of each kernel over all of ``group``'s layers, the kernels taking turns; one warm-up round."""
@@ -133,7 +153,7 @@ class LinearKernels:
                 kernel = KERNELS[name]
                 start = time.perf_counter()
                 for module in group.modules:
-                    kernel(x, module.weight, module.bias, self.packed.get(id(module)))
+                    kernel(x, module.weight, module.bias, self.packed.get((name, id(module))))
                 times[name].append((time.perf_counter() - start) * 1000)
         return {name: round(statistics.median(t[1:]), 3) for name, t in times.items()}
 
@@ -148,10 +168,12 @@ class LinearKernels:
                 if not kernels.on or rows >= len(table) or rows == 0:
                     return F.linear(x, module.weight, module.bias)
                 name = table[rows]
-                packed = kernels.packed.get(id(module)) if name == "mkl-packed" else None
-                if name == "mkl-packed" and (packed is None or rows != 1
-                                             or kernels.versions[id(module)] != module.weight._version):
-                    name = "linear"  # not packed, or the weight changed since (the copy would be stale)
+                packed = None
+                if name in PACKERS:
+                    packed = kernels.packed.get((name, id(module)))
+                    if (packed is None or (rows != 1 and name in ONE_ROW_ONLY)
+                            or kernels.versions.get(id(module)) != module.weight._version):
+                        name = "linear"  # not packed, or the weight changed since (the copy would be stale)
                 return KERNELS[name](x, module.weight, module.bias, packed)
 
             module.forward = forward  # type: ignore[method-assign]
@@ -206,18 +228,19 @@ def tune_linears(model: torch.nn.Module, *, rounds: int = 3, cache: Path | None 
             progress(f"tuning the linear layers' kernels for {len(ROWS)} row counts (once per machine)")
         generator = torch.Generator(device=param.device).manual_seed(0)
         with torch.inference_mode():
+            packers = [name for name in PACKERS if _packing(name, param.dtype, param.device)]
             for group in groups:
-                packing = _mkl_packing(param.dtype, param.device)
-                if packing:
-                    kernels._pack(group)
+                for name in packers:
+                    kernels._pack(group, name)
                 for rows in ROWS:
                     x = torch.randn((1, rows, group.shape[1]), generator=generator, dtype=param.dtype,
                                     device=param.device)
-                    names = ["linear", "weight-left"] + (["mkl-packed"] if packing and rows == 1 else [])
+                    names = ["linear", "weight-left"] + [n for n in packers if rows == 1 or n not in ONE_ROW_ONLY]
                     group.ms[rows] = kernels._time(group, x, names, rounds)
                     group.choice[rows] = min(group.ms[rows], key=group.ms[rows].__getitem__)
-                if group.choice.get(1) != "mkl-packed":
-                    kernels._unpack(group)
+                for name in packers:
+                    if name not in group.choice.values():
+                        kernels._unpack(group, name)  # keep only the copies that a choice reads
         kernels.tuned_s = time.perf_counter() - started
         if file is not None:
             with contextlib.suppress(OSError):
@@ -227,11 +250,12 @@ def tune_linears(model: torch.nn.Module, *, rounds: int = 3, cache: Path | None 
                 tmp.replace(file)
     else:
         for group in groups:
-            if group.choice.get(1) == "mkl-packed":
-                if _mkl_packing(param.dtype, param.device):
-                    kernels._pack(group)
-                else:
-                    group.choice[1] = "linear"
+            for name in PACKERS:
+                if name in group.choice.values():
+                    if _packing(name, param.dtype, param.device):
+                        kernels._pack(group, name)
+                    else:
+                        group.choice = {r: "linear" if k == name else k for r, k in group.choice.items()}
     for group in groups:
         kernels._install(group)
     return kernels
