@@ -78,6 +78,7 @@ def test_evaluate_on_a_tiny_model():
     for r in report["results"]:
         assert r["threads"] >= 1 and isinstance(r["valid"], bool) and r["speedup_vs_hf_generate"] > 0
         assert r["loglik_pasta"] is not None and r["judge"] in ("win", "loss", "tie")
+        assert r["valid"] == (r["problems"] == [])  # an answer that is not valid says why
     summary = report["summary"]
     assert summary["prompts"] == 2 and summary["fork_rate_by_category"].keys() == {"list", "factual"}
     assert 0 <= summary["valid_rate"] <= 1 and sum(summary["judge"].values()) == pytest.approx(1.0)

@@ -86,7 +86,10 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     valid = not lenient.diagnostics and not pasta.warnings
     out: dict[str, Any] = {
         "id": record.get("id"), "category": record.get("category"), "prompt": prompt,
-        "threads": pasta.stats.threads, "valid": valid, "tokens": pasta.stats.tokens,
+        "threads": pasta.stats.threads, "valid": valid,
+        # why not valid: the lenient check's diagnostics, then what the runtime had to recover from
+        "problems": [f"{d.code} {d.message}" for d in lenient.diagnostics] + list(pasta.warnings),
+        "tokens": pasta.stats.tokens,
         "theoretical_speedup": pasta.stats.theoretical_speedup, "wall_s": pasta.stats.wall_s,
         "text": pasta.text, "annotated": pasta.annotated,
     }
