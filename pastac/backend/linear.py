@@ -108,10 +108,10 @@ class _Group:
 class LinearKernels:
     """The tuned choices of one model; ``active()`` turns them on for the forward passes inside it."""
 
-    def __init__(self, groups: list[_Group], *, tuned_s: float = 0.0, cached: bool = False) -> None:
+    def __init__(self, groups: list[_Group]) -> None:
         self.groups = groups
-        self.tuned_s = tuned_s
-        self.cached = cached
+        self.tuned_s = 0.0  # seconds spent timing (0 when the choices came from the cache)
+        self.cached = False
         self.on = False
         # (kernel, id(module)) -> that kernel's packed copy of the module's weight; id(module) -> the weight's
         # version when it was packed (a weight changed in place since is not read from a stale copy)
@@ -161,7 +161,6 @@ class LinearKernels:
         table = [group.choice.get(max((r for r in ROWS if r <= n), default=1), "linear")
                  for n in range(max(ROWS) + 1)]
         kernels = self
-
         for module in group.modules:
             def forward(x: torch.Tensor, module: torch.nn.Linear = module) -> torch.Tensor:
                 rows = x.numel() // x.shape[-1] if x.dim() else 0

@@ -37,7 +37,7 @@ from pastac.runtime.sampling import Sampler, SamplingOptions
 from pastac.runtime.scheduler import Limits, Scheduler
 
 RunnerFactory = Callable[[torch.nn.Module, int], Any]
-KERNELS = ("tuned", "stock")
+KERNEL_MODES = ("tuned", "stock")  # pastac.backend.linear.KERNELS are the kernels themselves
 
 
 class Mode(StrEnum):
@@ -182,8 +182,8 @@ class Engine:
         """``kernels="tuned"`` times the linear layers' kernels on this machine and decodes with the fastest
         per shape and row count (``pastac.backend.linear``; cached on disk); ``"stock"`` keeps ``F.linear``."""
         check_architecture(model)
-        if kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+        if kernels not in KERNEL_MODES:
+            raise ValueError(f"kernels must be one of {', '.join(KERNEL_MODES)}, not {kernels!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
