@@ -35,6 +35,11 @@ def test_each_kernel_computes_the_linear_product(name: str, bias: bool, dtype: t
         assert got.shape == (1, rows, 96) and got.dtype == dtype
         tolerance = 1e-5 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(got, F.linear(x, w, b), atol=tolerance, rtol=tolerance)
+        # the layout F.linear gives, whatever the input's: the next layer's product takes the path it was timed on
+        column_major = x.transpose(1, 2).contiguous().transpose(1, 2)
+        again = KERNELS[name](column_major, w, b, packed)
+        assert again.is_contiguous()
+        torch.testing.assert_close(again, got, atol=tolerance, rtol=tolerance)
 
 
 def test_tuning_picks_a_timed_kernel_per_shape_and_row_count(tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from pastac.machine import cpu_name
 
 ROWS = (1, 2, 3, 4, 6, 8, 12, 16)  # row counts timed; a count in between takes the choice of the one below
+ROUNDS = 7  # timed rounds per (shape, row count); the fastest of them counts
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 
@@ -50,8 +50,11 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: to
 
 def _weight_left(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                  packed: torch.Tensor | None) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1])
-    y = torch.mm(w, rows.T).T  # the rows go in transposed (a view): BLAS sees a tall-skinny product
+    # Row-major rows in, transposed as a view: BLAS sees the tall-skinny product it was timed on (an input
+    # left column-major by an earlier weight-left product would take another, several times slower path);
+    # the result goes back to row-major so the layers after it see the layout F.linear gives.
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    y = torch.mm(w, rows.T).T.contiguous()
     if b is not None:
         y = y + b
     return y.reshape(*x.shape[:-1], w.shape[0])
@@ -98,7 +101,7 @@ class _Group:
     bias: bool
     modules: list[torch.nn.Linear]
     choice: dict[int, str] = field(default_factory=dict)  # rows -> kernel name
-    ms: dict[int, dict[str, float]] = field(default_factory=dict)  # rows -> kernel -> median ms over the group
+    ms: dict[int, dict[str, float]] = field(default_factory=dict)  # rows -> kernel -> fastest ms over the group
 
     @property
     def key(self) -> str:
@@ -146,7 +149,9 @@ class LinearKernels:
             self.packed.pop((name, id(module)), None)
 
     def _time(self, group: _Group, x: torch.Tensor, names: list[str], rounds: int) -> dict[str, float]:
-        """Median ms of each kernel over all of ``group``'s layers, the kernels taking turns; one warm-up round."""
+        """Fastest ms of each kernel over all of ``group``'s layers in ``rounds`` rounds, the kernels taking
+        turns; one warm-up round.  The minimum, not the median: what another process on the machine adds to a
+        round is noise, never the kernel's own cost, and three medians of a busy machine chose badly."""
         times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(rounds + 1):
             for name in names:
@@ -155,7 +160,7 @@ class LinearKernels:
                 for module in group.modules:
                     kernel(x, module.weight, module.bias, self.packed.get((name, id(module))))
                 times[name].append((time.perf_counter() - start) * 1000)
-        return {name: round(statistics.median(t[1:]), 3) for name, t in times.items()}
+        return {name: round(min(t[1:]), 3) for name, t in times.items()}
 
     def _install(self, group: _Group) -> None:
         table = [group.choice.get(max((r for r in ROWS if r <= n), default=1), "linear")
@@ -193,11 +198,11 @@ def _cache_file(model: torch.nn.Module, groups: list[_Group], folder: Path | Non
         return None
     param = next(model.parameters())
     key = json.dumps([cpu_name(), torch.__version__, torch.get_num_threads(), str(param.dtype), str(param.device),
-                      [g.key for g in groups], list(ROWS), sorted(KERNELS)])
+                      [g.key for g in groups], list(ROWS), sorted(KERNELS), "min", ROUNDS])
     return folder / f"linears-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def tune_linears(model: torch.nn.Module, *, rounds: int = 3, cache: Path | None = None,
+def tune_linears(model: torch.nn.Module, *, rounds: int = ROUNDS, cache: Path | None = None,
                  progress: Callable[[str], None] | None = None) -> LinearKernels:
     """Time each kernel per weight shape and row count on ``model``'s weights; install the fastest.
 
