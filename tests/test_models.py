@@ -429,6 +429,13 @@ def test_load_model_merges_an_adapter(tmp_path: Path, saved_tiny_model: Path) ->
     (adapter / "pastac.json").write_text('{"policy": "restart", "unit": 1, "max_depth": 2}')
     engine = Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
     assert engine.positions == PositionOptions(policy="restart", unit=1)  # decoded as it was trained
+    assert engine.repetition_penalty is None
+    (adapter / "pastac.json").write_text('{"unit": 1, "generation": {"repetition_penalty": 1.2}}')
+    engine = Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
+    assert engine.repetition_penalty == 1.2  # runs that leave the penalty unset decode with the adapter's
+    (adapter / "pastac.json").write_text('{"generation": {"repetition_penalty": "high"}}')
+    with pytest.raises(ModelError, match=r"bad generation\.repetition_penalty"):
+        Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
     (adapter / "pastac.json").write_text('{"unit": "many"}')
     with pytest.raises(ModelError, match="bad position settings"):
         Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)

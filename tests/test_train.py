@@ -231,11 +231,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_the_adapter_loads_with_its_position_settings(tmp_path, data, model_dir):
     base = load_model(model_dir, progress=False)
-    options = TrainOptions(lr=1e-2, max_steps=3, unit=3, dropout=0.0, base_model=model_dir)
+    options = TrainOptions(lr=1e-2, max_steps=3, unit=3, dropout=0.0, base_model=model_dir,
+                           repetition_penalty=1.15)
     result = train(base.model, base.tokenizer, data, tmp_path / "out", options, progress=False)
     settings = json.loads((tmp_path / "out" / "pastac.json").read_text())
     assert settings == {"policy": "predicted", "unit": 3, "base_model": model_dir, "max_depth": 2, "chat": True,
-                        "eos_token_id": base.tokenizer.eos_token_id}
+                        "eos_token_id": base.tokenizer.eos_token_id, "generation": {"repetition_penalty": 1.15}}
     adapter_config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == model_dir
     card = (tmp_path / "out" / "README.md").read_text()
@@ -300,3 +301,15 @@ def test_cli_errors(capsys, monkeypatch, tmp_path, data, model_dir, argv, messag
     assert code == 2 and out == ""
     assert err.startswith("pastac: error: ") and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_recorded_repetition_penalty_defaults_to_the_datas(tmp_path):
+    from pastac.train.command import _built_with_penalty
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    assert _built_with_penalty(data) is None  # no build.json: none recorded
+    (tmp_path / "build.json").write_text(json.dumps({"repetition_penalty": 1.15}))
+    assert _built_with_penalty(data) == 1.15
+    (tmp_path / "build.json").write_text(json.dumps({"repetition_penalty": "x"}))
+    assert _built_with_penalty(data) is None

@@ -26,6 +26,11 @@ import torch
 from pastac.bench import STRATEGIES
 from pastac.runtime.engine import Engine, Generation, RunnerFactory, RunOptions
 from pastac.runtime.rows import RowRunner
+from pastac.runtime.sampling import SamplingOptions
+
+# Replays force every token: no repetition penalty (whatever the model's own setting), so that no strategy
+# pays for one and hf-generate, which has none, is compared on the same work.
+REPLAY = SamplingOptions(repetition_penalty=1.0)
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class Bench:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         mode, factory = self._runners[strategy]
         result, wall, peak = self._measure(
-            lambda: self.engine.generate(prompt, RunOptions(mode=mode), replay=text, runner=factory))
+            lambda: self.engine.generate(prompt, RunOptions(mode=mode, sampling=REPLAY), replay=text, runner=factory))
         assert isinstance(result, Generation)
         if strategy == "sequential":
             self._hf_tokens[(prompt, text)] = result.stats.tokens
@@ -100,7 +105,8 @@ class Bench:
     def _hf_generate(self, prompt: str, text: str) -> Measurement:
         key = (prompt, text)
         if key not in self._hf_tokens:  # as many tokens as the sequential run places
-            self._hf_tokens[key] = self.engine.generate(prompt, RunOptions(mode="sequential"), replay=text).stats.tokens
+            self._hf_tokens[key] = self.engine.generate(prompt, RunOptions(mode="sequential", sampling=REPLAY),
+                                                      replay=text).stats.tokens
         n = self._hf_tokens[key]
         model = self.engine.model
         ids = torch.tensor([self.engine.prompt_ids(prompt)], device=next(model.parameters()).device)

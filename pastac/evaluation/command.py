@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
-    from pastac.runtime.command import adapter_arguments, kernel_arguments, model_arguments
+    from pastac.runtime.command import adapter_arguments, kernel_arguments, model_arguments, penalty_arguments
 
     p = sub.add_parser(
         "eval", help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     adapter_arguments(model)
     kernel_arguments(model)
     p.add_argument("--max-new-tokens", type=positive, default=512, metavar="N", help="per thread (default 512)")
+    penalty_arguments(p)
     judge = p.add_argument_group("judge (optional)")
     judge.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible server that judges pairs of answers")
     judge.add_argument("--judge-model", metavar="NAME", help="the judge's model name on that server")
@@ -83,6 +84,8 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     records = _records(args)
     if bool(args.judge_url) != bool(args.judge_model):
         raise UsageError("--judge-url and --judge-model go together")
+    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
+        raise UsageError(f"--repetition-penalty must be > 0, not {args.repetition_penalty}")
     judge = None
     if args.judge_url:
         from pastac.data.annotate import openai_generate
@@ -101,7 +104,8 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(str(error)) from None
     with progress_bar("pastac eval", len(records), enabled=not args.quiet) as bar:
         try:
-            report = evaluate(records, adapted, base, EvalOptions(max_new_tokens=args.max_new_tokens, judge=judge),
+            report = evaluate(records, adapted, base, EvalOptions(max_new_tokens=args.max_new_tokens, judge=judge,
+                                                                 repetition_penalty=args.repetition_penalty),
                               progress=lambda n: bar(advance=n))
         except JudgeError as error:
             raise UsageError(str(error)) from None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from pastac.bench.run import geomean
 from pastac.data.annotate import StructuralAnnotator
@@ -19,6 +20,7 @@ from pastac.evaluation.metrics import log_likelihood, mean_redundancy, redundanc
 from pastac.grammar import check, parse, render
 from pastac.grammar.ast import Async, Document, Node
 from pastac.runtime.engine import Engine, InputError, RunOptions
+from pastac.runtime.sampling import RepetitionPenalty, SamplingOptions
 from pastac.runtime.scheduler import Limits
 
 #: categories of the prompt set whose answers should fork, and the short ones that should not
@@ -37,6 +39,8 @@ class EvalOptions:
     max_new_tokens: int = 512
     judge: Judge | None = None
     seed: int = 0
+    # None: the adapted model's own (its pastac.json); the base model's HF generate decodes with the same
+    repetition_penalty: float | None = None
 
 
 def _async_texts(body: Sequence[Node]) -> list[str]:
@@ -81,7 +85,9 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
                  rng: random.Random) -> dict[str, Any]:
     prompt = str(record["prompt"])
     limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=4 * options.max_new_tokens)
-    pasta = adapted.generate(prompt, RunOptions(limits=limits))
+    penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
+    sampling = SamplingOptions(repetition_penalty=penalty or 1.0)
+    pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling))
     lenient = check(pasta.annotated, mode="lenient")
     valid = not lenient.diagnostics and not pasta.warnings
     out: dict[str, Any] = {
@@ -94,7 +100,9 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
         "text": pasta.text, "annotated": pasta.annotated,
     }
     try:  # the same text decoded by one thread: what forking bought
-        sequential = adapted.generate(prompt, RunOptions(mode="sequential"), replay=pasta.annotated)
+        # (the penalty computed as in the run, though a replay discards what it would choose: the same work)
+        sequential = adapted.generate(prompt, RunOptions(mode="sequential", sampling=sampling),
+                                      replay=pasta.annotated)
         out["sequential_wall_s"] = sequential.stats.wall_s
         out["speedup_vs_sequential"] = sequential.stats.wall_s / pasta.stats.wall_s
     except InputError:  # an annotation that needed recovery cannot be replayed as it is
@@ -105,7 +113,8 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     with torch.inference_mode():
         generated, hf_wall = _timed(lambda: base.model.generate(
             tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=options.max_new_tokens, do_sample=False,
-            pad_token_id=base.eos[0] if base.eos else 0))
+            pad_token_id=base.eos[0] if base.eos else 0,
+            logits_processor=LogitsProcessorList([RepetitionPenalty(sampling.penalty, base.tag_tokens)])))
     answer_ids = [t for t in generated[0, len(ids):].tolist() if t not in base.eos]
     baseline = base.tokenizer.decode(answer_ids, skip_special_tokens=True)
     out.update(baseline=baseline, hf_generate_wall_s=hf_wall, speedup_vs_hf_generate=hf_wall / pasta.stats.wall_s)

@@ -37,6 +37,14 @@ def kernel_arguments(group: argparse._ArgumentGroup) -> None:
                             "weight shape and row count, timed once on this machine and cached; stock: F.linear")
 
 
+def penalty_arguments(group: argparse._ActionsContainer) -> None:
+    """--repetition-penalty X: Hugging Face's, over what each thread sees; default the model's own."""
+    group.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
+                       help="divide the logit of every token already in a thread's context by X (Hugging Face's "
+                            "repetition_penalty; the tags' own tokens are exempt). Default: the adapter's setting "
+                            "(pastac.json), else 1, which is none")
+
+
 def adapter_arguments(group: argparse._ArgumentGroup) -> None:
     """--adapter DIR or --no-adapter; neither: pastac's Pasta-Lang adapter with the default model."""
     from pastac.adapters import DEFAULT_ADAPTER
@@ -96,6 +104,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], 
     how.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     how.add_argument("--top-p", type=float, default=1.0)
     how.add_argument("--seed", type=int, default=None)
+    penalty_arguments(how)
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help='one JSON object: {"text", "annotated", "stats", ...}')
     out.add_argument("--show-annotated", action="store_true", help="also print the answer with its tags")
@@ -133,7 +142,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
             mode=args.mode,
             limits=Limits(max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens,
                           max_width=args.max_width, max_depth=args.max_depth, order=args.order),
-            sampling=SamplingOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed),
+            sampling=SamplingOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                     repetition_penalty=args.repetition_penalty),
             chat=not args.no_chat, template_tags=args.template_tags,
             child_stop=None if args.child_stop is None else args.child_stop.encode().decode("unicode_escape"))
     except ValueError as error:

@@ -33,7 +33,7 @@ from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, cache_dir, check
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner
-from pastac.runtime.sampling import Sampler, SamplingOptions
+from pastac.runtime.sampling import Sampler, SamplingOptions, tag_token_ids
 from pastac.runtime.scheduler import Limits, Scheduler
 
 RunnerFactory = Callable[[torch.nn.Module, int], Any]
@@ -178,9 +178,12 @@ class Engine:
     last_run: Run | None = None  # the current or last run, for tests, benchmarks and partial results
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model",
-                 positions: PositionOptions | None = None, kernels: str = "stock", progress: bool = False) -> None:
-        """``kernels="tuned"`` times the linear layers' kernels on this machine and decodes with the fastest
-        per shape and row count (``pastac.backend.linear``; cached on disk); ``"stock"`` keeps ``F.linear``."""
+                 positions: PositionOptions | None = None, kernels: str = "stock", progress: bool = False,
+                 repetition_penalty: float | None = None) -> None:
+        """``repetition_penalty`` is the model's own (its adapter's ``pastac.json``): runs whose sampling
+        options leave it unset use it.  ``kernels="tuned"`` times the linear layers' kernels on this machine
+        and decodes with the fastest per shape and row count (``pastac.backend.linear``; cached on disk);
+        ``"stock"`` keeps ``F.linear``."""
         check_architecture(model)
         if kernels not in KERNEL_MODES:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_MODES)}, not {kernels!r}")
@@ -188,6 +191,10 @@ class Engine:
         self.tokenizer = tokenizer
         self.name = name
         self.positions = positions or PositionOptions()  # what the model was trained with (its adapter says)
+        if repetition_penalty is not None and not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, not {repetition_penalty}")
+        self.repetition_penalty = repetition_penalty
+        self.tag_tokens = tag_token_ids(tokenizer)  # never penalised for repeating
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos: tuple[int, ...] = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
@@ -213,8 +220,13 @@ class Engine:
                                             unit=int(settings.get("unit", defaults.unit)))
             except (TypeError, ValueError) as error:
                 raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has bad position settings: {error}") from None
+        penalty = settings.get("generation", {}).get("repetition_penalty") if isinstance(
+            settings.get("generation"), dict) else None
+        if penalty is not None and (not isinstance(penalty, int | float) or isinstance(penalty, bool) or penalty <= 0):
+            raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has a bad generation.repetition_penalty: "
+                             f"{penalty!r} (a number > 0)")
         return cls(loaded.model, loaded.tokenizer, name=loaded.name, positions=positions, kernels=kernels,
-                   progress=progress)
+                   progress=progress, repetition_penalty=None if penalty is None else float(penalty))
 
     def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]:
         return prompt_ids(self.tokenizer, prompt, chat=chat)
@@ -271,7 +283,8 @@ class Engine:
         capacity = len(ids) + limits.max_total_tokens + forced + 64
         runner = (runner or Runner)(self.model, capacity)
         runner.keep_logits = keep_logits
-        sampler = Sampler(options.sampling, device=runner.device)
+        sampler = Sampler(options.sampling.resolved(self.repetition_penalty), device=runner.device,
+                          exempt=self.tag_tokens)
         self.last_run = run = Run(sched, runner, len(ids), started)
         seen: dict[int, int] = {}
         while not sched.done:

@@ -21,7 +21,7 @@ import torch
 
 from pastac.backend.cache import SlotCache
 from pastac.backend.linear import kernels_active
-from pastac.runtime.sampling import Sampler
+from pastac.runtime.sampling import Sampler, seen_tokens
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Runner:
         self.cache = SlotCache(layers, capacity)
         self.views = torch.zeros((threads, capacity), dtype=torch.bool, device=self.device)
         self._arange = torch.arange(capacity, device=self.device)
+        self.tokens = torch.zeros(capacity, dtype=torch.long, device=self.device)  # the token in each slot
         self.keep_logits = False
         # when keep_logits: per step, the sampled queries' logits and (slots, threads, sample) of the plan
         self.logits: list[torch.Tensor] = []
@@ -62,6 +63,9 @@ class Runner:
             grown[:, : self.views.shape[1]] = self.views
             self.views = grown
             self._arange = torch.arange(self.cache.capacity, device=self.device)
+            tokens = torch.zeros(self.cache.capacity, dtype=torch.long, device=self.device)
+            tokens[: self.tokens.shape[0]] = self.tokens
+            self.tokens = tokens
         if threads > self.views.shape[0]:
             grown = torch.zeros((max(threads, 2 * self.views.shape[0]), self.views.shape[1]), dtype=torch.bool,
                                 device=self.device)
@@ -74,6 +78,8 @@ class Runner:
         dev = self.device
         slots = torch.tensor(plan.slots, dtype=torch.long, device=dev)
         threads = torch.tensor(plan.threads, dtype=torch.long, device=dev)
+        ids = torch.tensor(plan.tokens, dtype=torch.long, device=dev)
+        self.tokens[slots] = ids
         self.views[threads, slots] = True  # first each thread's own new tokens, so a fork can pass on its parent's
         for parent, child, upto in plan.forks:
             self.views[child] |= self.views[parent] & (self._arange < upto)
@@ -90,7 +96,7 @@ class Runner:
         self.cache.write_slots = slots
         with kernels_active(self.model):
             out = self.model(
-                input_ids=torch.tensor([plan.tokens], dtype=torch.long, device=dev),
+                input_ids=ids[None],
                 position_ids=torch.tensor([plan.positions], dtype=torch.long, device=dev),
                 attention_mask=mask[None, None],
                 cache=self.cache,
@@ -104,4 +110,8 @@ class Runner:
         if self.keep_logits:
             self.logits.append(logits.float().cpu())
             self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
-        return sampler(logits).tolist()
+        seen = None
+        if sampler.penalizes:  # what each sampled query sees, for the repetition penalty
+            rows = allowed[torch.tensor(plan.sample, dtype=torch.long, device=dev)]
+            seen = seen_tokens(self.tokens[:used], rows, logits.shape[-1], sampler.exempt(logits.shape[-1], dev))
+        return sampler(logits, seen).tolist()

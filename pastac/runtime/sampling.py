@@ -1,42 +1,158 @@
-"""Choosing each thread's next token from its logits: greedy, or temperature and top-p sampling."""
+"""Choosing each thread's next token from its logits: greedy, or temperature and top-p sampling, after an
+optional repetition penalty over the tokens the thread sees."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
+# Pasta-Lang in the contexts a model writes it in.  The tokens that fall inside its tags (the topic's text
+# aside) are never penalised for repeating: a thread's second promise repeats its first one's syntax by
+# design, and a token estimate's digits are no text.
+TAG_SAMPLES = (
+    '1. <promise topic="a" tokens="1234567890"/><async>b\n</async>2. <promise topic="c" tokens="40"/>'
+    '<async>d</async><sync/>\ne',
+    'f <promise topic="g"/> h <promise topic="i" tokens="30"/>\n<sync/> j',
+    '- <promise topic="k" tokens="20"/>\n<async>l.\n\n</async>\n<sync/>',
+    "<async>m</async>",
+)
+_TAG = re.compile(r"<[^<>]*>")
+_TOPIC = re.compile(r'topic="[^"]*"')
 
 @dataclass(frozen=True)
 class SamplingOptions:
     """``temperature`` 0 is greedy (argmax); otherwise softmax(logits / temperature) cut to the
-    smallest set of tokens whose probability reaches ``top_p``.  ``seed`` makes sampling repeatable."""
+    smallest set of tokens whose probability reaches ``top_p``.  ``seed`` makes sampling repeatable.
+
+    ``repetition_penalty`` is Hugging Face's (``RepetitionPenaltyLogitsProcessor``): the logit of every token
+    already in the context is divided by it when positive and multiplied by it when negative, the context
+    being what the thread sees (the prompt, its ancestors' text up to its promise, its own text and, after a
+    sync, its children's).  ``None`` takes the model's own setting (the adapter's ``pastac.json``), else 1,
+    which is none."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, not {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def penalty(self) -> float:
+        return 1.0 if self.repetition_penalty is None else self.repetition_penalty
+
+    def resolved(self, repetition_penalty: float | None) -> SamplingOptions:
+        """These options with an unset repetition penalty taken from a model's setting."""
+        if self.repetition_penalty is not None or repetition_penalty is None:
+            return self
+        return replace(self, repetition_penalty=repetition_penalty)
+
+
+def tag_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of the tokens that lie inside Pasta-Lang tags (the topics' text aside) as ``tokenizer`` splits
+    ``TAG_SAMPLES``: a token counts when every character of it that is not white space is a tag's."""
+    ids: set[int] = set()
+    for sample in TAG_SAMPLES:
+        inside = [False] * len(sample)
+        for tag in _TAG.finditer(sample):
+            inside[tag.start():tag.end()] = [True] * (tag.end() - tag.start())
+            for topic in _TOPIC.finditer(tag.group()):  # the topic's own text is text
+                first, last = tag.start() + topic.start() + len('topic="'), tag.start() + topic.end() - 1
+                inside[first:last] = [False] * (last - first)
+        tokens = tokenizer.encode(sample, add_special_tokens=False)
+        end = 0
+        for i, token in enumerate(tokens):
+            start, end = end, len(tokenizer.decode(tokens[: i + 1]))
+            chars = [k for k in range(start, min(end, len(sample))) if not sample[k].isspace()]
+            if chars and all(inside[k] for k in chars):
+                ids.add(token)
+    return sorted(ids)
+
+
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """``logits`` [N, vocab] with the penalty applied where ``seen`` [N, vocab] (bool) is set."""
+    if penalty == 1:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def seen_tokens(tokens: torch.Tensor, visible: torch.Tensor, vocab: int,
+                exempt: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, vocab] bool: which ids occur among ``tokens`` [S] where ``visible`` [N, S] is set, less ``exempt``."""
+    counts = torch.zeros((visible.shape[0], vocab), dtype=torch.float32, device=visible.device)
+    counts.scatter_add_(1, tokens[None, :].expand(visible.shape[0], -1), visible.float())
+    seen = counts > 0
+    if exempt is not None:
+        seen &= ~exempt
+    return seen
+
+
+class RepetitionPenalty:
+    """The same penalty as a ``transformers`` logits processor, for ``model.generate``: Hugging Face's own,
+    but for the tokens in ``exempt``."""
+
+    def __init__(self, penalty: float, exempt: Iterable[int] = ()) -> None:
+        self.penalty = penalty
+        self.exempt = sorted(set(exempt))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.penalty == 1:
+            return scores
+        seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        seen.scatter_(1, input_ids, True)
+        if self.exempt:
+            seen[:, [i for i in self.exempt if i < scores.shape[1]]] = False
+        return penalize(scores, seen, self.penalty)
+
 
 class Sampler:
-    def __init__(self, options: SamplingOptions, device: torch.device | str = "cpu") -> None:
+    def __init__(self, options: SamplingOptions, device: torch.device | str = "cpu",
+                 exempt: Iterable[int] = ()) -> None:
+        """``exempt``: token ids the repetition penalty leaves alone (``tag_token_ids``)."""
         self.options = options
         self.generator: torch.Generator | None = None
+        self.exempt_ids = sorted(set(exempt))
+        self._exempt: dict[tuple[int, str], torch.Tensor] = {}
         if not options.greedy:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(options.seed if options.seed is not None else torch.seed())
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` [N, vocab] -> token ids [N] (on the logits' device)."""
+    @property
+    def penalizes(self) -> bool:
+        return self.options.penalty != 1
+
+    def exempt(self, vocab: int, device: torch.device) -> torch.Tensor | None:
+        if not self.exempt_ids:
+            return None
+        key = (vocab, str(device))
+        if key not in self._exempt:
+            mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+            mask[[i for i in self.exempt_ids if i < vocab]] = True
+            self._exempt[key] = mask
+        return self._exempt[key]
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits`` [N, vocab] -> token ids [N] (on the logits' device).  ``seen`` [N, vocab]: the tokens
+        each row's context holds (``seen_tokens``), needed when there is a repetition penalty."""
+        if self.penalizes:
+            if seen is None:
+                raise ValueError("this runner cannot apply a repetition penalty (it does not track the tokens "
+                                 "each thread sees); decode with repetition_penalty 1")
+            logits = penalize(logits, seen, self.options.penalty)
         if self.options.greedy:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits.float() / self.options.temperature, dim=-1)

@@ -47,6 +47,9 @@ class TrainOptions:
     prompt_field: str = "prompt"
     chat: bool = True
     base_model: str | None = None  # recorded in pastac.json (default: the model's name_or_path)
+    # the decode setting recorded in pastac.json for the runtime: the repetition penalty the data's responses
+    # were generated with (a model trained on them writes best under the same); None records none
+    repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("rank", "alpha", "epochs", "repeat_forking", "batch_size", "grad_accum", "max_length",
@@ -65,6 +68,8 @@ class TrainOptions:
             raise TrainError("warmup_steps, weight_decay, unit and max_depth must be >= 0")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise TrainError(f"max_grad_norm must be > 0, not {self.max_grad_norm}")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise TrainError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
         if self.dtype not in ("float32", "bfloat16"):
             raise TrainError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.policy not in (Policy.PREDICTED, Policy.RESTART, Policy.LOCKSTEP):

@@ -317,7 +317,9 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         f"- Base model: {settings.get('base_model') or 'not recorded'}",
         "- Use: `pastac run PROMPT --adapter DIR`, DIR being this folder; `pastac.json` gives the runtime the "
         f"position settings it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
-        f"{settings['max_depth']}).", "",
+        f"{settings['max_depth']})" + (f" and the repetition penalty it decodes with by default "
+                                       f"({settings['generation']['repetition_penalty']}, that of its data)"
+                                       if settings.get("generation") else "") + ".", "",
         "## Data", "",
         f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
         f"examples used ({data['invalid']} invalid and {data['too_long']} too long skipped), "
@@ -468,6 +470,8 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
     settings = {"policy": str(options.positions.policy), "unit": options.unit,
                 "base_model": options.base_model or getattr(model, "name_or_path", None) or None,
                 "max_depth": options.max_depth, "chat": options.chat, "eos_token_id": eos}
+    if options.repetition_penalty is not None:
+        settings["generation"] = {"repetition_penalty": options.repetition_penalty}
     (out / ADAPTER_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     _write_loss(out, state.history)
     seconds = time.perf_counter() - started

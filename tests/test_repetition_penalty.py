@@ -1,0 +1,123 @@
+"""The repetition penalty: Hugging Face's, applied per thread over exactly the tokens that thread sees."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+from pastac import PositionOptions
+from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.rows import RowRunner
+from pastac.runtime.sampling import (
+    RepetitionPenalty,
+    Sampler,
+    SamplingOptions,
+    penalize,
+    seen_tokens,
+    tag_token_ids,
+)
+from pastac.runtime.scheduler import Limits
+
+SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
+PROMPT = "Give me tips."
+PENALTY = 1.8
+
+
+@functools.cache
+def engine(shape: str) -> Engine:
+    tokenizer = tiny_tokenizer()
+    return Engine(random_model(shape, vocab_size=len(tokenizer), seed=1), tokenizer, name=shape)
+
+
+def hf_generate(e: Engine, ids: list[int], n: int, penalty: float, exempt: list[int]) -> str:
+    with torch.inference_mode():
+        out = e.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
+                               eos_token_id=list(e.eos) or None, pad_token_id=e.tokenizer.pad_token_id,
+                               logits_processor=LogitsProcessorList([RepetitionPenalty(penalty, exempt)]))
+    return e.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_text_without_tags_equals_hf_generate_with_the_same_penalty(shape):
+    e = engine(shape)
+    limits = Limits(max_new_tokens=30)
+    penalized = RunOptions(limits=limits, sampling=SamplingOptions(repetition_penalty=PENALTY))
+    a = e.generate(PROMPT, penalized)
+    s = e.generate(PROMPT, RunOptions(mode="sequential", limits=limits, sampling=penalized.sampling))
+    plain = e.generate(PROMPT, RunOptions(mode="sequential", limits=limits))
+    assert "<promise" not in a.annotated
+    assert a.text == s.text == hf_generate(e, e.prompt_ids(PROMPT), 30, PENALTY, e.tag_tokens)
+    assert s.text != plain.text  # the penalty changed what greedy decoding writes
+    # with nothing exempt, the processor is Hugging Face's own repetition_penalty
+    ids = torch.tensor([e.prompt_ids(PROMPT)])
+    with torch.inference_mode():
+        stock = e.model.generate(ids, max_new_tokens=30, do_sample=False, repetition_penalty=PENALTY,
+                                 eos_token_id=list(e.eos) or None, pad_token_id=e.tokenizer.pad_token_id)
+    assert e.tokenizer.decode(stock[0, ids.shape[1]:], skip_special_tokens=True) == hf_generate(
+        e, e.prompt_ids(PROMPT), 30, PENALTY, [])
+
+
+TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="food" tokens="1"/>\n<sync/>\nThat is all.'
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_each_child_is_penalised_for_its_own_context_only(shape):
+    """A child, decoded among its siblings, writes what penalised greedy decoding of its context alone
+    writes: its siblings' tokens, which it cannot see, do not count."""
+    e = engine(shape)
+    budget = 12
+    options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
+                         template_tags=True, child_stop="", sampling=SamplingOptions(repetition_penalty=PENALTY))
+    result = e.generate(PROMPT, options, template=TEMPLATE)
+    assert result.stats.threads == 3
+    sched = e.last_run.sched
+    promises = ['<promise topic="sleep" tokens="1"/>', '<promise topic="food" tokens="1"/>']
+    contexts = [["Three tips:\n", promises[0]], ["Three tips:\n", promises[0], "\n", promises[1]]]
+    for child, pieces in zip((1, 2), contexts, strict=True):
+        ids = e.prompt_ids(PROMPT) + [t for p in pieces for t in e.tokenizer.encode(p, add_special_tokens=False)]
+        ids += e.tokenizer.encode("<async>", add_special_tokens=False)
+        written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
+        assert written == hf_generate(e, ids, budget, PENALTY, e.tag_tokens)
+
+
+def test_the_tags_tokens_are_exempt():
+    tok = tiny_tokenizer()
+    exempt = tag_token_ids(tok)
+    for piece in ("<async>", "</async>", "<sync/>", "<promise"):
+        assert set(tok.encode(piece, add_special_tokens=False)) <= set(exempt)
+    assert not set(tok.encode("sleep", add_special_tokens=False)) & set(exempt)
+    logits = torch.tensor([[2.0, -2.0, 2.0, 1.0]])
+    seen = seen_tokens(torch.tensor([0, 1, 3, 3]), torch.tensor([[True, True, False, True]]), 4,
+                       exempt=torch.tensor([False, False, False, True]))
+    assert seen.tolist() == [[True, True, False, False]]  # token 3 seen, but exempt; slot 2 not visible
+    assert penalize(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, 1.0]]
+
+
+def test_unset_penalty_takes_the_models_setting():
+    assert SamplingOptions().penalty == 1
+    assert SamplingOptions().resolved(1.2).penalty == 1.2
+    assert SamplingOptions(repetition_penalty=1.0).resolved(1.2).penalty == 1.0  # an explicit one stays
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        SamplingOptions(repetition_penalty=0)
+    e = engine("tiny-llama")
+    limits = Limits(max_new_tokens=20)
+    explicit = e.generate(PROMPT, RunOptions(limits=limits, sampling=SamplingOptions(repetition_penalty=PENALTY)))
+    e.repetition_penalty = PENALTY
+    try:
+        assert e.generate(PROMPT, RunOptions(limits=limits)).text == explicit.text
+    finally:
+        e.repetition_penalty = None
+
+
+def test_a_runner_that_cannot_penalise_says_so():
+    with pytest.raises(ValueError, match="repetition penalty"):
+        Sampler(SamplingOptions(repetition_penalty=1.3))(torch.zeros(1, 4))
+    e = engine("tiny-llama")
+    with pytest.raises(ValueError, match="repetition penalty"):
+        e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=4),
+                                      sampling=SamplingOptions(repetition_penalty=1.3)),
+                   runner=lambda model, capacity: RowRunner(model, capacity, fork="copy"))
