@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from transformers.cache_utils import Cache
 
+from pastac.backend.attention import packed_attention
 from pastac.backend.cache import PreallocatedLayer
 from pastac.backend.linear import kernels_active
 from pastac.runtime.runner import StepPlan
@@ -229,7 +230,7 @@ class RowRunner:
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         columns = sorted({c for _, c in keep})
         self.cache.first, self.cache.write, self.cache.used = first, write_t, length
-        with kernels_active(self.model):
+        with kernels_active(self.model), packed_attention():
             out = self.model(
                 input_ids=torch.tensor(tokens, dtype=torch.long, device=dev),
                 position_ids=torch.tensor(positions, dtype=torch.long, device=dev),

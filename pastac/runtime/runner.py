@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pastac.backend.attention import packed_attention
 from pastac.backend.cache import SlotCache
 from pastac.backend.linear import kernels_active
 from pastac.runtime.sampling import Sampler, seen_tokens
@@ -94,7 +95,7 @@ class Runner:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         self.cache.write_slots = slots
-        with kernels_active(self.model):
+        with kernels_active(self.model), packed_attention():
             out = self.model(
                 input_ids=ids[None],
                 position_ids=torch.tensor([plan.positions], dtype=torch.long, device=dev),
