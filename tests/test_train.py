@@ -302,14 +302,3 @@ def test_cli_errors(capsys, monkeypatch, tmp_path, data, model_dir, argv, messag
     assert err.startswith("pastac: error: ") and message in err, err
     assert not (tmp_path / "o").exists()
 
-
-def test_the_recorded_repetition_penalty_defaults_to_the_datas(tmp_path):
-    from pastac.train.command import _built_with_penalty
-
-    data = tmp_path / "train.jsonl"
-    data.write_text("")
-    assert _built_with_penalty(data) is None  # no build.json: none recorded
-    (tmp_path / "build.json").write_text(json.dumps({"repetition_penalty": 1.15}))
-    assert _built_with_penalty(data) == 1.15
-    (tmp_path / "build.json").write_text(json.dumps({"repetition_penalty": "x"}))
-    assert _built_with_penalty(data) is None

@@ -8,7 +8,6 @@ Ctrl-C (rerun the same command to resume from the last checkpoint).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -99,9 +98,8 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
                         help=f"deepest <async> nesting accepted (default {DEFAULT_MAX_DEPTH}); deeper records "
                              "are invalid")
     layout.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
-                        help="the repetition penalty the runtime decodes with by default, recorded in pastac.json "
-                             "(default: the one the data's responses were generated with, read from the "
-                             "build.json of the data's folder when there is one; else none)")
+                        help="a repetition penalty for the runtime to decode with by default, recorded in "
+                             "pastac.json (default: none recorded)")
     output = p.add_argument_group("output")
     output.add_argument("--log-every", type=positive, default=d.log_every, metavar="N",
                         help="a loss.csv row every N steps")
@@ -125,15 +123,6 @@ def _check_out(path: Path) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"cannot create --out '{path}': '{parent}' is not a writable folder")
-
-
-def _built_with_penalty(data: Path) -> float | None:
-    """The repetition penalty recorded in the build.json of ``data``'s folder (``pastac data build``)."""
-    try:
-        value = json.loads((data.parent / "build.json").read_text(encoding="utf-8")).get("repetition_penalty")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
 
 def train_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -162,8 +151,7 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
             dtype=args.dtype, device=args.device, log_every=args.log_every, save_every=args.save_every,
             policy=args.policy, unit=args.unit, max_depth=args.max_depth, field=args.field,
             prompt_field=args.prompt_field, chat=not args.no_chat, base_model=args.model,
-            repetition_penalty=(args.repetition_penalty if args.repetition_penalty is not None
-                                else _built_with_penalty(data)))
+            repetition_penalty=args.repetition_penalty)
     except TrainError as error:
         raise UsageError(str(error)) from None
     try:

@@ -47,8 +47,7 @@ class TrainOptions:
     prompt_field: str = "prompt"
     chat: bool = True
     base_model: str | None = None  # recorded in pastac.json (default: the model's name_or_path)
-    # the decode setting recorded in pastac.json for the runtime: the repetition penalty the data's responses
-    # were generated with (a model trained on them writes best under the same); None records none
+    # a decode setting recorded in pastac.json: the repetition penalty the runtime uses when a run sets none
     repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:

@@ -318,7 +318,7 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         "- Use: `pastac run PROMPT --adapter DIR`, DIR being this folder; `pastac.json` gives the runtime the "
         f"position settings it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
         f"{settings['max_depth']})" + (f" and the repetition penalty it decodes with by default "
-                                       f"({settings['generation']['repetition_penalty']}, that of its data)"
+                                       f"({settings['generation']['repetition_penalty']})"
                                        if settings.get("generation") else "") + ".", "",
         "## Data", "",
         f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
