@@ -110,11 +110,13 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     ids = base.prompt_ids(prompt)
     device = next(base.model.parameters()).device
     tensor = torch.tensor([ids], device=device)
+    # the same penalty for the base model; with none, its generate is Hugging Face's, untouched
+    penalties = [RepetitionPenalty(sampling.penalty, base.tag_tokens)] if sampling.penalty != 1 else []
+    processors = LogitsProcessorList(penalties)
     with torch.inference_mode():
         generated, hf_wall = _timed(lambda: base.model.generate(
             tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=options.max_new_tokens, do_sample=False,
-            pad_token_id=base.eos[0] if base.eos else 0,
-            logits_processor=LogitsProcessorList([RepetitionPenalty(sampling.penalty, base.tag_tokens)])))
+            pad_token_id=base.eos[0] if base.eos else 0, logits_processor=processors))
     answer_ids = [t for t in generated[0, len(ids):].tolist() if t not in base.eos]
     baseline = base.tokenizer.decode(answer_ids, skip_special_tokens=True)
     out.update(baseline=baseline, hf_generate_wall_s=hf_wall, speedup_vs_hf_generate=hf_wall / pasta.stats.wall_s)

@@ -220,8 +220,8 @@ class Engine:
                                             unit=int(settings.get("unit", defaults.unit)))
             except (TypeError, ValueError) as error:
                 raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has bad position settings: {error}") from None
-        penalty = settings.get("generation", {}).get("repetition_penalty") if isinstance(
-            settings.get("generation"), dict) else None
+        generation = settings.get("generation")
+        penalty = generation.get("repetition_penalty") if isinstance(generation, dict) else None
         if penalty is not None and (not isinstance(penalty, int | float) or isinstance(penalty, bool) or penalty <= 0):
             raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has a bad generation.repetition_penalty: "
                              f"{penalty!r} (a number > 0)")

@@ -95,6 +95,7 @@ class Runner:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         self.cache.write_slots = slots
+        sample = torch.tensor(plan.sample, dtype=torch.long, device=dev)
         with kernels_active(self.model), packed_attention():
             out = self.model(
                 input_ids=ids[None],
@@ -102,7 +103,7 @@ class Runner:
                 attention_mask=mask[None, None],
                 cache=self.cache,
                 use_cache=True,
-                logits_to_keep=torch.tensor(plan.sample, dtype=torch.long, device=dev),
+                logits_to_keep=sample,
             )
         self.cache.write_slots = None
         if not plan.sample:
@@ -113,6 +114,6 @@ class Runner:
             self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
         seen = None
         if sampler.penalizes:  # what each sampled query sees, for the repetition penalty
-            rows = allowed[torch.tensor(plan.sample, dtype=torch.long, device=dev)]
-            seen = seen_tokens(self.tokens[:used], rows, logits.shape[-1], sampler.exempt(logits.shape[-1], dev))
+            vocab = logits.shape[-1]
+            seen = seen_tokens(self.tokens[:used], allowed[sample], vocab, sampler.exempt(vocab, dev))
         return sampler(logits, seen).tolist()

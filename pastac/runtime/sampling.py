@@ -101,21 +101,41 @@ def seen_tokens(tokens: torch.Tensor, visible: torch.Tensor, vocab: int,
     return seen
 
 
+class TokenSet:
+    """Token ids, and their mask over a vocabulary (made once per vocabulary size and device)."""
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self.ids = sorted(set(ids))
+        self._masks: dict[tuple[int, str], torch.Tensor] = {}
+
+    def mask(self, vocab: int, device: torch.device) -> torch.Tensor | None:
+        """[vocab] bool, set at the ids; None for an empty set."""
+        if not self.ids:
+            return None
+        key = (vocab, str(device))
+        if key not in self._masks:
+            mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+            mask[[i for i in self.ids if i < vocab]] = True
+            self._masks[key] = mask
+        return self._masks[key]
+
+
 class RepetitionPenalty:
     """The same penalty as a ``transformers`` logits processor, for ``model.generate``: Hugging Face's own,
     but for the tokens in ``exempt``."""
 
     def __init__(self, penalty: float, exempt: Iterable[int] = ()) -> None:
         self.penalty = penalty
-        self.exempt = sorted(set(exempt))
+        self.exempt = TokenSet(exempt)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.penalty == 1:
             return scores
         seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         seen.scatter_(1, input_ids, True)
-        if self.exempt:
-            seen[:, [i for i in self.exempt if i < scores.shape[1]]] = False
+        exempt = self.exempt.mask(scores.shape[1], scores.device)
+        if exempt is not None:
+            seen &= ~exempt
         return penalize(scores, seen, self.penalty)
 
 
@@ -125,8 +145,7 @@ class Sampler:
         """``exempt``: token ids the repetition penalty leaves alone (``tag_token_ids``)."""
         self.options = options
         self.generator: torch.Generator | None = None
-        self.exempt_ids = sorted(set(exempt))
-        self._exempt: dict[tuple[int, str], torch.Tensor] = {}
+        self.exempt_tokens = TokenSet(exempt)
         if not options.greedy:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(options.seed if options.seed is not None else torch.seed())
@@ -136,14 +155,7 @@ class Sampler:
         return self.options.penalty != 1
 
     def exempt(self, vocab: int, device: torch.device) -> torch.Tensor | None:
-        if not self.exempt_ids:
-            return None
-        key = (vocab, str(device))
-        if key not in self._exempt:
-            mask = torch.zeros(vocab, dtype=torch.bool, device=device)
-            mask[[i for i in self.exempt_ids if i < vocab]] = True
-            self._exempt[key] = mask
-        return self._exempt[key]
+        return self.exempt_tokens.mask(vocab, device)
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """``logits`` [N, vocab] -> token ids [N] (on the logits' device).  ``seen`` [N, vocab]: the tokens
