@@ -13,7 +13,13 @@ from typing import Any, TextIO
 
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
-    from pastac.runtime.command import adapter_arguments, kernel_arguments, model_arguments, penalty_arguments
+    from pastac.runtime.command import (
+        adapter_arguments,
+        guard_arguments,
+        kernel_arguments,
+        model_arguments,
+        penalty_arguments,
+    )
 
     p = sub.add_parser(
         "eval", help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
@@ -33,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     kernel_arguments(model)
     p.add_argument("--max-new-tokens", type=positive, default=512, metavar="N", help="per thread (default 512)")
     penalty_arguments(p)
+    guard_arguments(p)
     judge = p.add_argument_group("judge (optional)")
     judge.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible server that judges pairs of answers")
     judge.add_argument("--judge-model", metavar="NAME", help="the judge's model name on that server")
@@ -105,7 +112,8 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     with progress_bar("pastac eval", len(records), enabled=not args.quiet) as bar:
         try:
             report = evaluate(records, adapted, base, EvalOptions(max_new_tokens=args.max_new_tokens, judge=judge,
-                                                                 repetition_penalty=args.repetition_penalty),
+                                                                 repetition_penalty=args.repetition_penalty,
+                                                                 tag_guard=args.tag_guard),
                               progress=lambda n: bar(advance=n))
         except JudgeError as error:
             raise UsageError(str(error)) from None

@@ -41,6 +41,7 @@ class EvalOptions:
     seed: int = 0
     # None: the adapted model's own (its pastac.json); the base model's HF generate decodes with the same
     repetition_penalty: float | None = None
+    tag_guard: bool = True  # constrain the adapted model's tags to well-formed ones (pastac.runtime.guard)
 
 
 def _async_texts(body: Sequence[Node]) -> list[str]:
@@ -87,7 +88,7 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=4 * options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
     sampling = SamplingOptions(repetition_penalty=penalty or 1.0)
-    pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling))
+    pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard))
     lenient = check(pasta.annotated, mode="lenient")
     valid = not lenient.diagnostics and not pasta.warnings
     out: dict[str, Any] = {
@@ -183,4 +184,4 @@ def evaluate(records: Sequence[dict[str, Any]], adapted: Engine, base: Engine, o
         results.append(evaluate_one(record, adapted, base, options, rng))
         if progress is not None:
             progress(1)
-    return {"results": results, "summary": summarize(results)}
+    return {"results": results, "summary": summarize(results) | {"tag_guard": options.tag_guard}}

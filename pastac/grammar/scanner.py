@@ -16,7 +16,7 @@ from pastac.grammar.ast import START, Position, Span
 from pastac.grammar.tags import DELIMITERS, OPENERS, Lexeme, TagKind, TextToken, read_tag
 
 
-def _opening(pending: str, final: bool) -> TagKind | bool | None:
+def opening(pending: str, final: bool) -> TagKind | bool | None:
     """For ``pending`` starting with '<': the tag kind it opens, None if it is
     text, or True if more input is needed to tell."""
     for kind, opener in OPENERS.items():
@@ -78,7 +78,7 @@ class Scanner:
             if lt != 0:
                 self._text(held if lt == -1 else held[:lt], out)
                 continue
-            kind = _opening(held, final)
+            kind = opening(held, final)
             if kind is True:
                 break
             if kind is None:

@@ -45,6 +45,14 @@ def penalty_arguments(group: argparse._ActionsContainer) -> None:
                             "(pastac.json), else 1, which is none")
 
 
+def guard_arguments(group: argparse._ActionsContainer) -> None:
+    """--no-tag-guard: let the model write malformed tags (the runtime then recovers and warns)."""
+    group.add_argument("--no-tag-guard", dest="tag_guard", action="store_false",
+                       help="do not constrain the model's tags to well-formed ones allowed where it writes them "
+                            "(a <sync/> needs a promise to wait for, a </async> a block to close); malformed tags "
+                            "are then recovered from, with a warning")
+
+
 def adapter_arguments(group: argparse._ArgumentGroup) -> None:
     """--adapter DIR or --no-adapter; neither: pastac's Pasta-Lang adapter with the default model."""
     from pastac.adapters import DEFAULT_ADAPTER
@@ -105,6 +113,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int], 
     how.add_argument("--top-p", type=float, default=1.0)
     how.add_argument("--seed", type=int, default=None)
     penalty_arguments(how)
+    guard_arguments(how)
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help='one JSON object: {"text", "annotated", "stats", ...}')
     out.add_argument("--show-annotated", action="store_true", help="also print the answer with its tags")
@@ -144,7 +153,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
                           max_width=args.max_width, max_depth=args.max_depth, order=args.order),
             sampling=SamplingOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                      repetition_penalty=args.repetition_penalty),
-            chat=not args.no_chat, template_tags=args.template_tags,
+            chat=not args.no_chat, template_tags=args.template_tags, tag_guard=args.tag_guard,
             child_stop=None if args.child_stop is None else args.child_stop.encode().decode("unicode_escape"))
     except ValueError as error:
         raise UsageError(str(error)) from None

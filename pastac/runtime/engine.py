@@ -29,6 +29,7 @@ from pastac.grammar.diagnostics import format_text
 from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
+from pastac.runtime.guard import TagGuard
 from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, cache_dir, check_architecture, load_model, prompt_ids
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
@@ -60,6 +61,9 @@ class RunOptions:
     # out (default: a model that never saw a tag reads plain text, and each child starts where its promise was).
     template_tags: bool = False
     child_stop: str | None = None  # a child's body ends where it writes this (templates default to a newline)
+    # Constrain what the model writes so that its tags are well formed and allowed where they stand
+    # (pastac.runtime.guard); off, a malformed tag is recovered from and reported in the warnings.
+    tag_guard: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -198,6 +202,7 @@ class Engine:
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos: tuple[int, ...] = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+        self.guard = TagGuard(tokenizer, self.eos)  # its masks are made as the states are met, then kept
         self.kernels = kernels
         if kernels == "tuned":
             say = (lambda message: print(f"pastac: {message}", file=sys.stderr)) if progress else None
@@ -273,8 +278,9 @@ class Engine:
         tags = template is None or options.template_tags
         stop = options.child_stop if options.child_stop is not None or template is None else "\n"
         positions = options.positions or self.positions
+        guard = self.guard if options.tag_guard and replayed is None else None
         sched = Scheduler(self.tokenizer, limits=limits, positions=positions, eos=self.eos,
-                          prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None)
+                          prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None, guard=guard)
         main = sched.threads[0]
         main.inputs = list(ids)
         if chunks:

@@ -35,6 +35,7 @@ from transformers.cache_utils import Cache
 from pastac.backend.attention import packed_attention
 from pastac.backend.cache import PreallocatedLayer
 from pastac.backend.linear import kernels_active
+from pastac.runtime.guard import allowed_rows
 from pastac.runtime.runner import StepPlan
 from pastac.runtime.sampling import Sampler
 
@@ -316,4 +317,4 @@ class RowRunner:
         if self.keep_logits:
             self.logits.append(chosen.float().cpu())
             self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
-        return sampler(chosen).tolist()
+        return sampler(chosen, None, allowed_rows(plan.allowed, chosen.shape[-1], chosen.device)).tolist()

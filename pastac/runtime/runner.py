@@ -22,6 +22,7 @@ import torch
 from pastac.backend.attention import packed_attention
 from pastac.backend.cache import SlotCache
 from pastac.backend.linear import kernels_active
+from pastac.runtime.guard import Allowed, allowed_rows
 from pastac.runtime.sampling import Sampler, seen_tokens
 
 
@@ -36,6 +37,7 @@ class StepPlan:
     sample: list[int] = field(default_factory=list)  # query indices whose logits are sampled
     forks: list[tuple[int, int, int]] = field(default_factory=list)  # (parent, child, first slot not seen)
     joins: list[tuple[int, int]] = field(default_factory=list)  # (parent, child)
+    allowed: list[Allowed | None] = field(default_factory=list)  # per sampled query: what it may write (None: any)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -113,7 +115,7 @@ class Runner:
             self.logits.append(logits.float().cpu())
             self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
         seen = None
+        vocab = logits.shape[-1]
         if sampler.penalizes:  # what each sampled query sees, for the repetition penalty
-            vocab = logits.shape[-1]
             seen = seen_tokens(self.tokens[:used], allowed[sample], vocab, sampler.exempt(vocab, dev))
-        return sampler(logits, seen).tolist()
+        return sampler(logits, seen, allowed_rows(plan.allowed, vocab, dev)).tolist()

@@ -157,14 +157,18 @@ class Sampler:
     def exempt(self, vocab: int, device: torch.device) -> torch.Tensor | None:
         return self.exempt_tokens.mask(vocab, device)
 
-    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None,
+                 allowed: torch.Tensor | None = None) -> torch.Tensor:
         """``logits`` [N, vocab] -> token ids [N] (on the logits' device).  ``seen`` [N, vocab]: the tokens
-        each row's context holds (``seen_tokens``), needed when there is a repetition penalty."""
+        each row's context holds (``seen_tokens``), needed when there is a repetition penalty.  ``allowed``
+        [N, vocab] (bool): the only tokens each row may choose (``pastac.runtime.guard``)."""
         if self.penalizes:
             if seen is None:
                 raise ValueError("this runner cannot apply a repetition penalty (it does not track the tokens "
                                  "each thread sees); decode with repetition_penalty 1")
             logits = penalize(logits, seen, self.options.penalty)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         if self.options.greedy:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits.float() / self.options.temperature, dim=-1)

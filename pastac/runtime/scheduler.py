@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pastac.grammar import Scanner
 from pastac.grammar.ast import Promise, quote
+from pastac.grammar.prefix import TagContext
 from pastac.grammar.tags import TagKind, TagToken, TextToken
 from pastac.ir.graph import MAIN, ThreadGraph
 from pastac.passes.positions import Policy, PositionOptions, PositionRule
@@ -41,6 +42,7 @@ from pastac.runtime.runner import StepPlan
 from pastac.runtime.text import Detokenizer
 
 if TYPE_CHECKING:
+    from pastac.runtime.guard import TagGuard
     from pastac.runtime.replay import Replay
 
 OPEN, CLOSE = "<async>", "</async>"
@@ -93,6 +95,7 @@ class Thread:
     unjoined: list[int] = field(default_factory=list)
     inline: int = 0  # inline <async> blocks open
     inlined: int = 0  # promises it decoded inline (its syncs then wait for nothing)
+    promised: list[int] = field(default_factory=lambda: [0])  # per open body: promises since its last sync
     end_position: int = 0
     first_step: int | None = None
     last_step: int | None = None
@@ -125,7 +128,9 @@ class RunWarning:
 class Scheduler:
     def __init__(self, tokenizer: Any, *, limits: Limits, positions: PositionOptions, eos: Sequence[int],
                  prompt_length: int, replay: Replay | None = None, tags: bool = True,
-                 child_stop: str | None = None) -> None:
+                 child_stop: str | None = None, guard: TagGuard | None = None) -> None:
+        """``guard``: constrain what the threads sample so that the tags they write are well formed and
+        allowed where they stand (``pastac.runtime.guard``)."""
         if positions.policy in (Policy.SEQUENTIAL, Policy.ORACLE):
             raise ValueError(f"the runtime cannot use the {positions.policy} position policy: it needs the "
                              "children's lengths before they are written; use predicted, restart or lockstep")
@@ -140,6 +145,7 @@ class Scheduler:
         self.open_ids = tokenizer.encode(OPEN, add_special_tokens=False) if tags else []
         self.close_ids = tokenizer.encode(CLOSE, add_special_tokens=False) if tags else []
         self.child_stop = child_stop
+        self.guard = guard if tags else None
         self.next_slot = prompt_length
         self.step_no = 0
         self.chosen = 0
@@ -197,17 +203,26 @@ class Scheduler:
             for child in self._pending_forks.pop(thread.id, ()):
                 plan.forks.append((thread.id, child, plan.slots[first + n - 1] + 1))
                 if not self.threads[child].inputs:
-                    plan.sample.append(first + n - 1)
-                    self._sampling.append(self.threads[child])
+                    self._sample(plan, first + n - 1, self.threads[child])
             if self._wants_sample(thread):
-                plan.sample.append(first + n - 1)
-                self._sampling.append(thread)
+                self._sample(plan, first + n - 1, thread)
         plan.joins.extend(self._joins)
         self._joins = []
         if not plan.tokens and not self.done:
             stuck = ", ".join(f"t{t.id} {t.status}" for t in self.threads.values() if t.live)
             raise RuntimeError(f"no thread can run ({stuck})")
         return plan
+
+    def _sample(self, plan: StepPlan, query: int, thread: Thread) -> None:
+        plan.sample.append(query)
+        self._sampling.append(thread)
+        plan.allowed.append(None if self.guard is None or thread.script is not None
+                            else self.guard.allowed(thread.scanner.held, self.context(thread)))
+
+    def context(self, thread: Thread) -> TagContext:
+        """Which tags the thread may write now: ``<sync/>`` once it has promised something since its last
+        sync, ``</async>`` in a child or inside a block it opened inline."""
+        return TagContext(sync=thread.promised[-1] > 0, close=thread.id != MAIN or thread.inline > 0)
 
     def _wants_sample(self, thread: Thread) -> bool:
         if thread.forced or (thread.template and thread.status is Status.RUNNING):
@@ -379,6 +394,7 @@ class Scheduler:
                 length = self._tag_node(thread, lexeme)
                 if not thread.unjoined and not thread.inlined:
                     self._warn(thread, "<sync/> with no promise to wait for (kept)")
+                thread.promised[-1] = 0
                 self.graph.sync(thread.id, lexeme.raw, length)
                 thread.pieces.append(("tag", lexeme.raw))
                 if thread.unjoined:
@@ -386,6 +402,7 @@ class Scheduler:
             case TagKind.ASYNC_CLOSE:
                 if thread.inline:
                     thread.inline -= 1
+                    thread.promised.pop()
                     self.graph.segment(thread.id, lexeme.raw, self._tag_node(thread, lexeme))
                     thread.pieces.append(("tag", lexeme.raw))
                 elif thread.id != MAIN:
@@ -400,12 +417,14 @@ class Scheduler:
 
     def _promise(self, thread: Thread, lexeme: TagToken, tag: Promise) -> None:
         length = self._tag_node(thread, lexeme)
+        thread.promised[-1] += 1
         if thread.depth + 1 > self.limits.max_depth:  # decoded inline, as in the sequential layout
             self.graph.segment(thread.id, lexeme.raw + OPEN, length + len(self.open_ids))
             thread.pieces.append(("tag", lexeme.raw))
             thread.pieces.append(("tag", OPEN))
             thread.inline += 1
             thread.inlined += 1
+            thread.promised.append(0)
             thread.inputs.extend(self.open_ids)
             assert thread.detok is not None
             thread.detok.skip(self.open_ids)

@@ -1,0 +1,101 @@
+"""Which continuations of a stream keep its tags well formed: the grammar as a decoding constraint.
+
+A thread's scanner holds back a suffix that may still become a tag (``Scanner.held``).  ``viable`` says
+whether appending a piece of text to that suffix keeps every tag it completes well formed and allowed where
+the thread is, and leaves a suffix that can still be completed so: it is what constrained decoding asks of
+each candidate token.  Text that turns out not to be a tag (``a <b> c``, ``</asyncio``) is always viable.
+
+The tags it lets a model write are the canonical forms, a subset of what the grammar accepts (so every tag
+they complete parses without a diagnostic):
+
+    <promise topic="TOPIC" tokens="DIGITS"/>     <sync/>     </async>
+
+with a topic that holds something other than white space and no line break; ``<async>`` is never written
+by a model (the runtime force-feeds it).  ``TagContext`` says which of ``<sync/>`` and ``</async>`` the
+thread may write: a ``<sync/>`` needs a promise to wait for, a ``</async>`` a block to close.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import regex
+
+from pastac.grammar.scanner import Scanner, opening
+from pastac.grammar.tags import TagKind, TagToken
+
+_VALUE_CHAR = r'(?:[^"<>&\r\n]|&(?:quot|amp|lt|gt);)'
+_TOPIC = rf'[ \t]*(?:[^"<>&\s]|&(?:quot|amp|lt|gt);){_VALUE_CHAR}*'
+CANONICAL: dict[TagKind, regex.Pattern[str]] = {
+    TagKind.PROMISE: regex.compile(rf'<promise topic="{_TOPIC}" tokens="[0-9]+"/>'),
+    TagKind.SYNC: regex.compile(r"<sync/>"),
+    TagKind.ASYNC_CLOSE: regex.compile(r"</async>"),
+}
+
+
+@dataclass(frozen=True)
+class TagContext:
+    """Where a thread is: may it write ``<sync/>`` (it has promises to wait for) and ``</async>`` (it is a
+    child, or inside a block it opened inline)?  A ``<promise/>`` is always allowed."""
+
+    sync: bool = False
+    close: bool = False
+
+    def allows(self, kind: TagKind) -> bool:
+        if kind is TagKind.PROMISE:
+            return True
+        if kind is TagKind.SYNC:
+            return self.sync
+        if kind is TagKind.ASYNC_CLOSE:
+            return self.close
+        return False
+
+
+def _complete_ok(token: TagToken, context: TagContext) -> bool:
+    return (token.tag is not None and not token.diagnostics and context.allows(token.kind)
+            and CANONICAL[token.kind].fullmatch(token.raw) is not None)
+
+
+def _held_ok(held: str, context: TagContext) -> bool:
+    """Can the held-back suffix ``held`` still end as text or as an allowed canonical tag?"""
+    if not held:
+        return True
+    kind = opening(held, final=False)
+    if kind is None or kind is True:  # text, or not yet decided (``<pro`` may become ``<profile``)
+        return True
+    return context.allows(kind) and CANONICAL[kind].fullmatch(held, partial=True) is not None
+
+
+def viable(held: str, piece: str, context: TagContext) -> bool:
+    """Does ``held + piece`` complete only well-formed, allowed tags and leave a suffix that can still be?
+
+    ``held`` is what a thread's scanner holds back (empty, or a suffix starting with ``<``)."""
+    if "<" not in piece and ">" not in piece:  # no tag can end, none but ``held``'s can start
+        return _held_ok(held + piece, context) if held else True
+    scanner = Scanner()
+    for lexeme in scanner.feed(held + piece):
+        if isinstance(lexeme, TagToken) and not _complete_ok(lexeme, context):
+            return False
+    return _held_ok(scanner.held, context)
+
+
+def committed(held: str) -> bool:
+    """Is the held-back suffix already a tag (it cannot become text any more)?  Then the stream may not end."""
+    return bool(held) and isinstance(opening(held, final=False), TagKind)
+
+
+_PROMISE_STATE = re.compile(r'(<promise topic=")([^"&\r\n]*)("(?: tokens="([0-9]*))?.*)?', re.DOTALL)
+
+
+def state_key(held: str) -> str:
+    """``held`` with what does not change which continuations are viable abstracted away (the topic's text,
+    the token estimate's digits), so that constraint masks can be computed once per state."""
+    m = _PROMISE_STATE.fullmatch(held)
+    if m is None:
+        return held
+    topic = "x" if m.group(2).strip() else m.group(2)
+    rest = m.group(3) or ""
+    if m.group(4):
+        rest = rest.replace(f'tokens="{m.group(4)}', 'tokens="0', 1)
+    return m.group(1) + topic + rest

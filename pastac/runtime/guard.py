@@ -1,0 +1,99 @@
+"""Grammar-constrained decoding of tags: the tokens a thread may write next, so that its tags stay well formed.
+
+A model that writes Pasta-Lang can still write a tag the runtime must recover from: an unterminated
+``<promise``, a ``<sync/>`` with nothing to wait for, a ``</async>`` in the main thread.  The guard rules
+those out at sampling time: for each sampled thread the scheduler gives the text its scanner holds back and
+where the thread is (``TagContext``), and the guard returns the tokens whose text keeps every tag well formed
+(``pastac.grammar.prefix.viable``).  Plain text is never constrained: a thread that holds nothing back may
+write any token but one that would start a tag it may not write; only inside a tag is the choice narrowed
+to the tag's canonical form.  Masks are computed once per state and cached, so the cost is a dictionary
+lookup per sampled thread (a vocabulary's worth of checks the first time a state is met).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from pastac.grammar.prefix import TagContext, committed, state_key, viable
+from pastac.grammar.scanner import opening
+from pastac.grammar.tags import TagKind
+
+
+class Allowed:
+    """The tokens a thread may write: a mask over the tokenizer's ids; ids past it (a model's padded
+    vocabulary) are allowed only outside a tag."""
+
+    def __init__(self, ok: torch.Tensor, rest: bool) -> None:
+        self.ok = ok
+        self.rest = rest
+        self._on: dict[tuple[int, str], torch.Tensor] = {}
+
+    def mask(self, vocab: int, device: torch.device | str) -> torch.Tensor:
+        key = (vocab, str(device))
+        if key not in self._on:
+            mask = torch.full((vocab,), self.rest, dtype=torch.bool)
+            n = min(vocab, self.ok.shape[0])
+            mask[:n] = self.ok[:n]
+            self._on[key] = mask.to(device)
+        return self._on[key]
+
+    def ids(self) -> list[int]:
+        return self.ok.nonzero().flatten().tolist()
+
+
+class TagGuard:
+    def __init__(self, tokenizer: Any, eos: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.eos = sorted(set(eos))
+        self._pieces: list[str] | None = None
+        self._angled: list[int] = []  # ids whose text holds a '<'
+        self._cache: dict[tuple[str, TagContext], Allowed | None] = {}
+
+    @property
+    def pieces(self) -> list[str]:
+        """Each id's text as it reads after other text (a token's leading space kept)."""
+        if self._pieces is None:
+            tok = self.tokenizer
+            anchor = tok.encode("a", add_special_tokens=False)[:1]
+            lead = len(tok.decode(anchor))
+            n = len(tok)
+            texts = tok.batch_decode([[*anchor, i] for i in range(n)], skip_special_tokens=False)
+            self._pieces = [t[lead:] for t in texts]
+            self._angled = [i for i, p in enumerate(self._pieces) if "<" in p]
+        return self._pieces
+
+    def allowed(self, held: str, context: TagContext) -> Allowed | None:
+        """What a thread whose scanner holds back ``held`` may write where it is; None: anything."""
+        kind = opening(held, final=False) if held else None
+        if isinstance(kind, TagKind):  # inside a tag only what allows that tag matters
+            context = TagContext(sync=context.sync and kind is TagKind.SYNC,
+                                 close=context.close and kind is TagKind.ASYNC_CLOSE)
+        key = (state_key(held), context)
+        if key not in self._cache:
+            self._cache[key] = self._compute(key[0], context)
+        return self._cache[key]
+
+    def _compute(self, held: str, context: TagContext) -> Allowed | None:
+        pieces = self.pieces
+        eos = set(self.eos)
+        candidates = range(len(pieces)) if held else self._angled  # only a '<' can start a tag
+        banned = [i for i in candidates if i not in eos and not viable(held, pieces[i], context)]
+        if committed(held):
+            banned.extend(i for i in self.eos if i < len(pieces))
+        if not banned:
+            return None
+        ok = torch.ones(len(pieces), dtype=torch.bool)
+        ok[banned] = False
+        return Allowed(ok, rest=not held)
+
+
+def allowed_rows(allowed: Sequence[Allowed | None], vocab: int, device: torch.device | str) -> torch.Tensor | None:
+    """[N, vocab] bool for a step's sampled queries (a row of ``True`` where nothing is constrained);
+    None when none is."""
+    if not any(a is not None for a in allowed):
+        return None
+    every = torch.ones(vocab, dtype=torch.bool, device=device)
+    return torch.stack([every if a is None else a.mask(vocab, device) for a in allowed])

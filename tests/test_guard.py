@@ -1,0 +1,167 @@
+"""Grammar-constrained decoding of tags: which continuations keep a thread's tags well formed, and the
+runtime that samples only those."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pastac.grammar import Scanner, check
+from pastac.grammar.ast import START
+from pastac.grammar.prefix import CANONICAL, TagContext, committed, state_key, viable
+from pastac.grammar.tags import TagKind, TagToken, read_tag
+from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.guard import TagGuard
+from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.sampling import Sampler, SamplingOptions
+from pastac.runtime.scheduler import Limits
+
+EVERYWHERE = TagContext(sync=True, close=True)
+canonical_tags = st.sampled_from(sorted(CANONICAL)).flatmap(
+    lambda kind: st.tuples(st.just(kind), st.from_regex(CANONICAL[kind].pattern, fullmatch=True)))
+
+
+def pieces(text: str, cuts: list[int]) -> list[str]:
+    bounds = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(canonical_tags, st.lists(st.integers(0, 400), max_size=6))
+def test_every_split_of_a_canonical_tag_is_viable_piece_by_piece(tag, cuts):
+    _, text = tag
+    scanner = Scanner()
+    for piece in pieces(text, cuts):
+        assert viable(scanner.held, piece, EVERYWHERE), (scanner.held, piece)
+        scanner.feed(piece)
+    assert scanner.held == ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(canonical_tags)
+def test_a_canonical_tag_reads_without_diagnostics(tag):
+    kind, text = tag
+    token = read_tag(kind, text, START, at_end=False)
+    assert token.tag is not None and token.diagnostics == ()
+
+
+@pytest.mark.parametrize("held, piece, context", [
+    ("", "<async>", EVERYWHERE),  # the runtime writes a thread's <async>
+    ("", "<sync/>", TagContext(close=True)),  # nothing to wait for
+    ("<sync", "/>", TagContext()),
+    ("</async", ">", TagContext(sync=True)),  # the main thread closes no block
+    ("<promise", " tokens", EVERYWHERE),  # topic first
+    ("<promise ", "foo", EVERYWHERE),
+    ('<promise topic="', '"', EVERYWHERE),  # an empty topic
+    ('<promise topic="  ', '"', EVERYWHERE),
+    ('<promise topic="a', "\n", EVERYWHERE),  # no line break in a topic
+    ('<promise topic="a', "<", EVERYWHERE),  # a tag cut short by another
+    ('<promise topic="a" tokens="', "x", EVERYWHERE),
+    ('<promise topic="a" tokens="', '"', EVERYWHERE),  # no digits
+    ('<promise topic="a" tokens="4"', ">", EVERYWHERE),  # a promise is self-closing
+    ("", "</async> and </async>", TagContext(close=False)),
+])
+def test_malformed_or_misplaced_tags_are_not_viable(held, piece, context):
+    assert not viable(held, piece, context)
+
+
+@pytest.mark.parametrize("held, piece", [
+    ("", "a < b"), ("", "<b>bold</b>"), ("</async", "io"), ("<promise", "s"), ("<", "p>"), ("<s", "ync"),
+    ("", "x <sync"),  # undecided: "<syncopation" is text
+    ('<promise topic="a', 'b" tokens="12"/> then text'),
+])
+def test_text_and_unfinished_tags_stay_viable_where_no_tag_is_allowed(held, piece):
+    context = TagContext() if "promise" not in held else EVERYWHERE
+    assert viable(held, piece, context)
+
+
+def test_a_stream_may_not_end_inside_a_tag():
+    assert committed("<promise ") and committed('<promise topic="a"') and committed("</async ")
+    assert not committed("") and not committed("<pro") and not committed("<promise")
+
+
+held_states = st.builds(
+    lambda topic, digits, closed: f'<promise topic="{topic}' + (f'" tokens="{digits}' if closed else ""),
+    st.text(st.sampled_from("ab &;\t"), max_size=6), st.text(st.sampled_from("0123456789"), max_size=4),
+    st.booleans())
+continuations = st.sampled_from(['"', " ", "x", "\n", '" tokens="', "1", '"/>', '"/>\n', "&amp;", "<", "/>", "q>"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(held_states, continuations)
+def test_the_cache_key_of_a_state_keeps_its_viable_continuations(held, piece):
+    assert viable(held, piece, EVERYWHERE) == viable(state_key(held), piece, EVERYWHERE)
+
+
+# -- the runtime ----------------------------------------------------------------
+
+
+def test_the_sampler_chooses_only_allowed_tokens():
+    logits = torch.tensor([[5.0, 1.0, 0.0], [0.0, 9.0, 2.0]])
+    allowed = torch.tensor([[False, True, True], [True, True, True]])
+    assert Sampler(SamplingOptions())(logits, None, allowed).tolist() == [1, 1]
+    sampled = Sampler(SamplingOptions(temperature=1.0, seed=3))(logits.repeat(50, 1), None, allowed.repeat(50, 1))
+    assert not sampled[0::2].eq(0).any()
+
+
+def test_the_guard_masks_what_no_tag_can_continue_with():
+    tokenizer = tiny_tokenizer()
+    guard = TagGuard(tokenizer, [tokenizer.eos_token_id])
+    inside = guard.allowed('<promise topic="a" tokens="1', EVERYWHERE)
+    assert inside is not None
+    allowed = set(inside.ids())
+    ids = {piece: i for i, piece in enumerate(guard.pieces)}
+    assert {ids[d] for d in "0123456789" if d in ids} | {ids['"']} <= allowed
+    assert not {ids[c] for c in ("x", " ", "<", "/", ">") if c in ids} & allowed
+    assert tokenizer.eos_token_id not in allowed  # the answer cannot end inside a tag
+    assert guard.allowed("", EVERYWHERE) is None  # plain text: nothing is masked
+    outside = guard.allowed("", TagContext())  # the main thread: no </async>
+    assert outside is None or all("</async>" not in guard.pieces[i] for i in outside.ids())
+
+
+@functools.cache
+def biased(shape: str, text: str) -> Engine:
+    """A tiny random model that strongly prefers to write ``text`` over and over (each token of it after the
+    one before, its first after any other): left alone it writes broken or misplaced tags."""
+    tokenizer = tiny_tokenizer()
+    model = random_model(shape, vocab_size=len(tokenizer), seed=2)
+    script = tokenizer.encode(text, add_special_tokens=False)
+    bigram = torch.zeros(len(tokenizer), len(tokenizer))
+    bigram[:, script[0]] = 40.0
+    for prev, nxt in zip(script, script[1:] + script[:1], strict=True):
+        bigram[prev] = 0.0
+        bigram[prev, nxt] = 40.0
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict, out: object) -> None:
+        ids, keep = kwargs["input_ids"][0], kwargs.get("logits_to_keep", 0)
+        last = ids[keep] if isinstance(keep, torch.Tensor) else ids[-keep:] if keep else ids
+        out.logits += bigram[last][None]
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    return Engine(model, tokenizer, name=shape)
+
+
+@pytest.mark.parametrize("text", ["</async> <sync/>", '<promise topic=" tokens=""/> </async>'])
+@pytest.mark.parametrize("mode", ["async", "sequential"])
+def test_a_model_bent_on_broken_tags_writes_only_well_formed_ones_under_the_guard(text, mode):
+    e = biased("tiny-llama", text)
+    limits = Limits(max_new_tokens=40, max_total_tokens=200)
+    free = e.generate("Tips?", RunOptions(mode=mode, limits=limits, tag_guard=False))
+    assert free.warnings or check(free.annotated, mode="lenient").diagnostics  # the test can fail
+    guarded = e.generate("Tips?", RunOptions(mode=mode, limits=limits))
+    assert guarded.stats.generated > 0
+    # the model never stops, so a budget may still cut a thread inside a tag it was writing: that is all
+    cut = ("--max-new-tokens", "its total of", "E101")
+    assert all(any(c in w for c in cut) for w in guarded.warnings), guarded.warnings
+    assert {d.code for d in check(guarded.annotated, mode="lenient").diagnostics} <= {"E101"}
+    written = [lexeme for lexeme in Scanner().feed(guarded.annotated)
+               if isinstance(lexeme, TagToken) and lexeme.kind is not TagKind.ASYNC_OPEN and lexeme.raw.endswith(">")]
+    for tag in written:  # every tag it completed is canonical
+        assert CANONICAL[tag.kind].fullmatch(tag.raw), tag.raw
+    if "promise" in text:
+        assert any(tag.kind is TagKind.PROMISE for tag in written)
