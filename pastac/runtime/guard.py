@@ -83,7 +83,7 @@ class TagGuard:
         banned = [i for i in candidates if i not in eos and not viable(held, pieces[i], context)]
         if committed(held):
             banned.extend(i for i in self.eos if i < len(pieces))
-        if not banned:
+        if not banned or len(banned) >= len(pieces):  # nothing to mask, or a tokenizer that cannot go on
             return None
         ok = torch.ones(len(pieces), dtype=torch.bool)
         ok[banned] = False
