@@ -165,3 +165,21 @@ def test_a_model_bent_on_broken_tags_writes_only_well_formed_ones_under_the_guar
         assert CANONICAL[tag.kind].fullmatch(tag.raw), tag.raw
     if "promise" in text:
         assert any(tag.kind is TagKind.PROMISE for tag in written)
+
+
+@pytest.mark.parametrize("held", ["<", "<pro", "<promise", "<promise ", '<promise topic="', '<promise topic="a b',
+                                  '<promise topic="a"', '<promise topic="a" tokens="12', "<sync", "</async "])
+@pytest.mark.parametrize("context", [TagContext(), EVERYWHERE])
+def test_the_guard_masks_exactly_the_tokens_that_are_not_viable(held, context):
+    tokenizer = tiny_tokenizer()
+    guard = TagGuard(tokenizer, [tokenizer.eos_token_id])
+    allowed = guard.allowed(held, context)
+    got = set(range(len(guard.pieces))) if allowed is None else set(allowed.ids())
+    eos = tokenizer.eos_token_id
+    want = {i for i, piece in enumerate(guard.pieces) if i != eos and viable(held, piece, context)}
+    if not committed(held):
+        want.add(eos)
+    if not want:  # a state the guard never lets a thread reach (a </async in the main thread): left alone
+        assert allowed is None
+    else:
+        assert got == want

@@ -50,6 +50,7 @@ class TagGuard:
         self.eos = sorted(set(eos))
         self._pieces: list[str] | None = None
         self._angled: list[int] = []  # ids whose text holds a '<'
+        self._by_first: dict[str, list[int]] = {}  # ids by the first character of their text
         self._cache: dict[tuple[str, TagContext], Allowed | None] = {}
 
     @property
@@ -63,6 +64,8 @@ class TagGuard:
             texts = tok.batch_decode([[*anchor, i] for i in range(n)], skip_special_tokens=False)
             self._pieces = [t[lead:] for t in texts]
             self._angled = [i for i, p in enumerate(self._pieces) if "<" in p]
+            for i, p in enumerate(self._pieces):
+                self._by_first.setdefault(p[:1], []).append(i)
         return self._pieces
 
     def allowed(self, held: str, context: TagContext) -> Allowed | None:
@@ -79,8 +82,16 @@ class TagGuard:
     def _compute(self, held: str, context: TagContext) -> Allowed | None:
         pieces = self.pieces
         eos = set(self.eos)
-        candidates = range(len(pieces)) if held else self._angled  # only a '<' can start a tag
-        banned = [i for i in candidates if i not in eos and not viable(held, pieces[i], context)]
+        banned: list[int] = []
+        if held:
+            # what cannot go on cannot go on with more: a token whose first character cannot follow is out
+            for first, ids in self._by_first.items():
+                if first and not viable(held, first, context):
+                    banned.extend(i for i in ids if i not in eos)
+                else:
+                    banned.extend(i for i in ids if i not in eos and not viable(held, pieces[i], context))
+        else:  # only a '<' can start a tag
+            banned = [i for i in self._angled if i not in eos and not viable("", pieces[i], context)]
         if committed(held):
             banned.extend(i for i in self.eos if i < len(pieces))
         if not banned or len(banned) >= len(pieces):  # nothing to mask, or a tokenizer that cannot go on
