@@ -19,7 +19,9 @@ threads (``_on_tag``):
 
 Recovery never loses text: a child that writes EOS or runs out of budget is
 closed (its ``</async>`` force-fed), a stray or malformed tag is kept as text or
-dropped with a warning, and every warning is kept in ``warnings``.
+dropped with a warning (which quotes it), and every warning is kept in
+``warnings``; a tag a thread's end cuts short is dropped so, not left in the
+answer as half a tag.
 """
 
 from __future__ import annotations
@@ -457,6 +459,9 @@ class Scheduler:
             if isinstance(lexeme, TextToken):
                 thread.segment.append(lexeme.value)
                 thread.pieces.append(("text", lexeme.value))
+            elif lexeme.tag is None and thread.status is Status.RUNNING:  # a tag cut short by the end
+                why = f" (it {reason})" if reason else ""
+                self._warn(thread, f"dropped {quote(lexeme.raw)}: the thread ended inside this tag{why}")
             elif thread.status is Status.RUNNING:
                 self._on_tag(thread, lexeme)
         if thread.status is not Status.RUNNING:
