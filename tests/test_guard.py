@@ -65,6 +65,8 @@ def test_a_canonical_tag_reads_without_diagnostics(tag):
     ('<promise topic="a" tokens="', '"', EVERYWHERE),  # no digits
     ('<promise topic="a" tokens="4"', ">", EVERYWHERE),  # a promise is self-closing
     ("", "</async> and </async>", TagContext(close=False)),
+    ("", '<promise topic="a" tokens="1"/>', TagContext(promise=False)),  # its block would nest too deep
+    ("<promise", " ", TagContext(promise=False)),
 ])
 def test_malformed_or_misplaced_tags_are_not_viable(held, piece, context):
     assert not viable(held, piece, context)
@@ -191,3 +193,14 @@ def test_a_tag_cut_short_by_the_budget_is_dropped_with_a_warning_that_quotes_it(
     assert "<promise" not in result.text and not check(result.annotated, mode="strict").errors
     dropped = [w for w in result.warnings if "ended inside this tag" in w]
     assert len(dropped) == 1 and '<promise topic=' in dropped[0] and "--max-new-tokens" in dropped[0]
+
+
+@pytest.mark.parametrize("mode", ["async", "sequential"])
+def test_no_promise_nests_deeper_than_the_language_allows(mode):
+    e = biased("tiny-llama", '<promise topic="a" tokens="9"/>')
+    limits = Limits(max_new_tokens=60, max_total_tokens=600)
+    free = e.generate("Tips?", RunOptions(mode=mode, limits=limits, tag_guard=False))
+    assert "E305" in {d.code for d in check(free.annotated, mode="lenient").diagnostics}  # the test can fail
+    guarded = e.generate("Tips?", RunOptions(mode=mode, limits=limits))
+    assert "<promise" in guarded.annotated
+    assert not check(guarded.annotated, mode="lenient").diagnostics

@@ -11,8 +11,9 @@ they complete parses without a diagnostic):
     <promise topic="TOPIC" tokens="DIGITS"/>     <sync/>     </async>
 
 with a topic that holds something other than white space and no line break; ``<async>`` is never written
-by a model (the runtime force-feeds it).  ``TagContext`` says which of ``<sync/>`` and ``</async>`` the
-thread may write: a ``<sync/>`` needs a promise to wait for, a ``</async>`` a block to close.
+by a model (the runtime force-feeds it).  ``TagContext`` says which tags the thread may write: a
+``<promise/>`` only where its block would not nest deeper than the language allows, a ``<sync/>`` only
+with a promise to wait for, a ``</async>`` only with a block to close.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ CANONICAL: dict[TagKind, regex.Pattern[str]] = {
 
 @dataclass(frozen=True)
 class TagContext:
-    """Where a thread is: may it write ``<sync/>`` (it has promises to wait for) and ``</async>`` (it is a
-    child, or inside a block it opened inline)?  A ``<promise/>`` is always allowed."""
+    """Where a thread is: may it write ``<sync/>`` (it has promises to wait for), ``</async>`` (it is a
+    child, or inside a block it opened inline) and ``<promise/>`` (its block would nest no deeper than the
+    limit, E305)?"""
 
     sync: bool = False
     close: bool = False
+    promise: bool = True
 
     def allows(self, kind: TagKind) -> bool:
         if kind is TagKind.PROMISE:
-            return True
+            return self.promise
         if kind is TagKind.SYNC:
             return self.sync
         if kind is TagKind.ASYNC_CLOSE:

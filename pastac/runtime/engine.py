@@ -26,6 +26,7 @@ from pastac.backend.linear import tune_linears
 from pastac.grammar import check
 from pastac.grammar.ast import Async, Document, Promise, Sync, Text
 from pastac.grammar.diagnostics import format_text
+from pastac.grammar.parser import DEFAULT_MAX_DEPTH
 from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
@@ -255,6 +256,7 @@ class Engine:
         ``runner`` makes the runner from the model and a cache capacity (default: the packed ``Runner``;
         the benchmark passes the row runners of the strategies pastac is compared with)."""
         limits = options.limits
+        nesting = max(DEFAULT_MAX_DEPTH, limits.max_depth)  # the nesting the answer may have, forked or inline
         if options.mode is Mode.SEQUENTIAL:
             limits = replace(limits, max_depth=0)
         replayed = None
@@ -280,7 +282,8 @@ class Engine:
         positions = options.positions or self.positions
         guard = self.guard if options.tag_guard and replayed is None else None
         sched = Scheduler(self.tokenizer, limits=limits, positions=positions, eos=self.eos,
-                          prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None, guard=guard)
+                          prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None, guard=guard,
+                          max_nesting=nesting)
         main = sched.threads[0]
         main.inputs = list(ids)
         if chunks:

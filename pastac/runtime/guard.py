@@ -73,7 +73,8 @@ class TagGuard:
         kind = opening(held, final=False) if held else None
         if isinstance(kind, TagKind):  # inside a tag only what allows that tag matters
             context = TagContext(sync=context.sync and kind is TagKind.SYNC,
-                                 close=context.close and kind is TagKind.ASYNC_CLOSE)
+                                 close=context.close and kind is TagKind.ASYNC_CLOSE,
+                                 promise=context.promise or kind is not TagKind.PROMISE)
         key = (state_key(held), context)
         if key not in self._cache:
             self._cache[key] = self._compute(key[0], context)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pastac.grammar import Scanner
 from pastac.grammar.ast import Promise, quote
+from pastac.grammar.parser import DEFAULT_MAX_DEPTH
 from pastac.grammar.prefix import TagContext
 from pastac.grammar.tags import TagKind, TagToken, TextToken
 from pastac.ir.graph import MAIN, ThreadGraph
@@ -130,9 +131,11 @@ class RunWarning:
 class Scheduler:
     def __init__(self, tokenizer: Any, *, limits: Limits, positions: PositionOptions, eos: Sequence[int],
                  prompt_length: int, replay: Replay | None = None, tags: bool = True,
-                 child_stop: str | None = None, guard: TagGuard | None = None) -> None:
+                 child_stop: str | None = None, guard: TagGuard | None = None,
+                 max_nesting: int = DEFAULT_MAX_DEPTH) -> None:
         """``guard``: constrain what the threads sample so that the tags they write are well formed and
-        allowed where they stand (``pastac.runtime.guard``)."""
+        allowed where they stand (``pastac.runtime.guard``); a promise is allowed where its block would nest
+        at most ``max_nesting`` deep (the language's limit, whether the block is forked or decoded inline)."""
         if positions.policy in (Policy.SEQUENTIAL, Policy.ORACLE):
             raise ValueError(f"the runtime cannot use the {positions.policy} position policy: it needs the "
                              "children's lengths before they are written; use predicted, restart or lockstep")
@@ -148,6 +151,7 @@ class Scheduler:
         self.close_ids = tokenizer.encode(CLOSE, add_special_tokens=False) if tags else []
         self.child_stop = child_stop
         self.guard = guard if tags else None
+        self.max_nesting = max_nesting
         self.next_slot = prompt_length
         self.step_no = 0
         self.chosen = 0
@@ -223,8 +227,10 @@ class Scheduler:
 
     def context(self, thread: Thread) -> TagContext:
         """Which tags the thread may write now: ``<sync/>`` once it has promised something since its last
-        sync, ``</async>`` in a child or inside a block it opened inline."""
-        return TagContext(sync=thread.promised[-1] > 0, close=thread.id != MAIN or thread.inline > 0)
+        sync, ``</async>`` in a child or inside a block it opened inline, ``<promise/>`` where the block it
+        promises would not nest too deep."""
+        return TagContext(sync=thread.promised[-1] > 0, close=thread.id != MAIN or thread.inline > 0,
+                          promise=thread.depth + thread.inline < self.max_nesting)
 
     def _wants_sample(self, thread: Thread) -> bool:
         if thread.forced or (thread.template and thread.status is Status.RUNNING):
