@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pastac.grammar import Scanner, check
 from pastac.grammar.ast import START
-from pastac.grammar.prefix import CANONICAL, TagContext, committed, state_key, viable
+from pastac.grammar.prefix import CANONICAL, TOPIC_LIMIT, TagContext, committed, state_key, viable
 from pastac.grammar.tags import TagKind, TagToken, read_tag
 from pastac.runtime.engine import Engine, RunOptions
 from pastac.runtime.guard import TagGuard
@@ -121,9 +121,21 @@ def test_the_guard_masks_what_no_tag_can_continue_with():
     assert {ids[d] for d in "0123456789" if d in ids} | {ids['"']} <= allowed
     assert not {ids[c] for c in ("x", " ", "<", "/", ">") if c in ids} & allowed
     assert tokenizer.eos_token_id not in allowed  # the answer cannot end inside a tag
-    assert guard.allowed("", EVERYWHERE) is None  # plain text: nothing is masked
-    outside = guard.allowed("", TagContext())  # the main thread: no </async>
-    assert outside is None or all("</async>" not in guard.pieces[i] for i in outside.ids())
+    outside = guard.allowed("", TagContext())  # plain text in the main thread: nothing it can write is masked
+    assert outside is None
+    child = guard.allowed("", EVERYWHERE)  # plain text in a child: anything but the end of the answer
+    assert child is not None and set(child.ids()) == set(range(len(guard.pieces))) - {tokenizer.eos_token_id}
+
+
+def test_a_topic_must_close_within_its_limit():
+    tokenizer = tiny_tokenizer()
+    guard = TagGuard(tokenizer, [tokenizer.eos_token_id])
+    full = guard.allowed('<promise topic="' + "a" * TOPIC_LIMIT, TagContext())
+    assert full is not None and full.ids() and all(guard.pieces[i].startswith('"') for i in full.ids())
+    near = guard.allowed('<promise topic="' + "a" * (TOPIC_LIMIT - 2), TagContext())
+    assert near is not None
+    assert {len(guard.pieces[i].split('"')[0]) for i in near.ids()} <= {0, 1, 2}
+    assert max(len(guard.pieces[i]) for i in guard.allowed('<promise topic="a', TagContext()).ids()) > 2
 
 
 @functools.cache
@@ -179,7 +191,7 @@ def test_the_guard_masks_exactly_the_tokens_that_are_not_viable(held, context):
     got = set(range(len(guard.pieces))) if allowed is None else set(allowed.ids())
     eos = tokenizer.eos_token_id
     want = {i for i, piece in enumerate(guard.pieces) if i != eos and viable(held, piece, context)}
-    if not committed(held):
+    if not committed(held) and not context.close:
         want.add(eos)
     if not want:  # a state the guard never lets a thread reach (a </async in the main thread): left alone
         assert allowed is None

@@ -10,7 +10,8 @@ they complete parses without a diagnostic):
 
     <promise topic="TOPIC" tokens="DIGITS"/>     <sync/>     </async>
 
-with a topic that holds something other than white space and no line break; ``<async>`` is never written
+with a topic that holds something other than white space and no line break (and, as decoding enforces
+it, at most ``TOPIC_LIMIT`` characters: a topic is a short label); ``<async>`` is never written
 by a model (the runtime force-feeds it).  ``TagContext`` says which tags the thread may write: a
 ``<promise/>`` only where its block would not nest deeper than the language allows, a ``<sync/>`` only
 with a promise to wait for, a ``</async>`` only with a block to close.
@@ -33,6 +34,16 @@ CANONICAL: dict[TagKind, regex.Pattern[str]] = {
     TagKind.SYNC: regex.compile(r"<sync/>"),
     TagKind.ASYNC_CLOSE: regex.compile(r"</async>"),
 }
+
+
+TOPIC_LIMIT = 80  # characters; the dataset's topics are 2-6 words, at most 52 characters
+_OPEN_TOPIC = re.compile(r'<promise topic="([^"]*)', re.DOTALL)
+
+
+def topic_length(held: str) -> int | None:
+    """The length of the topic ``held`` is writing, if it is inside a promise's unfinished topic."""
+    m = _OPEN_TOPIC.fullmatch(held)
+    return None if m is None else len(m.group(1))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ those out at sampling time: for each sampled thread the scheduler gives the text
 where the thread is (``TagContext``), and the guard returns the tokens whose text keeps every tag well formed
 (``pastac.grammar.prefix.viable``).  Plain text is never constrained: a thread that holds nothing back may
 write any token but one that would start a tag it may not write; only inside a tag is the choice narrowed
-to the tag's canonical form.  Masks are computed once per state and cached, so the cost is a dictionary
-lookup per sampled thread (a vocabulary's worth of checks the first time a state is met).
+to the tag's canonical form, with a topic of at most ``TOPIC_LIMIT`` characters.  The end-of-sequence
+token is out inside a tag and while a block is open (a child ends with its ``</async>``).  Masks are
+computed once per state and cached, so the cost is a dictionary lookup per sampled thread (a vocabulary's
+worth of checks the first time a state is met).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pastac.grammar.prefix import TagContext, committed, state_key, viable
+from pastac.grammar.prefix import TOPIC_LIMIT, TagContext, committed, state_key, topic_length, viable
 from pastac.grammar.scanner import opening
 from pastac.grammar.tags import TagKind
 
@@ -52,6 +54,8 @@ class TagGuard:
         self._angled: list[int] = []  # ids whose text holds a '<'
         self._by_first: dict[str, list[int]] = {}  # ids by the first character of their text
         self._cache: dict[tuple[str, TagContext], Allowed | None] = {}
+        self._topic_cache: dict[tuple[str, TagContext, int], Allowed] = {}
+        self._quote_at: torch.Tensor | None = None  # per id: where its first '"' is (its length if none)
 
     @property
     def pieces(self) -> list[str]:
@@ -66,6 +70,7 @@ class TagGuard:
             self._angled = [i for i, p in enumerate(self._pieces) if "<" in p]
             for i, p in enumerate(self._pieces):
                 self._by_first.setdefault(p[:1], []).append(i)
+            self._quote_at = torch.tensor([p.find('"') if '"' in p else len(p) for p in self._pieces])
         return self._pieces
 
     def allowed(self, held: str, context: TagContext) -> Allowed | None:
@@ -78,7 +83,16 @@ class TagGuard:
         key = (state_key(held), context)
         if key not in self._cache:
             self._cache[key] = self._compute(key[0], context)
-        return self._cache[key]
+        allowed = self._cache[key]
+        written = topic_length(held)
+        if written is None or allowed is None:
+            return allowed
+        # inside a topic: only what closes it within TOPIC_LIMIT characters (its text abstracted away above)
+        room = max(TOPIC_LIMIT - written, 0)
+        if (*key, room) not in self._topic_cache:
+            assert self._quote_at is not None
+            self._topic_cache[(*key, room)] = Allowed(allowed.ok & (self._quote_at <= room), rest=False)
+        return self._topic_cache[(*key, room)]
 
     def _compute(self, held: str, context: TagContext) -> Allowed | None:
         pieces = self.pieces
@@ -93,7 +107,7 @@ class TagGuard:
                     banned.extend(i for i in ids if i not in eos and not viable(held, pieces[i], context))
         else:  # only a '<' can start a tag
             banned = [i for i in self._angled if i not in eos and not viable("", pieces[i], context)]
-        if committed(held):
+        if committed(held) or context.close:  # the answer cannot end inside a tag, nor with a block open
             banned.extend(i for i in self.eos if i < len(pieces))
         if not banned or len(banned) >= len(pieces):  # nothing to mask, or a tokenizer that cannot go on
             return None
