@@ -64,6 +64,7 @@ def test_a_canonical_tag_reads_without_diagnostics(tag):
     ('<promise topic="a" tokens="', "x", EVERYWHERE),
     ('<promise topic="a" tokens="', '"', EVERYWHERE),  # no digits
     ('<promise topic="a" tokens="4"', ">", EVERYWHERE),  # a promise is self-closing
+    ('<promise topic="a" tokens="12345', "6", EVERYWHERE),  # an estimate of five digits at most
     ("", "</async> and </async>", TagContext(close=False)),
     ("", '<promise topic="a" tokens="1"/>', TagContext(promise=False)),  # its block would nest too deep
     ("<promise", " ", TagContext(promise=False)),

@@ -11,7 +11,8 @@ they complete parses without a diagnostic):
     <promise topic="TOPIC" tokens="DIGITS"/>     <sync/>     </async>
 
 with a topic that holds something other than white space and no line break (and, as decoding enforces
-it, at most ``TOPIC_LIMIT`` characters: a topic is a short label); ``<async>`` is never written
+it, at most ``TOPIC_LIMIT`` characters: a topic is a short label) and an estimate of at most
+``TOKENS_DIGITS`` digits; ``<async>`` is never written
 by a model (the runtime force-feeds it).  ``TagContext`` says which tags the thread may write: a
 ``<promise/>`` only where its block would not nest deeper than the language allows, a ``<sync/>`` only
 with a promise to wait for, a ``</async>`` only with a block to close.
@@ -27,10 +28,11 @@ import regex
 from pastac.grammar.scanner import Scanner, opening
 from pastac.grammar.tags import TagKind, TagToken
 
+TOKENS_DIGITS = 5  # a token estimate of at most 99,999
 _VALUE_CHAR = r'(?:[^"<>&\r\n]|&(?:quot|amp|lt|gt);)'
 _TOPIC = rf'[ \t]*(?:[^"<>&\s]|&(?:quot|amp|lt|gt);){_VALUE_CHAR}*'
 CANONICAL: dict[TagKind, regex.Pattern[str]] = {
-    TagKind.PROMISE: regex.compile(rf'<promise topic="{_TOPIC}" tokens="[0-9]+"/>'),
+    TagKind.PROMISE: regex.compile(rf'<promise topic="{_TOPIC}" tokens="[0-9]{{1,{TOKENS_DIGITS}}}"/>'),
     TagKind.SYNC: regex.compile(r"<sync/>"),
     TagKind.ASYNC_CLOSE: regex.compile(r"</async>"),
 }
@@ -104,12 +106,13 @@ _PROMISE_STATE = re.compile(r'(<promise topic=")([^"&\r\n]*)("(?: tokens="([0-9]
 
 def state_key(held: str) -> str:
     """``held`` with what does not change which continuations are viable abstracted away (the topic's text,
-    the token estimate's digits), so that constraint masks can be computed once per state."""
+    the token estimate's digits but for their count; ``TagGuard`` applies the topic's length limit itself), so
+    that constraint masks can be computed once per state."""
     m = _PROMISE_STATE.fullmatch(held)
     if m is None:
         return held
     topic = "x" if m.group(2).strip() else m.group(2)
     rest = m.group(3) or ""
-    if m.group(4):
-        rest = rest.replace(f'tokens="{m.group(4)}', 'tokens="0', 1)
+    if m.group(4):  # only how many digits there are matters
+        rest = rest.replace(f'tokens="{m.group(4)}', 'tokens="' + "0" * len(m.group(4)), 1)
     return m.group(1) + topic + rest
