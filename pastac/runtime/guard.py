@@ -75,15 +75,15 @@ class TagGuard:
 
     def allowed(self, held: str, context: TagContext) -> Allowed | None:
         """What a thread whose scanner holds back ``held`` may write where it is; None: anything."""
-        kind = opening(held, final=False) if held else None
+        if not held:  # the common case, once per sampled thread and step: no parsing of the state
+            return self._state("", context)
+        kind = opening(held, final=False)
         if isinstance(kind, TagKind):  # inside a tag only what allows that tag matters
             context = TagContext(sync=context.sync and kind is TagKind.SYNC,
                                  close=context.close and kind is TagKind.ASYNC_CLOSE,
                                  promise=context.promise or kind is not TagKind.PROMISE)
         key = (state_key(held), context)
-        if key not in self._cache:
-            self._cache[key] = self._compute(key[0], context)
-        allowed = self._cache[key]
+        allowed = self._state(*key)
         written = topic_length(held)
         if written is None or allowed is None:
             return allowed
@@ -93,6 +93,12 @@ class TagGuard:
             assert self._quote_at is not None
             self._topic_cache[(*key, room)] = Allowed(allowed.ok & (self._quote_at <= room), rest=False)
         return self._topic_cache[(*key, room)]
+
+    def _state(self, held: str, context: TagContext) -> Allowed | None:
+        """The mask of an abstracted state (``state_key``), computed the first time it is met."""
+        if (held, context) not in self._cache:
+            self._cache[(held, context)] = self._compute(held, context)
+        return self._cache[(held, context)]
 
     def _compute(self, held: str, context: TagContext) -> Allowed | None:
         pieces = self.pieces
