@@ -126,6 +126,15 @@ def test_labels_follow_the_rule():
     threads = example.thread_ids.tolist()[p:]
     child = len(a) + len(promise), len(a) + len(promise) + len(opening) + len(body) + len(closing)
     assert set(threads[child[0]:child[1]]) == {1} and set(threads[:child[0]] + threads[child[1]:]) == {0}
+    # plain text: a token of text whose label is the next token of text (what the KL term compares)
+    text = (
+        [False] * p + [True] * (len(a) - 1) + [False]  # the prompt; "A " but for its last (a promise follows)
+        + [False] * (len(promise) + len(opening))
+        + [True] * (len(body) - 1) + [False]  # the child's text; its last token's label is </async>
+        + [False] * (len(closing) + len(sync))
+        + [True] * (len(d) - 1) + [False]  # the last token's label is the end of sequence
+    )
+    assert example.text.tolist() == text
     # a repeated topic on <async> is dropped: the runtime force-feeds a bare <async>
     same = encode_example(tok, "Hi", doc.replace("<async>", '<async topic="x">'), POSITIONS)
     assert torch.equal(same.input_ids, example.input_ids) and torch.equal(same.labels, example.labels)
@@ -166,6 +175,40 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path, data):
     assert log["data"]["invalid"] == 2 and log["steps"] == 20 and "torch" in log["hardware"]
     again = train(tiny(), tok, data, out, options, progress=False)  # finished: nothing left to do
     assert again.resumed_from == 20 and again.losses == result.losses
+
+
+def _kl_to_base(peft_model, examples) -> float:
+    """Mean KL(base || adapted) over the plain-text positions of ``examples``."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for example in examples:
+            inputs = {"input_ids": example.input_ids[None], "position_ids": example.position_ids[None],
+                      "attention_mask": example.additive_mask()}
+            adapted = peft_model(**inputs).logits[0, example.text].log_softmax(-1)
+            with peft_model.disable_adapter():
+                base = peft_model(**inputs).logits[0, example.text].log_softmax(-1)
+            total += float(torch.nn.functional.kl_div(adapted, base, log_target=True, reduction="sum"))
+            count += int(example.text.sum())
+    return total / count
+
+
+def test_a_kl_term_keeps_the_text_close_to_the_base_model(tmp_path, data):
+    tok = tiny_tokenizer()
+    base = dict(lr=1e-2, schedule="constant", epochs=10, batch_size=3, target_modules=LEARNABLE, seed=0, dropout=0.0)
+    plain = train(tiny(), tok, data, tmp_path / "plain", TrainOptions(**base), progress=False)
+    kept = train(tiny(), tok, data, tmp_path / "kl", TrainOptions(**base, kl_weight=5.0), progress=False)
+    examples = [kept.data.example(i) for i in range(len(kept.data))]
+    assert all(bool(e.text.any()) for e in examples)
+    drift, held = _kl_to_base(plain.model, examples), _kl_to_base(kept.model, examples)
+    assert held < 0.5 * drift, (held, drift)
+    assert kept.losses[-1] < 0.7 * kept.losses[0]  # it still learns the data (the tags among it)
+    rows = list(csv.DictReader((tmp_path / "kl" / "loss.csv").open()))
+    assert list(rows[0]) == ["step", "loss", "lr", "tokens", "seconds", "kl"]
+    assert float(rows[0]["kl"]) == pytest.approx(0.0, abs=1e-6)  # LoRA starts as the identity: adapted = base
+    assert float(rows[-1]["kl"]) > 0
+    assert "KL(base || adapted)" in (tmp_path / "kl" / "README.md").read_text()
+    with pytest.raises(TrainError, match="kl_weight"):
+        TrainOptions(kl_weight=-1)
 
 
 def test_examples_that_fork_can_be_repeated_each_epoch(tmp_path, data):

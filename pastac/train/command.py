@@ -75,6 +75,10 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     how.add_argument("--repeat-forking", type=positive, default=d.repeat_forking, metavar="N",
                      help="show each example that forks N times per epoch (default 1): in a dataset where most "
                           "answers do not fork, the few tags would otherwise be seen rarely")
+    how.add_argument("--kl-weight", type=_number(lambda v: v >= 0, ">= 0"), default=d.kl_weight, metavar="W",
+                     help="add W x KL(base || adapted) of the next-token distributions at plain-text positions to "
+                          "the loss, the base model's being the same forward with the adapter off (default 0: "
+                          "off): the adapter learns the tags while its text stays close to the base model's")
     how.add_argument("--max-steps", type=positive, default=None, metavar="N",
                      help="stop after N optimizer steps (the learning-rate schedule still spans the epochs)")
     how.add_argument("--lr", type=_rate, default=d.lr, metavar="X", help=f"peak learning rate (default {d.lr:g})")
@@ -146,7 +150,7 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
         options = TrainOptions(
             rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=targets, lr=args.lr,
             schedule=args.schedule, warmup_steps=args.warmup_steps, epochs=args.epochs,
-            repeat_forking=args.repeat_forking, max_steps=args.max_steps,
+            repeat_forking=args.repeat_forking, kl_weight=args.kl_weight, max_steps=args.max_steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length, seed=args.seed,
             dtype=args.dtype, device=args.device, log_every=args.log_every, save_every=args.save_every,
             policy=args.policy, unit=args.unit, max_depth=args.max_depth, field=args.field,

@@ -47,7 +47,7 @@ import torch
 from pastac import jsonl
 from pastac.files import InputFileError, read_text
 from pastac.grammar import DEFAULT_MAX_DEPTH, Async, Document, Node, Promise, check, parse
-from pastac.ir.graph import MAIN, Open, ThreadGraph
+from pastac.ir.graph import MAIN, Open, Segment, ThreadGraph
 from pastac.ir.lengths import tokenizer_length
 from pastac.ir.lower import lower
 from pastac.passes.layout import Layout, training_layout
@@ -67,6 +67,7 @@ __all__ = [
     "layout_labels",
     "load_examples",
     "runtime_form",
+    "text_positions",
 ]
 
 #: The label of a position that is not trained (PyTorch's cross-entropy ``ignore_index``).
@@ -85,6 +86,7 @@ class Example:
     labels: torch.Tensor  # long [N]: the token the runtime chooses after position i, or IGNORE
     thread_ids: torch.Tensor  # long [N]: the IR thread of each position (the prompt's is the main thread, 0)
     prompt_length: int
+    text: torch.Tensor  # bool [N]: the token at i and its label are both plain text (no tag, not the prompt)
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -130,6 +132,24 @@ def layout_labels(graph: ThreadGraph, tokens: Sequence[int], layout: Layout, eos
     return torch.tensor(labels, dtype=torch.long)
 
 
+def text_positions(graph: ThreadGraph, layout: Layout, labels: torch.Tensor) -> torch.Tensor:
+    """bool [T]: the layout positions whose token is plain text and whose label is the next token of the same
+    text (a label that is a tag's token, or none, is left out): where the base model's own prediction is
+    meaningful, and a fine-tune should not drift from it (``TrainOptions.kl_weight``)."""
+    count = layout.node_ids.numel()
+    if not count:
+        return torch.zeros(0, dtype=torch.bool)
+    texts = torch.tensor([isinstance(op, Segment) for _, op in graph.ops()], dtype=torch.bool)[layout.node_ids]
+    out = torch.zeros(count, dtype=torch.bool)
+    by_thread: dict[int, list[int]] = {}
+    for index, thread in enumerate(layout.thread_ids.tolist()):
+        by_thread.setdefault(thread, []).append(index)
+    for indices in by_thread.values():
+        for here, after in pairwise(indices):
+            out[here] = bool(texts[here] and texts[after]) and int(labels[here]) != IGNORE
+    return out
+
+
 def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, options: PositionOptions, *,
                    chat: bool = True, eos_id: int | None = None, max_depth: int = DEFAULT_MAX_DEPTH) -> Example:
     """The prompt and the training layout of an annotated response as one sequence (see the module docstring).
@@ -156,6 +176,8 @@ def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, optio
     mask[p:, p:] = layout.mask
     labels = torch.full((p + t,), IGNORE, dtype=torch.long)
     labels[p:] = layout_labels(graph, tokens, layout, int(eos))
+    text = torch.zeros(p + t, dtype=torch.bool)
+    text[p:] = text_positions(graph, layout, labels[p:])
     if p:
         labels[p - 1] = tokens[0]  # the main thread's first token: the layout's first is always the main's
     return Example(
@@ -165,6 +187,7 @@ def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, optio
         labels=labels,
         thread_ids=torch.cat([torch.full((p,), MAIN, dtype=torch.long), layout.thread_ids]),
         prompt_length=p,
+        text=text,
     )
 
 
@@ -277,6 +300,7 @@ class Batch:
     position_ids: torch.Tensor  # long [B, N]
     mask: torch.Tensor  # bool [B, N, N]
     labels: torch.Tensor  # long [B, N]
+    text: torch.Tensor  # bool [B, N]: Example.text (False on pads)
     tokens: int  # real (not padding) tokens
 
     def additive_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -287,7 +311,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return replace(self, input_ids=self.input_ids.to(device), position_ids=self.position_ids.to(device),
-                       mask=self.mask.to(device), labels=self.labels.to(device))
+                       mask=self.mask.to(device), labels=self.labels.to(device), text=self.text.to(device))
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:
@@ -300,11 +324,13 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     input_ids = torch.full((b, size), pad_id, dtype=torch.long)
     position_ids = torch.zeros((b, size), dtype=torch.long)
     labels = torch.full((b, size), IGNORE, dtype=torch.long)
+    text = torch.zeros((b, size), dtype=torch.bool)
     mask = torch.eye(size, dtype=torch.bool).repeat(b, 1, 1)
     for row, example in enumerate(examples):
         n = len(example)
         input_ids[row, :n] = example.input_ids
         position_ids[row, :n] = example.position_ids
         labels[row, :n] = example.labels
+        text[row, :n] = example.text
         mask[row, :n, :n] = example.mask
-    return Batch(input_ids, position_ids, mask, labels, tokens=sum(len(e) for e in examples))
+    return Batch(input_ids, position_ids, mask, labels, text, tokens=sum(len(e) for e in examples))

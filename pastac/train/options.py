@@ -29,6 +29,9 @@ class TrainOptions:
     max_grad_norm: float | None = 1.0
     epochs: int = 1
     repeat_forking: int = 1  # an example with a promise is seen this many times per epoch (forks are rare)
+    # weight of KL(base || adapted) over the next-token distributions at plain-text positions (0: off): keeps
+    # the adapted model's text close to what its base model would write there while it learns the tags
+    kl_weight: float = 0.0
     max_steps: int | None = None
     batch_size: int = 1  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -63,6 +66,8 @@ class TrainOptions:
             raise TrainError(f"lr must be > 0, not {self.lr}")
         if self.schedule not in ("linear", "constant"):
             raise TrainError(f"schedule must be linear or constant, not {self.schedule!r}")
+        if not self.kl_weight >= 0:
+            raise TrainError(f"kl_weight must be >= 0, not {self.kl_weight}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.unit < 0 or self.max_depth < 0:
             raise TrainError("warmup_steps, weight_decay, unit and max_depth must be >= 0")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from pastac.machine import cpu_name
 from pastac.progress import progress_bar
 from pastac.runtime.models import ADAPTER_SETTINGS, DTYPES
-from pastac.train.data import IGNORE, Dataset, collate, load_examples
+from pastac.train.data import IGNORE, Batch, Dataset, collate, load_examples
 from pastac.train.options import TrainError, TrainOptions
 
 __all__ = ["KNOWN_TARGETS", "TrainError", "TrainOptions", "TrainResult", "find_target_modules", "train"]
@@ -128,6 +128,7 @@ class _State:
     losses: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # the loss.csv rows
     pending: list[float] = field(default_factory=list)  # step losses since the last row
+    pending_kl: list[float] = field(default_factory=list)  # and their KL terms
     tokens: int = 0  # real tokens seen
     targets: int = 0  # labelled positions trained on
     seconds: float = 0.0  # training time, over all runs
@@ -202,6 +203,7 @@ def _save_checkpoint(out: Path, peft_model: Any, optimizer: torch.optim.Optimize
         "losses": state.losses,
         "history": state.history,
         "pending": state.pending,
+        "pending_kl": state.pending_kl,
         "tokens": state.tokens,
         "targets": state.targets,
         "seconds": state.seconds,
@@ -258,6 +260,7 @@ def _resume(folder: Path, peft_model: Any, optimizer: torch.optim.Optimizer, rec
         torch.cuda.set_rng_state(rng["cuda"], device)
     return _State(step=int(saved["step"]), losses=[float(x) for x in saved["losses"]],
                   history=list(saved["history"]), pending=[float(x) for x in saved.get("pending", [])],
+                  pending_kl=[float(x) for x in saved.get("pending_kl", [])],
                   tokens=int(saved["tokens"]), targets=int(saved["targets"]), seconds=float(saved["seconds"]))
 
 
@@ -266,7 +269,8 @@ def _resume(folder: Path, peft_model: Any, optimizer: torch.optim.Optimizer, rec
 
 def _write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
     with (out / "loss.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "tokens", "seconds"])
+        fields = ["step", "loss", "lr", "tokens", "seconds"] + (["kl"] if any("kl" in r for r in history) else [])
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in history:
             writer.writerow(row)
@@ -334,7 +338,9 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         f"{o['weight_decay']}, gradient clipping {o['max_grad_norm']}; batch {o['batch_size']} x "
         f"{o['grad_accum']} accumulation; {o['epochs']} epoch(s), each example with a promise "
         f"{o.get('repeat_forking', 1)} time(s) per epoch; {log['steps']} of {log['planned_steps']} "
-        f"planned steps; seed {o['seed']}; {o['dtype']} on {o['device']}.",
+        f"planned steps; seed {o['seed']}; {o['dtype']} on {o['device']}."
+        + (f" Loss: cross-entropy + {o['kl_weight']:g} x KL(base || adapted) at plain-text positions."
+           if o.get("kl_weight") else ""),
         f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "
         f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`.", "",
         "## Hardware and time", "",
@@ -353,6 +359,26 @@ def _loss(value: float | None) -> str:
 
 
 # -- training ---------------------------------------------------------------------------------------------------
+
+
+def _losses(peft_model: Any, batch: Batch, dtype: torch.dtype, labelled: int,
+            kl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The micro-batch's share of the step's mean cross-entropy per labelled position, and (with ``kl``) of
+    the mean KL(base || adapted) over those positions, summed over the plain-text ones (``Batch.text``):
+    the base model's distribution is the same forward with the adapter switched off."""
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
+              "attention_mask": batch.additive_mask(dtype).to(batch.input_ids.device), "use_cache": False}
+    logits = peft_model(**inputs).logits  # [B, N, V]
+    cross_entropy = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE,
+                                    reduction="sum") / labelled
+    if not kl or not bool(batch.text.any()):
+        return cross_entropy, torch.zeros((), device=logits.device)
+    with torch.no_grad(), peft_model.disable_adapter():
+        reference = peft_model(**inputs).logits[batch.text].float()  # [K, V]
+    divergence = F.kl_div(F.log_softmax(logits[batch.text].float(), dim=-1), F.log_softmax(reference, dim=-1),
+                          log_target=True, reduction="sum") / labelled
+    return cross_entropy, divergence
+
 
 
 @contextmanager
@@ -432,15 +458,12 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
                 batches = [collate([data.example(i) for i in indices], pad) for indices in plan.step(state.step)]
                 labelled = sum(int((b.labels != IGNORE).sum()) for b in batches)
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
+                loss_sum = kl_sum = 0.0
                 for batch in batches:
-                    batch = batch.to(device)
-                    logits = peft_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                                        attention_mask=batch.additive_mask(dtype).to(device), use_cache=False).logits
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE,
-                                           reduction="sum") / labelled
-                    loss.backward()
-                    loss_sum += float(loss.detach())
+                    cross_entropy, kl = _losses(peft_model, batch.to(device), dtype, labelled, options.kl_weight > 0)
+                    (cross_entropy + options.kl_weight * kl).backward()
+                    loss_sum += float(cross_entropy.detach())
+                    kl_sum += float(kl.detach())
                 if options.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, options.max_grad_norm)
                 optimizer.step()
@@ -452,10 +475,14 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
                 state.targets += labelled
                 state.seconds += elapsed
                 state.pending.append(loss_sum)
+                state.pending_kl.append(kl_sum)
                 if state.step % options.log_every == 0 or state.step == plan.total:
-                    state.history.append({"step": state.step, "loss": sum(state.pending) / len(state.pending),
-                                          "lr": lr, "tokens": state.tokens, "seconds": round(state.seconds, 3)})
-                    state.pending = []
+                    row = {"step": state.step, "loss": sum(state.pending) / len(state.pending), "lr": lr,
+                           "tokens": state.tokens, "seconds": round(state.seconds, 3)}
+                    if options.kl_weight > 0:
+                        row["kl"] = sum(state.pending_kl) / len(state.pending_kl)
+                    state.history.append(row)
+                    state.pending, state.pending_kl = [], []
                 if state.step % options.save_every == 0 or state.step == plan.total:
                     _save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
                 if update is not None:
