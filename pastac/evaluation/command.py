@@ -113,7 +113,8 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         try:
             report = evaluate(records, adapted, base, EvalOptions(max_new_tokens=args.max_new_tokens, judge=judge,
                                                                  repetition_penalty=args.repetition_penalty,
-                                                                 tag_guard=args.tag_guard),
+                                                                 tag_guard=args.tag_guard,
+                                                                 jump_forward=args.jump_forward),
                               progress=lambda n: bar(advance=n))
         except JudgeError as error:
             raise UsageError(str(error)) from None

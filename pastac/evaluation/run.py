@@ -42,6 +42,7 @@ class EvalOptions:
     # None: the adapted model's own (its pastac.json); the base model's HF generate decodes with the same
     repetition_penalty: float | None = None
     tag_guard: bool = True  # constrain the adapted model's tags to well-formed ones (pastac.runtime.guard)
+    jump_forward: bool = True  # feed the text a tag forces in one step (in the run and in its sequential replay)
 
 
 def _async_texts(body: Sequence[Node]) -> list[str]:
@@ -88,7 +89,8 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=4 * options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
     sampling = SamplingOptions(repetition_penalty=penalty or 1.0)
-    pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard))
+    pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard,
+                                                jump_forward=options.jump_forward))
     lenient = check(pasta.annotated, mode="lenient")
     valid = not lenient.diagnostics and not pasta.warnings
     out: dict[str, Any] = {
@@ -102,8 +104,8 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     }
     try:  # the same text decoded by one thread: what forking bought
         # (the penalty computed as in the run, though a replay discards what it would choose: the same work)
-        sequential = adapted.generate(prompt, RunOptions(mode="sequential", sampling=sampling),
-                                      replay=pasta.annotated)
+        sequential = adapted.generate(prompt, RunOptions(mode="sequential", sampling=sampling,
+                                                         jump_forward=options.jump_forward), replay=pasta.annotated)
         out["sequential_wall_s"] = sequential.stats.wall_s
         out["speedup_vs_sequential"] = sequential.stats.wall_s / pasta.stats.wall_s
     except InputError:  # an annotation that needed recovery cannot be replayed as it is
@@ -184,4 +186,5 @@ def evaluate(records: Sequence[dict[str, Any]], adapted: Engine, base: Engine, o
         results.append(evaluate_one(record, adapted, base, options, rng))
         if progress is not None:
             progress(1)
-    return {"results": results, "summary": summarize(results) | {"tag_guard": options.tag_guard}}
+    return {"results": results,
+            "summary": summarize(results) | {"tag_guard": options.tag_guard, "jump_forward": options.jump_forward}}

@@ -16,6 +16,10 @@ it, at most ``TOPIC_LIMIT`` characters: a topic is a short label) and an estimat
 by a model (the runtime force-feeds it).  ``TagContext`` says which tags the thread may write: a
 ``<promise/>`` only where its block would not nest deeper than the language allows, a ``<sync/>`` only
 with a promise to wait for, a ``</async>`` only with a block to close.
+
+Inside a tag the canonical form leaves no choice between its fields: once ``<promise `` is written,
+``topic="`` must follow; once the topic's quote closes, `` tokens="``; once the estimate's quote closes,
+``/>``.  ``forced`` gives that text, which a decoder may feed at once instead of sampling it token by token.
 """
 
 from __future__ import annotations
@@ -94,6 +98,40 @@ def viable(held: str, piece: str, context: TagContext) -> bool:
         if isinstance(lexeme, TagToken) and not _complete_ok(lexeme, context):
             return False
     return _held_ok(scanner.held, context)
+
+
+_PROMISE_LEAD, _PROMISE_MIDDLE, _PROMISE_END = '<promise topic="', '" tokens="', '"/>'
+_AFTER_TOPIC = re.compile(r'<promise topic="([^"]*)(".*)', re.DOTALL)
+_AFTER_DIGITS = re.compile(r'" tokens="([0-9]+)(.*)', re.DOTALL)
+
+
+def _rest(literal: str, written: str) -> str:
+    """What is left of ``literal`` once ``written``, a proper prefix of it, is written ("" if it is not one)."""
+    return literal[len(written):] if len(written) < len(literal) and literal.startswith(written) else ""
+
+
+def forced(held: str) -> str:
+    """The text a canonical tag must go on with after the held-back suffix ``held``, whatever comes next
+    ("" where there is a choice: text, a topic or an estimate being written, or a tag not yet decided)."""
+    kind = opening(held, final=False)
+    if kind is TagKind.SYNC:
+        return _rest("<sync/>", held)
+    if kind is not TagKind.PROMISE:
+        return ""
+    if len(held) < len(_PROMISE_LEAD):
+        return _rest(_PROMISE_LEAD, held)
+    topic = _AFTER_TOPIC.fullmatch(held)
+    if topic is None or not topic.group(1).strip():  # inside the topic (or an empty one, which cannot go on)
+        return ""
+    after = topic.group(2)
+    if len(after) < len(_PROMISE_MIDDLE):
+        return _rest(_PROMISE_MIDDLE, after)
+    digits = _AFTER_DIGITS.fullmatch(after)
+    if digits is None:
+        return ""
+    if not digits.group(2):  # writing the estimate: its quote is forced only at the most digits allowed
+        return _PROMISE_END if len(digits.group(1)) == TOKENS_DIGITS else ""
+    return _rest(_PROMISE_END, digits.group(2))
 
 
 def committed(held: str) -> bool:

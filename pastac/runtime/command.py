@@ -51,6 +51,9 @@ def guard_arguments(group: argparse._ActionsContainer) -> None:
                        help="do not constrain the model's tags to well-formed ones allowed where it writes them "
                             "(a <sync/> needs a promise to wait for, a </async> a block to close); malformed tags "
                             "are then recovered from, with a warning")
+    group.add_argument("--no-jump-forward", dest="jump_forward", action="store_false",
+                       help="sample every token of a tag, even the text its canonical form forces (topic=\", "
+                            "tokens=\", />), which by default is fed in one step with the token before it")
 
 
 def adapter_arguments(group: argparse._ArgumentGroup) -> None:
@@ -154,6 +157,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
             sampling=SamplingOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                      repetition_penalty=args.repetition_penalty),
             chat=not args.no_chat, template_tags=args.template_tags, tag_guard=args.tag_guard,
+            jump_forward=args.jump_forward,
             child_stop=None if args.child_stop is None else args.child_stop.encode().decode("unicode_escape"))
     except ValueError as error:
         raise UsageError(str(error)) from None

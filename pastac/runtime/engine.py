@@ -65,6 +65,9 @@ class RunOptions:
     # Constrain what the model writes so that its tags are well formed and allowed where they stand
     # (pastac.runtime.guard); off, a malformed tag is recovered from and reported in the warnings.
     tag_guard: bool = True
+    # Feed the text a canonical tag forces (`="` after `<promise topic`, ...) in the step of the token before
+    # it (pastac.runtime.scheduler); in a sampled run only under the tag guard, which keeps tags canonical.
+    jump_forward: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -76,6 +79,7 @@ class Stats:
     steps: int  # forward passes after the prompt's
     tokens: int  # tokens the threads put in the cache (forced text and tags included)
     generated: int  # tokens the model chose
+    jumped: int  # tokens fed without a step of their own: the text a tag forced (jump-forward)
     prompt_tokens: int
     max_width: int  # most threads in one step
     wall_s: float
@@ -281,9 +285,10 @@ class Engine:
         stop = options.child_stop if options.child_stop is not None or template is None else "\n"
         positions = options.positions or self.positions
         guard = self.guard if options.tag_guard and replayed is None else None
+        jump = options.jump_forward and (guard is not None or replayed is not None)
         sched = Scheduler(self.tokenizer, limits=limits, positions=positions, eos=self.eos,
                           prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None, guard=guard,
-                          max_nesting=nesting)
+                          max_nesting=nesting, jump=jump)
         main = sched.threads[0]
         main.inputs = list(ids)
         if chunks:
@@ -338,7 +343,8 @@ class Engine:
         theoretical = critical_path(graph, schedule(graph)).theoretical_speedup  # a cut-short run's graph too
         threads = sum(1 for t in sched.threads.values() if t.fed)
         stats = Stats(
-            threads=threads, steps=steps, tokens=placed, generated=sched.chosen, prompt_tokens=prompt_tokens,
+            threads=threads, steps=steps, tokens=placed, generated=sched.chosen - sched.jumped, jumped=sched.jumped,
+            prompt_tokens=prompt_tokens,
             max_width=max_width, wall_s=wall, prefill_s=prefill_s, decode_s=decode_s,
             tokens_per_s=placed / decode_s, parallelism=placed / steps if steps else 1.0,
             theoretical_speedup=theoretical, kv_bytes=runner.cache.used_bytes(),

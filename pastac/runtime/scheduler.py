@@ -17,6 +17,12 @@ threads (``_on_tag``):
 - ``</async>`` ends a child's body; the child ends once its own children have;
 - the run is done when the main thread has ended and no thread is left.
 
+Jump-forward (``jump``): where a canonical tag leaves no choice (``topic="`` after ``<promise topic``,
+`` tokens="`` after the topic's closing quote, ``/>`` after the estimate's), the forced text
+(``pastac.grammar.prefix.forced``) is fed with the token before it, in one step, instead of being sampled
+token by token; a replayed thread jumps where its script's next tokens are that text, as a sampled one
+would.  The forced tokens count toward the thread's budget like any it writes.
+
 Recovery never loses text: a child that writes EOS or runs out of budget is
 closed (its ``</async>`` force-fed), a stray or malformed tag is kept as text or
 dropped with a warning (which quotes it), and every warning is kept in
@@ -31,12 +37,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from pastac.grammar import Scanner
 from pastac.grammar.ast import Promise, quote
 from pastac.grammar.parser import DEFAULT_MAX_DEPTH
-from pastac.grammar.prefix import TagContext
+from pastac.grammar.prefix import TagContext, forced
 from pastac.grammar.tags import TagKind, TagToken, TextToken
 from pastac.ir.graph import MAIN, ThreadGraph
 from pastac.passes.positions import Policy, PositionOptions, PositionRule
@@ -132,10 +139,11 @@ class Scheduler:
     def __init__(self, tokenizer: Any, *, limits: Limits, positions: PositionOptions, eos: Sequence[int],
                  prompt_length: int, replay: Replay | None = None, tags: bool = True,
                  child_stop: str | None = None, guard: TagGuard | None = None,
-                 max_nesting: int = DEFAULT_MAX_DEPTH) -> None:
+                 max_nesting: int = DEFAULT_MAX_DEPTH, jump: bool = False) -> None:
         """``guard``: constrain what the threads sample so that the tags they write are well formed and
         allowed where they stand (``pastac.runtime.guard``); a promise is allowed where its block would nest
-        at most ``max_nesting`` deep (the language's limit, whether the block is forked or decoded inline)."""
+        at most ``max_nesting`` deep (the language's limit, whether the block is forked or decoded inline).
+        ``jump``: feed the text a canonical tag forces at once (the module's docstring); with tags only."""
         if positions.policy in (Policy.SEQUENTIAL, Policy.ORACLE):
             raise ValueError(f"the runtime cannot use the {positions.policy} position policy: it needs the "
                              "children's lengths before they are written; use predicted, restart or lockstep")
@@ -152,6 +160,9 @@ class Scheduler:
         self.child_stop = child_stop
         self.guard = guard if tags else None
         self.max_nesting = max_nesting
+        self.jump = jump and tags
+        self._forced_ids: dict[str, list[int]] = {}
+        self.jumped = 0  # tokens fed by jump-forward
         self.next_slot = prompt_length
         self.step_no = 0
         self.chosen = 0
@@ -332,12 +343,40 @@ class Scheduler:
         self._scan(thread, text, tokens=1)
         if thread.status not in (Status.RUNNING, Status.QUEUED):
             return
+        if self.jump:
+            self._jump(thread)
+            if thread.status not in (Status.RUNNING, Status.QUEUED):
+                return
         if self.child_stop and thread.id != MAIN and self.child_stop in text and self._stop(thread):
             return
         if thread.chosen >= self.limits.max_new_tokens:
             self._end_body(thread, reason=f"reached --max-new-tokens ({self.limits.max_new_tokens})")
         elif self.chosen >= self.limits.max_total_tokens:
             self._end_body(thread, reason=f"the run reached its total of {self.limits.max_total_tokens} tokens")
+
+    def _jump(self, thread: Thread) -> None:
+        """Feed what the thread's unfinished tag must go on with, if anything (jump-forward)."""
+        assert thread.detok is not None
+        while thread.detok.settled and (text := forced(thread.scanner.held)):
+            if text not in self._forced_ids:
+                self._forced_ids[text] = self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self._forced_ids[text]
+            if (thread.chosen + len(ids) > self.limits.max_new_tokens
+                    or self.chosen + len(ids) > self.limits.max_total_tokens):  # a budget ends it before
+                return
+            if thread.script is not None:  # a replay jumps where its tokens are the ones a sampled run feeds
+                if list(islice(thread.script, len(ids))) != ids:
+                    return
+                for _ in ids:
+                    thread.script.popleft()
+            thread.chosen += len(ids)
+            self.chosen += len(ids)
+            self.jumped += len(ids)
+            thread.inputs.extend(ids)
+            thread.detok.skip(ids)
+            self._scan(thread, text, tokens=len(ids))
+            if thread.status not in (Status.RUNNING, Status.QUEUED):
+                return
 
     def _feed_forced(self, thread: Thread) -> None:
         tokens, text = thread.forced.popleft()

@@ -29,6 +29,11 @@ class Detokenizer:
             return after[len(before):]
         return ""
 
+    @property
+    def settled(self) -> bool:
+        """Has the text of every token added been emitted (no character is waiting for its last bytes)?"""
+        return self._read == len(self.ids)
+
     def skip(self, tokens: list[int]) -> None:
         """Append tokens whose text the caller handles itself (forced text, tags)."""
         self.ids.extend(tokens)
