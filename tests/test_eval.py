@@ -79,6 +79,9 @@ def test_evaluate_on_a_tiny_model():
         assert r["threads"] >= 1 and isinstance(r["valid"], bool) and r["speedup_vs_hf_generate"] > 0
         assert r["loglik_pasta"] is not None and r["judge"] in ("win", "loss", "tie")
         assert r["valid"] == (r["problems"] == [])  # an answer that is not valid says why
+        # one budget for both answers: 8 new tokens for generate, 8 for all the threads together
+        assert r["baseline_tokens"] <= 8 and r["baseline_cut"] == (r["baseline_tokens"] == 8)
+        assert 0 < r["written"] <= 8
     summary = report["summary"]
     assert summary["prompts"] == 2 and summary["fork_rate_by_category"].keys() == {"list", "factual"}
     assert 0 <= summary["valid_rate"] <= 1 and sum(summary["judge"].values()) == pytest.approx(1.0)
@@ -89,7 +92,8 @@ def test_list_like_and_short_figures_take_only_their_categories():
     def result(category: str, threads: int, speedup: float) -> dict:
         return {"category": category, "threads": threads, "valid": True, "speedup_vs_sequential": speedup,
                 "speedup_vs_hf_generate": speedup, "theoretical_speedup": speedup, "loglik_pasta": -1.0,
-                "loglik_sequential": -1.0, "redundancy_threads": 0.0, "redundancy_sequential": 0.0}
+                "loglik_sequential": -1.0, "redundancy_threads": 0.0, "redundancy_sequential": 0.0,
+                "baseline_cut": category == "list"}
 
     summary = summarize([result("list", 4, 2.0), result("plan", 1, 1.0), result("factual", 1, 1.0),
                          result("code", 1, 0.5)])
@@ -98,6 +102,7 @@ def test_list_like_and_short_figures_take_only_their_categories():
     assert summary["fork_rate_short"] == 0.0
     assert summary["speedup_vs_sequential_list_like"] == pytest.approx(2 ** 0.5)
     assert summary["speedup_vs_sequential"] == pytest.approx(1.0)  # (2 x 1 x 1 x 0.5) ** (1/4)
+    assert summary["baseline_cut_rate"] == 0.25
 
 
 def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811

@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     model_arguments(model)
     adapter_arguments(model)
     kernel_arguments(model)
-    p.add_argument("--max-new-tokens", type=positive, default=512, metavar="N", help="per thread (default 512)")
+    p.add_argument("--max-new-tokens", type=positive, default=512, metavar="N",
+                   help="the answer's budget, the same for both models: the base model's generate writes at most "
+                        "N new tokens, the adapted model's threads at most N together, tags included (default 512)")
     penalty_arguments(p)
     guard_arguments(p)
     judge = p.add_argument_group("judge (optional)")

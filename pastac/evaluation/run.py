@@ -36,6 +36,8 @@ class JudgeError(RuntimeError):
 
 @dataclass(frozen=True)
 class EvalOptions:
+    # the answer's budget, the same for both: the base model's generate writes at most this many new tokens,
+    # and the adapted model's threads at most this many together (tags included)
     max_new_tokens: int = 512
     judge: Judge | None = None
     seed: int = 0
@@ -86,7 +88,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions,
                  rng: random.Random) -> dict[str, Any]:
     prompt = str(record["prompt"])
-    limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=4 * options.max_new_tokens)
+    limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
     sampling = SamplingOptions(repetition_penalty=penalty or 1.0)
     pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard,
@@ -98,7 +100,8 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
         "threads": pasta.stats.threads, "valid": valid,
         # why not valid: the lenient check's diagnostics, then what the runtime had to recover from
         "problems": [f"{d.code} {d.message}" for d in lenient.diagnostics] + list(pasta.warnings),
-        "tokens": pasta.stats.tokens,
+        "tokens": pasta.stats.tokens,  # placed in the cache: what the threads wrote, and the <async> fed to each
+        "written": pasta.stats.generated + pasta.stats.jumped,  # what the threads wrote: the budget's count
         "theoretical_speedup": pasta.stats.theoretical_speedup, "wall_s": pasta.stats.wall_s,
         "text": pasta.text, "annotated": pasta.annotated,
     }
@@ -120,9 +123,12 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
         generated, hf_wall = _timed(lambda: base.model.generate(
             tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=options.max_new_tokens, do_sample=False,
             pad_token_id=base.eos[0] if base.eos else 0, logits_processor=processors))
-    answer_ids = [t for t in generated[0, len(ids):].tolist() if t not in base.eos]
+    new_ids = generated[0, len(ids):].tolist()
+    answer_ids = [t for t in new_ids if t not in base.eos]
     baseline = base.tokenizer.decode(answer_ids, skip_special_tokens=True)
-    out.update(baseline=baseline, hf_generate_wall_s=hf_wall, speedup_vs_hf_generate=hf_wall / pasta.stats.wall_s)
+    out.update(baseline=baseline, baseline_tokens=len(answer_ids),
+               baseline_cut=len(new_ids) >= options.max_new_tokens and not set(new_ids) & set(base.eos),
+               hf_generate_wall_s=hf_wall, speedup_vs_hf_generate=hf_wall / pasta.stats.wall_s)
     stitched_ids = base.tokenizer.encode(pasta.text, add_special_tokens=False)
     out["loglik_pasta"] = log_likelihood(base.model, ids, stitched_ids)
     out["loglik_sequential"] = log_likelihood(base.model, ids, answer_ids)
@@ -170,6 +176,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "loglik_relative_change": None if ll_pasta is None or not ll_seq else (ll_pasta - ll_seq) / abs(ll_seq),
         "redundancy_threads": _mean([r["redundancy_threads"] for r in results]),
         "redundancy_sequential": _mean([r["redundancy_sequential"] for r in results]),
+        "baseline_cut_rate": _rate([r["baseline_cut"] for r in results]),
     }
     verdicts = [r["judge"] for r in results if "judge" in r]
     if verdicts:
