@@ -126,3 +126,36 @@ def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
     assert code == 2 and "go together" in err
     code, _, err = run(capsys, "eval", "--prompts", str(prompts), "--split", "validation")
     assert code == 2 and "no prompts" in err
+
+
+def test_shards_of_an_evaluation_merge_into_one_report(capsys, tmp_path, model_dir):  # noqa: F811
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tip {i}?", "category": c}) + "\n"
+                               for i, c in enumerate(["list", "factual", "list", "code", "plan"])))
+    common = ("eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter", "--max-new-tokens", "3",
+              "--json", "-q")
+    whole = json.loads(run(capsys, *common)[1])
+    reports = []
+    for k in (1, 2):
+        code, out, err = run(capsys, *common, "--shard", f"{k}/2")
+        assert code == 0, err
+        reports.append(tmp_path / f"shard{k}.json")
+        reports[-1].write_text(out)
+    ids = [[r["id"] for r in json.loads(p.read_text())["results"]] for p in reports]
+    order = [r["id"] for r in whole["results"]]  # every other prompt of the same selection
+    assert ids == [order[0::2], order[1::2]]
+    code, out, err = run(capsys, "eval", "--merge", *map(str, reports), "--json")
+    assert code == 0, err
+    merged = json.loads(out)
+    assert sorted(r["id"] for r in merged["results"]) == sorted(order)
+    for key in ("prompts", "valid_rate", "fork_rate", "fork_rate_by_category", "jump_forward", "tag_guard"):
+        assert merged["summary"][key] == whole["summary"][key], key
+    # errors: a shard out of range, a file that is not a report, nothing to evaluate
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, *common, "--shard", "3/2")
+    assert exit_info.value.code == 2 and "not K/N" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    code, _, err = run(capsys, "eval", "--merge", str(tmp_path / "bad.json"))
+    assert code == 2 and "not a pastac eval --json report" in err
+    code, _, err = run(capsys, "eval")
+    assert code == 2 and "--prompts" in err

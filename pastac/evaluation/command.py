@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 
@@ -28,11 +29,17 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
                     "thread, and vs Hugging Face generate of the base model), the base model's log-likelihood "
                     "of the stitched answer vs of its own answer, and the overlap between sibling threads vs "
                     "between the items of the base answer.")
-    p.add_argument("--prompts", required=True, metavar="FILE.jsonl",
+    p.add_argument("--prompts", metavar="FILE.jsonl",
                    help="one JSON object per line with \"prompt\" (and \"category\", \"id\", \"split\")")
     p.add_argument("--split", metavar="NAME", help="only the records of this split (e.g. test)")
     p.add_argument("--limit", type=positive, metavar="N",
                    help="only N prompts, taken in turn from each category (file order within one)")
+    p.add_argument("--shard", type=_shard, metavar="K/N",
+                   help="only the K-th of every N of those prompts (K from 1), to spread an evaluation over N "
+                        "processes; --merge joins their --json reports")
+    p.add_argument("--merge", nargs="+", metavar="REPORT.json",
+                   help="evaluate nothing: join the --json reports of the shards of one evaluation (their results "
+                        "in the order given) and summarise them")
     model = p.add_argument_group("model")
     model_arguments(model)
     adapter_arguments(model)
@@ -51,6 +58,40 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     p.set_defaults(run=eval_command)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    k, slash, n = text.partition("/")
+    if not (slash and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"not K/N with 1 <= K <= N: {text!r}")
+    return int(k), int(n)
+
+
+def _merge(paths: list[str]) -> dict[str, Any]:
+    """One report from the reports of an evaluation's shards: their results, summarised again."""
+    from pastac.cli import UsageError
+    from pastac.evaluation.run import summarize
+    from pastac.files import InputFileError, read_text
+
+    results: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    for path in paths:
+        try:
+            report = json.loads(read_text(Path(path)))
+        except InputFileError as error:
+            raise UsageError(str(error)) from None
+        except ValueError as error:
+            raise UsageError(f"{path}: not a JSON report: {error}") from None
+        if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+            raise UsageError(f"{path}: not a pastac eval --json report (no \"results\" list)")
+        for key in ("tag_guard", "jump_forward"):
+            value = report.get("summary", {}).get(key)
+            if settings.setdefault(key, value) != value:
+                raise UsageError(f"{path}: made with {key} {value}, the reports before it with {settings[key]}")
+        results += report["results"]
+    if not results:
+        raise UsageError("the reports hold no results")
+    return {"results": results, "summary": summarize(results) | settings}
+
+
 def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
     from pastac.cli import UsageError
     from pastac.data.pipeline import PipelineError, read_records, round_robin
@@ -62,6 +103,9 @@ def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.split:
         records = [r for r in records if r.get("split") == args.split]
     records = round_robin(records)[: args.limit] if args.limit else records
+    if args.shard:
+        k, n = args.shard
+        records = records[k - 1::n]
     if not records:
         raise UsageError(f"no prompts to evaluate in {args.prompts}" + (f" (split {args.split})" if args.split else ""))
     return records
@@ -83,6 +127,13 @@ def _table(report: dict[str, Any], out: TextIO) -> None:
     Console(file=out, width=160).print(table)
 
 
+def _print(report: dict[str, Any], as_json: bool, out: TextIO) -> None:
+    if as_json:
+        out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _table(report, out)
+
+
 def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.cli import EXIT_OK, UsageError
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
@@ -90,6 +141,13 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.runtime.engine import Engine
     from pastac.runtime.models import ModelError, resolve_adapter
 
+    if args.merge:
+        if args.prompts:
+            raise UsageError("--merge joins finished reports; it takes no --prompts")
+        _print(_merge(args.merge), args.json, out)
+        return EXIT_OK
+    if not args.prompts:
+        raise UsageError("give --prompts FILE.jsonl (or --merge REPORT.json ...)")
     records = _records(args)
     if bool(args.judge_url) != bool(args.judge_model):
         raise UsageError("--judge-url and --judge-model go together")
@@ -120,10 +178,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
                               progress=lambda n: bar(advance=n))
         except JudgeError as error:
             raise UsageError(str(error)) from None
-    if args.json:
-        out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    else:
-        _table(report, out)
+    _print(report, args.json, out)
     if not args.quiet:
         print(f"pastac: evaluated {len(records)} prompts", file=sys.stderr)
     return EXIT_OK
