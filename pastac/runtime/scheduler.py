@@ -357,7 +357,7 @@ class Scheduler:
     def _jump(self, thread: Thread) -> None:
         """Feed what the thread's unfinished tag must go on with, if anything (jump-forward)."""
         assert thread.detok is not None
-        while thread.detok.settled and (text := forced(thread.scanner.held)):
+        while thread.scanner.held and thread.detok.settled and (text := forced(thread.scanner.held)):
             if text not in self._forced_ids:
                 self._forced_ids[text] = self.tokenizer.encode(text, add_special_tokens=False)
             ids = self._forced_ids[text]
