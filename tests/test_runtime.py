@@ -75,19 +75,25 @@ def runtime_logits(e: Engine) -> list[tuple[int, int, torch.Tensor]]:
     return out
 
 
+def check_replay_logits(e: Engine, doc: str = DOC, policy: str = "predicted") -> int:
+    """Check every logit the engine's last replay of ``doc`` sampled against one forward over the training
+    layout; how many it checked."""
+    tokens, positions, mask, order = reference(e, doc, policy)
+    expected = forward(e.model, tokens, positions, mask)
+    ir_of = {t: th.ir_thread for t, th in e.last_run.sched.threads.items()}
+    checked = 0
+    for thread, index, logits in runtime_logits(e):
+        torch.testing.assert_close(logits, expected[order[ir_of[thread]][index]], atol=ATOL, rtol=0)
+        checked += 1
+    return checked
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("policy", ["predicted", "restart", "lockstep"])
 def test_replay_logits_equal_one_forward_over_the_training_layout(shape, policy):
     e, result = replay(shape, positions=PositionOptions(policy=policy))
     assert result.stats.threads == 4 and not result.warnings
-    tokens, positions, mask, order = reference(e, DOC, policy)
-    expected = forward(e.model, tokens, positions, mask)
-    ir_of = {t: th.ir_thread for t, th in e.last_run.sched.threads.items()}
-    checked = 0
-    for thread, index, logits in runtime_logits(e):
-        want = expected[order[ir_of[thread]][index]]
-        torch.testing.assert_close(logits, want, atol=ATOL, rtol=0)
-        checked += 1
+    checked = check_replay_logits(e, DOC, policy)
     assert checked >= result.stats.generated - result.stats.threads  # (nearly) every token the threads chose
 
 
