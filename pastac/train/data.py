@@ -68,6 +68,7 @@ __all__ = [
     "load_examples",
     "runtime_form",
     "text_positions",
+    "text_tokens",
 ]
 
 #: The label of a position that is not trained (PyTorch's cross-entropy ``ignore_index``).
@@ -87,6 +88,11 @@ class Example:
     thread_ids: torch.Tensor  # long [N]: the IR thread of each position (the prompt's is the main thread, 0)
     prompt_length: int
     text: torch.Tensor  # bool [N]: the token at i and its label are both plain text (no tag, not the prompt)
+    # The answer as plain text: the prompt, then the layout's text tokens in document order (no tags, each
+    # part where its promise stands), read causally; ``teacher[i]`` is where position i's token stands in it
+    # (-1 where ``text[i]`` is False).  There the next token is position i's label too.
+    teacher_ids: torch.Tensor  # long [M]
+    teacher: torch.Tensor  # long [N]
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -132,14 +138,21 @@ def layout_labels(graph: ThreadGraph, tokens: Sequence[int], layout: Layout, eos
     return torch.tensor(labels, dtype=torch.long)
 
 
+def text_tokens(graph: ThreadGraph, layout: Layout) -> torch.Tensor:
+    """bool [T]: the layout tokens that are plain text (not a tag's)."""
+    if not layout.node_ids.numel():
+        return torch.zeros(0, dtype=torch.bool)
+    return torch.tensor([isinstance(op, Segment) for _, op in graph.ops()], dtype=torch.bool)[layout.node_ids]
+
+
 def text_positions(graph: ThreadGraph, layout: Layout, labels: torch.Tensor) -> torch.Tensor:
     """bool [T]: the layout positions whose token is plain text and whose label is the next token of the same
-    text (a label that is a tag's token, or none, is left out): where the base model's own prediction is
-    meaningful, and a fine-tune should not drift from it (``TrainOptions.kl_weight``)."""
+    text (a label that is a tag's token, or none, is left out): where a base model that reads the answer as
+    plain text predicts the same next token, and a fine-tune should not drift from what it predicts
+    (``TrainOptions.kl_weight``).  Two such tokens of a thread are neighbours in document order too: a
+    child's part lies between its promise and the parent's next token, and the promise is a tag."""
     count = layout.node_ids.numel()
-    if not count:
-        return torch.zeros(0, dtype=torch.bool)
-    texts = torch.tensor([isinstance(op, Segment) for _, op in graph.ops()], dtype=torch.bool)[layout.node_ids]
+    texts = text_tokens(graph, layout)
     out = torch.zeros(count, dtype=torch.bool)
     by_thread: dict[int, list[int]] = {}
     for index, thread in enumerate(layout.thread_ids.tolist()):
@@ -178,6 +191,10 @@ def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, optio
     labels[p:] = layout_labels(graph, tokens, layout, int(eos))
     text = torch.zeros(p + t, dtype=torch.bool)
     text[p:] = text_positions(graph, layout, labels[p:])
+    plain = text_tokens(graph, layout)
+    teacher = torch.full((p + t,), -1, dtype=torch.long)
+    teacher[p:][plain] = p + torch.arange(int(plain.sum()))
+    teacher[~text] = -1
     if p:
         labels[p - 1] = tokens[0]  # the main thread's first token: the layout's first is always the main's
     return Example(
@@ -188,6 +205,8 @@ def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, optio
         thread_ids=torch.cat([torch.full((p,), MAIN, dtype=torch.long), layout.thread_ids]),
         prompt_length=p,
         text=text,
+        teacher_ids=torch.tensor(prompt + [tokens[i] for i in plain.nonzero().flatten().tolist()], dtype=torch.long),
+        teacher=teacher,
     )
 
 
@@ -301,6 +320,9 @@ class Batch:
     mask: torch.Tensor  # bool [B, N, N]
     labels: torch.Tensor  # long [B, N]
     text: torch.Tensor  # bool [B, N]: Example.text (False on pads)
+    teacher_ids: torch.Tensor  # long [B, M]: Example.teacher_ids, right-padded
+    teacher_mask: torch.Tensor  # long [B, M]: 1 on a real token of teacher_ids, 0 on a pad
+    teacher: torch.Tensor  # long [B, N]: Example.teacher (-1 on pads)
     tokens: int  # real (not padding) tokens
 
     def additive_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -311,7 +333,9 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return replace(self, input_ids=self.input_ids.to(device), position_ids=self.position_ids.to(device),
-                       mask=self.mask.to(device), labels=self.labels.to(device), text=self.text.to(device))
+                       mask=self.mask.to(device), labels=self.labels.to(device), text=self.text.to(device),
+                       teacher_ids=self.teacher_ids.to(device), teacher_mask=self.teacher_mask.to(device),
+                       teacher=self.teacher.to(device))
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:
@@ -325,12 +349,20 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     position_ids = torch.zeros((b, size), dtype=torch.long)
     labels = torch.full((b, size), IGNORE, dtype=torch.long)
     text = torch.zeros((b, size), dtype=torch.bool)
+    teacher = torch.full((b, size), -1, dtype=torch.long)
     mask = torch.eye(size, dtype=torch.bool).repeat(b, 1, 1)
+    plain = max(e.teacher_ids.numel() for e in examples)
+    teacher_ids = torch.full((b, plain), pad_id, dtype=torch.long)
+    teacher_mask = torch.zeros((b, plain), dtype=torch.long)
     for row, example in enumerate(examples):
-        n = len(example)
+        n, m = len(example), example.teacher_ids.numel()
         input_ids[row, :n] = example.input_ids
         position_ids[row, :n] = example.position_ids
         labels[row, :n] = example.labels
         text[row, :n] = example.text
+        teacher[row, :n] = example.teacher
         mask[row, :n, :n] = example.mask
-    return Batch(input_ids, position_ids, mask, labels, text, tokens=sum(len(e) for e in examples))
+        teacher_ids[row, :m] = example.teacher_ids
+        teacher_mask[row, :m] = 1
+    return Batch(input_ids, position_ids, mask, labels, text, teacher_ids, teacher_mask, teacher,
+                 tokens=sum(len(e) for e in examples))
