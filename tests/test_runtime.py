@@ -239,3 +239,15 @@ def test_stream_yields_steps_then_the_result():
     assert events[-1].result.stats.steps == len(events) - 2  # the prompt's forward is not a step
     written = "".join(ev.new_text.get(0, "") for ev in events[:-1])
     assert written == "".join(v for k, v in e.last_run.sched.threads[0].pieces if k == "text")
+
+
+def test_a_reservation_is_no_larger_than_what_the_child_may_write():
+    doc = 'A <promise topic="x" tokens="40000"/><async>b</async> c<sync/> d'
+    e = engine("tiny-llama")
+    limits = Limits(max_new_tokens=200, max_total_tokens=300)
+    result = e.generate(PROMPT, RunOptions(limits=limits), replay=doc)
+    assert result.annotated == doc and not result.warnings
+    main = e.last_run.sched.threads[0]
+    tags = len(e.last_run.sched.open_ids) + len(e.last_run.sched.close_ids)
+    # the prompt's and the main thread's tokens, then a skip of what the child may write, not of 40,000
+    assert main.pos == main.fed + tags + 200

@@ -491,7 +491,11 @@ class Scheduler:
         thread.unjoined.append(child_id)
         thread.pieces.append(("tag", lexeme.raw))
         thread.pieces.append(("child", child_id))
-        thread.skip += self.rule.reservation(tag.tokens, len(self.open_ids) + len(self.close_ids))
+        tags = len(self.open_ids) + len(self.close_ids)
+        # a child writes at most its budget: positions reserved past it would only leave a gap, and an estimate
+        # off the scale (tokens="40000") would send the parent past the positions the model was trained on
+        budget = min(self.limits.max_new_tokens, self.limits.max_total_tokens)
+        thread.skip += min(self.rule.reservation(tag.tokens, tags), tags + budget)
         self._pending_forks.setdefault(thread.id, []).append(child_id)
 
     def _end_body(self, thread: Thread, reason: str | None) -> None:
