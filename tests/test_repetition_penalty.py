@@ -17,6 +17,7 @@ from pastac.runtime.sampling import (
     Sampler,
     SamplingOptions,
     penalize,
+    penalty_exempt_ids,
     seen_tokens,
     tag_token_ids,
 )
@@ -50,7 +51,7 @@ def test_a_text_without_tags_equals_hf_generate_with_the_same_penalty(shape):
     s = e.generate(PROMPT, RunOptions(mode="sequential", limits=limits, sampling=penalized.sampling))
     plain = e.generate(PROMPT, RunOptions(mode="sequential", limits=limits))
     assert "<promise" not in a.annotated
-    assert a.text == s.text == hf_generate(e, e.prompt_ids(PROMPT), 30, PENALTY, e.tag_tokens)
+    assert a.text == s.text == hf_generate(e, e.prompt_ids(PROMPT), 30, PENALTY, e.exempt_tokens)
     assert s.text != plain.text  # the penalty changed what greedy decoding writes
     # with nothing exempt, the processor is Hugging Face's own repetition_penalty
     ids = torch.tensor([e.prompt_ids(PROMPT)])
@@ -81,7 +82,7 @@ def test_each_child_is_penalised_for_its_own_context_only(shape):
         ids = e.prompt_ids(PROMPT) + [t for p in pieces for t in e.tokenizer.encode(p, add_special_tokens=False)]
         ids += e.tokenizer.encode("<async>", add_special_tokens=False)
         written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
-        assert written == hf_generate(e, ids, budget, PENALTY, e.tag_tokens)
+        assert written == hf_generate(e, ids, budget, PENALTY, e.exempt_tokens)
 
 
 def test_the_tags_tokens_are_exempt():
@@ -95,6 +96,28 @@ def test_the_tags_tokens_are_exempt():
                        exempt=torch.tensor([False, False, False, True]))
     assert seen.tolist() == [[True, True, False, False]]  # token 3 seen, but exempt; slot 2 not visible
     assert penalize(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, 1.0]]
+
+
+def test_special_tokens_are_exempt_so_that_a_chat_prompt_does_not_keep_an_answer_from_ending():
+    tok = tiny_tokenizer()
+    exempt = penalty_exempt_ids(tok, [tok.eos_token_id])
+    assert set(tok.all_special_ids) | {tok.eos_token_id} <= set(exempt) and set(tag_token_ids(tok)) <= set(exempt)
+    e = engine("tiny-llama")
+    assert tok.eos_token_id in e.prompt_ids(PROMPT) and tok.eos_token_id in e.exempt_tokens  # the chat turn's end
+    # a model that wants to end at once: the end of sequence, seen in the prompt, is not pushed below the rest
+    model = random_model("tiny-llama", vocab_size=len(tok), seed=1, eos_token_id=tok.eos_token_id)
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict, out: object) -> None:
+        out.logits[..., tok.eos_token_id] = out.logits.max() + 0.1
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    ending = Engine(model, tok, name="ending")
+    result = ending.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=20),
+                                                sampling=SamplingOptions(repetition_penalty=4.0)))
+    assert result.stats.generated == 0 and result.text == ""
+    ids = ending.prompt_ids(PROMPT)
+    assert hf_generate(ending, ids, 20, 4.0, ending.exempt_tokens) == ""
+    assert hf_generate(ending, ids, 20, 4.0, tag_token_ids(tok)) != ""  # the test can fail: penalised, it goes on
 
 
 def test_unset_penalty_takes_the_models_setting():

@@ -117,7 +117,7 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     device = next(base.model.parameters()).device
     tensor = torch.tensor([ids], device=device)
     # the same penalty for the base model; with none, its generate is Hugging Face's, untouched
-    penalties = [RepetitionPenalty(sampling.penalty, base.tag_tokens)] if sampling.penalty != 1 else []
+    penalties = [RepetitionPenalty(sampling.penalty, base.exempt_tokens)] if sampling.penalty != 1 else []
     processors = LogitsProcessorList(penalties)
     with torch.inference_mode():
         generated, hf_wall = _timed(lambda: base.model.generate(

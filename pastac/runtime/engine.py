@@ -35,7 +35,7 @@ from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, cache_dir, check
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner
-from pastac.runtime.sampling import Sampler, SamplingOptions, tag_token_ids
+from pastac.runtime.sampling import Sampler, SamplingOptions, penalty_exempt_ids
 from pastac.runtime.scheduler import Limits, Scheduler
 
 RunnerFactory = Callable[[torch.nn.Module, int], Any]
@@ -203,10 +203,10 @@ class Engine:
         if repetition_penalty is not None and not repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, not {repetition_penalty}")
         self.repetition_penalty = repetition_penalty
-        self.tag_tokens = tag_token_ids(tokenizer)  # never penalised for repeating
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos: tuple[int, ...] = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+        self.exempt_tokens = penalty_exempt_ids(tokenizer, self.eos)  # never penalised for repeating
         self.guard = TagGuard(tokenizer, self.eos)  # its masks are made as the states are met, then kept
         self.kernels = kernels
         if kernels == "tuned":
@@ -298,7 +298,7 @@ class Engine:
         runner = (runner or Runner)(self.model, capacity)
         runner.keep_logits = keep_logits
         sampler = Sampler(options.sampling.resolved(self.repetition_penalty), device=runner.device,
-                          exempt=self.tag_tokens)
+                          exempt=self.exempt_tokens)
         self.last_run = run = Run(sched, runner, len(ids), started)
         seen: dict[int, int] = {}
         while not sched.done:

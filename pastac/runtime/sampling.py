@@ -12,7 +12,7 @@ import torch
 
 # Pasta-Lang in the contexts a model writes it in.  The tokens that fall inside its tags (the topic's text
 # aside) are never penalised for repeating: a thread's second promise repeats its first one's syntax by
-# design, and a token estimate's digits are no text.
+# design, and a token estimate's digits are no text.  Nor are special tokens (``penalty_exempt_ids``).
 TAG_SAMPLES = (
     '1. <promise topic="a" tokens="1234567890"/><async>b\n</async>2. <promise topic="c" tokens="40"/>'
     '<async>d</async><sync/>\ne',
@@ -83,6 +83,14 @@ def tag_token_ids(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def penalty_exempt_ids(tokenizer: Any, eos: Iterable[int] = ()) -> list[int]:
+    """The ids the repetition penalty leaves alone: the tags' tokens (``tag_token_ids``) and the special ones,
+    the end of sequence ``eos`` among them.  A chat prompt holds the end-of-turn token (SmolLM2's
+    ``<|im_end|>``, its end of sequence) once per turn: penalised for "repeating" it, an answer is pushed
+    away from ending."""
+    return sorted({*tag_token_ids(tokenizer), *getattr(tokenizer, "all_special_ids", ()), *eos})
+
+
 def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """``logits`` [N, vocab] with the penalty applied where ``seen`` [N, vocab] (bool) is set."""
     if penalty == 1:
@@ -142,7 +150,7 @@ class RepetitionPenalty:
 class Sampler:
     def __init__(self, options: SamplingOptions, device: torch.device | str = "cpu",
                  exempt: Iterable[int] = ()) -> None:
-        """``exempt``: token ids the repetition penalty leaves alone (``tag_token_ids``)."""
+        """``exempt``: token ids the repetition penalty leaves alone (``penalty_exempt_ids``)."""
         self.options = options
         self.generator: torch.Generator | None = None
         self.exempt_tokens = TokenSet(exempt)
