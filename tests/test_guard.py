@@ -68,18 +68,32 @@ def test_a_canonical_tag_reads_without_diagnostics(tag):
     ("", "</async> and </async>", TagContext(close=False)),
     ("", '<promise topic="a" tokens="1"/>', TagContext(promise=False)),  # its block would nest too deep
     ("<promise", " ", TagContext(promise=False)),
+    # text that begins with a tag's name: a model that writes the name means the tag
+    ("</async", "io", EVERYWHERE), ("<promise", "s", EVERYWHERE), ("<sync", "<", EVERYWHERE),
+    ("", "x <sync", TagContext()), ("<s", "ync", TagContext()),  # it could only be a <sync/>, not allowed here
+    ("", "</async</async", TagContext(sync=True)),  # a main thread that loops on a </async> it may not write
+    ("", "<async", EVERYWHERE),
 ])
 def test_malformed_or_misplaced_tags_are_not_viable(held, piece, context):
     assert not viable(held, piece, context)
 
 
 @pytest.mark.parametrize("held, piece", [
-    ("", "a < b"), ("", "<b>bold</b>"), ("</async", "io"), ("<promise", "s"), ("<", "p>"), ("<s", "ync"),
-    ("", "x <sync"),  # undecided: "<syncopation" is text
+    ("", "a < b"), ("", "<b>bold</b>"), ("<pro", "file"), ("<", "p>"), ("<s", "yn"), ("<syn", "thesis"),
+    ("", "x <syn"),  # undecided: "<synthesis" is text
+    ("", "</as"), ("</as", "ide>"),
     ('<promise topic="a', 'b" tokens="12"/> then text'),
 ])
 def test_text_and_unfinished_tags_stay_viable_where_no_tag_is_allowed(held, piece):
     context = TagContext() if "promise" not in held else EVERYWHERE
+    assert viable(held, piece, context)
+
+
+@pytest.mark.parametrize("held, piece, context", [
+    ("", "x <sync", TagContext(sync=True)), ("<s", "ync", TagContext(sync=True)),
+    ("", "</async", TagContext(close=True)), ("", "<promise", TagContext()),
+])
+def test_a_tags_name_is_viable_where_the_tag_is_allowed(held, piece, context):
     assert viable(held, piece, context)
 
 

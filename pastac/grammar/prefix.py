@@ -3,7 +3,9 @@
 A thread's scanner holds back a suffix that may still become a tag (``Scanner.held``).  ``viable`` says
 whether appending a piece of text to that suffix keeps every tag it completes well formed and allowed where
 the thread is, and leaves a suffix that can still be completed so: it is what constrained decoding asks of
-each candidate token.  Text that turns out not to be a tag (``a <b> c``, ``</asyncio``) is always viable.
+each candidate token.  Text that turns out not to be a tag (``a <b> c``, ``<profile``) is viable, unless it
+begins with a tag's name (``</asyncio``, ``<sync<sync``): where a model may not write a tag it is not let
+write its name either.
 
 The tags it lets a model write are the canonical forms, a subset of what the grammar accepts (so every tag
 they complete parses without a diagnostic):
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import regex
 
 from pastac.grammar.scanner import Scanner, opening
-from pastac.grammar.tags import TagKind, TagToken
+from pastac.grammar.tags import OPENERS, TagKind, TagToken
 
 TOKENS_DIGITS = 5  # a token estimate of at most 99,999
 _VALUE_CHAR = r'(?:[^"<>&\r\n]|&(?:quot|amp|lt|gt);)'
@@ -77,25 +79,38 @@ def _complete_ok(token: TagToken, context: TagContext) -> bool:
             and CANONICAL[token.kind].fullmatch(token.raw) is not None)
 
 
+def _named(text: str) -> TagKind | None:
+    """The tag whose name ``text`` begins with (``<sync`` in ``<syncopation``, ``</async`` in ``</async<``)."""
+    return next((kind for kind, opener in OPENERS.items() if text.startswith(opener)), None)
+
+
 def _held_ok(held: str, context: TagContext) -> bool:
     """Can the held-back suffix ``held`` still end as text or as an allowed canonical tag?"""
     if not held:
         return True
     kind = opening(held, final=False)
-    if kind is None or kind is True:  # text, or not yet decided (``<pro`` may become ``<profile``)
-        return True
+    if kind is None:  # text, but not text that begins with a tag's name
+        return _named(held) is None
+    if kind is True:  # not yet decided: ``<pro`` may become ``<profile``, but ``<promise`` only a promise
+        named = _named(held)
+        return named is None or context.allows(named)
     return context.allows(kind) and CANONICAL[kind].fullmatch(held, partial=True) is not None
 
 
 def viable(held: str, piece: str, context: TagContext) -> bool:
     """Does ``held + piece`` complete only well-formed, allowed tags and leave a suffix that can still be?
+    Text that begins with a tag's name (``<syncopation``, ``</async</async``) is not viable either: a model
+    that writes the name means the tag, and where the tag is not allowed the name is the start of a loop.
 
     ``held`` is what a thread's scanner holds back (empty, or a suffix starting with ``<``)."""
     if "<" not in piece and ">" not in piece:  # no tag can end, none but ``held``'s can start
         return _held_ok(held + piece, context) if held else True
     scanner = Scanner()
     for lexeme in scanner.feed(held + piece):
-        if isinstance(lexeme, TagToken) and not _complete_ok(lexeme, context):
+        if isinstance(lexeme, TagToken):
+            if not _complete_ok(lexeme, context):
+                return False
+        elif _named(lexeme.value) is not None:
             return False
     return _held_ok(scanner.held, context)
 

@@ -5,7 +5,8 @@ A model that writes Pasta-Lang can still write a tag the runtime must recover fr
 those out at sampling time: for each sampled thread the scheduler gives the text its scanner holds back and
 where the thread is (``TagContext``), and the guard returns the tokens whose text keeps every tag well formed
 (``pastac.grammar.prefix.viable``).  Plain text is never constrained: a thread that holds nothing back may
-write any token but one that would start a tag it may not write; only inside a tag is the choice narrowed
+write any token but one that would start a tag it may not write (or that tag's name as text, as in
+``</async</async``); only inside a tag is the choice narrowed
 to the tag's canonical form, with a topic of at most ``TOPIC_LIMIT`` characters.  The end-of-sequence
 token is out inside a tag and while a block is open (a child ends with its ``</async>``).  Masks are
 computed once per state and cached, so the cost is a dictionary lookup per sampled thread (a vocabulary's
