@@ -87,15 +87,20 @@ class Example:
     labels: torch.Tensor  # long [N]: the token the runtime chooses after position i, or IGNORE
     thread_ids: torch.Tensor  # long [N]: the IR thread of each position (the prompt's is the main thread, 0)
     prompt_length: int
-    text: torch.Tensor  # bool [N]: the token at i and its label are both plain text (no tag, not the prompt)
     # The answer as plain text: the prompt, then the layout's text tokens in document order (no tags, each
-    # part where its promise stands), read causally; ``teacher[i]`` is where position i's token stands in it
-    # (-1 where ``text[i]`` is False).  There the next token is position i's label too.
+    # part where its promise stands), read causally; ``teacher[i]`` is where position i's token stands in it,
+    # where that token and its label are both plain text (``text_positions``), else -1.  There the next
+    # token of the plain text is position i's label too.
     teacher_ids: torch.Tensor  # long [M]
     teacher: torch.Tensor  # long [N]
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
+
+    @property
+    def text(self) -> torch.Tensor:
+        """bool [N]: the positions whose token and label are both plain text (no tag, not the prompt)."""
+        return self.teacher >= 0
 
     @property
     def targets(self) -> int:
@@ -189,12 +194,10 @@ def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, optio
     mask[p:, p:] = layout.mask
     labels = torch.full((p + t,), IGNORE, dtype=torch.long)
     labels[p:] = layout_labels(graph, tokens, layout, int(eos))
-    text = torch.zeros(p + t, dtype=torch.bool)
-    text[p:] = text_positions(graph, layout, labels[p:])
     plain = text_tokens(graph, layout)
-    teacher = torch.full((p + t,), -1, dtype=torch.long)
-    teacher[p:][plain] = p + torch.arange(int(plain.sum()))
-    teacher[~text] = -1
+    teacher = torch.full((t,), -1, dtype=torch.long)
+    teacher[plain] = p + torch.arange(int(plain.sum()))
+    teacher[~text_positions(graph, layout, labels[p:])] = -1
     if p:
         labels[p - 1] = tokens[0]  # the main thread's first token: the layout's first is always the main's
     return Example(
@@ -204,9 +207,8 @@ def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, optio
         labels=labels,
         thread_ids=torch.cat([torch.full((p,), MAIN, dtype=torch.long), layout.thread_ids]),
         prompt_length=p,
-        text=text,
         teacher_ids=torch.tensor(prompt + [tokens[i] for i in plain.nonzero().flatten().tolist()], dtype=torch.long),
-        teacher=teacher,
+        teacher=torch.cat([torch.full((p,), -1, dtype=torch.long), teacher]),
     )
 
 
@@ -319,11 +321,15 @@ class Batch:
     position_ids: torch.Tensor  # long [B, N]
     mask: torch.Tensor  # bool [B, N, N]
     labels: torch.Tensor  # long [B, N]
-    text: torch.Tensor  # bool [B, N]: Example.text (False on pads)
     teacher_ids: torch.Tensor  # long [B, M]: Example.teacher_ids, right-padded
     teacher_mask: torch.Tensor  # long [B, M]: 1 on a real token of teacher_ids, 0 on a pad
     teacher: torch.Tensor  # long [B, N]: Example.teacher (-1 on pads)
     tokens: int  # real (not padding) tokens
+
+    @property
+    def text(self) -> torch.Tensor:
+        """bool [B, N]: ``Example.text`` (False on pads)."""
+        return self.teacher >= 0
 
     def additive_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """[B, 1, N, N] additive float mask: 0 allowed, dtype's min blocked."""
@@ -333,7 +339,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return replace(self, input_ids=self.input_ids.to(device), position_ids=self.position_ids.to(device),
-                       mask=self.mask.to(device), labels=self.labels.to(device), text=self.text.to(device),
+                       mask=self.mask.to(device), labels=self.labels.to(device),
                        teacher_ids=self.teacher_ids.to(device), teacher_mask=self.teacher_mask.to(device),
                        teacher=self.teacher.to(device))
 
@@ -348,7 +354,6 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     input_ids = torch.full((b, size), pad_id, dtype=torch.long)
     position_ids = torch.zeros((b, size), dtype=torch.long)
     labels = torch.full((b, size), IGNORE, dtype=torch.long)
-    text = torch.zeros((b, size), dtype=torch.bool)
     teacher = torch.full((b, size), -1, dtype=torch.long)
     mask = torch.eye(size, dtype=torch.bool).repeat(b, 1, 1)
     plain = max(e.teacher_ids.numel() for e in examples)
@@ -359,10 +364,9 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
         input_ids[row, :n] = example.input_ids
         position_ids[row, :n] = example.position_ids
         labels[row, :n] = example.labels
-        text[row, :n] = example.text
         teacher[row, :n] = example.teacher
         mask[row, :n, :n] = example.mask
         teacher_ids[row, :m] = example.teacher_ids
         teacher_mask[row, :m] = 1
-    return Batch(input_ids, position_ids, mask, labels, text, teacher_ids, teacher_mask, teacher,
+    return Batch(input_ids, position_ids, mask, labels, teacher_ids, teacher_mask, teacher,
                  tokens=sum(len(e) for e in examples))
