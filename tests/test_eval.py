@@ -90,10 +90,11 @@ def test_evaluate_on_a_tiny_model():
 
 def test_list_like_and_short_figures_take_only_their_categories():
     def result(category: str, threads: int, speedup: float) -> dict:
+        cut = category == "list"  # a base answer the budget cut: a loop, which the base model finds likely
         return {"category": category, "threads": threads, "valid": True, "speedup_vs_sequential": speedup,
                 "speedup_vs_hf_generate": speedup, "theoretical_speedup": speedup, "loglik_pasta": -1.0,
-                "loglik_sequential": -1.0, "redundancy_threads": 0.0, "redundancy_sequential": 0.0,
-                "baseline_cut": category == "list"}
+                "loglik_sequential": -0.2 if cut else -1.0, "redundancy_threads": 0.0, "redundancy_sequential": 0.0,
+                "baseline_cut": cut}
 
     summary = summarize([result("list", 4, 2.0), result("plan", 1, 1.0), result("factual", 1, 1.0),
                          result("code", 1, 0.5)])
@@ -103,6 +104,8 @@ def test_list_like_and_short_figures_take_only_their_categories():
     assert summary["speedup_vs_sequential_list_like"] == pytest.approx(2 ** 0.5)
     assert summary["speedup_vs_sequential"] == pytest.approx(1.0)  # (2 x 1 x 1 x 0.5) ** (1/4)
     assert summary["baseline_cut_rate"] == 0.25
+    assert summary["loglik_sequential"] == pytest.approx(-0.8) and summary["loglik_relative_change"] < -0.2
+    assert summary["loglik_sequential_finished"] == -1.0 and summary["loglik_relative_change_finished"] == 0.0
 
 
 def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
