@@ -21,7 +21,7 @@ from pastac.ir.lengths import tokenizer_length
 from pastac.runtime.engine import Engine, RunOptions
 from pastac.runtime.models import load_model, random_model, tiny_tokenizer
 from pastac.train.command import add_parser
-from pastac.train.data import IGNORE, collate, encode_example
+from pastac.train.data import CHILD_HEAD, IGNORE, collate, encode_example
 from pastac.train.trainer import TrainError, TrainOptions, train
 
 ATOL = 1e-4
@@ -127,15 +127,20 @@ def test_labels_follow_the_rule():
     threads = example.thread_ids.tolist()[p:]
     child = len(a) + len(promise), len(a) + len(promise) + len(opening) + len(body) + len(closing)
     assert set(threads[child[0]:child[1]]) == {1} and set(threads[:child[0]] + threads[child[1]:]) == {0}
-    # plain text: a token of text whose label is the next token of text (what the KL term compares)
+    # plain text: a token of text whose label is the next token of text (what the KL term compares), but for
+    # a child's first CHILD_HEAD tokens (its topic decides them)
+    assert len(body) <= CHILD_HEAD
     text = (
         [False] * p + [True] * (len(a) - 1) + [False]  # the prompt; "A " but for its last (a promise follows)
-        + [False] * (len(promise) + len(opening))
-        + [True] * (len(body) - 1) + [False]  # the child's text; its last token's label is </async>
-        + [False] * (len(closing) + len(sync))
+        + [False] * (len(promise) + len(opening) + len(body) + len(closing) + len(sync))
         + [True] * (len(d) - 1) + [False]  # the last token's label is the end of sequence
     )
     assert example.text.tolist() == text
+    words = " ".join(f"w{i}" for i in range(20))
+    long = encode_example(tok, "Hi", doc.replace("b c", words), POSITIONS)
+    child = (long.thread_ids == 1).nonzero().flatten().tolist()
+    body = child[len(opening):-len(closing)]
+    assert long.text[body].tolist() == [False] * CHILD_HEAD + [True] * (len(body) - CHILD_HEAD - 1) + [False]
     # a repeated topic on <async> is dropped: the runtime force-feeds a bare <async>
     same = encode_example(tok, "Hi", doc.replace("<async>", '<async topic="x">'), POSITIONS)
     assert torch.equal(same.input_ids, example.input_ids) and torch.equal(same.labels, example.labels)
