@@ -94,7 +94,7 @@ def test_list_like_and_short_figures_take_only_their_categories():
         return {"category": category, "threads": threads, "valid": True, "speedup_vs_sequential": speedup,
                 "speedup_vs_hf_generate": speedup, "theoretical_speedup": speedup, "loglik_pasta": -1.0,
                 "loglik_sequential": -0.2 if cut else -1.0, "redundancy_threads": 0.0, "redundancy_sequential": 0.0,
-                "baseline_cut": cut}
+                "baseline_cut": cut, "written": 100 * threads, "baseline_tokens": 100}
 
     summary = summarize([result("list", 4, 2.0), result("plan", 1, 1.0), result("factual", 1, 1.0),
                          result("code", 1, 0.5)])
@@ -104,6 +104,11 @@ def test_list_like_and_short_figures_take_only_their_categories():
     assert summary["speedup_vs_sequential_list_like"] == pytest.approx(2 ** 0.5)
     assert summary["speedup_vs_sequential"] == pytest.approx(1.0)  # (2 x 1 x 1 x 0.5) ** (1/4)
     assert summary["baseline_cut_rate"] == 0.25
+    # list 4 threads, 400 tokens (4x the base answer) at 2x generate's time; plan 100 tokens, as fast
+    assert summary["length_vs_base_list_like"] == pytest.approx(2.0)  # (4 x 1) ** (1/2)
+    assert summary["rate_vs_hf_generate_list_like"] == pytest.approx((8 * 1) ** 0.5)
+    assert summary["rate_vs_hf_generate_list_like"] / summary["length_vs_base_list_like"] == pytest.approx(
+        summary["speedup_vs_hf_generate_list_like"])
     assert summary["loglik_sequential"] == pytest.approx(-0.8) and summary["loglik_relative_change"] < -0.2
     assert summary["loglik_sequential_finished"] == -1.0 and summary["loglik_relative_change_finished"] == 0.0
 

@@ -153,6 +153,16 @@ def _geomean(values: Sequence[float | None]) -> float | None:
     return geomean(kept) if kept else None
 
 
+def _length_vs_base(result: dict[str, Any]) -> float | None:
+    written, base = result.get("written"), result.get("baseline_tokens")
+    return written / base if written and base else None
+
+
+def _rate_vs_hf(result: dict[str, Any]) -> float | None:
+    length = _length_vs_base(result)
+    return None if length is None else result["speedup_vs_hf_generate"] * length
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def of(categories: Sequence[str]) -> list[dict[str, Any]]:
         return [r for r in results if r.get("category") in categories]
@@ -178,6 +188,11 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "speedup_vs_hf_generate": _geomean([r["speedup_vs_hf_generate"] for r in results]),
         "speedup_vs_sequential_list_like": _geomean([r["speedup_vs_sequential"] for r in listy]),
         "speedup_vs_hf_generate_list_like": _geomean([r["speedup_vs_hf_generate"] for r in listy]),
+        # that speedup is this rate (tokens written per second, tags included, over generate's) divided
+        # by this length (tokens written over the base answer's): what parallel decoding bought, and
+        # how much longer the answer it decoded was
+        "rate_vs_hf_generate_list_like": _geomean([_rate_vs_hf(r) for r in listy]),
+        "length_vs_base_list_like": _geomean([_length_vs_base(r) for r in listy]),
         "theoretical_speedup": _geomean([r["theoretical_speedup"] for r in results]),
         **{f"loglik_{k}": v for k, v in every.items()},
         **{f"loglik_{k}_finished": v for k, v in finished.items()},
