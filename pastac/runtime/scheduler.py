@@ -352,7 +352,8 @@ class Scheduler:
         if thread.chosen >= self.limits.max_new_tokens:
             self._end_body(thread, reason=f"reached --max-new-tokens ({self.limits.max_new_tokens})")
         elif self.chosen >= self.limits.max_total_tokens:
-            self._end_body(thread, reason=f"the run reached its total of {self.limits.max_total_tokens} tokens")
+            total = self.limits.max_total_tokens
+            self._end_body(thread, reason=f"was cut when the run reached its total of {total} tokens")
 
     def _jump(self, thread: Thread) -> None:
         """Feed what the thread's unfinished tag must go on with, if anything (jump-forward)."""
