@@ -1,4 +1,5 @@
-"""The repetition penalty: Hugging Face's, applied per thread over exactly the tokens that thread sees."""
+"""The repetition penalty: Hugging Face's, applied per thread over the tokens the whole answer holds so far
+(the default scope) or over exactly the tokens that thread sees."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from pastac import PositionOptions
+from pastac.runtime import sampling
 from pastac.runtime.engine import Engine, RunOptions
 from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.rows import RowRunner
@@ -66,13 +68,14 @@ TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="fo
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_each_child_is_penalised_for_its_own_context_only(shape):
+def test_in_the_thread_scope_each_child_is_penalised_for_its_own_context_only(shape):
     """A child, decoded among its siblings, writes what penalised greedy decoding of its context alone
     writes: its siblings' tokens, which it cannot see, do not count."""
     e = engine(shape)
     budget = 12
     options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
-                         template_tags=True, child_stop="", sampling=SamplingOptions(repetition_penalty=PENALTY))
+                         template_tags=True, child_stop="",
+                         sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope="thread", sibling_ngram=0))
     result = e.generate(PROMPT, options, template=TEMPLATE)
     assert result.stats.threads == 3
     sched = e.last_run.sched
@@ -83,6 +86,50 @@ def test_each_child_is_penalised_for_its_own_context_only(shape):
         ids += e.tokenizer.encode("<async>", add_special_tokens=False)
         written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
         assert written == hf_generate(e, ids, budget, PENALTY, e.exempt_tokens)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_in_the_answer_scope_every_thread_is_penalised_for_all_that_was_written(shape, monkeypatch):
+    """The default scope: each sampled token is penalised for every token in the cache so far (prompt, parent,
+    siblings), less the exempt ones, as one thread writing the whole answer would be for the parts before."""
+    e = engine(shape)
+    budget = 12
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+        runner = e.last_run.runner
+        expected = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        expected[runner.tokens[: runner.cache.used]] = True
+        expected[e.exempt_tokens] = False
+        calls.append((seen.clone(), expected))
+        return penalize(logits, seen, penalty)
+
+    monkeypatch.setattr(sampling, "penalize", recording)
+    texts = {}
+    for scope in ("answer", "thread"):
+        calls.clear()
+        options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
+                             template_tags=True, child_stop="",
+                             sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope=scope))
+        result = e.generate(PROMPT, options, template=TEMPLATE)
+        assert result.stats.threads == 3 and calls
+        matches = [bool((seen == expected[None]).all()) for seen, expected in calls]
+        if scope == "answer":
+            assert all(matches)
+        else:  # a child does not see its sibling: the test can fail
+            assert not all(matches)
+        threads = e.last_run.sched.threads
+        texts[scope] = [''.join(v for k, v in threads[t].pieces if k == "text") for t in sorted(threads)]
+    if shape != "tiny-gpt2":  # (the random GPT-2 writes '>' here, a tag's token, exempt in either scope)
+        assert texts["answer"][1:] != texts["thread"][1:]  # the children write something else
+    # one thread sees the whole answer: both scopes are the same penalty
+    sequential = [e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_new_tokens=30),
+                                                sampling=SamplingOptions(repetition_penalty=PENALTY,
+                                                                         penalty_scope=scope))).text
+                  for scope in ("answer", "thread")]
+    assert sequential[0] == sequential[1]
+    with pytest.raises(ValueError, match="penalty_scope"):
+        SamplingOptions(penalty_scope="siblings")
 
 
 def test_the_tags_tokens_are_exempt():

@@ -19,6 +19,7 @@ from pastac import PositionOptions
 from pastac.grammar import check
 from pastac.runtime.engine import Engine, Generation, InputError, RunOptions
 from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.sampling import SamplingOptions
 from pastac.runtime.scheduler import Limits
 from pastac.train.data import encode_example
 
@@ -169,11 +170,12 @@ TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="fo
 @pytest.mark.parametrize("tags", [True, False])
 def test_template_children_equal_decoding_each_thread_alone(shape, tags):
     """Each child, decoded among the others, writes what greedy decoding of its context alone writes.
-    (The restart policy keeps the context's positions contiguous, so a plain ``generate`` can compare.)"""
+    (The restart policy keeps the context's positions contiguous, so a plain ``generate`` can compare; the
+    ban on copying a sibling's n-grams, which decoding alone has no sibling for, is off.)"""
     e = engine(shape)
     budget = 10
     options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
-                         template_tags=tags, child_stop="")
+                         template_tags=tags, child_stop="", sampling=SamplingOptions(sibling_ngram=0))
     result = e.generate(PROMPT, options, template=TEMPLATE)
     assert result.stats.threads == 3
     doc = check(result.annotated, mode="strict")

@@ -68,7 +68,7 @@ def _shard(text: str) -> tuple[int, int]:
 def _merge(paths: list[str]) -> dict[str, Any]:
     """One report from the reports of an evaluation's shards: their results, summarised again."""
     from pastac.cli import UsageError
-    from pastac.evaluation.run import summarize
+    from pastac.evaluation.run import RUN_SETTINGS, summarize
     from pastac.files import InputFileError, read_text
 
     results: list[dict[str, Any]] = []
@@ -82,7 +82,7 @@ def _merge(paths: list[str]) -> dict[str, Any]:
             raise UsageError(f"{path}: not a JSON report: {error}") from None
         if not isinstance(report, dict) or not isinstance(report.get("results"), list):
             raise UsageError(f"{path}: not a pastac eval --json report (no \"results\" list)")
-        for key in ("tag_guard", "jump_forward"):
+        for key in RUN_SETTINGS:
             value = report.get("summary", {}).get(key)
             if settings.setdefault(key, value) != value:
                 raise UsageError(f"{path}: made with {key} {value}, the reports before it with {settings[key]}")
@@ -138,6 +138,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.cli import EXIT_OK, UsageError
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
     from pastac.progress import progress_bar
+    from pastac.runtime.command import sibling_ngram
     from pastac.runtime.engine import Engine
     from pastac.runtime.models import ModelError, resolve_adapter
 
@@ -173,6 +174,8 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         try:
             report = evaluate(records, adapted, base, EvalOptions(max_new_tokens=args.max_new_tokens, judge=judge,
                                                                  repetition_penalty=args.repetition_penalty,
+                                                                 penalty_scope=args.penalty_scope,
+                                                                 sibling_ngram=sibling_ngram(args),
                                                                  tag_guard=args.tag_guard,
                                                                  jump_forward=args.jump_forward),
                               progress=lambda n: bar(advance=n))

@@ -20,6 +20,7 @@ from pastac.evaluation.metrics import log_likelihood, mean_redundancy, redundanc
 from pastac.grammar import check, parse, render
 from pastac.grammar.ast import Async, Document, Node
 from pastac.runtime.engine import Engine, InputError, RunOptions
+from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
 from pastac.runtime.sampling import RepetitionPenalty, SamplingOptions
 from pastac.runtime.scheduler import Limits
 
@@ -43,8 +44,14 @@ class EvalOptions:
     seed: int = 0
     # None: the adapted model's own (its pastac.json); the base model's HF generate decodes with the same
     repetition_penalty: float | None = None
+    sibling_ngram: int = DEFAULT_SIBLING_NGRAM  # SamplingOptions.sibling_ngram, for the adapted model's run
+    penalty_scope: str = "thread"  # what the adapted model's penalty counts (SamplingOptions.penalty_scope)
     tag_guard: bool = True  # constrain the adapted model's tags to well-formed ones (pastac.runtime.guard)
     jump_forward: bool = True  # feed the text a tag forces in one step (in the run and in its sequential replay)
+
+
+# the decoding settings a report's summary records (the reports --merge joins must agree on them)
+RUN_SETTINGS = ("tag_guard", "jump_forward", "penalty_scope", "sibling_ngram")
 
 
 def _async_texts(body: Sequence[Node]) -> list[str]:
@@ -90,7 +97,8 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     prompt = str(record["prompt"])
     limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
-    sampling = SamplingOptions(repetition_penalty=penalty or 1.0)
+    sampling = SamplingOptions(repetition_penalty=penalty or 1.0, penalty_scope=options.penalty_scope,
+                               sibling_ngram=options.sibling_ngram)
     pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard,
                                                 jump_forward=options.jump_forward))
     lenient = check(pasta.annotated, mode="lenient")
@@ -216,4 +224,4 @@ def evaluate(records: Sequence[dict[str, Any]], adapted: Engine, base: Engine, o
         if progress is not None:
             progress(1)
     return {"results": results,
-            "summary": summarize(results) | {"tag_guard": options.tag_guard, "jump_forward": options.jump_forward}}
+            "summary": summarize(results) | {key: getattr(options, key) for key in RUN_SETTINGS}}

@@ -32,6 +32,7 @@ from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
 from pastac.runtime.guard import TagGuard
 from pastac.runtime.models import ADAPTER_SETTINGS, ModelError, cache_dir, check_architecture, load_model, prompt_ids
+from pastac.runtime.repeats import UnseenNgrams
 from pastac.runtime.replay import Replay
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner
@@ -286,9 +287,11 @@ class Engine:
         positions = options.positions or self.positions
         guard = self.guard if options.tag_guard and replayed is None else None
         jump = options.jump_forward and (guard is not None or replayed is not None)
+        n = options.sampling.sibling_ngram
+        repeats = UnseenNgrams(n, self.exempt_tokens) if n and replayed is None else None
         sched = Scheduler(self.tokenizer, limits=limits, positions=positions, eos=self.eos,
                           prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None, guard=guard,
-                          max_nesting=nesting, jump=jump)
+                          max_nesting=nesting, jump=jump, repeats=repeats)
         main = sched.threads[0]
         main.inputs = list(ids)
         if chunks:

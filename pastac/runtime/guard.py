@@ -123,10 +123,20 @@ class TagGuard:
         return Allowed(ok, rest=not held)
 
 
-def allowed_rows(allowed: Sequence[Allowed | None], vocab: int, device: torch.device | str) -> torch.Tensor | None:
+def allowed_rows(allowed: Sequence[Allowed | None], vocab: int, device: torch.device | str,
+                 banned: Sequence[Sequence[int]] = ()) -> torch.Tensor | None:
     """[N, vocab] bool for a step's sampled queries (a row of ``True`` where nothing is constrained);
-    None when none is."""
-    if not any(a is not None for a in allowed):
+    None when none is.  ``banned`` (per query, when given): ids taken out of its row besides, unless that
+    would leave the row empty (a ban never blocks a thread: ``pastac.runtime.repeats``)."""
+    bans = [[t for t in b if t < vocab] for b in banned]
+    if not any(a is not None for a in allowed) and not any(bans):
         return None
     every = torch.ones(vocab, dtype=torch.bool, device=device)
-    return torch.stack([every if a is None else a.mask(vocab, device) for a in allowed])
+    rows = torch.stack([every if a is None else a.mask(vocab, device) for a in allowed])
+    for i, ids in enumerate(bans):
+        if ids:
+            row = rows[i].clone()
+            row[ids] = False
+            if bool(row.any()):
+                rows[i] = row
+    return rows

@@ -317,4 +317,5 @@ class RowRunner:
         if self.keep_logits:
             self.logits.append(chosen.float().cpu())
             self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
-        return sampler(chosen, None, allowed_rows(plan.allowed, chosen.shape[-1], chosen.device)).tolist()
+        return sampler(chosen, None, allowed_rows(plan.allowed, chosen.shape[-1], chosen.device,
+                                                 plan.banned)).tolist()

@@ -38,6 +38,7 @@ class StepPlan:
     forks: list[tuple[int, int, int]] = field(default_factory=list)  # (parent, child, first slot not seen)
     joins: list[tuple[int, int]] = field(default_factory=list)  # (parent, child)
     allowed: list[Allowed | None] = field(default_factory=list)  # per sampled query: what it may write (None: any)
+    banned: list[list[int]] = field(default_factory=list)  # per sampled query: tokens it may not write besides
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -116,6 +117,11 @@ class Runner:
             self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
         seen = None
         vocab = logits.shape[-1]
-        if sampler.penalizes:  # what each sampled query sees, for the repetition penalty
-            seen = seen_tokens(self.tokens[:used], allowed[sample], vocab, sampler.exempt(vocab, dev))
-        return sampler(logits, seen, allowed_rows(plan.allowed, vocab, dev)).tolist()
+        if sampler.penalizes:  # the tokens in each sampled query's context, for the repetition penalty
+            if sampler.whole_answer:  # every slot written so far: the prompt and all the threads' text
+                everything = torch.ones((1, used), dtype=torch.bool, device=dev)
+                seen = seen_tokens(self.tokens[:used], everything, vocab, sampler.exempt(vocab, dev))
+                seen = seen.expand(len(plan.sample), -1)
+            else:
+                seen = seen_tokens(self.tokens[:used], allowed[sample], vocab, sampler.exempt(vocab, dev))
+        return sampler(logits, seen, allowed_rows(plan.allowed, vocab, dev, plan.banned)).tolist()

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
+
 # Pasta-Lang in the contexts a model writes it in.  The tokens that fall inside its tags (the topic's text
 # aside) are never penalised for repeating: a thread's second promise repeats its first one's syntax by
 # design, and a token estimate's digits are no text.  Nor are special tokens (``penalty_exempt_ids``).
@@ -20,6 +22,7 @@ TAG_SAMPLES = (
     '- <promise topic="k" tokens="20"/>\n<async>l.\n\n</async>\n<sync/>',
     "<async>m</async>",
 )
+PENALTY_SCOPES = ("answer", "thread")  # what the repetition penalty counts as seen (SamplingOptions)
 _TAG = re.compile(r"<[^<>]*>")
 _TOPIC = re.compile(r'topic="[^"]*"')
 
@@ -32,12 +35,23 @@ class SamplingOptions:
     already in the context is divided by it when positive and multiplied by it when negative, the context
     being what the thread sees (the prompt, its ancestors' text up to its promise, its own text and, after a
     sync, its children's).  ``None`` takes the model's own setting (the adapter's ``pastac.json``), else 1,
-    which is none."""
+    which is none.
+
+    ``penalty_scope`` says which tokens count as already in the context: ``"thread"`` (the default) what the
+    thread sees, as above; ``"answer"`` every token of the prompt and of the answer written so far, in
+    whichever thread, as when one thread writes the whole answer and each part is penalised for what the
+    parts before it hold (threads that cannot see each other are then kept from repeating each other's
+    words, but also from the words any answer repeats).
+
+    ``sibling_ngram`` n (0: off) bans a thread from writing a token that repeats an n-gram of tokens written
+    by a thread it cannot see, a sibling say (``pastac.runtime.repeats``)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     repetition_penalty: float | None = None
+    penalty_scope: str = "thread"
+    sibling_ngram: int = DEFAULT_SIBLING_NGRAM
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -46,6 +60,10 @@ class SamplingOptions:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+        if self.sibling_ngram != 0 and self.sibling_ngram < 2:
+            raise ValueError(f"sibling_ngram must be 0 (off) or at least 2, not {self.sibling_ngram}")
+        if self.penalty_scope not in PENALTY_SCOPES:
+            raise ValueError(f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, not {self.penalty_scope!r}")
 
     @property
     def greedy(self) -> bool:
@@ -161,6 +179,11 @@ class Sampler:
     @property
     def penalizes(self) -> bool:
         return self.options.penalty != 1
+
+    @property
+    def whole_answer(self) -> bool:
+        """Whether the penalty counts every token written so far, not only those the thread sees."""
+        return self.options.penalty_scope == "answer"
 
     def exempt(self, vocab: int, device: torch.device) -> torch.Tensor | None:
         return self.exempt_tokens.mask(vocab, device)

@@ -48,6 +48,7 @@ from pastac.grammar.tags import TagKind, TagToken, TextToken
 from pastac.ir.graph import MAIN, ThreadGraph
 from pastac.passes.positions import Policy, PositionOptions, PositionRule
 from pastac.passes.resolution_order import Order
+from pastac.runtime.repeats import UnseenNgrams
 from pastac.runtime.runner import StepPlan
 from pastac.runtime.text import Detokenizer
 
@@ -113,6 +114,7 @@ class Thread:
     template: bool = False  # its text is forced; it ends where the forced text does
     ir_thread: int | None = None  # replay: the thread of the replayed document it follows
     forks: int = 0  # children forked so far
+    sees: set[int] = field(default_factory=set)  # the threads whose text it sees: its ancestors, children it joined
     # text accounting for the IR: the scanned text, the char offset where each token ends
     scanner: Scanner = field(default_factory=Scanner)
     text_len: int = 0
@@ -139,11 +141,13 @@ class Scheduler:
     def __init__(self, tokenizer: Any, *, limits: Limits, positions: PositionOptions, eos: Sequence[int],
                  prompt_length: int, replay: Replay | None = None, tags: bool = True,
                  child_stop: str | None = None, guard: TagGuard | None = None,
-                 max_nesting: int = DEFAULT_MAX_DEPTH, jump: bool = False) -> None:
+                 max_nesting: int = DEFAULT_MAX_DEPTH, jump: bool = False, repeats: UnseenNgrams | None = None) -> None:
         """``guard``: constrain what the threads sample so that the tags they write are well formed and
         allowed where they stand (``pastac.runtime.guard``); a promise is allowed where its block would nest
         at most ``max_nesting`` deep (the language's limit, whether the block is forked or decoded inline).
-        ``jump``: feed the text a canonical tag forces at once (the module's docstring); with tags only."""
+        ``jump``: feed the text a canonical tag forces at once (the module's docstring); with tags only.
+        ``repeats``: ban each sampled thread from repeating the n-grams of the threads it cannot see
+        (``pastac.runtime.repeats``; the plan's ``banned``)."""
         if positions.policy in (Policy.SEQUENTIAL, Policy.ORACLE):
             raise ValueError(f"the runtime cannot use the {positions.policy} position policy: it needs the "
                              "children's lengths before they are written; use predicted, restart or lockstep")
@@ -161,6 +165,7 @@ class Scheduler:
         self.guard = guard if tags else None
         self.max_nesting = max_nesting
         self.jump = jump and tags
+        self.repeats = repeats
         self._forced_ids: dict[str, list[int]] = {}
         self.jumped = 0  # tokens fed by jump-forward
         self.next_slot = prompt_length
@@ -208,6 +213,8 @@ class Scheduler:
             plan.positions.extend(range(thread.pos, thread.pos + n))
             plan.slots.extend(range(self.next_slot, self.next_slot + n))
             plan.threads.extend([thread.id] * n)
+            if self.repeats is not None:
+                self.repeats.add(thread.id, thread.inputs)
             self.next_slot += n
             thread.pos += n + thread.skip
             thread.skip = 0
@@ -225,6 +232,8 @@ class Scheduler:
                 self._sample(plan, first + n - 1, thread)
         plan.joins.extend(self._joins)
         self._joins = []
+        if self.repeats is not None:  # once every thread's tokens of this step are in
+            plan.banned = [self._banned(thread) for thread in self._sampling]
         if not plan.tokens and not self.done:
             stuck = ", ".join(f"t{t.id} {t.status}" for t in self.threads.values() if t.live)
             raise RuntimeError(f"no thread can run ({stuck})")
@@ -235,6 +244,13 @@ class Scheduler:
         self._sampling.append(thread)
         plan.allowed.append(None if self.guard is None or thread.script is not None
                             else self.guard.allowed(thread.scanner.held, self.context(thread)))
+
+    def _banned(self, thread: Thread) -> list[int]:
+        assert self.repeats is not None
+        if thread.script is not None:
+            return []
+        unseen = [t for t in self.threads if t != thread.id and t not in thread.sees]
+        return sorted(self.repeats.banned(thread.id, unseen))
 
     def context(self, thread: Thread) -> TagContext:
         """Which tags the thread may write now: ``<sync/>`` once it has promised something since its last
@@ -279,6 +295,7 @@ class Scheduler:
                 ends = [self.threads[c].end_position for c in thread.unjoined]
                 for child in thread.unjoined:
                     self._joins.append((thread.id, child))
+                    thread.sees |= self.threads[child].sees | {child}
                 if thread.status is Status.BLOCKED:
                     self.graph.join(thread.id, explicit=True)
                     if ends:
@@ -481,6 +498,7 @@ class Scheduler:
         child = Thread(child_id, thread.id, thread.depth + 1, tag.topic, tag.tokens, Status.QUEUED, self.tokenizer,
                        pos=thread.pos + len(thread.inputs))
         child.inputs = list(self.open_ids)
+        child.sees = thread.sees | {thread.id}
         if self.replay is not None:
             assert thread.ir_thread is not None
             child.ir_thread = self.replay.child(thread.ir_thread, thread.forks)
