@@ -138,9 +138,9 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.cli import EXIT_OK, UsageError
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
     from pastac.progress import progress_bar
-    from pastac.runtime.command import sibling_ngram
     from pastac.runtime.engine import Engine
     from pastac.runtime.models import ModelError, resolve_adapter
+    from pastac.runtime.sampling import SamplingOptions
 
     if args.merge:
         if args.prompts:
@@ -154,6 +154,10 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--judge-url and --judge-model go together")
     if args.repetition_penalty is not None and not args.repetition_penalty > 0:
         raise UsageError(f"--repetition-penalty must be > 0, not {args.repetition_penalty}")
+    try:  # the decoding options every prompt's run will take, checked once before the models load
+        SamplingOptions(penalty_scope=args.penalty_scope, sibling_ngram=args.sibling_ngram)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     judge = None
     if args.judge_url:
         from pastac.data.annotate import openai_generate
@@ -175,7 +179,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
             report = evaluate(records, adapted, base, EvalOptions(max_new_tokens=args.max_new_tokens, judge=judge,
                                                                  repetition_penalty=args.repetition_penalty,
                                                                  penalty_scope=args.penalty_scope,
-                                                                 sibling_ngram=sibling_ngram(args),
+                                                                 sibling_ngram=args.sibling_ngram,
                                                                  tag_guard=args.tag_guard,
                                                                  jump_forward=args.jump_forward),
                               progress=lambda n: bar(advance=n))

@@ -49,20 +49,10 @@ def penalty_arguments(group: argparse._ActionsContainer) -> None:
                        help="what the repetition penalty counts as already written: thread (default) what the "
                             "thread sees; answer: the prompt and every token any thread has written so far, as "
                             "when one thread writes the whole answer")
-    group.add_argument("--sibling-ngram", type=int, default=None, metavar="N",
+    group.add_argument("--sibling-ngram", type=int, default=DEFAULT_SIBLING_NGRAM, metavar="N",
                        help="a thread may not write a token that repeats an N-gram of tokens written by a thread "
                             "it cannot see (a sibling, say); the tags' tokens are exempt. 0 turns it off. "
                             f"Default: {DEFAULT_SIBLING_NGRAM}")
-
-
-def sibling_ngram(args: argparse.Namespace) -> int:
-    """--sibling-ngram's value, checked: 0 (off) or at least 2."""
-    from pastac.cli import UsageError
-
-    n = DEFAULT_SIBLING_NGRAM if args.sibling_ngram is None else args.sibling_ngram
-    if n != 0 and n < 2:
-        raise UsageError(f"--sibling-ngram must be 0 (off) or at least 2, not {n}")
-    return n
 
 
 def guard_arguments(group: argparse._ActionsContainer) -> None:
@@ -176,7 +166,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
                           max_width=args.max_width, max_depth=args.max_depth, order=args.order),
             sampling=SamplingOptions(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                      repetition_penalty=args.repetition_penalty, penalty_scope=args.penalty_scope,
-                                     sibling_ngram=sibling_ngram(args)),
+                                     sibling_ngram=args.sibling_ngram),
             chat=not args.no_chat, template_tags=args.template_tags, tag_guard=args.tag_guard,
             jump_forward=args.jump_forward,
             child_stop=None if args.child_stop is None else args.child_stop.encode().decode("unicode_escape"))
