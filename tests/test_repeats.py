@@ -30,6 +30,11 @@ def test_an_ngram_is_banned_after_its_prefix_in_an_unseen_thread_only():
     assert ngrams.banned(3, [1, 2]) == set()  # fewer than n - 1 tokens written
     ngrams.add(3, [5])
     assert ngrams.banned(3, [1, 2]) == {6}  # thread 1 wrote (7, 5) then 6 across its two steps
+    ngrams.add(4, [9, 5, 8, 7])  # a child opening on a tag (9), then its own text
+    ngrams.add(5, [9, 5])
+    assert ngrams.banned(5, [4]) == set()  # (9, 5) holds the tag's token: it may open as thread 4 did
+    ngrams.add(5, [8])
+    assert ngrams.banned(5, [4]) == {7}  # (5, 8) is text: its copy is banned
     with pytest.raises(ValueError, match="n >= 2"):
         UnseenNgrams(1)
 
@@ -56,10 +61,10 @@ def copies(e: Engine, n: int) -> int:
     for t in children:
         mine = placed.get(t, [])
         for i in range(n - 1, len(mine)):
-            step, token = mine[i]
-            if token in exempt:
-                continue
+            step = mine[i][0]
             gram = tuple(tok for _, tok in mine[i - n + 1 : i + 1])
+            if exempt.intersection(gram):  # a tag's n-gram: every child opens and closes on the same
+                continue
             for u in children:
                 theirs = [tok for s, tok in placed.get(u, []) if s < step]  # in the cache when it was chosen
                 if u != t and any(tuple(theirs[j : j + n]) == gram for j in range(len(theirs) - n + 1)):

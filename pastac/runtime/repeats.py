@@ -6,7 +6,9 @@ before the one it writes).  ``UnseenNgrams`` keeps each thread's tokens and, for
 of them, the tokens that followed; a thread's next token is *banned* when, after its own last ``n - 1``
 tokens, it would repeat an ``n``-gram that a thread it cannot see has written (Hugging Face's
 ``no_repeat_ngram_size``, across threads instead of within one).  The tags' tokens and the special ones
-are never banned: every child writes the same ``</async>``.
+(``exempt``) are never banned, and no n-gram that holds one counts: every child writes the same
+``</async>``, and every child opens on the same force-fed ``<async>``, so its first words may be those a
+sibling began with (each list item's bold heading, say).
 
 The scheduler keeps one per run (a thread sees its ancestors and the children it has joined, with theirs)
 and puts each sampled thread's bans in the step's plan (``StepPlan.banned``); the runners take them out of
@@ -35,13 +37,15 @@ class UnseenNgrams:
         table = self.following.setdefault(thread, {})
         k = self.n - 1
         for token in tokens:
-            if len(sequence) >= k:
-                table.setdefault(tuple(sequence[-k:]), set()).add(token)
+            if len(sequence) >= k and token not in self.exempt:
+                key = tuple(sequence[-k:])
+                if self.exempt.isdisjoint(key):
+                    table.setdefault(key, set()).add(token)
             sequence.append(token)
 
     def banned(self, thread: int, unseen: Iterable[int]) -> set[int]:
         """The tokens ``thread`` may not write next: those that, after its last ``n - 1`` tokens, followed
-        the same ``n - 1`` tokens in one of the ``unseen`` threads (less the exempt ones)."""
+        the same ``n - 1`` tokens in one of the ``unseen`` threads; none after an exempt token, none exempt."""
         sequence = self.sequences.get(thread, ())
         if len(sequence) < self.n - 1:
             return set()
@@ -50,4 +54,4 @@ class UnseenNgrams:
         for other in unseen:
             if other != thread:
                 out |= self.following.get(other, {}).get(key, set())
-        return out - self.exempt
+        return out
