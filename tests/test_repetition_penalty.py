@@ -1,5 +1,5 @@
-"""The repetition penalty: Hugging Face's, applied per thread over the tokens the whole answer holds so far
-(the default scope) or over exactly the tokens that thread sees."""
+"""The repetition penalty: Hugging Face's, applied per thread over exactly the tokens that thread sees (the
+default scope) or over the tokens the whole answer holds so far."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_in_the_thread_scope_each_child_is_penalised_for_its_own_context_only(sh
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_in_the_answer_scope_every_thread_is_penalised_for_all_that_was_written(shape, monkeypatch):
-    """The default scope: each sampled token is penalised for every token in the cache so far (prompt, parent,
+    """The answer scope: each sampled token is penalised for every token in the cache so far (prompt, parent,
     siblings), less the exempt ones, as one thread writing the whole answer would be for the parts before."""
     e = engine(shape)
     budget = 12
