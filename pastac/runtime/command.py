@@ -51,8 +51,8 @@ def penalty_arguments(group: argparse._ActionsContainer) -> None:
                             "when one thread writes the whole answer")
     group.add_argument("--sibling-ngram", type=int, default=DEFAULT_SIBLING_NGRAM, metavar="N",
                        help="a thread may not write a token that repeats an N-gram of tokens written by a thread "
-                            "it cannot see (a sibling, say); the tags' tokens are exempt. 0 turns it off. "
-                            f"Default: {DEFAULT_SIBLING_NGRAM}")
+                            "it cannot see (a sibling, say); N-grams through a tag's tokens do not count. 0 turns it "
+                            f"off. Default: {DEFAULT_SIBLING_NGRAM}")
 
 
 def guard_arguments(group: argparse._ActionsContainer) -> None:
