@@ -6,7 +6,9 @@ product, and which call is fastest for that depends on the BLAS, the CPU and
 the shapes.  With MKL on an AMD EPYC, for example, ``F.linear`` on 2 to 8 rows
 can take twice as long as on one, while ``torch.mm(W, x.T)`` (the same product
 with the weight as the left operand) does not, and MKL's packed weights read a
-one-row product's vocabulary projection in half the time.
+one-row product's vocabulary projection in half the time.  On an Intel Xeon with
+MKL, 4 to 8 rows by a weight stored transposed (``x @ W.T`` with ``W.T``
+contiguous) take a quarter less time than ``F.linear`` does.
 
 ``tune_linears(model)`` times the candidate kernels on the model's own weights
 (all the layers of one shape in a row, so the weights stream from memory as in
@@ -60,6 +62,15 @@ def _weight_left(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
+def _transposed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                packed: torch.Tensor | None) -> torch.Tensor:
+    # ``packed`` is the weight stored transposed, [in, out] row-major: the rows multiply it as the left operand
+    assert packed is not None
+    rows = x.reshape(-1, x.shape[-1])
+    y = torch.mm(rows, packed) if b is None else torch.addmm(b, rows, packed)
+    return y.reshape(*x.shape[:-1], packed.shape[1])
+
+
 def _mkl_packed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: torch.Tensor | None) -> torch.Tensor:
     assert packed is not None
     return torch.ops.mkl._mkl_linear(x, packed, w, b, 1)
@@ -71,11 +82,12 @@ def _onednn_packed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
 
-KERNELS: dict[str, Kernel] = {"linear": _linear, "weight-left": _weight_left, "mkl-packed": _mkl_packed,
-                              "onednn-packed": _onednn_packed}
-# The kernels that read a packed copy of the weight, made once: how to make it, and the row counts it serves
-# (MKL's copy is packed for one row; oneDNN's takes any).
+KERNELS: dict[str, Kernel] = {"linear": _linear, "weight-left": _weight_left, "transposed": _transposed,
+                              "mkl-packed": _mkl_packed, "onednn-packed": _onednn_packed}
+# The kernels that read a copy of the weight, made once: how to make it, and the row counts it serves
+# (MKL's copy is packed for one row; oneDNN's and the transposed one take any).
 PACKERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "transposed": lambda w: w.t().contiguous(),
     "mkl-packed": lambda w: torch.ops.mkl._mkl_reorder_linear_weight(w, 1),
     "onednn-packed": lambda w: torch.ops.mkldnn._reorder_linear_weight(w, 1),
 }
@@ -86,6 +98,8 @@ def _packing(name: str, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether this torch build can pack weights of ``dtype`` on ``device`` for kernel ``name``."""
     if device.type != "cpu":
         return False
+    if name == "transposed":
+        return True
     if name == "mkl-packed":
         return dtype == torch.float32 and torch.backends.mkl.is_available()
     if name == "onednn-packed":
