@@ -167,9 +167,12 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
     try:
+        alone = resolve_adapter(args.adapter, args.model) is None  # the base model is the one evaluated
+        # with an adapter, the base model only runs Hugging Face generate and the log-likelihood, which keep
+        # F.linear: tuning its kernels would pack copies of its weights that nothing reads
         base = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=None,
-                                      kernels=args.kernels, progress=not args.quiet)
-        adapted = base if resolve_adapter(args.adapter, args.model) is None else Engine.from_pretrained(
+                                      kernels=args.kernels if alone else "stock", progress=not args.quiet)
+        adapted = base if alone else Engine.from_pretrained(
             args.model, device=args.device, dtype=args.dtype, adapter=args.adapter, kernels=args.kernels,
             progress=not args.quiet)
     except ModelError as error:
