@@ -13,8 +13,8 @@ makes the sdpa attention of a model with grouped queries stack the queries of
 each key/value group along the query axis instead, when the mask is the same
 for every head (the runners' masks are): ``[batch, heads, q, d]`` becomes
 ``[batch, kv_heads, groups x q, d]`` against the unexpanded keys and values,
-with the mask's rows repeated per group; every (head, query) pair computes the
-same dot products and softmax as before.  Outside it, and for anything else
+with the mask's rows repeated per group (once per forward, not per layer); every
+(head, query) pair computes the same dot products and softmax as before.  Outside it, and for anything else
 (one query, a per-head mask, dropout, a position bias), Hugging Face's own
 sdpa function runs unchanged.
 """
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-_ON: contextvars.ContextVar[bool] = contextvars.ContextVar("pastac_packed_attention", default=False)
+# inside packed_attention(): the masks repeated per group so far in this forward, by (mask, groups); None outside
+_ON: contextvars.ContextVar[dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None] = \
+    contextvars.ContextVar("pastac_packed_attention", default=None)
 
 
 def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -40,13 +42,17 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     """Hugging Face's sdpa attention, with grouped queries stacked per key/value head when that applies."""
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, q, dim = query.shape
-    if (not _ON.get() or groups <= 1 or q <= 1 or attention_mask is None or attention_mask.dim() != 4
+    repeated = _ON.get()
+    if (repeated is None or groups <= 1 or q <= 1 or attention_mask is None or attention_mask.dim() != 4
             or attention_mask.shape[1] != 1 or dropout != 0.0 or kwargs.get("position_bias") is not None
             or kwargs.get("softcap") is not None or key.shape[1] * groups != heads):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     stacked = query.reshape(batch, heads // groups, groups * q, dim)  # row g*q + i: query i of group head g
-    mask = attention_mask.repeat(1, 1, groups, 1)
+    key_ = (id(attention_mask), groups)  # every layer of a forward gets the same mask: repeat it once
+    if key_ not in repeated or repeated[key_][0] is not attention_mask:
+        repeated[key_] = (attention_mask, attention_mask.repeat(1, 1, groups, 1))
+    mask = repeated[key_][1]
     out = F.scaled_dot_product_attention(stacked, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, q, value.shape[-1]).transpose(1, 2).contiguous(), None
 
@@ -57,7 +63,7 @@ ALL_ATTENTION_FUNCTIONS["sdpa"] = grouped_sdpa
 @contextlib.contextmanager
 def packed_attention() -> Iterator[None]:
     """Within: sdpa attention stacks grouped queries (see the module's docstring)."""
-    token = _ON.set(True)
+    token = _ON.set({})
     try:
         yield
     finally:
