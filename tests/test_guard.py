@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pastac.grammar import Scanner, check
 from pastac.grammar.ast import START
-from pastac.grammar.prefix import CANONICAL, TOPIC_LIMIT, TagContext, committed, state_key, viable
+from pastac.grammar.prefix import CANONICAL, TOPIC_LIMIT, TagContext, committed, lookalike, state_key, viable
 from pastac.grammar.tags import TagKind, TagToken, read_tag
 from pastac.runtime.engine import Engine, RunOptions
 from pastac.runtime.guard import TagGuard
@@ -81,12 +81,36 @@ def test_malformed_or_misplaced_tags_are_not_viable(held, piece, context):
 @pytest.mark.parametrize("held, piece", [
     ("", "a < b"), ("", "<b>bold</b>"), ("<pro", "file"), ("<", "p>"), ("<s", "yn"), ("<syn", "thesis"),
     ("", "x <syn"),  # undecided: "<synthesis" is text
-    ("", "</as"), ("</as", "ide>"),
+    ("", "<prompt>"), ("", "<T>"), ("", "<div>"),
+    ("", "<b>bold</b>"), ("", "<b>bold</"),  # closing markup the text itself opened
     ('<promise topic="a', 'b" tokens="12"/> then text'),
 ])
 def test_text_and_unfinished_tags_stay_viable_where_no_tag_is_allowed(held, piece):
     context = TagContext() if "promise" not in held else EVERYWHERE
     assert viable(held, piece, context)
+
+
+@pytest.mark.parametrize("held, piece", [("", "</as"), ("</as", "ide>"), ("", "</b>"), ("</", "div>\n")])
+def test_closing_markup_is_text_once_the_thread_has_opened_markup(held, piece):
+    assert viable(held, piece, TagContext(markup=True))
+    assert not viable(held, piece, TagContext())  # where it opened none, only </async> closes anything
+
+
+@pytest.mark.parametrize("text", ["</promise>", "</sync>", "<promis>", '<promisable="x', "<promiso", "</asyn>",
+                                  "<sync>", "x\n\n</promise>2."])
+@pytest.mark.parametrize("context", [EVERYWHERE, TagContext(markup=True)])
+def test_a_tags_lookalike_is_not_viable_even_after_markup(text, context):
+    """The language reads these as text; a model that writes them meant a tag (a main thread that has
+    learnt to end an item with ``</async>`` writes ``</promise>`` where it may not close a block)."""
+    assert lookalike(text, context) or "<sync>" in text  # that one is a malformed tag, not text
+    assert not viable("", text, context)
+
+
+def test_a_tags_unfinished_name_must_become_that_tag_where_it_would_imitate_one():
+    assert viable("<promi", "se", TagContext()) and not viable("<promi", "se", TagContext(promise=False))
+    assert not viable("<promi", "s>", TagContext())
+    assert viable("", "</", TagContext(close=True)) and viable("</", "async>", TagContext(close=True))
+    assert not viable("</", "list>", TagContext(close=True)) and not viable("", "</", TagContext(sync=True))
 
 
 @pytest.mark.parametrize("held, piece, context", [
@@ -136,8 +160,11 @@ def test_the_guard_masks_what_no_tag_can_continue_with():
     assert {ids[d] for d in "0123456789" if d in ids} | {ids['"']} <= allowed
     assert not {ids[c] for c in ("x", " ", "<", "/", ">") if c in ids} & allowed
     assert tokenizer.eos_token_id not in allowed  # the answer cannot end inside a tag
-    outside = guard.allowed("", TagContext())  # plain text in the main thread: nothing it can write is masked
-    assert outside is None
+    outside = guard.allowed("", TagContext())  # plain text in the main thread: only tags and their look-alikes
+    assert outside is not None
+    masked = {guard.pieces[i] for i in range(len(guard.pieces))} - {guard.pieces[i] for i in outside.ids()}
+    assert masked and all("<" in piece for piece in masked) and "</" in masked
+    assert guard.allowed("", TagContext(markup=True)) is None  # closing markup too, once it opened some
     child = guard.allowed("", EVERYWHERE)  # plain text in a child: anything but the end of the answer
     assert child is not None and set(child.ids()) == set(range(len(guard.pieces))) - {tokenizer.eos_token_id}
 
@@ -197,8 +224,9 @@ def test_a_model_bent_on_broken_tags_writes_only_well_formed_ones_under_the_guar
 
 
 @pytest.mark.parametrize("held", ["<", "<pro", "<promise", "<promise ", '<promise topic="', '<promise topic="a b',
-                                  '<promise topic="a"', '<promise topic="a" tokens="12', "<sync", "</async "])
-@pytest.mark.parametrize("context", [TagContext(), EVERYWHERE])
+                                  '<promise topic="a"', '<promise topic="a" tokens="12', "<sync", "</async ",
+                                  "</", "<promi"])
+@pytest.mark.parametrize("context", [TagContext(), EVERYWHERE, TagContext(markup=True)])
 def test_the_guard_masks_exactly_the_tokens_that_are_not_viable(held, context):
     tokenizer = tiny_tokenizer()
     guard = TagGuard(tokenizer, [tokenizer.eos_token_id])
@@ -231,3 +259,12 @@ def test_no_promise_nests_deeper_than_the_language_allows(mode):
     guarded = e.generate("Tips?", RunOptions(mode=mode, limits=limits))
     assert "<promise" in guarded.annotated
     assert not check(guarded.annotated, mode="lenient").diagnostics
+
+
+def test_a_thread_writes_closing_markup_only_once_it_or_its_prompt_opened_some():
+    e = biased("tiny-llama", "step</b>")
+    limits = Limits(max_new_tokens=30, max_total_tokens=100)
+    free = e.generate("Tips?", RunOptions(limits=limits, tag_guard=False))
+    assert "</" in free.text  # the test can fail
+    assert "</" not in e.generate("Tips?", RunOptions(limits=limits)).text
+    assert "</" in e.generate("Tips in <b>bold</b>?", RunOptions(limits=limits)).text

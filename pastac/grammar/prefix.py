@@ -5,7 +5,9 @@ whether appending a piece of text to that suffix keeps every tag it completes we
 the thread is, and leaves a suffix that can still be completed so: it is what constrained decoding asks of
 each candidate token.  Text that turns out not to be a tag (``a <b> c``, ``<profile``) is viable, unless it
 begins with a tag's name (``</asyncio``, ``<sync<sync``): where a model may not write a tag it is not let
-write its name either.
+write its name either.  Nor may it write a tag's look-alike (``lookalike``): a name a letter or two from a
+tag's (``<promis>``, ``</promise>``), or closing markup (``</list>``) where no markup was opened.  A model
+that has learnt to end a block with ``</async>`` reaches for these where it may not close one.
 
 The tags it lets a model write are the canonical forms, a subset of what the grammar accepts (so every tag
 they complete parses without a diagnostic):
@@ -27,7 +29,7 @@ Inside a tag the canonical form leaves no choice between its fields: once ``<pro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import regex
 
@@ -58,11 +60,12 @@ def topic_length(held: str) -> int | None:
 class TagContext:
     """Where a thread is: may it write ``<sync/>`` (it has promises to wait for), ``</async>`` (it is a
     child, or inside a block it opened inline) and ``<promise/>`` (its block would nest no deeper than the
-    limit, E305)?"""
+    limit, E305)?  Has it written markup, so that ``</b>`` may close a ``<b>`` (``lookalike``)?"""
 
     sync: bool = False
     close: bool = False
     promise: bool = True
+    markup: bool = False  # its text (or its prompt's) opened markup, ``<div>``: closing markup is text then
 
     def allows(self, kind: TagKind) -> bool:
         if kind is TagKind.PROMISE:
@@ -84,15 +87,52 @@ def _named(text: str) -> TagKind | None:
     return next((kind for kind, opener in OPENERS.items() if text.startswith(opener)), None)
 
 
+_ANGLED = re.compile(r"<(/?)([A-Za-z]*)")
+_MARKUP = re.compile(r"<[A-Za-z]")
+_NAMES = tuple(dict.fromkeys(opener.lstrip("</") for opener in OPENERS.values()))  # promise, async, sync
+
+
+def writes_markup(text: str) -> bool:
+    """Does ``text`` open markup (``<div>``, ``<b>``, ``<T>``)?  A thread that has may close it."""
+    return _MARKUP.search(text) is not None
+
+
+def _near(name: str) -> bool:
+    """Is ``name`` a tag's name or a letter or two from one (``promis``, ``promising``, ``asyn``)?"""
+    return any(_shared(name, tag) >= max(4, len(tag) - 2) for tag in _NAMES)
+
+
+def _shared(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` have in common."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def lookalike(text: str, context: TagContext) -> bool:
+    """Does the text ``text`` imitate a tag?  A name a letter or two from a tag's (``<promis>``,
+    ``</promise>``, ``</asyn>``: the language has no tag by that name, so it is text, but a model that writes
+    it was writing a tag); or closing markup (``</list>``, ``</``) in a thread that opened no markup, where
+    only ``</async>`` closes anything.  ``</b>`` closes a ``<b>`` the thread wrote (``context.markup``) or
+    that ``text`` opens before it."""
+    opened = context.markup
+    for m in _ANGLED.finditer(text):
+        slash, name = m.groups()
+        if (name and _near(name)) or (slash and not opened):
+            return True
+        opened = opened or bool(name and not slash)
+    return False
+
+
 def _held_ok(held: str, context: TagContext) -> bool:
     """Can the held-back suffix ``held`` still end as text or as an allowed canonical tag?"""
     if not held:
         return True
     kind = opening(held, final=False)
-    if kind is None:  # text, but not text that begins with a tag's name
-        return _named(held) is None
+    if kind is None:  # text, but not text that begins with a tag's name or imitates a tag
+        return _named(held) is None and not lookalike(held, context)
     if kind is True:  # not yet decided: ``<pro`` may become ``<profile``, but ``<promise`` only a promise
         named = _named(held)
+        if lookalike(held, context):  # ``<promi``, ``</``: as text it would imitate a tag, so it must be one
+            return any(context.allows(k) and opener.startswith(held) for k, opener in OPENERS.items())
         return named is None or context.allows(named)
     return context.allows(kind) and CANONICAL[kind].fullmatch(held, partial=True) is not None
 
@@ -110,8 +150,10 @@ def viable(held: str, piece: str, context: TagContext) -> bool:
         if isinstance(lexeme, TagToken):
             if not _complete_ok(lexeme, context):
                 return False
-        elif _named(lexeme.value) is not None:
+        elif _named(lexeme.value) is not None or lookalike(lexeme.value, context):
             return False
+        elif not context.markup and writes_markup(lexeme.value):  # ``<b>bold</b>``: the </b> closes it
+            context = replace(context, markup=True)
     return _held_ok(scanner.held, context)
 
 

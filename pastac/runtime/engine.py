@@ -27,6 +27,7 @@ from pastac.grammar import check
 from pastac.grammar.ast import Async, Document, Promise, Sync, Text
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.parser import DEFAULT_MAX_DEPTH
+from pastac.grammar.prefix import writes_markup
 from pastac.grammar.printer import to_source
 from pastac.ir.graph import ThreadGraph
 from pastac.passes import PositionOptions, critical_path, schedule
@@ -294,6 +295,7 @@ class Engine:
                           max_nesting=nesting, jump=jump, repeats=repeats)
         main = sched.threads[0]
         main.inputs = list(ids)
+        main.markup = writes_markup(prompt)  # an answer may close the markup its prompt opened
         if chunks:
             sched.force(chunks)
         forced = sum(len(t) for t, _ in chunks or ())

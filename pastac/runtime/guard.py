@@ -6,7 +6,8 @@ those out at sampling time: for each sampled thread the scheduler gives the text
 where the thread is (``TagContext``), and the guard returns the tokens whose text keeps every tag well formed
 (``pastac.grammar.prefix.viable``).  Plain text is never constrained: a thread that holds nothing back may
 write any token but one that would start a tag it may not write (or that tag's name as text, as in
-``</async</async``); only inside a tag is the choice narrowed
+``</async</async``, or a tag's look-alike: ``</promise>``, ``<promis>``, or ``</list>`` where the thread has
+opened no markup; ``pastac.grammar.prefix.lookalike``); only inside a tag is the choice narrowed
 to the tag's canonical form, with a topic of at most ``TOPIC_LIMIT`` characters.  The end-of-sequence
 token is out inside a tag and while a block is open (a child ends with its ``</async>``).  Masks are
 computed once per state and cached, so the cost is a dictionary lookup per sampled thread (a vocabulary's
@@ -16,6 +17,7 @@ worth of checks the first time a state is met).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -80,9 +82,9 @@ class TagGuard:
             return self._state("", context)
         kind = opening(held, final=False)
         if isinstance(kind, TagKind):  # inside a tag only what allows that tag matters
-            context = TagContext(sync=context.sync and kind is TagKind.SYNC,
-                                 close=context.close and kind is TagKind.ASYNC_CLOSE,
-                                 promise=context.promise or kind is not TagKind.PROMISE)
+            context = replace(context, sync=context.sync and kind is TagKind.SYNC,
+                              close=context.close and kind is TagKind.ASYNC_CLOSE,
+                              promise=context.promise or kind is not TagKind.PROMISE)
         key = (state_key(held), context)
         allowed = self._state(*key)
         written = topic_length(held)

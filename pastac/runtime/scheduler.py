@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from pastac.grammar import Scanner
 from pastac.grammar.ast import Promise, quote
 from pastac.grammar.parser import DEFAULT_MAX_DEPTH
-from pastac.grammar.prefix import TagContext, forced
+from pastac.grammar.prefix import TagContext, forced, writes_markup
 from pastac.grammar.tags import TagKind, TagToken, TextToken
 from pastac.ir.graph import MAIN, ThreadGraph
 from pastac.passes.positions import Policy, PositionOptions, PositionRule
@@ -115,6 +115,7 @@ class Thread:
     ir_thread: int | None = None  # replay: the thread of the replayed document it follows
     forks: int = 0  # children forked so far
     sees: set[int] = field(default_factory=set)  # the threads whose text it sees: its ancestors, children it joined
+    markup: bool = False  # it (or what it continues) opened markup as text, ``<div>``: it may close it
     # text accounting for the IR: the scanned text, the char offset where each token ends
     scanner: Scanner = field(default_factory=Scanner)
     text_len: int = 0
@@ -255,9 +256,9 @@ class Scheduler:
     def context(self, thread: Thread) -> TagContext:
         """Which tags the thread may write now: ``<sync/>`` once it has promised something since its last
         sync, ``</async>`` in a child or inside a block it opened inline, ``<promise/>`` where the block it
-        promises would not nest too deep."""
+        promises would not nest too deep; whether it has opened markup it may close."""
         return TagContext(sync=thread.promised[-1] > 0, close=thread.id != MAIN or thread.inline > 0,
-                          promise=thread.depth + thread.inline < self.max_nesting)
+                          promise=thread.depth + thread.inline < self.max_nesting, markup=thread.markup)
 
     def _wants_sample(self, thread: Thread) -> bool:
         if thread.forced or (thread.template and thread.status is Status.RUNNING):
@@ -414,6 +415,7 @@ class Scheduler:
 
     def _on_lexeme(self, thread: Thread, lexeme: TextToken | TagToken) -> None:
         if isinstance(lexeme, TextToken):
+            thread.markup = thread.markup or writes_markup(lexeme.value)
             thread.segment.append(lexeme.value)
             thread.pieces.append(("text", lexeme.value))
             return
@@ -499,6 +501,7 @@ class Scheduler:
                        pos=thread.pos + len(thread.inputs))
         child.inputs = list(self.open_ids)
         child.sees = thread.sees | {thread.id}
+        child.markup = thread.markup
         if self.replay is not None:
             assert thread.ir_thread is not None
             child.ir_thread = self.replay.child(thread.ir_thread, thread.forks)
