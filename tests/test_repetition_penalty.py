@@ -191,3 +191,22 @@ def test_a_runner_that_cannot_penalise_says_so():
         e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=4),
                                       sampling=SamplingOptions(repetition_penalty=1.3)),
                    runner=lambda model, capacity: RowRunner(model, capacity, fork="copy"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_penalty_touches_exactly_the_seen_ids_as_the_dense_formula_would(seed):
+    g = torch.Generator().manual_seed(seed)
+    rows, vocab, slots = 3, 50, 40
+    tokens = torch.randint(0, vocab, (slots,), generator=g)
+    visible = torch.rand(rows, slots, generator=g) > 0.5
+    exempt = torch.rand(vocab, generator=g) > 0.8
+    seen = seen_tokens(tokens, visible, vocab, exempt)
+    want = torch.zeros(rows, vocab, dtype=torch.bool)
+    for r in range(rows):
+        for s in range(slots):
+            want[r, tokens[s]] |= bool(visible[r, s]) and not bool(exempt[tokens[s]])
+    assert torch.equal(seen, want)
+    logits = torch.randn(rows, vocab, generator=g)
+    dense = torch.where(want, torch.where(logits > 0, logits / 1.3, logits * 1.3), logits)
+    assert torch.equal(penalize(logits, seen, 1.3), dense)
+    assert torch.equal(penalize(logits, seen.expand(rows, -1), 1.3), dense)

@@ -113,17 +113,23 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
     """``logits`` [N, vocab] with the penalty applied where ``seen`` [N, vocab] (bool) is set."""
     if penalty == 1:
         return logits
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    rows, ids = seen.nonzero(as_tuple=True)  # a few hundred ids a row: only they are touched
+    out = logits.clone()
+    hit = out[rows, ids]
+    out[rows, ids] = torch.where(hit > 0, hit / penalty, hit * penalty)
+    return out
 
 
 def seen_tokens(tokens: torch.Tensor, visible: torch.Tensor, vocab: int,
                 exempt: torch.Tensor | None = None) -> torch.Tensor:
     """[N, vocab] bool: which ids occur among ``tokens`` [S] where ``visible`` [N, S] is set, less ``exempt``."""
-    counts = torch.zeros((visible.shape[0], vocab), dtype=torch.float32, device=visible.device)
-    counts.scatter_add_(1, tokens[None, :].expand(visible.shape[0], -1), visible.float())
-    seen = counts > 0
+    rows, slots = visible.nonzero(as_tuple=True)
+    ids = tokens[slots]
     if exempt is not None:
-        seen &= ~exempt
+        keep = ~exempt[ids]
+        rows, ids = rows[keep], ids[keep]
+    seen = torch.zeros((visible.shape[0], vocab), dtype=torch.bool, device=visible.device)
+    seen[rows, ids] = True
     return seen
 
 
