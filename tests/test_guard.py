@@ -81,7 +81,7 @@ def test_malformed_or_misplaced_tags_are_not_viable(held, piece, context):
 @pytest.mark.parametrize("held, piece", [
     ("", "a < b"), ("", "<b>bold</b>"), ("<pro", "file"), ("<", "p>"), ("<s", "yn"), ("<syn", "thesis"),
     ("", "x <syn"),  # undecided: "<synthesis" is text
-    ("", "<prompt>"), ("", "<T>"), ("", "<div>"),
+    ("", "<pro>"), ("", "<T>"), ("", "<div>"), ("", "<Pr>"),
     ("", "<b>bold</b>"), ("", "<b>bold</"),  # closing markup the text itself opened
     ('<promise topic="a', 'b" tokens="12"/> then text'),
 ])
@@ -97,7 +97,8 @@ def test_closing_markup_is_text_once_the_thread_has_opened_markup(held, piece):
 
 
 @pytest.mark.parametrize("text", ["</promise>", "</sync>", "<promis>", '<promisable="x', "<promiso", "</asyn>",
-                                  "<sync>", "x\n\n</promise>2."])
+                                  "<sync>", "x\n\n</promise>2.", "<promISE", "<promote", "<prompt>", "<SYNC/>",
+                                  "<Async>"])
 @pytest.mark.parametrize("context", [EVERYWHERE, TagContext(markup=True)])
 def test_a_tags_lookalike_is_not_viable_even_after_markup(text, context):
     """The language reads these as text; a model that writes them meant a tag (a main thread that has
@@ -108,7 +109,8 @@ def test_a_tags_lookalike_is_not_viable_even_after_markup(text, context):
 
 def test_a_tags_unfinished_name_must_become_that_tag_where_it_would_imitate_one():
     assert viable("<promi", "se", TagContext()) and not viable("<promi", "se", TagContext(promise=False))
-    assert not viable("<promi", "s>", TagContext())
+    assert not viable("<promi", "s>", TagContext()) and not viable("<prom", "ISE", TagContext())
+    assert not viable("<pro", "m", TagContext(promise=False)) and viable("<pro", "file", TagContext(promise=False))
     assert viable("", "</", TagContext(close=True)) and viable("</", "async>", TagContext(close=True))
     assert not viable("</", "list>", TagContext(close=True)) and not viable("", "</", TagContext(sync=True))
 

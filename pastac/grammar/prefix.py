@@ -5,8 +5,8 @@ whether appending a piece of text to that suffix keeps every tag it completes we
 the thread is, and leaves a suffix that can still be completed so: it is what constrained decoding asks of
 each candidate token.  Text that turns out not to be a tag (``a <b> c``, ``<profile``) is viable, unless it
 begins with a tag's name (``</asyncio``, ``<sync<sync``): where a model may not write a tag it is not let
-write its name either.  Nor may it write a tag's look-alike (``lookalike``): a name a letter or two from a
-tag's (``<promis>``, ``</promise>``), or closing markup (``</list>``) where no markup was opened.  A model
+write its name either.  Nor may it write a tag's look-alike (``lookalike``): a name that begins as a tag's
+does (``<promis>``, ``<promote``, ``</promise>``), or closing markup (``</list>``) where no markup was opened.  A model
 that has learnt to end a block with ``</async>`` reaches for these where it may not close one.
 
 The tags it lets a model write are the canonical forms, a subset of what the grammar accepts (so every tag
@@ -98,8 +98,11 @@ def writes_markup(text: str) -> bool:
 
 
 def _near(name: str) -> bool:
-    """Is ``name`` a tag's name or a letter or two from one (``promis``, ``promising``, ``asyn``)?"""
-    return any(_shared(name, tag) >= max(4, len(tag) - 2) for tag in _NAMES)
+    """Does ``name`` spell, in either case, the first four letters of a tag's name or more (``prom``,
+    ``promISE``, ``promote``, ``asyn``, ``Sync``)?  A model kept from a ``<promise/>`` (its block would nest
+    too deep) wrote ``<promISE``, ``<promES``, ``<promote`` … one after the other until its budget ran out."""
+    folded = name.lower()
+    return any(_shared(folded, tag) >= 4 for tag in _NAMES)
 
 
 def _shared(a: str, b: str) -> int:
@@ -108,9 +111,9 @@ def _shared(a: str, b: str) -> int:
 
 
 def lookalike(text: str, context: TagContext) -> bool:
-    """Does the text ``text`` imitate a tag?  A name a letter or two from a tag's (``<promis>``,
-    ``</promise>``, ``</asyn>``: the language has no tag by that name, so it is text, but a model that writes
-    it was writing a tag); or closing markup (``</list>``, ``</``) in a thread that opened no markup, where
+    """Does the text ``text`` imitate a tag?  A name that begins as a tag's does (``<promis>``, ``<promote``,
+    ``</promise>``, ``</asyn>``, ``<SYNC>``: the language has no tag by that name, so it is text, but a model
+    that writes it was writing a tag); or closing markup (``</list>``, ``</``) in a thread that opened no markup, where
     only ``</async>`` closes anything.  ``</b>`` closes a ``<b>`` the thread wrote (``context.markup``) or
     that ``text`` opens before it."""
     opened = context.markup
