@@ -82,14 +82,9 @@ def _complete_ok(token: TagToken, context: TagContext) -> bool:
             and CANONICAL[token.kind].fullmatch(token.raw) is not None)
 
 
-def _named(text: str) -> TagKind | None:
-    """The tag whose name ``text`` begins with (``<sync`` in ``<syncopation``, ``</async`` in ``</async<``)."""
-    return next((kind for kind, opener in OPENERS.items() if text.startswith(opener)), None)
-
-
 _ANGLED = re.compile(r"<(/?)([A-Za-z]*)")
 _MARKUP = re.compile(r"<[A-Za-z]")
-_NAMES = tuple(dict.fromkeys(opener.lstrip("</") for opener in OPENERS.values()))  # promise, async, sync
+_STEMS = frozenset(opener.lstrip("</")[:4] for opener in OPENERS.values())  # prom, asyn, sync
 
 
 def writes_markup(text: str) -> bool:
@@ -98,16 +93,11 @@ def writes_markup(text: str) -> bool:
 
 
 def _near(name: str) -> bool:
-    """Does ``name`` spell, in either case, the first four letters of a tag's name or more (``prom``,
-    ``promISE``, ``promote``, ``asyn``, ``Sync``)?  A model kept from a ``<promise/>`` (its block would nest
-    too deep) wrote ``<promISE``, ``<promES``, ``<promote`` … one after the other until its budget ran out."""
-    folded = name.lower()
-    return any(_shared(folded, tag) >= 4 for tag in _NAMES)
-
-
-def _shared(a: str, b: str) -> int:
-    """How many leading characters ``a`` and ``b`` have in common."""
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    """Does ``name`` begin, in either case, with the first four letters of a tag's name (``prom``,
+    ``promISE``, ``promote``, ``asyncio``, ``Sync``)?  A model kept from a ``<promise/>`` (its block would nest
+    too deep) wrote ``<promISE``, ``<promES``, ``<promote`` … one after the other until its budget ran out.
+    Every tag's name is among these, so text that begins with one (``<syncopation``) is a look-alike too."""
+    return name[:4].lower() in _STEMS
 
 
 def lookalike(text: str, context: TagContext) -> bool:
@@ -130,13 +120,12 @@ def _held_ok(held: str, context: TagContext) -> bool:
     if not held:
         return True
     kind = opening(held, final=False)
-    if kind is None:  # text, but not text that begins with a tag's name or imitates a tag
-        return _named(held) is None and not lookalike(held, context)
-    if kind is True:  # not yet decided: ``<pro`` may become ``<profile``, but ``<promise`` only a promise
-        named = _named(held)
+    if kind is None:  # text, but not text that imitates a tag (or begins with a tag's name)
+        return not lookalike(held, context)
+    if kind is True:  # not yet decided: ``<pro`` may become ``<profile``, but ``<prom`` only a promise
         if lookalike(held, context):  # ``<promi``, ``</``: as text it would imitate a tag, so it must be one
             return any(context.allows(k) and opener.startswith(held) for k, opener in OPENERS.items())
-        return named is None or context.allows(named)
+        return True
     return context.allows(kind) and CANONICAL[kind].fullmatch(held, partial=True) is not None
 
 
@@ -153,7 +142,7 @@ def viable(held: str, piece: str, context: TagContext) -> bool:
         if isinstance(lexeme, TagToken):
             if not _complete_ok(lexeme, context):
                 return False
-        elif _named(lexeme.value) is not None or lookalike(lexeme.value, context):
+        elif lookalike(lexeme.value, context):
             return False
         elif not context.markup and writes_markup(lexeme.value):  # ``<b>bold</b>``: the </b> closes it
             context = replace(context, markup=True)
