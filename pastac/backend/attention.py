@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-# inside packed_attention(): the masks repeated per group so far in this forward, by (mask, groups); None outside
-_ON: contextvars.ContextVar[dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None] = \
+# inside packed_attention(): per group count, the mask this forward's layers get and its repeat; None outside
+_ON: contextvars.ContextVar[dict[int, tuple[torch.Tensor, torch.Tensor]] | None] = \
     contextvars.ContextVar("pastac_packed_attention", default=None)
 
 
@@ -49,10 +49,9 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     stacked = query.reshape(batch, heads // groups, groups * q, dim)  # row g*q + i: query i of group head g
-    key_ = (id(attention_mask), groups)  # every layer of a forward gets the same mask: repeat it once
-    if key_ not in repeated or repeated[key_][0] is not attention_mask:
-        repeated[key_] = (attention_mask, attention_mask.repeat(1, 1, groups, 1))
-    mask = repeated[key_][1]
+    if groups not in repeated or repeated[groups][0] is not attention_mask:  # every layer gets the same mask
+        repeated[groups] = (attention_mask, attention_mask.repeat(1, 1, groups, 1))
+    mask = repeated[groups][1]
     out = F.scaled_dot_product_attention(stacked, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, q, value.shape[-1]).transpose(1, 2).contiguous(), None
 
