@@ -7,11 +7,21 @@ import random
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 from test_cli import run
 from test_cli_run import model_dir  # noqa: F401 (a fixture)
 
 from pastac.evaluation.metrics import log_likelihood, mean_redundancy, overlap, redundancy, sibling_groups
-from pastac.evaluation.run import LIST_LIKE, EvalOptions, JudgeError, evaluate, item_redundancy, judge_pair, summarize
+from pastac.evaluation.run import (
+    LIST_LIKE,
+    EvalOptions,
+    JudgeError,
+    evaluate,
+    item_redundancy,
+    judge_pair,
+    sampled_answer,
+    summarize,
+)
 from pastac.runtime.engine import Engine
 from pastac.runtime.models import random_model, tiny_tokenizer
 
@@ -88,6 +98,34 @@ def test_evaluate_on_a_tiny_model():
     json.dumps(report)
 
 
+def test_a_sampled_reference_answer_is_seeded_and_scored():
+    tokenizer = tiny_tokenizer()
+    engine = Engine(random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
+                    tokenizer, name="tiny")
+    ids = engine.prompt_ids("Give me three tips.")
+    state = torch.random.get_rng_state()
+    draws = [sampled_answer(engine, ids, LogitsProcessorList(), 12, 1.0, seed) for seed in (1, 1, 2)]
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
+    assert draws[0] == draws[1] != draws[2] and all(0 < len(d) <= 12 for d in draws)
+    greedy = engine.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    assert draws[0] != [t for t in greedy if t not in engine.eos]  # drawn, not the argmax
+
+    records = [{"id": "a", "category": "list", "prompt": "Give me three tips."},
+               {"id": "b", "category": "factual", "prompt": "What is the capital of France?"}]
+    options = EvalOptions(max_new_tokens=8, sampled_reference=1.0)
+    report = evaluate(records, engine, engine, options)
+    assert all(isinstance(r["loglik_sampled"], float) for r in report["results"])
+    summary = report["summary"]
+    assert summary["sampled_reference"] == 1.0
+    assert summary["loglik_sampled"] == pytest.approx(sum(r["loglik_sampled"] for r in report["results"]) / 2)
+    change = (summary["loglik_sampled"] - summary["loglik_sequential"]) / abs(summary["loglik_sequential"])
+    assert summary["loglik_sampled_relative_change"] == pytest.approx(change)
+    # each prompt's draw is seeded by the prompt: the same alone as among others
+    alone = evaluate(records[1:], engine, engine, options)["results"][0]
+    assert alone["loglik_sampled"] == report["results"][1]["loglik_sampled"]
+    assert "loglik_sampled" not in evaluate(records[:1], engine, engine, EvalOptions(max_new_tokens=8))["summary"]
+
+
 def test_list_like_and_short_figures_take_only_their_categories():
     def result(category: str, threads: int, speedup: float) -> dict:
         cut = category == "list"  # a base answer the budget cut: a loop, which the base model finds likely
@@ -134,6 +172,14 @@ def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
     assert code == 2 and "go together" in err
     code, _, err = run(capsys, "eval", "--prompts", str(prompts), "--split", "validation")
     assert code == 2 and "no prompts" in err
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, "eval", "--prompts", str(prompts), "--sampled-reference", "0")
+    assert exit_info.value.code == 2 and "must be > 0" in capsys.readouterr().err
+    code, out, err = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
+                         "--split", "test", "--max-new-tokens", "4", "--sampled-reference", "0.7", "--json", "-q")
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    assert summary["sampled_reference"] == 0.7 and "loglik_sampled_relative_change" in summary
 
 
 def test_shards_of_an_evaluation_merge_into_one_report(capsys, tmp_path, model_dir):  # noqa: F811

@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
         model_arguments,
         penalty_arguments,
     )
+    from pastac.train.command import number
 
     p = sub.add_parser(
         "eval", help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
@@ -49,6 +50,11 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
                         "N new tokens, the adapted model's threads at most N together, tags included (default 512)")
     penalty_arguments(p)
     guard_arguments(p)
+    p.add_argument("--sampled-reference", type=number(lambda v: v > 0, "> 0"), metavar="T",
+                   help="also score an answer of the base model sampled at temperature T (the penalty and budget "
+                        "of its greedy answer, seeded per prompt): how far below its greedy answer the base "
+                        "model's likelihood of a text it writes itself falls, the scale of the log-likelihood "
+                        "proxy (one more generate per prompt)")
     judge = p.add_argument_group("judge (optional)")
     judge.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible server that judges pairs of answers")
     judge.add_argument("--judge-model", metavar="NAME", help="the judge's model name on that server")
@@ -184,7 +190,8 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
                                                                  penalty_scope=args.penalty_scope,
                                                                  sibling_ngram=args.sibling_ngram,
                                                                  tag_guard=args.tag_guard,
-                                                                 jump_forward=args.jump_forward),
+                                                                 jump_forward=args.jump_forward,
+                                                                 sampled_reference=args.sampled_reference),
                               progress=lambda n: bar(advance=n))
         except JudgeError as error:
             raise UsageError(str(error)) from None

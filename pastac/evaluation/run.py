@@ -6,6 +6,7 @@ import random
 import re
 import statistics
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +49,12 @@ class EvalOptions:
     penalty_scope: str = "thread"  # what the adapted model's penalty counts (SamplingOptions.penalty_scope)
     tag_guard: bool = True  # constrain the adapted model's tags to well-formed ones (pastac.runtime.guard)
     jump_forward: bool = True  # feed the text a tag forces in one step (in the run and in its sequential replay)
+    # a temperature: also score an answer of the base model sampled at it, the proxy's scale (sampled_answer)
+    sampled_reference: float | None = None
 
 
 # the decoding settings a report's summary records (the reports --merge joins must agree on them)
-RUN_SETTINGS = ("tag_guard", "jump_forward", "penalty_scope", "sibling_ngram")
+RUN_SETTINGS = ("tag_guard", "jump_forward", "penalty_scope", "sibling_ngram", "sampled_reference")
 
 
 def _async_texts(body: Sequence[Node]) -> list[str]:
@@ -84,6 +87,24 @@ def judge_pair(judge: Judge, prompt: str, ours: str, theirs: str, rng: random.Ra
     if verdict == "tie":
         return "tie"
     return "win" if (verdict == "a") == first else "loss"
+
+
+def sampled_answer(base: Engine, prompt_ids: Sequence[int], processors: LogitsProcessorList, max_new_tokens: int,
+                   temperature: float, seed: int) -> list[int]:
+    """An answer of the base model sampled at ``temperature`` (no top-k or top-p cut), with the processors and
+    budget of its greedy answer, end tokens dropped.  The base model's likelihood of its own sampled answers,
+    set against that of its greedy answer, says how far below the greedy answer a text the base model itself
+    writes falls: the scale of the log-likelihood proxy.  ``seed`` fixes the draw; the caller's random state
+    is left as it was."""
+    device = next(base.model.parameters()).device
+    tensor = torch.tensor([list(prompt_ids)], device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        torch.manual_seed(seed)
+        generated = base.model.generate(
+            tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new_tokens, do_sample=True,
+            temperature=temperature, top_k=0, top_p=1.0, pad_token_id=base.eos[0] if base.eos else 0,
+            logits_processor=processors)
+    return [t for t in generated[0, len(prompt_ids):].tolist() if t not in base.eos]
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -140,6 +161,10 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     stitched_ids = base.tokenizer.encode(pasta.text, add_special_tokens=False)
     out["loglik_pasta"] = log_likelihood(base.model, ids, stitched_ids)
     out["loglik_sequential"] = log_likelihood(base.model, ids, answer_ids)
+    if options.sampled_reference is not None:  # seeded by the prompt: the same draw in any shard or order
+        sampled = sampled_answer(base, ids, processors, options.max_new_tokens, options.sampled_reference,
+                                 zlib.crc32(f"{options.seed} {prompt}".encode()))
+        out["loglik_sampled"] = log_likelihood(base.model, ids, sampled)
     out["redundancy_threads"] = mean_redundancy(sibling_groups(pasta.parents, pasta.thread_text))
     out["redundancy_sequential"] = item_redundancy(baseline)
     if options.judge is not None:
@@ -177,8 +202,12 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     def loglik(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
         pasta, base = _mean([r["loglik_pasta"] for r in rows]), _mean([r["loglik_sequential"] for r in rows])
-        return {"pasta": pasta, "sequential": base,
-                "relative_change": None if pasta is None or not base else (pasta - base) / abs(base)}
+        out = {"pasta": pasta, "sequential": base,
+               "relative_change": None if pasta is None or not base else (pasta - base) / abs(base)}
+        sampled = _mean([r.get("loglik_sampled") for r in rows])
+        if sampled is not None and base:  # the base model's own sampled answer, set against its greedy one
+            out |= {"sampled": sampled, "sampled_relative_change": (sampled - base) / abs(base)}
+        return out
 
     listy, short = of(LIST_LIKE), of(SHORT)
     every = loglik(results)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 
-def _number(ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
+def number(ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
     """An argparse type: a float for which ``ok`` holds, else an error that says ``requirement``."""
 
     def parse(text: str) -> float:
@@ -30,8 +30,8 @@ def _number(ok: Callable[[float], bool], requirement: str) -> Callable[[str], fl
     return parse
 
 
-_probability = _number(lambda v: 0 <= v < 1, "in [0, 1)")
-_rate = _number(lambda v: v > 0, "> 0")
+_probability = number(lambda v: 0 <= v < 1, "in [0, 1)")
+_rate = number(lambda v: v > 0, "> 0")
 
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     how.add_argument("--repeat-forking", type=positive, default=d.repeat_forking, metavar="N",
                      help="show each example that forks N times per epoch (default 1): in a dataset where most "
                           "answers do not fork, the few tags would otherwise be seen rarely")
-    how.add_argument("--kl-weight", type=_number(lambda v: v >= 0, ">= 0"), default=d.kl_weight, metavar="W",
+    how.add_argument("--kl-weight", type=number(lambda v: v >= 0, ">= 0"), default=d.kl_weight, metavar="W",
                      help="add W x KL(base || adapted) of the next-token distributions at plain-text positions to "
                           "the loss, the base model's being the same forward with the adapter off (default 0: "
                           "off): the adapter learns the tags while its text stays close to the base model's")
