@@ -7,9 +7,9 @@ import random
 
 import pytest
 import torch
-from transformers import LogitsProcessorList
 from test_cli import run
 from test_cli_run import model_dir  # noqa: F401 (a fixture)
+from transformers import LogitsProcessorList
 
 from pastac.evaluation.metrics import log_likelihood, mean_redundancy, overlap, redundancy, sibling_groups
 from pastac.evaluation.run import (
@@ -114,16 +114,29 @@ def test_a_sampled_reference_answer_is_seeded_and_scored():
                {"id": "b", "category": "factual", "prompt": "What is the capital of France?"}]
     options = EvalOptions(max_new_tokens=8, sampled_reference=1.0)
     report = evaluate(records, engine, engine, options)
-    assert all(isinstance(r["loglik_sampled"], float) for r in report["results"])
-    summary = report["summary"]
-    assert summary["sampled_reference"] == 1.0
-    assert summary["loglik_sampled"] == pytest.approx(sum(r["loglik_sampled"] for r in report["results"]) / 2)
-    change = (summary["loglik_sampled"] - summary["loglik_sequential"]) / abs(summary["loglik_sequential"])
-    assert summary["loglik_sampled_relative_change"] == pytest.approx(change)
+    for r in report["results"]:
+        assert isinstance(r["loglik_sampled"], float) and isinstance(r["sampled_cut"], bool)
+    assert report["summary"]["sampled_reference"] == 1.0
     # each prompt's draw is seeded by the prompt: the same alone as among others
     alone = evaluate(records[1:], engine, engine, options)["results"][0]
     assert alone["loglik_sampled"] == report["results"][1]["loglik_sampled"]
     assert "loglik_sampled" not in evaluate(records[:1], engine, engine, EvalOptions(max_new_tokens=8))["summary"]
+
+
+def test_the_sampled_reference_is_summarised_where_the_sampled_answer_ended():
+    def result(greedy: float, sampled: float, cut: bool) -> dict:
+        return {"category": "list", "threads": 2, "valid": True, "speedup_vs_sequential": 1.0,
+                "speedup_vs_hf_generate": 1.0, "theoretical_speedup": 1.0, "loglik_pasta": -1.5,
+                "loglik_sequential": greedy, "redundancy_threads": 0.0, "redundancy_sequential": 0.0,
+                "baseline_cut": False, "written": 100, "baseline_tokens": 100,
+                "loglik_sampled": sampled, "sampled_cut": cut}
+
+    summary = summarize([result(-1.0, -1.2, False), result(-2.0, -2.6, False), result(-1.0, -0.1, True)])
+    # the loop the budget cut is left out, and the two that ended are set against their own greedy answers
+    assert summary["loglik_sampled"] == pytest.approx(-1.9)
+    assert summary["loglik_sampled_relative_change"] == pytest.approx((-1.9 + 1.5) / 1.5)
+    assert summary["loglik_sequential"] == pytest.approx(-4 / 3)  # over every prompt, as before
+    assert "loglik_sampled" not in summarize([result(-1.0, -0.1, True)])
 
 
 def test_list_like_and_short_figures_take_only_their_categories():
@@ -178,8 +191,8 @@ def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
     code, out, err = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
                          "--split", "test", "--max-new-tokens", "4", "--sampled-reference", "0.7", "--json", "-q")
     assert code == 0, err
-    summary = json.loads(out)["summary"]
-    assert summary["sampled_reference"] == 0.7 and "loglik_sampled_relative_change" in summary
+    report = json.loads(out)
+    assert report["summary"]["sampled_reference"] == 0.7 and "loglik_sampled" in report["results"][0]
 
 
 def test_shards_of_an_evaluation_merge_into_one_report(capsys, tmp_path, model_dir):  # noqa: F811

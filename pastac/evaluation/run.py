@@ -92,10 +92,10 @@ def judge_pair(judge: Judge, prompt: str, ours: str, theirs: str, rng: random.Ra
 def sampled_answer(base: Engine, prompt_ids: Sequence[int], processors: LogitsProcessorList, max_new_tokens: int,
                    temperature: float, seed: int) -> list[int]:
     """An answer of the base model sampled at ``temperature`` (no top-k or top-p cut), with the processors and
-    budget of its greedy answer, end tokens dropped.  The base model's likelihood of its own sampled answers,
-    set against that of its greedy answer, says how far below the greedy answer a text the base model itself
-    writes falls: the scale of the log-likelihood proxy.  ``seed`` fixes the draw; the caller's random state
-    is left as it was."""
+    budget of its greedy answer, end tokens dropped (the budget cut it if it holds ``max_new_tokens``).  The
+    base model's likelihood of its own sampled answers, set against that of its greedy answer, says how far
+    below the greedy answer a text the base model itself writes falls: the scale of the log-likelihood proxy.
+    ``seed`` fixes the draw; the caller's random state is left as it was."""
     device = next(base.model.parameters()).device
     tensor = torch.tensor([list(prompt_ids)], device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
@@ -164,7 +164,8 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     if options.sampled_reference is not None:  # seeded by the prompt: the same draw in any shard or order
         sampled = sampled_answer(base, ids, processors, options.max_new_tokens, options.sampled_reference,
                                  zlib.crc32(f"{options.seed} {prompt}".encode()))
-        out["loglik_sampled"] = log_likelihood(base.model, ids, sampled)
+        out.update(loglik_sampled=log_likelihood(base.model, ids, sampled),
+                   sampled_cut=len(sampled) >= options.max_new_tokens)
     out["redundancy_threads"] = mean_redundancy(sibling_groups(pasta.parents, pasta.thread_text))
     out["redundancy_sequential"] = item_redundancy(baseline)
     if options.judge is not None:
@@ -204,9 +205,12 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         pasta, base = _mean([r["loglik_pasta"] for r in rows]), _mean([r["loglik_sequential"] for r in rows])
         out = {"pasta": pasta, "sequential": base,
                "relative_change": None if pasta is None or not base else (pasta - base) / abs(base)}
-        sampled = _mean([r.get("loglik_sampled") for r in rows])
-        if sampled is not None and base:  # the base model's own sampled answer, set against its greedy one
-            out |= {"sampled": sampled, "sampled_relative_change": (sampled - base) / abs(base)}
+        # the base model's own sampled answers against its greedy ones, where the sampled answer ended (one
+        # the budget cut is most often a loop, as above)
+        drawn = [r for r in rows if r.get("loglik_sampled") is not None and not r["sampled_cut"]]
+        sampled, greedy = _mean([r["loglik_sampled"] for r in drawn]), _mean([r["loglik_sequential"] for r in drawn])
+        if sampled is not None and greedy:
+            out |= {"sampled": sampled, "sampled_relative_change": (sampled - greedy) / abs(greedy)}
         return out
 
     listy, short = of(LIST_LIKE), of(SHORT)
