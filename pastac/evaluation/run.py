@@ -89,6 +89,19 @@ def judge_pair(judge: Judge, prompt: str, ours: str, theirs: str, rng: random.Ra
     return "win" if (verdict == "a") == first else "loss"
 
 
+def _base_generate(base: Engine, prompt_ids: Sequence[int], processors: LogitsProcessorList, max_new_tokens: int,
+                   **decoding: Any) -> list[int]:
+    """The new ids of Hugging Face ``generate`` of the base model after ``prompt_ids`` (``decoding``: its
+    sampling arguments), end tokens included."""
+    device = next(base.model.parameters()).device
+    tensor = torch.tensor([list(prompt_ids)], device=device)
+    with torch.inference_mode():
+        generated = base.model.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new_tokens,
+                                        pad_token_id=base.eos[0] if base.eos else 0, logits_processor=processors,
+                                        **decoding)
+    return generated[0, len(prompt_ids):].tolist()
+
+
 def sampled_answer(base: Engine, prompt_ids: Sequence[int], processors: LogitsProcessorList, max_new_tokens: int,
                    temperature: float, seed: int) -> list[int]:
     """An answer of the base model sampled at ``temperature`` (no top-k or top-p cut), with the processors and
@@ -97,14 +110,11 @@ def sampled_answer(base: Engine, prompt_ids: Sequence[int], processors: LogitsPr
     below the greedy answer a text the base model itself writes falls: the scale of the log-likelihood proxy.
     ``seed`` fixes the draw; the caller's random state is left as it was."""
     device = next(base.model.parameters()).device
-    tensor = torch.tensor([list(prompt_ids)], device=device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        generated = base.model.generate(
-            tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new_tokens, do_sample=True,
-            temperature=temperature, top_k=0, top_p=1.0, pad_token_id=base.eos[0] if base.eos else 0,
-            logits_processor=processors)
-    return [t for t in generated[0, len(prompt_ids):].tolist() if t not in base.eos]
+        new_ids = _base_generate(base, prompt_ids, processors, max_new_tokens, do_sample=True,
+                                 temperature=temperature, top_k=0, top_p=1.0)
+    return [t for t in new_ids if t not in base.eos]
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -143,16 +153,10 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     except InputError:  # an annotation that needed recovery cannot be replayed as it is
         out["speedup_vs_sequential"] = None
     ids = base.prompt_ids(prompt)
-    device = next(base.model.parameters()).device
-    tensor = torch.tensor([ids], device=device)
     # the same penalty for the base model; with none, its generate is Hugging Face's, untouched
     penalties = [RepetitionPenalty(sampling.penalty, base.exempt_tokens)] if sampling.penalty != 1 else []
     processors = LogitsProcessorList(penalties)
-    with torch.inference_mode():
-        generated, hf_wall = _timed(lambda: base.model.generate(
-            tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=options.max_new_tokens, do_sample=False,
-            pad_token_id=base.eos[0] if base.eos else 0, logits_processor=processors))
-    new_ids = generated[0, len(ids):].tolist()
+    new_ids, hf_wall = _timed(lambda: _base_generate(base, ids, processors, options.max_new_tokens, do_sample=False))
     answer_ids = [t for t in new_ids if t not in base.eos]
     baseline = base.tokenizer.decode(answer_ids, skip_special_tokens=True)
     out.update(baseline=baseline, baseline_tokens=len(answer_ids),
