@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -204,6 +204,21 @@ def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
         else:
             out.write(canonical)
     return status
+
+
+def number(ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
+    """An argparse type: a float for which ``ok`` holds, else an error that says ``requirement``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, not {value}")
+        return value
+
+    return parse
 
 
 def _positive(value: str) -> int:

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 
 def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
+    from pastac.cli import number
     from pastac.runtime.command import (
         adapter_arguments,
         guard_arguments,
@@ -21,7 +22,6 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
         model_arguments,
         penalty_arguments,
     )
-    from pastac.train.command import number
 
     p = sub.add_parser(
         "eval", help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",

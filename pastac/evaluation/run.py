@@ -191,6 +191,11 @@ def _geomean(values: Sequence[float | None]) -> float | None:
     return geomean(kept) if kept else None
 
 
+def _relative(value: float | None, reference: float | None) -> float | None:
+    """How far ``value`` lies above ``reference``, as a share of its size (None without both)."""
+    return None if value is None or not reference else (value - reference) / abs(reference)
+
+
 def _length_vs_base(result: dict[str, Any]) -> float | None:
     written, base = result.get("written"), result.get("baseline_tokens")
     return written / base if written and base else None
@@ -207,14 +212,13 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     def loglik(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
         pasta, base = _mean([r["loglik_pasta"] for r in rows]), _mean([r["loglik_sequential"] for r in rows])
-        out = {"pasta": pasta, "sequential": base,
-               "relative_change": None if pasta is None or not base else (pasta - base) / abs(base)}
+        out = {"pasta": pasta, "sequential": base, "relative_change": _relative(pasta, base)}
         # the base model's own sampled answers against its greedy ones, where the sampled answer ended (one
         # the budget cut is most often a loop, as above)
         drawn = [r for r in rows if r.get("loglik_sampled") is not None and not r["sampled_cut"]]
         sampled, greedy = _mean([r["loglik_sampled"] for r in drawn]), _mean([r["loglik_sequential"] for r in drawn])
-        if sampled is not None and greedy:
-            out |= {"sampled": sampled, "sampled_relative_change": (sampled - greedy) / abs(greedy)}
+        if sampled is not None:
+            out |= {"sampled": sampled, "sampled_relative_change": _relative(sampled, greedy)}
         return out
 
     listy, short = of(LIST_LIKE), of(SHORT)

@@ -14,21 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-
-def number(ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
-    """An argparse type: a float for which ``ok`` holds, else an error that says ``requirement``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, not {value}")
-        return value
-
-    return parse
-
+from pastac.cli import number
 
 _probability = number(lambda v: 0 <= v < 1, "in [0, 1)")
 _rate = number(lambda v: v > 0, "> 0")
