@@ -26,6 +26,7 @@ The kernels compute the same product in another summation order: results match
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -95,16 +96,32 @@ ONE_ROW_ONLY = frozenset({"mkl-packed"})
 
 
 def _packing(name: str, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether this torch build can pack weights of ``dtype`` on ``device`` for kernel ``name``."""
+    """Whether kernel ``name`` can pack weights of ``dtype`` on ``device`` here: this torch build has the
+    library, and this CPU runs it (oneDNN's bfloat16 path needs AVX-512 or AVX-NE-CONVERT, which an AVX2-only
+    CPU lacks: the library raises, and the kernel is left out rather than crash a run)."""
     if device.type != "cpu":
         return False
     if name == "transposed":
         return True
     if name == "mkl-packed":
-        return dtype == torch.float32 and torch.backends.mkl.is_available()
-    if name == "onednn-packed":
-        return dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
-    return False
+        built = dtype == torch.float32 and torch.backends.mkl.is_available()
+    elif name == "onednn-packed":
+        built = dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+    else:
+        return False
+    return built and _runs(name, dtype)
+
+
+@functools.cache
+def _runs(name: str, dtype: torch.dtype) -> bool:
+    """Whether packing a small weight for kernel ``name`` and multiplying by it works on this CPU."""
+    w = torch.ones((8, 8), dtype=dtype)
+    try:
+        with torch.inference_mode():
+            KERNELS[name](torch.ones((1, 1, 8), dtype=dtype), w, None, PACKERS[name](w))
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass
