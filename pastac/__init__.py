@@ -29,9 +29,28 @@ from pastac.passes import Policy, PositionOptions
 __version__ = "0.1.0"
 
 __all__ = [
-    "CODES", "Async", "Diagnostic", "Document", "Layout", "ParseError", "ParseResult", "Policy", "PositionOptions",
-    "Promise", "Scanner", "Sync", "Text", "ThreadGraph", "__version__", "check", "dump", "lower", "parse", "render",
-    "to_source", "training_layout",
+    "CODES",
+    "Async",
+    "Diagnostic",
+    "Document",
+    "Layout",
+    "ParseError",
+    "ParseResult",
+    "Policy",
+    "PositionOptions",
+    "Promise",
+    "Scanner",
+    "Sync",
+    "Text",
+    "ThreadGraph",
+    "__version__",
+    "check",
+    "dump",
+    "lower",
+    "parse",
+    "render",
+    "to_source",
+    "training_layout",
 ]
 
 

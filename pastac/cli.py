@@ -107,8 +107,15 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                 elif args.format == "github":
                     out.write(f"::error file={item.path},line={item.line},title=record::{item.message}\n")
                 else:
-                    records.append({"file": item.path, "record": item.line, "severity": "error",
-                                    "code": None, "message": item.message})
+                    records.append(
+                        {
+                            "file": item.path,
+                            "record": item.line,
+                            "severity": "error",
+                            "code": None,
+                            "message": item.message,
+                        }
+                    )
                 continue
             documents += 1
             result = check(item.text, mode=mode, max_depth=args.max_depth, filename=item.label)
@@ -116,13 +123,22 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
             warnings += sum(d.severity is Severity.WARNING for d in result.diagnostics)
             _emit(result, item, args.format, out, records)
     if args.format == "json":
-        summary = {"documents": documents, "errors": errors, "warnings": warnings,
-                   "bad_records": failed_records, "mode": mode, "valid": errors == 0 and failed_records == 0}
+        summary = {
+            "documents": documents,
+            "errors": errors,
+            "warnings": warnings,
+            "bad_records": failed_records,
+            "mode": mode,
+            "valid": errors == 0 and failed_records == 0,
+        }
         out.write(json.dumps({"diagnostics": records, "summary": summary}, indent=2, ensure_ascii=False) + "\n")
     elif args.format == "text":
         what = f"{documents} document{'s' if documents != 1 else ''}"
-        problems = [f"{n} {name}{'s' if n != 1 else ''}" for n, name in
-                    ((errors, "error"), (warnings, "warning"), (failed_records, "bad record")) if n]
+        problems = [
+            f"{n} {name}{'s' if n != 1 else ''}"
+            for n, name in ((errors, "error"), (warnings, "warning"), (failed_records, "bad record"))
+            if n
+        ]
         out.write(f"checked {what} ({mode}): {', '.join(problems) if problems else 'no problems'}\n")
     if usage_problem:
         return EXIT_USAGE
@@ -247,8 +263,9 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     options = PlanOptions(policy=args.policy, unit=args.unit, max_width=args.max_width, order=args.order)
     result = plan(graph, options, dump_after=args.dump_after or ())
     if args.json:
-        out.write(json.dumps({"file": label} | plan_json(result, length=args.length), indent=2,
-                             ensure_ascii=False) + "\n")
+        out.write(
+            json.dumps({"file": label} | plan_json(result, length=args.length), indent=2, ensure_ascii=False) + "\n"
+        )
         return EXIT_OK
     for name, text in result.dumps.items():
         out.write(f"// IR after pass '{name}'\n{text}\n")
@@ -357,8 +374,11 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         if result.errors:
             first = result.errors[0]
             more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-            invalid.append(InvalidRecord(item.label, f"{first.span.start}: error[{first.code}]: {first.message}{more}",
-                                         item.record_line))
+            invalid.append(
+                InvalidRecord(
+                    item.label, f"{first.span.start}: error[{first.code}]: {first.message}{more}", item.record_line
+                )
+            )
             continue
         documents.append(document_figures(lower(result.document, length)))
     stats = summarize(documents, invalid)
@@ -384,26 +404,44 @@ def _progress(items: list[Source | RecordError], what: str) -> Iterator[Source |
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pastac", description="Pasta-Lang toolchain for learned asynchronous decoding.")
+        prog="pastac", description="Pasta-Lang toolchain for learned asynchronous decoding."
+    )
     parser.add_argument("--version", action="version", version=f"pastac {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     depth = argparse.ArgumentParser(add_help=False)
-    depth.add_argument("--max-depth", type=_max_depth, default=DEFAULT_MAX_DEPTH, metavar="N",
-                       help=f"deepest allowed <async> nesting (default {DEFAULT_MAX_DEPTH})")
+    depth.add_argument(
+        "--max-depth",
+        type=_max_depth,
+        default=DEFAULT_MAX_DEPTH,
+        metavar="N",
+        help=f"deepest allowed <async> nesting (default {DEFAULT_MAX_DEPTH})",
+    )
 
-    p = sub.add_parser("check", parents=[depth], help="check Pasta-Lang documents or JSONL datasets",
-                       description="Check Pasta-Lang files ('-' reads standard input); a .jsonl file is "
-                                   "checked record by record. Exit 0 when all are valid, 1 on errors, 2 on "
-                                   "usage errors.")
+    p = sub.add_parser(
+        "check",
+        parents=[depth],
+        help="check Pasta-Lang documents or JSONL datasets",
+        description="Check Pasta-Lang files ('-' reads standard input); a .jsonl file is "
+        "checked record by record. Exit 0 when all are valid, 1 on errors, 2 on "
+        "usage errors.",
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     modes = p.add_mutually_exclusive_group()
     modes.add_argument("--strict", action="store_true", help="every deviation is an error (default)")
     modes.add_argument("--lenient", action="store_true", help="recover with warnings, as for a model's live output")
-    p.add_argument("--format", choices=("text", "json", "github"), default="text",
-                   help="diagnostics as text, one JSON object, or GitHub Actions annotations")
-    p.add_argument("--field", default="text", metavar="NAME",
-                   help="in .jsonl files, the field that holds the annotated text (default: text)")
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="diagnostics as text, one JSON object, or GitHub Actions annotations",
+    )
+    p.add_argument(
+        "--field",
+        default="text",
+        metavar="NAME",
+        help="in .jsonl files, the field that holds the annotated text (default: text)",
+    )
     p.set_defaults(run=_cmd_check)
 
     p = sub.add_parser("render", parents=[depth], help="print the stitched text a reader sees")
@@ -419,59 +457,116 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_fmt)
 
     analysis = argparse.ArgumentParser(add_help=False)
-    analysis.add_argument("--length", choices=tuple(LENGTHS), default="words",
-                          help="how text is counted in tokens: whitespace-separated words (default) or "
-                               "characters; a model's tokenizer comes with the runtime")
-    analysis.add_argument("--lenient", action="store_true",
-                          help="recover from errors (warnings on stderr) and use the recovered document; by "
-                               "default a document with errors prints them and exits 1")
+    analysis.add_argument(
+        "--length",
+        choices=tuple(LENGTHS),
+        default="words",
+        help="how text is counted in tokens: whitespace-separated words (default) or "
+        "characters; a model's tokenizer comes with the runtime",
+    )
+    analysis.add_argument(
+        "--lenient",
+        action="store_true",
+        help="recover from errors (warnings on stderr) and use the recovered document; by "
+        "default a document with errors prints them and exits 1",
+    )
     width = argparse.ArgumentParser(add_help=False)
-    width.add_argument("--max-width", type=_positive, default=None, metavar="N",
-                       help="at most N threads decode per step, the main one included (default: no cap)")
-    width.add_argument("--order", choices=[str(o) for o in Order], default=str(Order.FIFO),
-                       help="which waiting thread gets a free slot first: the first promised (fifo, default), "
-                            "or by the promises' predicted lengths")
+    width.add_argument(
+        "--max-width",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="at most N threads decode per step, the main one included (default: no cap)",
+    )
+    width.add_argument(
+        "--order",
+        choices=[str(o) for o in Order],
+        default=str(Order.FIFO),
+        help="which waiting thread gets a free slot first: the first promised (fifo, default), "
+        "or by the promises' predicted lengths",
+    )
 
     from pastac.report import pass_names
 
-    p = sub.add_parser("plan", parents=[depth, analysis, width], help="the decoding schedule and its figures",
-                       description="Schedule a document's threads over decode steps and print one row per "
-                                   "thread and the figures: tokens, steps, critical path, theoretical speedup, "
-                                   "width. Exit 0, 1 if the document has errors, 2 on usage errors.")
+    p = sub.add_parser(
+        "plan",
+        parents=[depth, analysis, width],
+        help="the decoding schedule and its figures",
+        description="Schedule a document's threads over decode steps and print one row per "
+        "thread and the figures: tokens, steps, critical path, theoretical speedup, "
+        "width. Exit 0, 1 if the document has errors, 2 on usage errors.",
+    )
     p.add_argument("file", metavar="FILE", help="a Pasta-Lang file ('-': standard input)")
-    p.add_argument("--policy", choices=[str(x) for x in Policy], default=str(Policy.PREDICTED),
-                   help="position ids: where a parent goes on after a promise (default: predicted)")
-    p.add_argument("--unit", type=_max_depth, default=10, metavar="N",
-                   help="a promise's tokens=\"K\" predicts K x N tokens (default 10)")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object: the figures under their names, the settings, width per step, "
-                        "threads and nodes")
-    p.add_argument("--dump-after", action="append", choices=pass_names(), metavar="PASS",
-                   help=f"also print the IR annotated after PASS ({', '.join(pass_names())}); repeatable")
+    p.add_argument(
+        "--policy",
+        choices=[str(x) for x in Policy],
+        default=str(Policy.PREDICTED),
+        help="position ids: where a parent goes on after a promise (default: predicted)",
+    )
+    p.add_argument(
+        "--unit",
+        type=_max_depth,
+        default=10,
+        metavar="N",
+        help='a promise\'s tokens="K" predicts K x N tokens (default 10)',
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object: the figures under their names, the settings, width per step, threads and nodes",
+    )
+    p.add_argument(
+        "--dump-after",
+        action="append",
+        choices=pass_names(),
+        metavar="PASS",
+        help=f"also print the IR annotated after PASS ({', '.join(pass_names())}); repeatable",
+    )
     p.set_defaults(run=_cmd_plan)
 
-    p = sub.add_parser("graph", parents=[depth, analysis, width], help="draw the dependency graph or the timeline",
-                       description="Print a document's dependency graph as a tree in the terminal, Graphviz "
-                                   "DOT, a Mermaid flowchart or the IR's JSON; or draw the timeline of its "
-                                   "threads over decode steps (png, svg; needs matplotlib).")
+    p = sub.add_parser(
+        "graph",
+        parents=[depth, analysis, width],
+        help="draw the dependency graph or the timeline",
+        description="Print a document's dependency graph as a tree in the terminal, Graphviz "
+        "DOT, a Mermaid flowchart or the IR's JSON; or draw the timeline of its "
+        "threads over decode steps (png, svg; needs matplotlib).",
+    )
     p.add_argument("file", metavar="FILE", help="a Pasta-Lang file ('-': standard input)")
-    p.add_argument("--format", choices=GRAPH_FORMATS, default="tree",
-                   help="tree (default), dot, mermaid, json; png and svg draw a picture into --output")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output "
-                                                          "(required for png and svg)")
-    p.add_argument("--view", choices=("timeline", "graph"), default=None,
-                   help="what png and svg show: the timeline (default), or the graph drawn by Graphviz's "
-                        "'dot' (which must be installed)")
+    p.add_argument(
+        "--format",
+        choices=GRAPH_FORMATS,
+        default="tree",
+        help="tree (default), dot, mermaid, json; png and svg draw a picture into --output",
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write here instead of standard output (required for png and svg)"
+    )
+    p.add_argument(
+        "--view",
+        choices=("timeline", "graph"),
+        default=None,
+        help="what png and svg show: the timeline (default), or the graph drawn by Graphviz's "
+        "'dot' (which must be installed)",
+    )
     p.set_defaults(run=_cmd_graph)
 
-    p = sub.add_parser("stats", parents=[depth, analysis], help="distributions of the figures over a dataset",
-                       description="For each document of JSONL datasets (or Pasta-Lang files), compute the "
-                                   "theoretical speedup (no width cap), the width, promises and the share of "
-                                   "tokens in async blocks; print their distributions. Invalid records are "
-                                   "counted and listed, not fatal.")
+    p = sub.add_parser(
+        "stats",
+        parents=[depth, analysis],
+        help="distributions of the figures over a dataset",
+        description="For each document of JSONL datasets (or Pasta-Lang files), compute the "
+        "theoretical speedup (no width cap), the width, promises and the share of "
+        "tokens in async blocks; print their distributions. Invalid records are "
+        "counted and listed, not fatal.",
+    )
     p.add_argument("files", nargs="+", metavar="FILE", help=".jsonl datasets or Pasta-Lang files ('-': stdin)")
-    p.add_argument("--field", default="text", metavar="NAME",
-                   help="in .jsonl files, the field that holds the annotated text (default: text)")
+    p.add_argument(
+        "--field",
+        default="text",
+        metavar="NAME",
+        help="in .jsonl files, the field that holds the annotated text (default: text)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object: the distributions under their names")
     p.set_defaults(run=_cmd_stats)
 

@@ -9,8 +9,15 @@ from typing import Any
 
 
 @contextmanager
-def progress_bar(description: str, total: int, *, enabled: bool = True, done: int = 0,
-                 fields: tuple[str, ...] = (), transient: bool = False) -> Iterator[Any]:
+def progress_bar(
+    description: str,
+    total: int,
+    *,
+    enabled: bool = True,
+    done: int = 0,
+    fields: tuple[str, ...] = (),
+    transient: bool = False,
+) -> Iterator[Any]:
     """A bar of ``total`` units, ``done`` already; yields ``update(advance=0, completed=None, **fields)``.
     ``fields`` are shown after the count (``"loss"`` shows ``loss {value}``). Disabled, it yields a no-op."""
     if not enabled or total <= 0:
@@ -27,8 +34,14 @@ def progress_bar(description: str, total: int, *, enabled: bool = True, done: in
     )
 
     shown = [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *shown, TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *shown,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(file=sys.stderr), transient=transient) as bar:
         task = bar.add_task(description, total=total, completed=done, **dict.fromkeys(fields, "-"))
 

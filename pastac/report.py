@@ -96,13 +96,22 @@ def pass_names() -> tuple[str, ...]:
 def plan(graph: ThreadGraph, options: PlanOptions = PlanOptions(), dump_after: Sequence[str] = ()) -> Plan:
     """Run the standard pipeline over ``graph`` (verified first; the nesting limit is the parser's)."""
     verify(graph)
-    pipeline = standard_pipeline(PositionOptions(options.policy, options.unit),
-                                 ScheduleOptions(options.max_width, options.order), options.cost)
+    pipeline = standard_pipeline(
+        PositionOptions(options.policy, options.unit), ScheduleOptions(options.max_width, options.order), options.cost
+    )
     results = PassManager(pipeline, dump_after=tuple(dump_after)).run(graph)
     positions: Positions = results["positions"]
     plan_: Schedule = results["resolution-order"]
-    return Plan(graph, options, positions, plan_, results["width"], results["critical-path"],
-                thread_rows(graph, positions, plan_), dict(results.dumps))
+    return Plan(
+        graph,
+        options,
+        positions,
+        plan_,
+        results["width"],
+        results["critical-path"],
+        thread_rows(graph, positions, plan_),
+        dict(results.dumps),
+    )
 
 
 def thread_rows(graph: ThreadGraph, positions: Positions, plan_: Schedule) -> tuple[ThreadRow, ...]:
@@ -118,13 +127,20 @@ def thread_rows(graph: ThreadGraph, positions: Positions, plan_: Schedule) -> tu
             else:
                 ranges.append((start, end))
         fork = graph.op(thread.fork) if thread.fork is not None else None
-        rows.append(ThreadRow(
-            thread=thread.id, parent=thread.parent, depth=thread.depth, topic=thread.topic,
-            predicted=fork.predicted if isinstance(fork, Fork) else None,
-            own_tokens=sum(graph.op(n).length for n in nodes), subtree_tokens=subtree[thread.id],
-            start_step=min((plan_.first_step[n] for n in nodes), default=None),
-            end_step=max((plan_.last_step[n] for n in nodes), default=None),
-            positions=tuple(ranges)))
+        rows.append(
+            ThreadRow(
+                thread=thread.id,
+                parent=thread.parent,
+                depth=thread.depth,
+                topic=thread.topic,
+                predicted=fork.predicted if isinstance(fork, Fork) else None,
+                own_tokens=sum(graph.op(n).length for n in nodes),
+                subtree_tokens=subtree[thread.id],
+                start_step=min((plan_.first_step[n] for n in nodes), default=None),
+                end_step=max((plan_.last_step[n] for n in nodes), default=None),
+                positions=tuple(ranges),
+            )
+        )
     return tuple(rows)
 
 
@@ -144,10 +160,17 @@ FIGURES: dict[str, str] = {
 
 def plan_figures(p: Plan) -> dict[str, int | float]:
     f = p.figures
-    return {"tokens": f.tokens, "steps": f.steps, "critical_path": f.critical_path,
-            "theoretical_speedup": f.theoretical_speedup, "max_speedup": f.max_speedup,
-            "average_parallelism": f.average_parallelism, "max_width": p.width.max_width,
-            "threads": len(p.graph.threads), "predicted_speedup": f.predicted_speedup}
+    return {
+        "tokens": f.tokens,
+        "steps": f.steps,
+        "critical_path": f.critical_path,
+        "theoretical_speedup": f.theoretical_speedup,
+        "max_speedup": f.max_speedup,
+        "average_parallelism": f.average_parallelism,
+        "max_width": p.width.max_width,
+        "threads": len(p.graph.threads),
+        "predicted_speedup": f.predicted_speedup,
+    }
 
 
 def plan_json(p: Plan, *, length: str | None = None) -> dict[str, Any]:
@@ -163,18 +186,33 @@ def plan_json(p: Plan, *, length: str | None = None) -> dict[str, Any]:
         "unit": p.options.unit,
         "length": length,
         "width_per_step": list(p.width.per_step),
-        "per_thread": [{
-            "thread": r.thread, "parent": r.parent, "depth": r.depth, "topic": r.topic,
-            "predicted_tokens": json_int(None if r.predicted is None else r.predicted * p.options.unit),
-            "own_tokens": r.own_tokens, "subtree_tokens": r.subtree_tokens,
-            "start_step": r.start_step, "end_step": r.end_step,
-            "positions": [[json_int(a), json_int(b)] for a, b in r.positions],
-        } for r in p.threads],
-        "nodes": [{
-            "node": n, "kind": type(op).__name__.lower(), "thread": op.thread, "length": op.length,
-            "first_step": p.schedule.first_step[n], "last_step": p.schedule.last_step[n],
-            "positions": [json_int(p.positions.start[n]), json_int(p.positions.start[n] + op.length)],
-        } for n, op in p.graph.ops()],
+        "per_thread": [
+            {
+                "thread": r.thread,
+                "parent": r.parent,
+                "depth": r.depth,
+                "topic": r.topic,
+                "predicted_tokens": json_int(None if r.predicted is None else r.predicted * p.options.unit),
+                "own_tokens": r.own_tokens,
+                "subtree_tokens": r.subtree_tokens,
+                "start_step": r.start_step,
+                "end_step": r.end_step,
+                "positions": [[json_int(a), json_int(b)] for a, b in r.positions],
+            }
+            for r in p.threads
+        ],
+        "nodes": [
+            {
+                "node": n,
+                "kind": type(op).__name__.lower(),
+                "thread": op.thread,
+                "length": op.length,
+                "first_step": p.schedule.first_step[n],
+                "last_step": p.schedule.last_step[n],
+                "positions": [json_int(p.positions.start[n]), json_int(p.positions.start[n] + op.length)],
+            }
+            for n, op in p.graph.ops()
+        ],
     }
     if length is None:
         del out["length"]
@@ -207,10 +245,14 @@ def document_figures(graph: ThreadGraph) -> DocumentFigures:
     plan_ = schedule(graph, ScheduleOptions())
     figures = critical_path(graph, plan_)
     return DocumentFigures(
-        tokens=figures.tokens, steps=figures.steps, theoretical_speedup=figures.max_speedup,
-        max_width=width(graph, plan_).max_width, promises=len(graph.threads) - 1,
+        tokens=figures.tokens,
+        steps=figures.steps,
+        theoretical_speedup=figures.max_speedup,
+        max_width=width(graph, plan_).max_width,
+        promises=len(graph.threads) - 1,
         async_tokens=sum(op.length for _, op in graph.ops() if op.thread != MAIN),
-        depth=max(t.depth for t in graph.threads.values()))
+        depth=max(t.depth for t in graph.threads.values()),
+    )
 
 
 @dataclass(frozen=True)
@@ -253,8 +295,9 @@ def distribution(values: Iterable[float], *, geometric: bool = False) -> Distrib
     geo = None
     if geometric:
         geo = math.exp(math.fsum(math.log(v) for v in ordered) / n) if ordered[0] > 0 else math.nan
-    return Distribution(n, math.fsum(ordered) / n, ordered[0], quantile(ordered, 0.5), quantile(ordered, 0.9),
-                        ordered[-1], geo)
+    return Distribution(
+        n, math.fsum(ordered) / n, ordered[0], quantile(ordered, 0.5), quantile(ordered, 0.9), ordered[-1], geo
+    )
 
 
 @dataclass(frozen=True)
@@ -306,9 +349,12 @@ class Stats:
             "documents": len(self.documents),
             "invalid": len(self.invalid),
             "metrics": {name: d.to_json() for name, d in self.metrics.items()},
-            "pooled": {"tokens": self.tokens, "critical_path": sum(d.steps for d in self.documents),
-                       "theoretical_speedup": self.pooled_speedup,
-                       "async_token_share": self.pooled_async_token_share},
+            "pooled": {
+                "tokens": self.tokens,
+                "critical_path": sum(d.steps for d in self.documents),
+                "theoretical_speedup": self.pooled_speedup,
+                "async_token_share": self.pooled_async_token_share,
+            },
             "invalid_records": [{"record": r.label, "line": r.line, "message": r.message} for r in self.invalid],
         }
 

@@ -20,18 +20,25 @@ from pastac.runtime.engine import Engine
 from pastac.runtime.models import random_model, tiny_tokenizer
 
 SMALL = BenchOptions(repeats=2, threads=(1, 2, 4), contexts=(16, 64), calibration_repeats=1, warmup=False)
-FORKED = Response("tips", "list", "Give me tips.",
-                  'Tips: <promise topic="sleep" tokens="10"/><async>Sleep well at night, every night.</async>'
-                  '<promise topic="food" tokens="10"/><async>Eat <promise topic="greens"/><async>greens and beans'
-                  '</async><sync/> daily.</async><sync/> Done, that is all.')
+FORKED = Response(
+    "tips",
+    "list",
+    "Give me tips.",
+    'Tips: <promise topic="sleep" tokens="10"/><async>Sleep well at night, every night.</async>'
+    '<promise topic="food" tokens="10"/><async>Eat <promise topic="greens"/><async>greens and beans'
+    "</async><sync/> daily.</async><sync/> Done, that is all.",
+)
 PLAIN = Response("plain", "none", "What is the capital of France?", "The capital of France is Paris.")
 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     tokenizer = tiny_tokenizer()
-    return Engine(random_model("tiny-llama", vocab_size=len(tokenizer), seed=2, eos_token_id=tokenizer.eos_token_id),
-                  tokenizer, name="tiny-llama")
+    return Engine(
+        random_model("tiny-llama", vocab_size=len(tokenizer), seed=2, eos_token_id=tokenizer.eos_token_id),
+        tokenizer,
+        name="tiny-llama",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +87,15 @@ def test_report_figures_are_consistent(report: dict):
             assert len(runs) == 2 and r["strategies"][s]["wall_s"] == pytest.approx(sum(runs) / 2)  # the median
         speed = r["speedup"]
         assert speed["pasta_vs_sequential"] == pytest.approx(
-            r["strategies"]["sequential"]["wall_s"] / r["strategies"]["pasta"]["wall_s"])
+            r["strategies"]["sequential"]["wall_s"] / r["strategies"]["pasta"]["wall_s"]
+        )
         assert speed["pasta_vs_sequential"] * speed["sequential_vs_pasta"] == pytest.approx(1.0)
         assert r["efficiency"] == pytest.approx(speed["pasta_vs_sequential"] / r["bound"])
     assert summary["forked_responses"] == 1
     assert summary["efficiency"] == pytest.approx(forked["efficiency"])
     assert summary["speedup"]["pasta_vs_sequential"] == pytest.approx(
-        geomean([r["speedup"]["pasta_vs_sequential"] for r in results]))
+        geomean([r["speedup"]["pasta_vs_sequential"] for r in results])
+    )
     assert set(summary["speedup"]) == {f"{a}_vs_{b}" for a in STRATEGIES for b in STRATEGIES if a != b}
     assert report["calibration"]["threads"] == [1, 2, 4] and len(report["calibration"]["ms_per_step"]) == 3
     assert report["machine"]["model"] == "tiny-llama" and report["machine"]["cpu_count"] >= 1

@@ -12,7 +12,7 @@ import pytest
 from pastac.cli import main
 
 VALID = 'Tips: <promise topic="sleep" tokens="3"/><async>Sleep.</async><sync/> Done.'
-INVALID = 'a <promise topic=x/> b\n<async>c'
+INVALID = "a <promise topic=x/> b\n<async>c"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -23,8 +23,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    out = {"valid": tmp_path / "valid.pasta", "invalid": tmp_path / "invalid.pasta",
-           "data": tmp_path / "data.jsonl", "messy": tmp_path / "messy.pasta"}
+    out = {
+        "valid": tmp_path / "valid.pasta",
+        "invalid": tmp_path / "invalid.pasta",
+        "data": tmp_path / "data.jsonl",
+        "messy": tmp_path / "messy.pasta",
+    }
     out["valid"].write_text(VALID)
     out["invalid"].write_text(INVALID)
     out["messy"].write_text('x <promise\n   tokens="3"  topic="sleep" /><async topic="sleep" >y</async ><sync />')
@@ -67,14 +71,17 @@ def test_max_depth_option(capsys, tmp_path):
     assert code == 1 and "error[E305]: <async> nested 2 deep; the limit is 1" in out
 
 
-@pytest.mark.parametrize("argv", [
-    ["check"],
-    ["check", "--max-depth", "-1", "x.pasta"],
-    ["check", "--max-depth", "two", "x.pasta"],
-    ["check", "--strict", "--lenient", "x.pasta"],
-    ["check", "--format", "xml", "x.pasta"],
-    ["frobnicate"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check"],
+        ["check", "--max-depth", "-1", "x.pasta"],
+        ["check", "--max-depth", "two", "x.pasta"],
+        ["check", "--strict", "--lenient", "x.pasta"],
+        ["check", "--format", "xml", "x.pasta"],
+        ["frobnicate"],
+    ],
+)
 def test_usage_errors_exit_two(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -103,11 +110,22 @@ def test_json_format(capsys, files):
     code, out, _ = run(capsys, "check", "--format", "json", "--field", "response", str(files["data"]))
     assert code == 1
     report = json.loads(out)
-    assert report["summary"] == {"documents": 2, "errors": 1, "warnings": 0, "bad_records": 2,
-                                 "mode": "strict", "valid": False}
+    assert report["summary"] == {
+        "documents": 2,
+        "errors": 1,
+        "warnings": 0,
+        "bad_records": 2,
+        "mode": "strict",
+        "valid": False,
+    }
     first = report["diagnostics"][0]
     assert (first["code"], first["name"], first["record"], first["line"], first["column"]) == (
-        "E303", "async-without-promise", 2, 1, 1)
+        "E303",
+        "async-without-promise",
+        2,
+        1,
+        1,
+    )
 
 
 def test_github_format(capsys, files):
@@ -144,7 +162,8 @@ def test_fmt_several_files_needs_check_or_write(capsys, files):
 
 def test_console_script_reads_stdin():
     stdin = '<promise topic="a"/><async></async><sync>'
-    done = subprocess.run([sys.executable, "-m", "pastac", "check", "-"], input=stdin, text=True,
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pastac", "check", "-"], input=stdin, text=True, capture_output=True, check=False
+    )
     assert done.returncode == 1
     assert done.stdout.startswith("<stdin>:1:41: error[E106]: <sync/> must be self-closing")

@@ -109,10 +109,18 @@ def test_timeline_of_conformance_samples(capsys, tmp_path, case):
 
 def test_no_promise_speedup_is_one(capsys, tmp_path):
     figures = plan_json(capsys, write(tmp_path, "plain.pasta", PLAIN))
-    assert {k: figures[k] for k in ("tokens", "steps", "critical_path", "theoretical_speedup", "max_speedup",
-                                    "max_width", "threads")} == {
-        "tokens": 4, "steps": 4, "critical_path": 4, "theoretical_speedup": 1.0, "max_speedup": 1.0,
-        "max_width": 1, "threads": 1}
+    assert {
+        k: figures[k]
+        for k in ("tokens", "steps", "critical_path", "theoretical_speedup", "max_speedup", "max_width", "threads")
+    } == {
+        "tokens": 4,
+        "steps": 4,
+        "critical_path": 4,
+        "theoretical_speedup": 1.0,
+        "max_speedup": 1.0,
+        "max_width": 1,
+        "threads": 1,
+    }
     assert figures["width_per_step"] == [1, 1, 1, 1]
     assert figures["predicted_speedup"] == pytest.approx(1.0)
 
@@ -123,17 +131,40 @@ def test_one_promise_exact(capsys, tmp_path):
     assert figures["theoretical_speedup"] == 12 / 11 and figures["max_speedup"] == 12 / 11
     assert figures["width_per_step"] == [1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1]
     assert (figures["max_width"], figures["threads"], figures["max_width_cap"]) == (2, 2, None)
-    assert (figures["policy"], figures["order"], figures["unit"], figures["length"]) == ("predicted", "fifo", 10,
-                                                                                        "words")
+    assert (figures["policy"], figures["order"], figures["unit"], figures["length"]) == (
+        "predicted",
+        "fifo",
+        10,
+        "words",
+    )
     main_thread, child = figures["per_thread"]
     assert main_thread | {"positions": None} == {
-        "thread": 0, "parent": None, "depth": 0, "topic": None, "predicted_tokens": None, "own_tokens": 7,
-        "subtree_tokens": 12, "start_step": 0, "end_step": 10, "positions": None}
+        "thread": 0,
+        "parent": None,
+        "depth": 0,
+        "topic": None,
+        "predicted_tokens": None,
+        "own_tokens": 7,
+        "subtree_tokens": 12,
+        "start_step": 0,
+        "end_step": 10,
+        "positions": None,
+    }
     # Predicted policy: the child takes positions 4..9 right after the promise; main skips
     # <async> + 2 x 10 + </async> = 22 positions after its promise: <sync/> and " e f" at 26..29.
     assert main_thread["positions"] == [[0, 4], [26, 29]]
-    assert child == {"thread": 1, "parent": 0, "depth": 1, "topic": "x", "predicted_tokens": 20, "own_tokens": 5,
-                     "subtree_tokens": 5, "start_step": 4, "end_step": 8, "positions": [[4, 9]]}
+    assert child == {
+        "thread": 1,
+        "parent": 0,
+        "depth": 1,
+        "topic": "x",
+        "predicted_tokens": 20,
+        "own_tokens": 5,
+        "subtree_tokens": 5,
+        "start_step": 4,
+        "end_step": 8,
+        "positions": [[4, 9]],
+    }
     # Oracle: main skips the child's real length, so the positions are those of the stitched text.
     oracle = plan_json(capsys, write(tmp_path, "one.pasta", ONE), "--policy", "oracle")
     assert oracle["per_thread"][0]["positions"] == [[0, 4], [9, 12]]
@@ -163,10 +194,22 @@ def test_plan_table_text(capsys, tmp_path):
     assert all(line == line.rstrip() for line in lines)
     rows = {line.split()[0]: line.split() for line in lines if line.startswith((" t", "t"))}
     assert rows["t1"][:4] == ["t1", "t0", "1", "a"]
-    figures = {parts[0]: parts[1] for line in lines if (parts := line.split()) and parts[0] in (
-        "tokens", "steps", "critical_path", "theoretical_speedup", "max_width", "threads", "predicted_speedup")}
-    assert figures == {"tokens": "14", "steps": "8", "critical_path": "8", "theoretical_speedup": "1.750",
-                       "max_width": "3", "threads": "3", "predicted_speedup": figures["predicted_speedup"]}
+    figures = {
+        parts[0]: parts[1]
+        for line in lines
+        if (parts := line.split())
+        and parts[0]
+        in ("tokens", "steps", "critical_path", "theoretical_speedup", "max_width", "threads", "predicted_speedup")
+    }
+    assert figures == {
+        "tokens": "14",
+        "steps": "8",
+        "critical_path": "8",
+        "theoretical_speedup": "1.750",
+        "max_width": "3",
+        "threads": "3",
+        "predicted_speedup": figures["predicted_speedup"],
+    }
     assert "SmolLM2" in out  # the cost model's source is named
 
 
@@ -234,8 +277,9 @@ def test_graph_formats(capsys, tmp_path):
 @pytest.mark.parametrize("fmt", ["png", "svg"])
 def test_timeline_pictures(capsys, tmp_path, fmt):
     out = tmp_path / f"timeline.{fmt}"
-    code, _, err = run(capsys, "graph", write(tmp_path, "two.pasta", TWO), "--format", fmt, "-o", str(out),
-                       "--max-width", "2")
+    code, _, err = run(
+        capsys, "graph", write(tmp_path, "two.pasta", TWO), "--format", fmt, "-o", str(out), "--max-width", "2"
+    )
     assert code == 0, err
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") if fmt == "png" else b"<svg" in data[:1000]
@@ -244,8 +288,9 @@ def test_timeline_pictures(capsys, tmp_path, fmt):
 def test_view_graph_without_graphviz(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     out = tmp_path / "graph.png"
-    code, _, err = run(capsys, "graph", write(tmp_path, "one.pasta", ONE), "--format", "png", "-o", str(out),
-                       "--view", "graph")
+    code, _, err = run(
+        capsys, "graph", write(tmp_path, "one.pasta", ONE), "--format", "png", "-o", str(out), "--view", "graph"
+    )
     assert code == 2
     assert "Graphviz 'dot' is not installed; install graphviz or use --format dot" in err
     assert not out.exists()
@@ -257,14 +302,17 @@ def test_view_graph_runs_dot(capsys, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "dot"
-    fake.write_text(f"#!{sys.executable}\nimport sys\n"
-                    f"open({str(tmp_path / 'args')!r}, 'w').write(' '.join(sys.argv[1:]))\n"
-                    "open(sys.argv[3], 'wb').write(sys.stdin.buffer.read())\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        f"open({str(tmp_path / 'args')!r}, 'w').write(' '.join(sys.argv[1:]))\n"
+        "open(sys.argv[3], 'wb').write(sys.stdin.buffer.read())\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", str(bin_dir))
     out = tmp_path / "graph.svg"
-    code, _, err = run(capsys, "graph", write(tmp_path, "one.pasta", ONE), "--format", "svg", "-o", str(out),
-                       "--view", "graph")
+    code, _, err = run(
+        capsys, "graph", write(tmp_path, "one.pasta", ONE), "--format", "svg", "-o", str(out), "--view", "graph"
+    )
     assert code == 0, err
     assert (tmp_path / "args").read_text().split() == ["-Tsvg", "-o", str(out)]
     assert out.read_text().startswith("digraph ")
@@ -287,16 +335,33 @@ def test_stats_json_exact(capsys, data):
     assert (result["mode"], result["field"], result["length"]) == ("strict", "response", "words")
     speedup = result["metrics"]["theoretical_speedup"]
     # PLAIN: 1.0; TWO: 14 tokens in 8 steps = 1.75.
-    assert speedup == {"count": 2, "mean": 1.375, "geometric_mean": pytest.approx(math.sqrt(1.75)), "min": 1.0,
-                       "p50": 1.375, "p90": pytest.approx(1.675), "max": 1.75}
+    assert speedup == {
+        "count": 2,
+        "mean": 1.375,
+        "geometric_mean": pytest.approx(math.sqrt(1.75)),
+        "min": 1.0,
+        "p50": 1.375,
+        "p90": pytest.approx(1.675),
+        "max": 1.75,
+    }
     assert result["metrics"]["promises_per_response"] | {"p90": 0} == {
-        "count": 2, "mean": 1.0, "min": 0, "p50": 1.0, "p90": 0, "max": 2}
+        "count": 2,
+        "mean": 1.0,
+        "min": 0,
+        "p50": 1.0,
+        "p90": 0,
+        "max": 2,
+    }
     assert result["metrics"]["max_width"]["max"] == 3
     assert result["metrics"]["depth"]["max"] == 1
     # TWO: the children write <async> one two three </async> and <async> four </async>: 8 of 14 tokens.
     assert result["metrics"]["async_token_share"]["max"] == 8 / 14
-    assert result["pooled"] == {"tokens": 18, "critical_path": 12, "theoretical_speedup": 1.5,
-                                "async_token_share": 8 / 18}
+    assert result["pooled"] == {
+        "tokens": 18,
+        "critical_path": 12,
+        "theoretical_speedup": 1.5,
+        "async_token_share": 8 / 18,
+    }
     invalid = {r["line"]: r["message"] for r in result["invalid_records"]}
     assert invalid[3].startswith("1:3: error[E304]")
     assert invalid[4] == "record has no field 'response' (fields: other)"
@@ -328,23 +393,26 @@ def test_stats_of_pasta_files_and_empty_data(capsys, tmp_path):
 # -- usage errors ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [
-    ["plan", "missing.pasta"],
-    ["graph", "missing.pasta"],
-    ["stats", "missing.jsonl"],
-    ["plan", "{one}", "--max-width", "0"],
-    ["plan", "{one}", "--max-width", "x"],
-    ["plan", "{one}", "--order", "random"],
-    ["plan", "{one}", "--policy", "magic"],
-    ["plan", "{one}", "--dump-after", "no-such-pass"],
-    ["plan", "{one}", "--length", "tokens"],
-    ["graph", "{one}", "--format", "png"],
-    ["graph", "{one}", "--format", "gif"],
-    ["graph", "{one}", "--format", "dot", "--view", "graph"],
-    ["graph", "{one}", "--format", "dot", "--output", "{tmp}/no/such/dir/g.dot"],
-    ["graph", "{one}", "--format", "png", "--output", "{tmp}/no/such/dir/g.png"],
-    ["stats"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "missing.pasta"],
+        ["graph", "missing.pasta"],
+        ["stats", "missing.jsonl"],
+        ["plan", "{one}", "--max-width", "0"],
+        ["plan", "{one}", "--max-width", "x"],
+        ["plan", "{one}", "--order", "random"],
+        ["plan", "{one}", "--policy", "magic"],
+        ["plan", "{one}", "--dump-after", "no-such-pass"],
+        ["plan", "{one}", "--length", "tokens"],
+        ["graph", "{one}", "--format", "png"],
+        ["graph", "{one}", "--format", "gif"],
+        ["graph", "{one}", "--format", "dot", "--view", "graph"],
+        ["graph", "{one}", "--format", "dot", "--output", "{tmp}/no/such/dir/g.dot"],
+        ["graph", "{one}", "--format", "png", "--output", "{tmp}/no/such/dir/g.png"],
+        ["stats"],
+    ],
+)
 def test_usage_errors_exit_two(capsys, tmp_path, argv):
     one = write(tmp_path, "one.pasta", ONE)
     args = [a.format(one=one, tmp=tmp_path) for a in argv]

@@ -9,8 +9,9 @@ from test_cli import run
 
 from pastac.runtime.models import random_model, tiny_tokenizer
 
-TEMPLATE = ('Tips:\n<promise topic="a" tokens="1"/>\n<promise topic="b" tokens="1"/>\n<promise topic="c"/>\n'
-            '<sync/>\nEnd.')
+TEMPLATE = (
+    'Tips:\n<promise topic="a" tokens="1"/>\n<promise topic="b" tokens="1"/>\n<promise topic="c"/>\n<sync/>\nEnd.'
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,21 @@ def test_run_json_with_a_template_forks_three_threads(capsys, tmp_path, model_di
     template = tmp_path / "t.pasta"
     template.write_text(TEMPLATE)
     trace = tmp_path / "trace.json"
-    code, out, err = run(capsys, "run", "Give tips.", "--model", model_dir, "--template", str(template),
-                         "--max-new-tokens", "6", "--json", "--trace", str(trace), "-q")
+    code, out, err = run(
+        capsys,
+        "run",
+        "Give tips.",
+        "--model",
+        model_dir,
+        "--template",
+        str(template),
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "--trace",
+        str(trace),
+        "-q",
+    )
     assert code == 0, err
     result = json.loads(out)
     assert set(result) >= {"text", "annotated", "stats", "warnings"}
@@ -40,8 +54,18 @@ def test_run_json_with_a_template_forks_three_threads(capsys, tmp_path, model_di
 def test_run_prints_the_answer_and_a_stats_line(capsys, tmp_path, model_dir):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Hello")
-    code, out, err = run(capsys, "run", str(prompt), "--model", model_dir, "--max-new-tokens", "5",
-                         "--show-annotated", "--mode", "sequential")
+    code, out, err = run(
+        capsys,
+        "run",
+        str(prompt),
+        "--model",
+        model_dir,
+        "--max-new-tokens",
+        "5",
+        "--show-annotated",
+        "--mode",
+        "sequential",
+    )
     assert code == 0 and "--- annotated ---" in out
     assert "tokens in" in err and "1 thread" in err
 
@@ -56,13 +80,16 @@ def test_run_replay(capsys, tmp_path, model_dir):
     assert result["text"] == "A b c d" and result["stats"]["threads"] == 2
 
 
-@pytest.mark.parametrize(("argv", "code", "message"), [
-    (["run", "missing.txt"], 2, "no such file"),
-    (["run", "hi", "--model", "{tmp}/nope"], 2, "nope"),
-    (["run", "hi", "--model", "{model}", "--template", "{tmp}/bad.pasta"], 1, "E102"),
-    (["run", "hi", "--model", "{model}", "--template", "{tmp}/none.pasta"], 2, "no such file"),
-    (["run", "hi", "--model", "{model}", "--top-p", "0"], 2, "top_p"),
-])
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["run", "missing.txt"], 2, "no such file"),
+        (["run", "hi", "--model", "{tmp}/nope"], 2, "nope"),
+        (["run", "hi", "--model", "{model}", "--template", "{tmp}/bad.pasta"], 1, "E102"),
+        (["run", "hi", "--model", "{model}", "--template", "{tmp}/none.pasta"], 2, "no such file"),
+        (["run", "hi", "--model", "{model}", "--top-p", "0"], 2, "top_p"),
+    ],
+)
 def test_run_errors(capsys, tmp_path, model_dir, argv, code, message):
     (tmp_path / "bad.pasta").write_text("a <promise topic=x/>")
     args = [a.format(tmp=tmp_path, model=model_dir) for a in argv]

@@ -49,6 +49,7 @@ def _fingerprint(records: list[PromptRecord]) -> str:
 
 # ------------------------------------------------------------------------------------------------ prompts
 
+
 def test_at_least_2000_distinct_prompts(records: list[PromptRecord]) -> None:
     assert len(records) >= 2000
     assert len({normalise(r.prompt) for r in records}) == len(records)
@@ -68,8 +69,9 @@ def test_build_does_not_depend_on_hash_randomisation(records: list[PromptRecord]
     )
     for seed in ("1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+        )
         assert out.stdout.strip() == _fingerprint(records)
 
 
@@ -123,6 +125,7 @@ def test_record_rejects_unknown_split() -> None:
 
 
 # ------------------------------------------------------------------------------------------ annotations
+
 
 def _promises(document: Document) -> list[Promise]:
     out: list[Promise] = []
@@ -340,7 +343,8 @@ def test_structural_forks(response: str, forks: int, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "response", [FACTUAL, CODE_WITHOUT_TAG, SHORT_PARTS, SEQUENTIAL, CALCULATION, REFERS_BACK, "", "Yes."],
+    "response",
+    [FACTUAL, CODE_WITHOUT_TAG, SHORT_PARTS, SEQUENTIAL, CALCULATION, REFERS_BACK, "", "Yes."],
     ids=["factual", "code", "short-parts", "sequential", "calculation", "refers-back", "empty", "one-word"],
 )
 def test_structural_does_not_fork(response: str) -> None:
@@ -356,16 +360,20 @@ def test_intro_and_conclusion_stay_in_the_main_thread() -> None:
     assert text.startswith("Here are five ways to sleep better:\n1. <promise ")
     assert text.endswith("</async><sync/>\nStart with one change at a time and give each a week before judging it.\n")
     # the list marker stays with the parent: a child does not have to count its siblings to number itself
-    assert '1. <promise topic="Keep a regular schedule" tokens="20"/><async>Keep a regular schedule: go to bed and ' \
-           'get up at the same time every day, weekends included.\n</async>2. <promise ' in text
+    assert (
+        '1. <promise topic="Keep a regular schedule" tokens="20"/><async>Keep a regular schedule: go to bed and '
+        "get up at the same time every day, weekends included.\n</async>2. <promise " in text
+    )
 
 
 def test_nested_items_stay_in_their_item() -> None:
     text = StructuralAnnotator().annotate("prompt", NESTED).text
     assert text is not None
-    assert "1. <promise topic=\"Research the company\" tokens=\"20\"/><async>Research the company:\n" \
-           "   - read its annual report and recent news,\n" \
-           "   - look at the team on LinkedIn.\n</async>" in text
+    assert (
+        '1. <promise topic="Research the company" tokens="20"/><async>Research the company:\n'
+        "   - read its annual report and recent news,\n"
+        "   - look at the team on LinkedIn.\n</async>" in text
+    )
 
 
 def test_conclusion_heading_is_not_forked() -> None:

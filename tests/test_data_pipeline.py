@@ -92,8 +92,16 @@ def write_jsonl(path: Path, records: Sequence[object]) -> Path:
 
 def prompt_records(n: int) -> list[dict[str, Any]]:
     categories = ("list", "factual", "code")
-    return [{"id": f"p-{i:02d}", "prompt": f"{PROMPTS[i % len(PROMPTS)]} (question {i})",
-             "category": categories[i % 3], "forkable": i % 3 == 0, "split": "train"} for i in range(n)]
+    return [
+        {
+            "id": f"p-{i:02d}",
+            "prompt": f"{PROMPTS[i % len(PROMPTS)]} (question {i})",
+            "category": categories[i % 3],
+            "forkable": i % 3 == 0,
+            "split": "train",
+        }
+        for i in range(n)
+    ]
 
 
 class Counting:
@@ -125,8 +133,14 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(model, tok):
 def test_repetition_penalty_is_hugging_faces(model, tok):
     responder = HFResponder(model, tok, max_new_tokens=12, repetition_penalty=1.5, eos_token_ids=[tok.eos_token_id])
     ids = responder.encode(PROMPTS[0])
-    direct = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False, repetition_penalty=1.5,
-                            pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+    direct = model.generate(
+        input_ids=torch.tensor([ids]),
+        max_new_tokens=12,
+        do_sample=False,
+        repetition_penalty=1.5,
+        pad_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )[0, len(ids) :].tolist()
     [(text, _)] = responder([PROMPTS[0]])
     assert text == tok.decode(direct, skip_special_tokens=True).strip()
     [(plain, _)] = HFResponder(model, tok, max_new_tokens=12, eos_token_ids=[tok.eos_token_id])([PROMPTS[0]])
@@ -137,9 +151,13 @@ def test_repetition_penalty_is_hugging_faces(model, tok):
 
 def test_generation_stops_at_the_end_of_sequence_token(model, tok):
     tokens = HFResponder(model, tok, max_new_tokens=6, eos_token_ids=[tok.eos_token_id])
-    ids = model.generate(input_ids=torch.tensor([tokens.encode(PROMPTS[1])]), max_new_tokens=6, do_sample=False,
-                         pad_token_id=tok.eos_token_id)[0].tolist()
-    generated = ids[len(tokens.encode(PROMPTS[1])):]
+    ids = model.generate(
+        input_ids=torch.tensor([tokens.encode(PROMPTS[1])]),
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=tok.eos_token_id,
+    )[0].tolist()
+    generated = ids[len(tokens.encode(PROMPTS[1])) :]
     stop = generated[3]  # pretend the fourth token is the end of sequence
     first = generated.index(stop)
     responder = HFResponder(model, tok, max_new_tokens=6, eos_token_ids=[stop])
@@ -201,8 +219,21 @@ def test_resume_drops_a_line_cut_short_by_a_crash(tmp_path):
 def test_responses_command_resumes(capsys, tmp_path, model_dir):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_records(4))
     out = tmp_path / "responses.jsonl"
-    base = ["data", "responses", "--prompts", str(prompts), "--out", str(out), "--model", model_dir,
-            "--max-new-tokens", "3", "--batch-size", "2", "-q"]
+    base = [
+        "data",
+        "responses",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--model",
+        model_dir,
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "2",
+        "-q",
+    ]
     code, stdout, err = cli(capsys, *base, "--limit", "2")
     assert code == 0, err
     assert "2 written" in stdout
@@ -218,14 +249,22 @@ def test_responses_command_resumes(capsys, tmp_path, model_dir):
 
 
 def test_import_alpaca_and_sharegpt_records(capsys, tmp_path):
-    source = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"instruction": "Summarise the text.", "input": "Cats sleep a lot.", "output": "Cats sleep much."},
-        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
-        {"conversations": [{"from": "system", "value": "You are helpful."},
-                           {"from": "human", "value": "What is 2 + 2?"}, {"from": "gpt", "value": "4."}]},
-        {"conversations": [{"from": "human", "value": "Only a question."}]},
-        {"something": "else"},
-    ])
+    source = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"instruction": "Summarise the text.", "input": "Cats sleep a lot.", "output": "Cats sleep much."},
+            {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+            {
+                "conversations": [
+                    {"from": "system", "value": "You are helpful."},
+                    {"from": "human", "value": "What is 2 + 2?"},
+                    {"from": "gpt", "value": "4."},
+                ]
+            },
+            {"conversations": [{"from": "human", "value": "Only a question."}]},
+            {"something": "else"},
+        ],
+    )
     with source.open("a") as f:
         f.write("not json\n")
     out = tmp_path / "responses.jsonl"
@@ -249,8 +288,10 @@ def test_import_alpaca_and_sharegpt_records(capsys, tmp_path):
 
 
 def test_import_with_named_fields(tmp_path):
-    source = write_jsonl(tmp_path / "pairs.jsonl", [{"q": "Why?", "ctx": "Because.", "a": "So."},
-                                                    {"conversations": [{"from": "human", "value": "x"}]}])
+    source = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"q": "Why?", "ctx": "Because.", "a": "So."}, {"conversations": [{"from": "human", "value": "x"}]}],
+    )
     result = import_pairs(source, tmp_path / "out.jsonl", prompt_field="q", input_field="ctx", response_field="a")
     assert result.written == 1 and result.dropped == {"not a prompt/response pair": 1}
     assert read_records(tmp_path / "out.jsonl")[0]["prompt"] == "Why?\n\nBecause."
@@ -261,20 +302,71 @@ def test_import_with_named_fields(tmp_path):
 
 @pytest.fixture
 def annotated(tmp_path, tok) -> Path:
-    responses = write_jsonl(tmp_path / "responses.jsonl", [
-        {"id": "list", "prompt": "Tips for sleep?", "category": "list", "forkable": True, "split": "train",
-         "response": LIST_RESPONSE, "model": "m", "finished": True},
-        {"id": "fact", "prompt": "Capital of France?", "category": "factual", "forkable": False,
-         "split": "validation", "response": "The capital of France is Paris.", "model": "m", "finished": True},
-        {"id": "tag", "prompt": "How do I close a block?", "category": "howto", "forkable": True, "split": "test",
-         "response": "Close the block with </async> when you are done.", "model": "m", "finished": True},
-        {"id": "cut", "prompt": "Write a long essay.", "category": "explanation", "forkable": True,
-         "split": "train", "response": "It all began", "model": "m", "finished": False},
-        {"id": "empty", "prompt": "Say nothing.", "category": "sentence", "forkable": False, "split": "train",
-         "response": "  ", "model": "m", "finished": True},
-        {"id": "fact2", "prompt": "Capital of Peru?", "category": "factual", "forkable": False, "split": "test",
-         "response": "Lima.", "model": "m", "finished": True},
-    ])
+    responses = write_jsonl(
+        tmp_path / "responses.jsonl",
+        [
+            {
+                "id": "list",
+                "prompt": "Tips for sleep?",
+                "category": "list",
+                "forkable": True,
+                "split": "train",
+                "response": LIST_RESPONSE,
+                "model": "m",
+                "finished": True,
+            },
+            {
+                "id": "fact",
+                "prompt": "Capital of France?",
+                "category": "factual",
+                "forkable": False,
+                "split": "validation",
+                "response": "The capital of France is Paris.",
+                "model": "m",
+                "finished": True,
+            },
+            {
+                "id": "tag",
+                "prompt": "How do I close a block?",
+                "category": "howto",
+                "forkable": True,
+                "split": "test",
+                "response": "Close the block with </async> when you are done.",
+                "model": "m",
+                "finished": True,
+            },
+            {
+                "id": "cut",
+                "prompt": "Write a long essay.",
+                "category": "explanation",
+                "forkable": True,
+                "split": "train",
+                "response": "It all began",
+                "model": "m",
+                "finished": False,
+            },
+            {
+                "id": "empty",
+                "prompt": "Say nothing.",
+                "category": "sentence",
+                "forkable": False,
+                "split": "train",
+                "response": "  ",
+                "model": "m",
+                "finished": True,
+            },
+            {
+                "id": "fact2",
+                "prompt": "Capital of Peru?",
+                "category": "factual",
+                "forkable": False,
+                "split": "test",
+                "response": "Lima.",
+                "model": "m",
+                "finished": True,
+            },
+        ],
+    )
     out = tmp_path / "annotated.jsonl"
     result = annotate_file(responses, out, count_tokens=tokenizer_length(tok), progress=False)
     assert result.written == 6
@@ -306,18 +398,30 @@ def test_annotate_then_filter(annotated, tmp_path, tok):
     # The split files partition the kept records.
     parts = {split: read_records(tmp_path / "splits" / f"{split}.jsonl") for split in ("train", "validation", "test")}
     assert {split: [r["id"] for r in rs] for split, rs in parts.items()} == {
-        "train": ["list"], "validation": ["fact"], "test": ["fact2"]}
+        "train": ["list"],
+        "validation": ["fact"],
+        "test": ["fact2"],
+    }
     assert sorted(r["id"] for rs in parts.values() for r in rs) == sorted(r["id"] for r in kept)
     for split, rs in parts.items():
         assert all(r["split"] == split for r in rs)
 
 
 def test_filter_rejects_an_annotation_that_does_not_render_to_the_response(tmp_path):
-    source = write_jsonl(tmp_path / "a.jsonl", [
-        {"id": "x", "prompt": "p", "response": "One two.", "finished": True, "forks": 1,
-         "text": 'One <promise topic="t"/><async>three</async><sync/>.'},
-        {"id": "y", "prompt": "p", "response": "One two.", "finished": True, "forks": 0, "text": "One <async>"},
-    ])
+    source = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {
+                "id": "x",
+                "prompt": "p",
+                "response": "One two.",
+                "finished": True,
+                "forks": 1,
+                "text": 'One <promise topic="t"/><async>three</async><sync/>.',
+            },
+            {"id": "y", "prompt": "p", "response": "One two.", "finished": True, "forks": 0, "text": "One <async>"},
+        ],
+    )
     result = filter_file(source, tmp_path / "d.jsonl")
     assert result.kept == [] and result.log["dropped"] == {"invalid annotation": 2}
     details = [d["detail"] for d in result.log["dropped_records"]]
@@ -326,8 +430,9 @@ def test_filter_rejects_an_annotation_that_does_not_render_to_the_response(tmp_p
 
 def test_filter_and_card_commands(capsys, annotated, tmp_path):
     data = tmp_path / "data.jsonl"
-    code, stdout, err = cli(capsys, "data", "filter", "--annotated", str(annotated), "--out", str(data),
-                            "--split-dir", str(tmp_path))
+    code, stdout, err = cli(
+        capsys, "data", "filter", "--annotated", str(annotated), "--out", str(data), "--split-dir", str(tmp_path)
+    )
     assert code == 0, err
     assert "kept 3 of 6 records" in stdout
     assert "unfinished response" in stdout and "no annotation" in stdout and "empty response" in stdout
@@ -361,25 +466,46 @@ def test_structural_annotator_counts_tokens_with_the_callable(tmp_path):
 # ---------------------------------------------------------------------------------------------- usage errors
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["annotate", "--responses", "{tmp}/missing.jsonl", "--out", "{tmp}/a.jsonl"], "no such file"),
-    (["responses", "--prompts", "{tmp}/missing.jsonl", "--out", "{tmp}/r.jsonl"], "no such file"),
-    (["filter", "--annotated", "{tmp}/missing.jsonl", "--out", "{tmp}/d.jsonl"], "no such file"),
-    (["card", "--data", "{tmp}/missing.jsonl"], "no such file"),
-    (["import", "{tmp}/missing.jsonl", "--out", "{tmp}/r.jsonl"], "no such file"),
-    (["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/a.jsonl", "--annotator", "magic"],
-     "invalid choice"),
-    (["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/a.jsonl", "--annotator", "llm"],
-     "--annotator llm needs --url"),
-    (["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/a.jsonl", "--annotator", "llm",
-      "--url", "http://localhost:1/v1"], "--url needs --llm-model"),
-    (["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/a.jsonl", "--url", "http://x"],
-     "applies to --annotator llm"),
-    (["build", "--out", "{tmp}/d", "--annotator", "llm"], "--annotator llm needs --url"),
-    (["responses", "--prompts", "{tmp}/bad.jsonl", "--out", "{tmp}/r.jsonl"], "invalid JSON"),
-    (["filter", "--annotated", "{tmp}/r.jsonl", "--out", "{tmp}/r.jsonl"], "is the input file"),
-    (["responses", "--prompts", "{tmp}/r.jsonl", "--out", "{tmp}/x.jsonl", "--batch-size", "0"], "must be"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["annotate", "--responses", "{tmp}/missing.jsonl", "--out", "{tmp}/a.jsonl"], "no such file"),
+        (["responses", "--prompts", "{tmp}/missing.jsonl", "--out", "{tmp}/r.jsonl"], "no such file"),
+        (["filter", "--annotated", "{tmp}/missing.jsonl", "--out", "{tmp}/d.jsonl"], "no such file"),
+        (["card", "--data", "{tmp}/missing.jsonl"], "no such file"),
+        (["import", "{tmp}/missing.jsonl", "--out", "{tmp}/r.jsonl"], "no such file"),
+        (
+            ["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/a.jsonl", "--annotator", "magic"],
+            "invalid choice",
+        ),
+        (
+            ["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/a.jsonl", "--annotator", "llm"],
+            "--annotator llm needs --url",
+        ),
+        (
+            [
+                "annotate",
+                "--responses",
+                "{tmp}/r.jsonl",
+                "--out",
+                "{tmp}/a.jsonl",
+                "--annotator",
+                "llm",
+                "--url",
+                "http://localhost:1/v1",
+            ],
+            "--url needs --llm-model",
+        ),
+        (
+            ["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/a.jsonl", "--url", "http://x"],
+            "applies to --annotator llm",
+        ),
+        (["build", "--out", "{tmp}/d", "--annotator", "llm"], "--annotator llm needs --url"),
+        (["responses", "--prompts", "{tmp}/bad.jsonl", "--out", "{tmp}/r.jsonl"], "invalid JSON"),
+        (["filter", "--annotated", "{tmp}/r.jsonl", "--out", "{tmp}/r.jsonl"], "is the input file"),
+        (["responses", "--prompts", "{tmp}/r.jsonl", "--out", "{tmp}/x.jsonl", "--batch-size", "0"], "must be"),
+    ],
+)
 def test_usage_errors_exit_2(capsys, tmp_path, argv, message):
     write_jsonl(tmp_path / "r.jsonl", [{"id": "a", "prompt": "p", "response": "r"}])
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "prompt": "p"}\n{oops\n')
@@ -389,9 +515,22 @@ def test_usage_errors_exit_2(capsys, tmp_path, argv, message):
 
 def test_an_unreachable_annotation_server_stops_with_exit_2(capsys, tmp_path):
     write_jsonl(tmp_path / "r.jsonl", [{"id": "a", "prompt": "p", "response": LIST_RESPONSE, "finished": True}])
-    code, _, err = cli(capsys, "data", "annotate", "--responses", str(tmp_path / "r.jsonl"), "--out",
-                       str(tmp_path / "a.jsonl"), "--annotator", "llm", "--url", "http://127.0.0.1:9/v1",
-                       "--llm-model", "m", "-q")
+    code, _, err = cli(
+        capsys,
+        "data",
+        "annotate",
+        "--responses",
+        str(tmp_path / "r.jsonl"),
+        "--out",
+        str(tmp_path / "a.jsonl"),
+        "--annotator",
+        "llm",
+        "--url",
+        "http://127.0.0.1:9/v1",
+        "--llm-model",
+        "m",
+        "-q",
+    )
     assert code == 2 and "annotating 'a' failed" in err and "run again to resume" in err
 
 
@@ -400,12 +539,35 @@ def test_an_unreachable_annotation_server_stops_with_exit_2(capsys, tmp_path):
 
 def test_build_runs_every_step_and_resumes(capsys, tmp_path, model_dir):
     folder = tmp_path / "dataset"
-    argv = ["data", "build", "--out", str(folder), "--model", model_dir, "--limit", "4", "--max-new-tokens", "3",
-            "--batch-size", "4", "-q"]
+    argv = [
+        "data",
+        "build",
+        "--out",
+        str(folder),
+        "--model",
+        model_dir,
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "4",
+        "-q",
+    ]
     code, stdout, err = cli(capsys, *argv)
     assert code == 0, err
-    for name in ("prompts.jsonl", "responses.jsonl", "annotated.jsonl", "data.jsonl", "data.filter.json",
-                 "train.jsonl", "validation.jsonl", "test.jsonl", "CARD.md", "build.json"):
+    for name in (
+        "prompts.jsonl",
+        "responses.jsonl",
+        "annotated.jsonl",
+        "data.jsonl",
+        "data.filter.json",
+        "train.jsonl",
+        "validation.jsonl",
+        "test.jsonl",
+        "CARD.md",
+        "build.json",
+    ):
         assert (folder / name).is_file(), name
     assert len(read_records(folder / "prompts.jsonl")) == 2400
     assert len(read_records(folder / "responses.jsonl")) == 4
@@ -422,10 +584,21 @@ def test_build_runs_every_step_and_resumes(capsys, tmp_path, model_dir):
 
 
 def test_card_without_a_filter_log(tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [
-        {"id": "a", "prompt": "p", "text": 'A <promise topic="t" tokens="10"/><async>b c d</async><sync/> e',
-         "response": "A b c d e", "category": "imported", "forkable": None, "split": "train", "forks": 1},
-    ])
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "id": "a",
+                "prompt": "p",
+                "text": 'A <promise topic="t" tokens="10"/><async>b c d</async><sync/> e',
+                "response": "A b c d e",
+                "category": "imported",
+                "forkable": None,
+                "split": "train",
+                "forks": 1,
+            },
+        ],
+    )
     card = card_file(data)
     assert "Responses: not recorded" in card and "Validity and filtering" not in card
     assert "| imported | - | 1 | 0 | 0 | 1 |" in card and "imported with `pastac data import`" in card

@@ -39,11 +39,15 @@ def test_overlap_and_redundancy():
 
 
 def test_items_of_a_sequential_answer():
-    repeated = ("Tips:\n1. Drink water every day and keep a bottle near you.\n"
-                "2. Drink water every day and keep a bottle near you.\n3. Sleep eight hours every night, "
-                "in a dark room.\nThat is all.")
-    distinct = ("Tips:\n1. Drink water every day and keep a bottle near you.\n2. Walk for twenty minutes after "
-                "lunch in the park.\n3. Sleep eight hours every night, in a dark room.\nThat is all.")
+    repeated = (
+        "Tips:\n1. Drink water every day and keep a bottle near you.\n"
+        "2. Drink water every day and keep a bottle near you.\n3. Sleep eight hours every night, "
+        "in a dark room.\nThat is all."
+    )
+    distinct = (
+        "Tips:\n1. Drink water every day and keep a bottle near you.\n2. Walk for twenty minutes after "
+        "lunch in the park.\n3. Sleep eight hours every night, in a dark room.\nThat is all."
+    )
     assert item_redundancy(repeated) > item_redundancy(distinct) >= 0
     assert item_redundancy("Paris is the capital of France.") is None  # nothing to fork, no items
 
@@ -52,7 +56,7 @@ def test_log_likelihood_prefers_what_the_model_would_write():
     tokenizer = tiny_tokenizer()
     model = random_model("tiny-llama", vocab_size=len(tokenizer), seed=4)
     prompt = tokenizer.encode("Give me tips.")
-    greedy = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    greedy = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt) :].tolist()
     rng = random.Random(0)
     noise = [rng.randrange(len(tokenizer)) for _ in greedy]
     assert log_likelihood(model, prompt, greedy) > log_likelihood(model, prompt, noise)
@@ -79,10 +83,15 @@ def test_judge_sees_both_orders_and_reports_for_ours():
 
 def test_evaluate_on_a_tiny_model():
     tokenizer = tiny_tokenizer()
-    engine = Engine(random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
-                    tokenizer, name="tiny")
-    records = [{"id": "a", "category": "list", "prompt": "Give me three tips."},
-               {"id": "b", "category": "factual", "prompt": "What is the capital of France?"}]
+    engine = Engine(
+        random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
+        tokenizer,
+        name="tiny",
+    )
+    records = [
+        {"id": "a", "category": "list", "prompt": "Give me three tips."},
+        {"id": "b", "category": "factual", "prompt": "What is the capital of France?"},
+    ]
     report = evaluate(records, engine, engine, EvalOptions(max_new_tokens=8, judge=lambda q: "A"))
     assert [r["id"] for r in report["results"]] == ["a", "b"]
     for r in report["results"]:
@@ -100,18 +109,23 @@ def test_evaluate_on_a_tiny_model():
 
 def test_a_sampled_reference_answer_is_seeded_and_scored():
     tokenizer = tiny_tokenizer()
-    engine = Engine(random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
-                    tokenizer, name="tiny")
+    engine = Engine(
+        random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
+        tokenizer,
+        name="tiny",
+    )
     ids = engine.prompt_ids("Give me three tips.")
     state = torch.random.get_rng_state()
     draws = [sampled_answer(engine, ids, LogitsProcessorList(), 12, 1.0, seed) for seed in (1, 1, 2)]
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
     assert draws[0] == draws[1] != draws[2] and all(0 < len(d) <= 12 for d in draws)
-    greedy = engine.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    greedy = engine.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :].tolist()
     assert draws[0] != [t for t in greedy if t not in engine.eos]  # drawn, not the argmax
 
-    records = [{"id": "a", "category": "list", "prompt": "Give me three tips."},
-               {"id": "b", "category": "factual", "prompt": "What is the capital of France?"}]
+    records = [
+        {"id": "a", "category": "list", "prompt": "Give me three tips."},
+        {"id": "b", "category": "factual", "prompt": "What is the capital of France?"},
+    ]
     options = EvalOptions(max_new_tokens=8, sampled_reference=1.0)
     report = evaluate(records, engine, engine, options)
     for r in report["results"]:
@@ -125,11 +139,23 @@ def test_a_sampled_reference_answer_is_seeded_and_scored():
 
 def test_the_sampled_reference_is_summarised_where_the_sampled_answer_ended():
     def result(greedy: float, sampled: float, cut: bool) -> dict:
-        return {"category": "list", "threads": 2, "valid": True, "speedup_vs_sequential": 1.0,
-                "speedup_vs_hf_generate": 1.0, "theoretical_speedup": 1.0, "loglik_pasta": -1.5,
-                "loglik_sequential": greedy, "redundancy_threads": 0.0, "redundancy_sequential": 0.0,
-                "baseline_cut": False, "written": 100, "baseline_tokens": 100,
-                "loglik_sampled": sampled, "sampled_cut": cut}
+        return {
+            "category": "list",
+            "threads": 2,
+            "valid": True,
+            "speedup_vs_sequential": 1.0,
+            "speedup_vs_hf_generate": 1.0,
+            "theoretical_speedup": 1.0,
+            "loglik_pasta": -1.5,
+            "loglik_sequential": greedy,
+            "redundancy_threads": 0.0,
+            "redundancy_sequential": 0.0,
+            "baseline_cut": False,
+            "written": 100,
+            "baseline_tokens": 100,
+            "loglik_sampled": sampled,
+            "sampled_cut": cut,
+        }
 
     summary = summarize([result(-1.0, -1.2, False), result(-2.0, -2.6, False), result(-1.0, -0.1, True)])
     # the loop the budget cut is left out, and the two that ended are set against their own greedy answers
@@ -142,43 +168,96 @@ def test_the_sampled_reference_is_summarised_where_the_sampled_answer_ended():
 def test_list_like_and_short_figures_take_only_their_categories():
     def result(category: str, threads: int, speedup: float) -> dict:
         cut = category == "list"  # a base answer the budget cut: a loop, which the base model finds likely
-        return {"category": category, "threads": threads, "valid": True, "speedup_vs_sequential": speedup,
-                "speedup_vs_hf_generate": speedup, "theoretical_speedup": speedup, "loglik_pasta": -1.0,
-                "loglik_sequential": -0.2 if cut else -1.0, "redundancy_threads": 0.0, "redundancy_sequential": 0.0,
-                "baseline_cut": cut, "written": 100 * threads, "baseline_tokens": 100}
+        return {
+            "category": category,
+            "threads": threads,
+            "valid": True,
+            "speedup_vs_sequential": speedup,
+            "speedup_vs_hf_generate": speedup,
+            "theoretical_speedup": speedup,
+            "loglik_pasta": -1.0,
+            "loglik_sequential": -0.2 if cut else -1.0,
+            "redundancy_threads": 0.0,
+            "redundancy_sequential": 0.0,
+            "baseline_cut": cut,
+            "written": 100 * threads,
+            "baseline_tokens": 100,
+        }
 
-    summary = summarize([result("list", 4, 2.0), result("plan", 1, 1.0), result("factual", 1, 1.0),
-                         result("code", 1, 0.5)])
+    summary = summarize(
+        [result("list", 4, 2.0), result("plan", 1, 1.0), result("factual", 1, 1.0), result("code", 1, 0.5)]
+    )
     assert LIST_LIKE == ("comparison", "explanation", "howto", "list", "plan")
     assert summary["fork_rate"] == 0.25 and summary["fork_rate_list_like"] == 0.5
     assert summary["fork_rate_short"] == 0.0
-    assert summary["speedup_vs_sequential_list_like"] == pytest.approx(2 ** 0.5)
+    assert summary["speedup_vs_sequential_list_like"] == pytest.approx(2**0.5)
     assert summary["speedup_vs_sequential"] == pytest.approx(1.0)  # (2 x 1 x 1 x 0.5) ** (1/4)
     assert summary["baseline_cut_rate"] == 0.25
     # list 4 threads, 400 tokens (4x the base answer) at 2x generate's time; plan 100 tokens, as fast
     assert summary["length_vs_base_list_like"] == pytest.approx(2.0)  # (4 x 1) ** (1/2)
     assert summary["rate_vs_hf_generate_list_like"] == pytest.approx((8 * 1) ** 0.5)
     assert summary["rate_vs_hf_generate_list_like"] / summary["length_vs_base_list_like"] == pytest.approx(
-        summary["speedup_vs_hf_generate_list_like"])
+        summary["speedup_vs_hf_generate_list_like"]
+    )
     assert summary["loglik_sequential"] == pytest.approx(-0.8) and summary["loglik_relative_change"] < -0.2
     assert summary["loglik_sequential_finished"] == -1.0 and summary["loglik_relative_change_finished"] == 0.0
 
 
 def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"id": "a", "prompt": "Hello", "category": "factual", "split": "test"}\n'
-                       '{"id": "c", "prompt": "Hi", "category": "factual", "split": "train"}\n'
-                       '{"id": "b", "prompt": "Tips?", "category": "list", "split": "train"}\n')
-    code, out, err = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
-                         "--split", "test", "--max-new-tokens", "4", "--json", "-q")
+    prompts.write_text(
+        '{"id": "a", "prompt": "Hello", "category": "factual", "split": "test"}\n'
+        '{"id": "c", "prompt": "Hi", "category": "factual", "split": "train"}\n'
+        '{"id": "b", "prompt": "Tips?", "category": "list", "split": "train"}\n'
+    )
+    code, out, err = run(
+        capsys,
+        "eval",
+        "--prompts",
+        str(prompts),
+        "--model",
+        model_dir,
+        "--no-adapter",
+        "--split",
+        "test",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "-q",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert [r["id"] for r in report["results"]] == ["a"] and report["summary"]["prompts"] == 1
-    code, out, _ = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
-                       "--limit", "1", "--max-new-tokens", "4", "-q")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "--prompts",
+        str(prompts),
+        "--model",
+        model_dir,
+        "--no-adapter",
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "-q",
+    )
     assert code == 0 and "valid_rate" in out
-    code, out, _ = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
-                       "--limit", "2", "--max-new-tokens", "4", "--json", "-q")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "--prompts",
+        str(prompts),
+        "--model",
+        model_dir,
+        "--no-adapter",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "-q",
+    )
     assert [r["id"] for r in json.loads(out)["results"]] == ["a", "b"]  # one of each category first
     assert run(capsys, "eval", "--prompts", str(tmp_path / "none.jsonl"))[0] == 2
     code, _, err = run(capsys, "eval", "--prompts", str(prompts), "--judge-url", "http://127.0.0.1:9")
@@ -188,8 +267,23 @@ def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
     with pytest.raises(SystemExit) as exit_info:
         run(capsys, "eval", "--prompts", str(prompts), "--sampled-reference", "0")
     assert exit_info.value.code == 2 and "must be > 0" in capsys.readouterr().err
-    code, out, err = run(capsys, "eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter",
-                         "--split", "test", "--max-new-tokens", "4", "--sampled-reference", "0.7", "--json", "-q")
+    code, out, err = run(
+        capsys,
+        "eval",
+        "--prompts",
+        str(prompts),
+        "--model",
+        model_dir,
+        "--no-adapter",
+        "--split",
+        "test",
+        "--max-new-tokens",
+        "4",
+        "--sampled-reference",
+        "0.7",
+        "--json",
+        "-q",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["summary"]["sampled_reference"] == 0.7 and "loglik_sampled" in report["results"][0]
@@ -197,10 +291,24 @@ def test_eval_command(capsys, tmp_path, model_dir):  # noqa: F811
 
 def test_shards_of_an_evaluation_merge_into_one_report(capsys, tmp_path, model_dir):  # noqa: F811
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tip {i}?", "category": c}) + "\n"
-                               for i, c in enumerate(["list", "factual", "list", "code", "plan"])))
-    common = ("eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter", "--max-new-tokens", "3",
-              "--json", "-q")
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"Tip {i}?", "category": c}) + "\n"
+            for i, c in enumerate(["list", "factual", "list", "code", "plan"])
+        )
+    )
+    common = (
+        "eval",
+        "--prompts",
+        str(prompts),
+        "--model",
+        model_dir,
+        "--no-adapter",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "-q",
+    )
     whole = json.loads(run(capsys, *common)[1])
     reports = []
     for k in (1, 2):

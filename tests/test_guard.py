@@ -23,7 +23,8 @@ from pastac.runtime.scheduler import Limits
 
 EVERYWHERE = TagContext(sync=True, close=True)
 canonical_tags = st.sampled_from(sorted(CANONICAL)).flatmap(
-    lambda kind: st.tuples(st.just(kind), st.from_regex(CANONICAL[kind].pattern, fullmatch=True)))
+    lambda kind: st.tuples(st.just(kind), st.from_regex(CANONICAL[kind].pattern, fullmatch=True))
+)
 
 
 def pieces(text: str, cuts: list[int]) -> list[str]:
@@ -50,41 +51,59 @@ def test_a_canonical_tag_reads_without_diagnostics(tag):
     assert token.tag is not None and token.diagnostics == ()
 
 
-@pytest.mark.parametrize("held, piece, context", [
-    ("", "<async>", EVERYWHERE),  # the runtime writes a thread's <async>
-    ("", "<sync/>", TagContext(close=True)),  # nothing to wait for
-    ("<sync", "/>", TagContext()),
-    ("</async", ">", TagContext(sync=True)),  # the main thread closes no block
-    ("<promise", " tokens", EVERYWHERE),  # topic first
-    ("<promise ", "foo", EVERYWHERE),
-    ('<promise topic="', '"', EVERYWHERE),  # an empty topic
-    ('<promise topic="  ', '"', EVERYWHERE),
-    ('<promise topic="a', "\n", EVERYWHERE),  # no line break in a topic
-    ('<promise topic="a', "<", EVERYWHERE),  # a tag cut short by another
-    ('<promise topic="a" tokens="', "x", EVERYWHERE),
-    ('<promise topic="a" tokens="', '"', EVERYWHERE),  # no digits
-    ('<promise topic="a" tokens="4"', ">", EVERYWHERE),  # a promise is self-closing
-    ('<promise topic="a" tokens="12345', "6", EVERYWHERE),  # an estimate of five digits at most
-    ("", "</async> and </async>", TagContext(close=False)),
-    ("", '<promise topic="a" tokens="1"/>', TagContext(promise=False)),  # its block would nest too deep
-    ("<promise", " ", TagContext(promise=False)),
-    # text that begins with a tag's name: a model that writes the name means the tag
-    ("</async", "io", EVERYWHERE), ("<promise", "s", EVERYWHERE), ("<sync", "<", EVERYWHERE),
-    ("", "x <sync", TagContext()), ("<s", "ync", TagContext()),  # it could only be a <sync/>, not allowed here
-    ("", "</async</async", TagContext(sync=True)),  # a main thread that loops on a </async> it may not write
-    ("", "<async", EVERYWHERE),
-])
+@pytest.mark.parametrize(
+    "held, piece, context",
+    [
+        ("", "<async>", EVERYWHERE),  # the runtime writes a thread's <async>
+        ("", "<sync/>", TagContext(close=True)),  # nothing to wait for
+        ("<sync", "/>", TagContext()),
+        ("</async", ">", TagContext(sync=True)),  # the main thread closes no block
+        ("<promise", " tokens", EVERYWHERE),  # topic first
+        ("<promise ", "foo", EVERYWHERE),
+        ('<promise topic="', '"', EVERYWHERE),  # an empty topic
+        ('<promise topic="  ', '"', EVERYWHERE),
+        ('<promise topic="a', "\n", EVERYWHERE),  # no line break in a topic
+        ('<promise topic="a', "<", EVERYWHERE),  # a tag cut short by another
+        ('<promise topic="a" tokens="', "x", EVERYWHERE),
+        ('<promise topic="a" tokens="', '"', EVERYWHERE),  # no digits
+        ('<promise topic="a" tokens="4"', ">", EVERYWHERE),  # a promise is self-closing
+        ('<promise topic="a" tokens="12345', "6", EVERYWHERE),  # an estimate of five digits at most
+        ("", "</async> and </async>", TagContext(close=False)),
+        ("", '<promise topic="a" tokens="1"/>', TagContext(promise=False)),  # its block would nest too deep
+        ("<promise", " ", TagContext(promise=False)),
+        # text that begins with a tag's name: a model that writes the name means the tag
+        ("</async", "io", EVERYWHERE),
+        ("<promise", "s", EVERYWHERE),
+        ("<sync", "<", EVERYWHERE),
+        ("", "x <sync", TagContext()),
+        ("<s", "ync", TagContext()),  # it could only be a <sync/>, not allowed here
+        ("", "</async</async", TagContext(sync=True)),  # a main thread that loops on a </async> it may not write
+        ("", "<async", EVERYWHERE),
+    ],
+)
 def test_malformed_or_misplaced_tags_are_not_viable(held, piece, context):
     assert not viable(held, piece, context)
 
 
-@pytest.mark.parametrize("held, piece", [
-    ("", "a < b"), ("", "<b>bold</b>"), ("<pro", "file"), ("<", "p>"), ("<s", "yn"), ("<syn", "thesis"),
-    ("", "x <syn"),  # undecided: "<synthesis" is text
-    ("", "<pro>"), ("", "<T>"), ("", "<div>"), ("", "<Pr>"),
-    ("", "<b>bold</b>"), ("", "<b>bold</"),  # closing markup the text itself opened
-    ('<promise topic="a', 'b" tokens="12"/> then text'),
-])
+@pytest.mark.parametrize(
+    "held, piece",
+    [
+        ("", "a < b"),
+        ("", "<b>bold</b>"),
+        ("<pro", "file"),
+        ("<", "p>"),
+        ("<s", "yn"),
+        ("<syn", "thesis"),
+        ("", "x <syn"),  # undecided: "<synthesis" is text
+        ("", "<pro>"),
+        ("", "<T>"),
+        ("", "<div>"),
+        ("", "<Pr>"),
+        ("", "<b>bold</b>"),
+        ("", "<b>bold</"),  # closing markup the text itself opened
+        ('<promise topic="a', 'b" tokens="12"/> then text'),
+    ],
+)
 def test_text_and_unfinished_tags_stay_viable_where_no_tag_is_allowed(held, piece):
     context = TagContext() if "promise" not in held else EVERYWHERE
     assert viable(held, piece, context)
@@ -96,9 +115,24 @@ def test_closing_markup_is_text_once_the_thread_has_opened_markup(held, piece):
     assert not viable(held, piece, TagContext())  # where it opened none, only </async> closes anything
 
 
-@pytest.mark.parametrize("text", ["</promise>", "</sync>", "<promis>", '<promisable="x', "<promiso", "</asyn>",
-                                  "<sync>", "x\n\n</promise>2.", "<promISE", "<promote", "<prompt>", "<SYNC/>",
-                                  "<Async>"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "</promise>",
+        "</sync>",
+        "<promis>",
+        '<promisable="x',
+        "<promiso",
+        "</asyn>",
+        "<sync>",
+        "x\n\n</promise>2.",
+        "<promISE",
+        "<promote",
+        "<prompt>",
+        "<SYNC/>",
+        "<Async>",
+    ],
+)
 @pytest.mark.parametrize("context", [EVERYWHERE, TagContext(markup=True)])
 def test_a_tags_lookalike_is_not_viable_even_after_markup(text, context):
     """The language reads these as text; a model that writes them meant a tag (a main thread that has
@@ -115,10 +149,15 @@ def test_a_tags_unfinished_name_must_become_that_tag_where_it_would_imitate_one(
     assert not viable("</", "list>", TagContext(close=True)) and not viable("", "</", TagContext(sync=True))
 
 
-@pytest.mark.parametrize("held, piece, context", [
-    ("", "x <sync", TagContext(sync=True)), ("<s", "ync", TagContext(sync=True)),
-    ("", "</async", TagContext(close=True)), ("", "<promise", TagContext()),
-])
+@pytest.mark.parametrize(
+    "held, piece, context",
+    [
+        ("", "x <sync", TagContext(sync=True)),
+        ("<s", "ync", TagContext(sync=True)),
+        ("", "</async", TagContext(close=True)),
+        ("", "<promise", TagContext()),
+    ],
+)
 def test_a_tags_name_is_viable_where_the_tag_is_allowed(held, piece, context):
     assert viable(held, piece, context)
 
@@ -130,8 +169,10 @@ def test_a_stream_may_not_end_inside_a_tag():
 
 held_states = st.builds(
     lambda topic, digits, closed: f'<promise topic="{topic}' + (f'" tokens="{digits}' if closed else ""),
-    st.text(st.sampled_from("ab &;\t"), max_size=6), st.text(st.sampled_from("0123456789"), max_size=4),
-    st.booleans())
+    st.text(st.sampled_from("ab &;\t"), max_size=6),
+    st.text(st.sampled_from("0123456789"), max_size=4),
+    st.booleans(),
+)
 continuations = st.sampled_from(['"', " ", "x", "\n", '" tokens="', "1", '"/>', '"/>\n', "&amp;", "<", "/>", "q>"])
 
 
@@ -217,17 +258,34 @@ def test_a_model_bent_on_broken_tags_writes_only_well_formed_ones_under_the_guar
     cut = ("--max-new-tokens", "its total of", "ended inside this tag")
     assert all(any(c in w for c in cut) for w in guarded.warnings), guarded.warnings
     assert not check(guarded.annotated, mode="lenient").diagnostics
-    written = [lexeme for lexeme in Scanner().feed(guarded.annotated)
-               if isinstance(lexeme, TagToken) and lexeme.kind is not TagKind.ASYNC_OPEN and lexeme.raw.endswith(">")]
+    written = [
+        lexeme
+        for lexeme in Scanner().feed(guarded.annotated)
+        if isinstance(lexeme, TagToken) and lexeme.kind is not TagKind.ASYNC_OPEN and lexeme.raw.endswith(">")
+    ]
     for tag in written:  # every tag it completed is canonical
         assert CANONICAL[tag.kind].fullmatch(tag.raw), tag.raw
     if "promise" in text:
         assert any(tag.kind is TagKind.PROMISE for tag in written)
 
 
-@pytest.mark.parametrize("held", ["<", "<pro", "<promise", "<promise ", '<promise topic="', '<promise topic="a b',
-                                  '<promise topic="a"', '<promise topic="a" tokens="12', "<sync", "</async ",
-                                  "</", "<promi"])
+@pytest.mark.parametrize(
+    "held",
+    [
+        "<",
+        "<pro",
+        "<promise",
+        "<promise ",
+        '<promise topic="',
+        '<promise topic="a b',
+        '<promise topic="a"',
+        '<promise topic="a" tokens="12',
+        "<sync",
+        "</async ",
+        "</",
+        "<promi",
+    ],
+)
 @pytest.mark.parametrize("context", [TagContext(), EVERYWHERE, TagContext(markup=True)])
 def test_the_guard_masks_exactly_the_tokens_that_are_not_viable(held, context):
     tokenizer = tiny_tokenizer()
@@ -249,7 +307,7 @@ def test_a_tag_cut_short_by_the_budget_is_dropped_with_a_warning_that_quotes_it(
     result = e.generate("Tips?", RunOptions(limits=Limits(max_new_tokens=6)))
     assert "<promise" not in result.text and not check(result.annotated, mode="strict").errors
     dropped = [w for w in result.warnings if "ended inside this tag" in w]
-    assert len(dropped) == 1 and '<promise topic=' in dropped[0] and "--max-new-tokens" in dropped[0]
+    assert len(dropped) == 1 and "<promise topic=" in dropped[0] and "--max-new-tokens" in dropped[0]
 
 
 @pytest.mark.parametrize("mode", ["async", "sequential"])

@@ -41,8 +41,10 @@ thread t1 depth=1 parent=t0 fork=%1 topic="sleep"
 """
 
 # Two levels: t1 promises t2 and ends without a sync (its end joins t2); t3 is joined by the main <sync/>.
-NESTED = ('A <promise topic="x" tokens="2"/><async>B <promise topic="y"/><async>C</async> D</async>'
-          ' E<promise topic="z" tokens="1"/><async>F</async><sync/> G')
+NESTED = (
+    'A <promise topic="x" tokens="2"/><async>B <promise topic="y"/><async>C</async> D</async>'
+    ' E<promise topic="z" tokens="1"/><async>F</async><sync/> G'
+)
 
 
 def edges_of(graph: ThreadGraph) -> set[tuple[int, int, str]]:
@@ -143,11 +145,26 @@ def test_incremental_growth_as_the_runtime_appends() -> None:
     assert g.ends == [(t2, 12), (t3, 15), (t1, 16), (MAIN, 18)]
     assert g.tokens() == 2 + 3 + 1 + 1 + 2 + 1 + 1 + 3 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1
     assert edges_of(g) == {
-        (0, 1, "seq"), (1, 2, "seq"), (2, 4, "seq"), (4, 10, "seq"), (10, 16, "seq"), (16, 17, "seq"),
-        (1, 3, "fork"), (3, 6, "seq"), (6, 7, "seq"), (7, 12, "seq"), (12, 15, "seq"),
-        (4, 5, "fork"), (5, 9, "seq"), (9, 11, "seq"),
-        (7, 8, "fork"), (8, 13, "seq"), (13, 14, "seq"),
-        (14, 15, "join"), (15, 16, "join"), (11, 16, "join"),
+        (0, 1, "seq"),
+        (1, 2, "seq"),
+        (2, 4, "seq"),
+        (4, 10, "seq"),
+        (10, 16, "seq"),
+        (16, 17, "seq"),
+        (1, 3, "fork"),
+        (3, 6, "seq"),
+        (6, 7, "seq"),
+        (7, 12, "seq"),
+        (12, 15, "seq"),
+        (4, 5, "fork"),
+        (5, 9, "seq"),
+        (9, 11, "seq"),
+        (7, 8, "fork"),
+        (8, 13, "seq"),
+        (13, 14, "seq"),
+        (14, 15, "join"),
+        (15, 16, "join"),
+        (11, 16, "join"),
     }
 
 
@@ -190,15 +207,37 @@ def appended_tip() -> tuple[ThreadGraph, int]:
         (lambda g, c: g.sync(c, "<sync/>", 1), r"t1 must start with its <async>"),
         # </async> ends a forked thread's content: only its implicit join may follow.
         (lambda g, c: g.close(MAIN, "</async>", 1), r"</async> outside a forked thread \(t0\)"),
-        (lambda g, c: (g.open(c, "<async>", 1), g.close(c, "</async>", 1), g.segment(c, "x", 1)),
-         r"t1 has written its </async>"),
-        (lambda g, c: (g.open(c, "<async>", 1), g.close(c, "</async>", 1), g.close(c, "</async>", 1)),
-         r"t1 has written its </async>"),
+        (
+            lambda g, c: (g.open(c, "<async>", 1), g.close(c, "</async>", 1), g.segment(c, "x", 1)),
+            r"t1 has written its </async>",
+        ),
+        (
+            lambda g, c: (g.open(c, "<async>", 1), g.close(c, "</async>", 1), g.close(c, "</async>", 1)),
+            r"t1 has written its </async>",
+        ),
     ],
-    ids=["open-main", "open-twice", "join-unended", "end-with-unended-child", "end-empty-child",
-         "negative-length", "segment-unknown", "fork-unknown", "sync-unknown", "close-unknown", "open-unknown",
-         "join-unknown", "end-unknown", "segment-before-open", "close-before-open", "fork-before-open",
-         "sync-before-open", "close-main", "segment-after-close", "close-twice"],
+    ids=[
+        "open-main",
+        "open-twice",
+        "join-unended",
+        "end-with-unended-child",
+        "end-empty-child",
+        "negative-length",
+        "segment-unknown",
+        "fork-unknown",
+        "sync-unknown",
+        "close-unknown",
+        "open-unknown",
+        "join-unknown",
+        "end-unknown",
+        "segment-before-open",
+        "close-before-open",
+        "fork-before-open",
+        "sync-before-open",
+        "close-main",
+        "segment-after-close",
+        "close-twice",
+    ],
 )
 def test_append_errors(action, message: str) -> None:  # type: ignore[no-untyped-def]
     g, child = appended_tip()
@@ -210,8 +249,12 @@ def test_append_errors(action, message: str) -> None:  # type: ignore[no-untyped
 def test_failed_appends_leave_the_graph_unchanged() -> None:
     g, child = appended_tip()
     before = (dump(g), edges_of(g), dict(g.threads), g.unjoined(MAIN))
-    for action in (lambda: g.segment(child, "x", 1), lambda: g.fork(7, "t", None, "<p/>", 1),
-                   lambda: g.join(MAIN, explicit=True), lambda: g.segment(MAIN, "x", -1)):
+    for action in (
+        lambda: g.segment(child, "x", 1),
+        lambda: g.fork(7, "t", None, "<p/>", 1),
+        lambda: g.join(MAIN, explicit=True),
+        lambda: g.segment(MAIN, "x", -1),
+    ):
         with pytest.raises(IRError):
             action()
         assert (dump(g), edges_of(g), dict(g.threads), g.unjoined(MAIN)) == before
@@ -222,8 +265,12 @@ def test_ended_threads_take_no_more_appends() -> None:
     g.open(child, "<async>", 1)
     g.close(child, "</async>", 1)
     g.end(child)
-    for action in (lambda: g.segment(child, "x", 1), lambda: g.close(child, "</async>", 1),
-                   lambda: g.sync(child, "<sync/>", 1), lambda: g.fork(child, "t", None, "<p/>", 1)):
+    for action in (
+        lambda: g.segment(child, "x", 1),
+        lambda: g.close(child, "</async>", 1),
+        lambda: g.sync(child, "<sync/>", 1),
+        lambda: g.fork(child, "t", None, "<p/>", 1),
+    ):
         with pytest.raises(IRError, match="thread t1 has ended"):
             action()
     with pytest.raises(IRError, match="thread t1 has ended"):
@@ -286,33 +333,60 @@ BROKEN = [
     ("cycle", lambda g: g.g.add_edge(10, 3, kind=EdgeKind.SEQ), "the graph has a cycle"),
     ("backwards-edge", lambda g: g.g.add_edge(16, 14, kind=EdgeKind.JOIN), r"edge %16 -> %14 goes backwards"),
     ("no-seq-edge", lambda g: g.g.remove_edge(2, 3), r"%3 has no seq edge from its thread's previous node"),
-    ("seq-edge-from-elsewhere", lambda g: (g.g.remove_edge(8, 9), g.g.add_edge(0, 9, kind=EdgeKind.SEQ)),
-     r"%9 has no seq edge from its thread's previous node"),
+    (
+        "seq-edge-from-elsewhere",
+        lambda g: (g.g.remove_edge(8, 9), g.g.add_edge(0, 9, kind=EdgeKind.SEQ)),
+        r"%9 has no seq edge from its thread's previous node",
+    ),
     ("no-fork-edge", lambda g: g.g.remove_edge(1, 2), r"%2 starts t1 but has no fork edge"),
-    ("child-starts-with-text", lambda g: set_op(g, 13, Segment(3, "<async>", 1)),
-     r"thread t3 starts with %13, not with its <async>"),
+    (
+        "child-starts-with-text",
+        lambda g: set_op(g, 13, Segment(3, "<async>", 1)),
+        r"thread t3 starts with %13, not with its <async>",
+    ),
     ("no-join-edge", lambda g: g.g.remove_edge(15, 17), r"%17 joins t3 without an edge from its last node %15"),
     ("joined-twice", lambda g: set_op(g, 17, Join(0, (1, 3, 1), True)), r"t1 is joined twice \(%17 and %17\)"),
-    ("grandchild-joined-by-main",
-     lambda g: (set_op(g, 10, Join(1, (), False)), g.g.remove_edge(7, 10), set_op(g, 17, Join(0, (1, 2, 3), True)),
-                g.g.add_edge(7, 17, kind=EdgeKind.JOIN)),
-     r"%17 joins t2, which is not a child of t0"),
-    ("never-joined", lambda g: (set_op(g, 17, Join(0, (1,), True)), g.g.remove_edge(15, 17)),
-     "thread t3 is never joined"),
+    (
+        "grandchild-joined-by-main",
+        lambda g: (
+            set_op(g, 10, Join(1, (), False)),
+            g.g.remove_edge(7, 10),
+            set_op(g, 17, Join(0, (1, 2, 3), True)),
+            g.g.add_edge(7, 17, kind=EdgeKind.JOIN),
+        ),
+        r"%17 joins t2, which is not a child of t0",
+    ),
+    (
+        "never-joined",
+        lambda g: (set_op(g, 17, Join(0, (1,), True)), g.g.remove_edge(15, 17)),
+        "thread t3 is never joined",
+    ),
     ("unknown-thread", lambda g: set_op(g, 18, Segment(9, " G", 1)), r"%18 belongs to unknown thread t9"),
-    ("wrong-depth", lambda g: g.threads.__setitem__(3, replace(g.threads[3], depth=2)),
-     "thread t3 has a wrong parent or depth"),
-    ("wrong-parent", lambda g: g.threads.__setitem__(2, replace(g.threads[2], parent=0)),
-     r"%4 forks t2, whose parent is t0, not t1"),
+    (
+        "wrong-depth",
+        lambda g: g.threads.__setitem__(3, replace(g.threads[3], depth=2)),
+        "thread t3 has a wrong parent or depth",
+    ),
+    (
+        "wrong-parent",
+        lambda g: g.threads.__setitem__(2, replace(g.threads[2], parent=0)),
+        r"%4 forks t2, whose parent is t0, not t1",
+    ),
     # The edges decide visibility, so the verifier must refuse any edge the threads do not explain.
     ("sibling-sees-sibling", lambda g: g.g.add_edge(6, 14, kind=EdgeKind.SEQ), r"unexpected seq edge %6 -> %14"),
     ("parent-sees-child-early", lambda g: g.g.add_edge(6, 11, kind=EdgeKind.JOIN), r"unexpected join edge %6 -> %11"),
     ("edge-kind-mislabelled", lambda g: g.g.add_edge(1, 2, kind=EdgeKind.SEQ), r"%2 starts t1 but has no fork edge"),
     ("node-in-another-thread", lambda g: set_op(g, 14, Segment(0, "F", 1)), r"%14 is not a node of t0"),
-    ("fork-of-another-child", lambda g: set_op(g, 12, Fork(0, 1, "z", 1, "<p/>", 3)),
-     r"%12 forks t1, but t1 was forked by %1"),
-    ("fork-is-no-fork", lambda g: set_op(g, 12, Segment(0, "<p/>", 1)),
-     "thread t3 names %12 as its promise, which does not fork it"),
+    (
+        "fork-of-another-child",
+        lambda g: set_op(g, 12, Fork(0, 1, "z", 1, "<p/>", 3)),
+        r"%12 forks t1, but t1 was forked by %1",
+    ),
+    (
+        "fork-is-no-fork",
+        lambda g: set_op(g, 12, Segment(0, "<p/>", 1)),
+        "thread t3 names %12 as its promise, which does not fork it",
+    ),
     ("close-in-main", lambda g: set_op(g, 18, Close(0, " G", 1)), r"%18: </async> outside a forked thread"),
     ("open-in-the-middle", lambda g: set_op(g, 14, Open(3, "F", 1)), r"%14: <async> that does not start t3"),
 ]
@@ -347,19 +421,21 @@ def test_dump_exact() -> None:
 def test_dump_nested_with_annotations_and_quoting() -> None:
     g = lower(parse('<promise topic="a &quot;b&quot;\n"/><async>x\ty</async>'), chars)
     assert dump(g, {0: "note zero", 3: "three"}) == (
-        'thread t0 depth=0\n'
+        "thread t0 depth=0\n"
         'thread t1 depth=1 parent=t0 fork=%0 topic="a \\"b\\"\\n"\n'
         '%0 = t0 fork t1 len=35 topic="a \\"b\\"\\n"  ; note zero\n'
-        '%1 = t1 open len=7\n'
+        "%1 = t1 open len=7\n"
         '%2 = t1 segment len=3 "x\\ty"\n'
-        '%3 = t1 close len=8  ; three\n'
-        '%4 = t0 join t1 (end of body)\n'
+        "%3 = t1 close len=8  ; three\n"
+        "%4 = t0 join t1 (end of body)\n"
     )
     assert g.op(0).text == '<promise topic="a &quot;b&quot;\n"/>'  # the canonical tag text
 
 
 def test_dump_nested() -> None:
-    assert dump(nested_graph()) == """\
+    assert (
+        dump(nested_graph())
+        == """\
 thread t0 depth=0
 thread t1 depth=1 parent=t0 fork=%1 topic="x"
 thread t2 depth=2 parent=t1 fork=%4 topic="y"
@@ -384,6 +460,7 @@ thread t3 depth=1 parent=t0 fork=%12 topic="z"
 %17 = t0 join t1, t3
 %18 = t0 segment len=1 " G"
 """
+    )
 
 
 def round_trip(graph: ThreadGraph) -> ThreadGraph:
@@ -428,10 +505,16 @@ def test_json_round_trip_of_an_interleaved_runtime_graph() -> None:
 def test_json_form() -> None:
     data = to_json(tip_graph())
     assert data["format"] == "pastac-ir" and data["version"] == 1
-    assert data["nodes"][1] == {"kind": "fork", "thread": 0, "child": 1, "topic": "sleep", "predicted": 3,
-                                "text": '<promise topic="sleep" tokens="3"/>', "length": 3}
-    assert data["nodes"][6] == {"kind": "join", "thread": 0, "children": [1], "explicit": True, "length": 0,
-                                "text": ""}
+    assert data["nodes"][1] == {
+        "kind": "fork",
+        "thread": 0,
+        "child": 1,
+        "topic": "sleep",
+        "predicted": 3,
+        "text": '<promise topic="sleep" tokens="3"/>',
+        "length": 3,
+    }
+    assert data["nodes"][6] == {"kind": "join", "thread": 0, "children": [1], "explicit": True, "length": 0, "text": ""}
     assert data["ends"] == [[1, 5], [0, 8]]
     assert json.loads(dumps_json(tip_graph())) == data
 
@@ -454,8 +537,10 @@ def test_huge_predicted_lengths_dump_and_round_trip() -> None:
         (lambda d: d["nodes"][0].update(kind="blob"), "unknown node kind 'blob'"),
         (lambda d: d["nodes"][1].update(child=5), "fork creates t1, the JSON says t5"),
         (lambda d: d["nodes"][6].update(children=[2]), r"join of t0 lists \[2\], expected \(1,\)"),
-        (lambda d: d["nodes"].insert(3, {"kind": "segment", "thread": 0, "text": "x", "length": -2}),
-         "negative length -2"),
+        (
+            lambda d: d["nodes"].insert(3, {"kind": "segment", "thread": 0, "text": "x", "length": -2}),
+            "negative length -2",
+        ),
         (lambda d: d["ends"].append([0, 99]), "end of t0 refers past the last node"),
     ],
 )
@@ -483,13 +568,17 @@ def test_lowering_a_lenient_document() -> None:
 
     The orphan's own body keeps its pairing: its promise forks t1, which the next <sync/> of the
     thread joins (the orphan's body is no thread, so its end joins nothing)."""
-    source = ('a<async>orphan <promise topic="in"/><async>kept</async></async>'
-              '<promise topic="never"/><sync/>b<promise topic="ok"/><async>c</async>')
+    source = (
+        'a<async>orphan <promise topic="in"/><async>kept</async></async>'
+        '<promise topic="never"/><sync/>b<promise topic="ok"/><async>c</async>'
+    )
     result = check(source, mode="lenient")
     assert {d.code for d in result.diagnostics} == {"E303", "E304"}
     g = lower(result.document, words)
     verify(g, max_depth=2)
-    assert dump(g) == """\
+    assert (
+        dump(g)
+        == """\
 thread t0 depth=0
 thread t1 depth=1 parent=t0 fork=%2 topic="in"
 thread t2 depth=1 parent=t0 fork=%10 topic="ok"
@@ -509,6 +598,7 @@ thread t2 depth=1 parent=t0 fork=%10 topic="ok"
 %13 = t2 close len=1
 %14 = t0 join t2 (end of body)
 """
+    )
 
 
 def test_lowering_an_unclosed_block() -> None:
@@ -536,7 +626,9 @@ def test_library_api_layout_is_importable_from_the_top_and_loads_torch_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, pastac, pastac.cli; assert 'torch' not in sys.modules, 'torch imported eagerly'; "
-            "layout = pastac.training_layout(pastac.lower(pastac.parse('a<promise topic=\"t\"/><async>b</async>')));"
-            "assert isinstance(layout, pastac.Layout) and layout.mask.shape[0] == layout.position_ids.numel()")
+    code = (
+        "import sys, pastac, pastac.cli; assert 'torch' not in sys.modules, 'torch imported eagerly'; "
+        "layout = pastac.training_layout(pastac.lower(pastac.parse('a<promise topic=\"t\"/><async>b</async>')));"
+        "assert isinstance(layout, pastac.Layout) and layout.mask.shape[0] == layout.position_ids.numel()"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

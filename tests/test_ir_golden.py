@@ -70,23 +70,33 @@ def max_depth(case: Path) -> int:
 
 def plan_line(cap: int | None, plan: Schedule, figures: CriticalPath) -> str:
     decoding = " | ".join(",".join(f"t{t}" for t in step) for step in plan.decoding)
-    return (f"max_width={'none' if cap is None else cap}: steps={plan.steps} "
-            f"theoretical_speedup={figures.theoretical_speedup:.4f} decoding: {decoding}")
+    return (
+        f"max_width={'none' if cap is None else cap}: steps={plan.steps} "
+        f"theoretical_speedup={figures.theoretical_speedup:.4f} decoding: {decoding}"
+    )
 
 
 def golden(case: Path) -> str:
     depth = max_depth(case)
     graph = lower(parse(read(case), max_depth=depth), words)
-    manager = PassManager([PositionsPass(POSITIONS), VisibilityPass(), ResolutionOrderPass()],
-                          verify_each=True, max_depth=depth, dump_after=("positions",))
+    manager = PassManager(
+        [PositionsPass(POSITIONS), VisibilityPass(), ResolutionOrderPass()],
+        verify_each=True,
+        max_depth=depth,
+        dump_after=("positions",),
+    )
     results = manager.run(graph)
-    lines = [f"# {case.relative_to(ROOT).as_posix()}", "# IR (length: words)", dump(graph).rstrip("\n"),
-             f"# positions (policy: {POSITIONS.policy}, unit: {POSITIONS.unit})",
-             results.dumps["positions"].rstrip("\n"), "# plan (order: fifo)"]
+    lines = [
+        f"# {case.relative_to(ROOT).as_posix()}",
+        "# IR (length: words)",
+        dump(graph).rstrip("\n"),
+        f"# positions (policy: {POSITIONS.policy}, unit: {POSITIONS.unit})",
+        results.dumps["positions"].rstrip("\n"),
+        "# plan (order: fifo)",
+    ]
     uncapped = results["resolution-order"]
     figures = critical_path(graph, uncapped)
-    lines.append(f"tokens={figures.tokens} critical_path={figures.critical_path} "
-                 f"max_speedup={figures.max_speedup:.4f}")
+    lines.append(f"tokens={figures.tokens} critical_path={figures.critical_path} max_speedup={figures.max_speedup:.4f}")
     for cap in CAPS:
         plan = uncapped if cap is None else schedule(graph, ScheduleOptions(cap))
         lines.append(plan_line(cap, plan, critical_path(graph, plan)))

@@ -52,8 +52,14 @@ from pastac.passes import (
 from pastac.passes.layout import training_layout
 
 _PROFILES = {
-    "ci": settings(max_examples=10_000, deadline=None, derandomize=True, database=None, print_blob=True,
-                   suppress_health_check=[HealthCheck.too_slow]),
+    "ci": settings(
+        max_examples=10_000,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    ),
     "dev": settings(max_examples=500, deadline=None),
     "long": settings(max_examples=200_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
 }
@@ -243,10 +249,17 @@ def check_schedule(graph: ThreadGraph, cap: int | None, order: Order) -> None:
 
 
 @CHEAP_PROFILE
-@given(documents(), length_names, st.integers(0, 20), st.integers(0, 5), st.none() | st.integers(1, 4),
-       st.sampled_from(list(Order)))
-def test_lowered_graphs(case: tuple[Document, str], length_name: str, unit: int, missing: int, cap: int | None,
-                        order: Order) -> None:
+@given(
+    documents(),
+    length_names,
+    st.integers(0, 20),
+    st.integers(0, 5),
+    st.none() | st.integers(1, 4),
+    st.sampled_from(list(Order)),
+)
+def test_lowered_graphs(
+    case: tuple[Document, str], length_name: str, unit: int, missing: int, cap: int | None, order: Order
+) -> None:
     """Every cheap property on one generated document: the graph, its positions, its schedules."""
     graph = lower(case[0], LENGTHS[length_name])
     with noted(graph, length_name):
@@ -272,8 +285,9 @@ def runtime_graphs(draw: st.DrawFn) -> ThreadGraph:
     def joinable(t: int) -> bool:
         return all(g.ended(c) for c in g.unjoined(t))
 
-    for a, b, n in draw(st.lists(st.tuples(st.integers(0, 63), st.integers(0, 63), st.integers(0, 3)),
-                                 min_size=4, max_size=60)):
+    for a, b, n in draw(
+        st.lists(st.tuples(st.integers(0, 63), st.integers(0, 63), st.integers(0, 3)), min_size=4, max_size=60)
+    ):
         live = [t for t in g.threads if not g.ended(t) and t != 0]
         t = ([0, *live])[a % (len(live) + 1)]
         options = []
@@ -317,10 +331,17 @@ def runtime_graphs(draw: st.DrawFn) -> ThreadGraph:
 
 
 @TENSOR_PROFILE
-@given(runtime_graphs(), st.integers(0, 20), st.integers(0, 5), st.none() | st.integers(1, 4),
-       st.sampled_from(list(Order)), st.sampled_from(list(Policy)))
-def test_runtime_grown_graphs(graph: ThreadGraph, unit: int, missing: int, cap: int | None, order: Order,
-                              policy: Policy) -> None:
+@given(
+    runtime_graphs(),
+    st.integers(0, 20),
+    st.integers(0, 5),
+    st.none() | st.integers(1, 4),
+    st.sampled_from(list(Order)),
+    st.sampled_from(list(Policy)),
+)
+def test_runtime_grown_graphs(
+    graph: ThreadGraph, unit: int, missing: int, cap: int | None, order: Order, policy: Policy
+) -> None:
     """The same properties hold for graphs whose ids interleave the threads, as the runtime's do."""
     with noted(graph, "as appended"):
         check_graph(graph)
@@ -334,8 +355,9 @@ def test_runtime_grown_graphs(graph: ThreadGraph, unit: int, missing: int, cap: 
 
 def joined_before(graph: ThreadGraph, parent: int, node: int) -> set[int]:
     """The children of ``parent`` joined by its Join nodes before ``node``."""
-    return {c for n in graph.thread_nodes(parent) if n < node and isinstance(j := graph.op(n), Join)
-            for c in j.children}
+    return {
+        c for n in graph.thread_nodes(parent) if n < node and isinstance(j := graph.op(n), Join) for c in j.children
+    }
 
 
 @TENSOR_PROFILE

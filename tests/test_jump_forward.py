@@ -41,21 +41,30 @@ def writer(text: str) -> Engine:
     return Engine(model, tokenizer, name="writer")
 
 
-@pytest.mark.parametrize("held, text", [
-    ("<promise ", 'topic="'),
-    ("<promise topic", '="'),
-    ('<promise topic="a b"', ' tokens="'),
-    ('<promise topic="a b" tok', 'ens="'),
-    ('<promise topic="a" tokens="30"', "/>"),
-    ('<promise topic="a" tokens="30"/', ">"),
-    ('<promise topic="a" tokens="12345', '"/>'),  # the most digits an estimate may have
-    ("<sync/", ">"),
-    # a choice: the tag is not decided yet, or a topic or an estimate is being written
-    ("<", ""), ("<promise", ""), ("<sync", ""), ("</async", ""), ('<promise topic="', ""), ('<promise topic="a', ""),
-    ('<promise topic="a" tokens="', ""), ('<promise topic="a" tokens="3', ""),
-    ('<promise topic=" "', ""),  # an empty topic cannot go on at all
-    ("<promise  ", ""),  # not the canonical form: nothing is forced
-])
+@pytest.mark.parametrize(
+    "held, text",
+    [
+        ("<promise ", 'topic="'),
+        ("<promise topic", '="'),
+        ('<promise topic="a b"', ' tokens="'),
+        ('<promise topic="a b" tok', 'ens="'),
+        ('<promise topic="a" tokens="30"', "/>"),
+        ('<promise topic="a" tokens="30"/', ">"),
+        ('<promise topic="a" tokens="12345', '"/>'),  # the most digits an estimate may have
+        ("<sync/", ">"),
+        # a choice: the tag is not decided yet, or a topic or an estimate is being written
+        ("<", ""),
+        ("<promise", ""),
+        ("<sync", ""),
+        ("</async", ""),
+        ('<promise topic="', ""),
+        ('<promise topic="a', ""),
+        ('<promise topic="a" tokens="', ""),
+        ('<promise topic="a" tokens="3', ""),
+        ('<promise topic=" "', ""),  # an empty topic cannot go on at all
+        ("<promise  ", ""),  # not the canonical form: nothing is forced
+    ],
+)
 def test_what_a_tag_forces(held, text):
     assert forced(held) == text
 

@@ -29,7 +29,7 @@ def test_each_kernel_computes_the_linear_product(name: str, bias: bool, dtype: t
     w = torch.randn(96, 40, generator=g).to(dtype)
     b = torch.randn(96, generator=g).to(dtype) if bias else None
     packed = PACKERS[name](w) if name in PACKERS else None
-    for rows in ([1] if name in ONE_ROW_ONLY else [1, 2, 3, 5, 16]):
+    for rows in [1] if name in ONE_ROW_ONLY else [1, 2, 3, 5, 16]:
         x = torch.randn(1, rows, 40, generator=g).to(dtype)
         got = KERNELS[name](x, w, b, packed)
         assert got.shape == (1, rows, 96) and got.dtype == dtype

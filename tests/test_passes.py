@@ -51,8 +51,10 @@ def toks(text: str) -> int:
 
 
 # Two promises at the top (x, z) and one nested promise (y, inside x's block, joined by the block's end).
-DOC = ('A B <promise topic="x" tokens="3"/><async>C <promise topic="y" tokens="1"/><async>D E</async> F</async>'
-       ' G <promise topic="z"/><async>H</async><sync/> I J')
+DOC = (
+    'A B <promise topic="x" tokens="3"/><async>C <promise topic="y" tokens="1"/><async>D E</async> F</async>'
+    ' G <promise topic="z"/><async>H</async><sync/> I J'
+)
 #   node  thread  what            tokens
 #   %0    t0      "A B "          2
 #   %1    t0      fork t1 (x, 3)  1
@@ -97,14 +99,17 @@ POSITIONS = [
     (PositionOptions(Policy.ORACLE), SEQUENTIAL),
     # x reserves open + close + 3 x 1 = 5 (its subtree is 9: it overruns into %11, %12); y reserves 2 + 1 = 3
     # (exact); z has no tokens="..": 2 + 0.
-    (PositionOptions(Policy.PREDICTED, unit=1, missing=0),
-     (0, 2, 3, 4, 5, 6, 7, 9, 9, 10, 11, 8, 9, 10, 11, 12, 12, 13, 13)),
+    (
+        PositionOptions(Policy.PREDICTED, unit=1, missing=0),
+        (0, 2, 3, 4, 5, 6, 7, 9, 9, 10, 11, 8, 9, 10, 11, 12, 12, 13, 13),
+    ),
     # missing=2 stands in for z's absent length: it reserves 2 + 2.
-    (PositionOptions(Policy.PREDICTED, unit=1, missing=2),
-     (0, 2, 3, 4, 5, 6, 7, 9, 9, 10, 11, 8, 9, 10, 11, 12, 14, 15, 15)),
+    (
+        PositionOptions(Policy.PREDICTED, unit=1, missing=2),
+        (0, 2, 3, 4, 5, 6, 7, 9, 9, 10, 11, 8, 9, 10, 11, 12, 14, 15, 15),
+    ),
     # unit 10: x reserves 2 + 30, y 2 + 10.
-    (PositionOptions(Policy.PREDICTED, unit=10),
-     (0, 2, 3, 4, 5, 6, 7, 9, 18, 19, 20, 35, 36, 37, 38, 39, 39, 40, 40)),
+    (PositionOptions(Policy.PREDICTED, unit=10), (0, 2, 3, 4, 5, 6, 7, 9, 18, 19, 20, 35, 36, 37, 38, 39, 39, 40, 40)),
     # No reservation: the parent goes on right after each promise.
     (PositionOptions(Policy.RESTART), (0, 2, 3, 4, 5, 6, 7, 9, 6, 7, 8, 3, 4, 5, 6, 7, 5, 6, 6)),
     # As restart, but after a join past the furthest position a joined child reached: t1 ends at 10
@@ -167,8 +172,7 @@ def test_schedule_uncapped(doc: ThreadGraph) -> None:
     # t1 starts the step after its promise (3); t3 after its promise (5); t2 after t1's promise of it (6).
     # t1 waits at its join for t2 (steps 8-9), the main thread at its join from step 6 to 9.
     assert plan.steps == 12
-    assert plan.decoding == ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1, 3), (1, 3, 2), (1, 3, 2), (2,), (2,),
-                             (0,), (0,))
+    assert plan.decoding == ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1, 3), (1, 3, 2), (1, 3, 2), (2,), (2,), (0,), (0,))
     assert plan.first_step == (0, 2, 3, 4, 5, 6, 7, 9, 6, 7, 9, 3, 4, 5, 6, 7, 5, 9, 10)
     assert plan.last_step == (1, 2, 3, 4, 5, 6, 8, 9, 6, 7, 9, 3, 4, 5, 6, 7, 5, 9, 11)
     assert plan.runnable == (1, 1, 1, 2, 2, 3, 3, 3, 1, 1, 1, 1)
@@ -196,13 +200,16 @@ def test_schedule_cap_1_is_sequential(doc: ThreadGraph, order: Order) -> None:
 
 CAP_2 = {
     # t3 waits for a slot until the main thread blocks at its join (step 6).
-    Order.FIFO: (14, ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1), (1, 3), (1, 3), (3, 2), (2,), (2,), (2,), (0,),
-                      (0,))),
+    Order.FIFO: (14, ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1), (1, 3), (1, 3), (3, 2), (2,), (2,), (2,), (0,), (0,))),
     # At step 6 t2 (y, 1) goes before t3 (z, no length): the longer chain starts first.
-    Order.LONGEST_FIRST: (13, ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1), (1, 2), (1, 2), (2, 3), (2, 3), (3,),
-                               (0,), (0,))),
-    Order.SHORTEST_FIRST: (14, ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1), (1, 3), (1, 3), (3, 2), (2,), (2,),
-                                (2,), (0,), (0,))),
+    Order.LONGEST_FIRST: (
+        13,
+        ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1), (1, 2), (1, 2), (2, 3), (2, 3), (3,), (0,), (0,)),
+    ),
+    Order.SHORTEST_FIRST: (
+        14,
+        ((0,), (0,), (0,), (0, 1), (0, 1), (0, 1), (1, 3), (1, 3), (3, 2), (2,), (2,), (2,), (0,), (0,)),
+    ),
 }
 
 
@@ -236,8 +243,9 @@ def three_promises(predicted: tuple[int, int, int]) -> ThreadGraph:
         ((2, 3, 1), Order.SHORTEST_FIRST, 12, (0, 1, 3, 2), 8),  # the 3-token t3 goes first: one step lost
     ],
 )
-def test_the_order_matters_under_a_cap(predicted: tuple[int, int, int], order: Order, steps: int,
-                                       started: tuple[int, ...], uncapped: int) -> None:
+def test_the_order_matters_under_a_cap(
+    predicted: tuple[int, int, int], order: Order, steps: int, started: tuple[int, ...], uncapped: int
+) -> None:
     graph = three_promises(predicted)
     assert graph.tokens() == 3 + (3 + 4 + 5) + 4
     plan = schedule(graph, ScheduleOptions(2, order))
@@ -386,8 +394,10 @@ def test_manager_runs_the_standard_pipeline(doc: ThreadGraph) -> None:
 def test_manager_requires_ordering() -> None:
     with pytest.raises(PassError) as error:
         PassManager([WidthPass(), ResolutionOrderPass(), CriticalPathPass()])
-    assert str(error.value) == ("pass 'width' requires 'resolution-order', which must run before it "
-                                "(order: width, resolution-order, critical-path)")
+    assert str(error.value) == (
+        "pass 'width' requires 'resolution-order', which must run before it "
+        "(order: width, resolution-order, critical-path)"
+    )
     with pytest.raises(PassError, match="pass 'critical-path' requires 'resolution-order'"):
         PassManager([PositionsPass(), CriticalPathPass()])
 
@@ -405,20 +415,26 @@ def test_manager_names_the_failing_pass(doc: ThreadGraph) -> None:
 def test_manager_verify_each(doc: ThreadGraph) -> None:
     with pytest.raises(PassError) as error:
         PassManager([PositionsPass(), Breaker(), VisibilityPass()], verify_each=True).run(doc)
-    assert str(error.value) == ("IR invalid after pass 'breaker' (passes run: positions, breaker): "
-                                "%1 has no seq edge from its thread's previous node")
+    assert str(error.value) == (
+        "IR invalid after pass 'breaker' (passes run: positions, breaker): "
+        "%1 has no seq edge from its thread's previous node"
+    )
     assert isinstance(error.value.__cause__, IRError)
     # Before the first pass, and with the depth limit.
-    with pytest.raises(PassError, match=r"IR invalid before the first pass \(passes run: none\): "
-                                        r"thread t2 is at depth 2; the limit is 1"):
+    with pytest.raises(
+        PassError,
+        match=r"IR invalid before the first pass \(passes run: none\): "
+        r"thread t2 is at depth 2; the limit is 1",
+    ):
         PassManager([PositionsPass()], verify_each=True, max_depth=1).run(lower(parse(DOC), toks))
     # Without verify_each the broken graph goes through unnoticed.
     PassManager([PositionsPass(), Breaker(), VisibilityPass()]).run(lower(parse(DOC), toks))
 
 
 def test_manager_dump_after(doc: ThreadGraph) -> None:
-    manager = PassManager(standard_pipeline(PositionOptions(unit=1)),
-                          dump_after=("positions", "resolution-order", "width"))
+    manager = PassManager(
+        standard_pipeline(PositionOptions(unit=1)), dump_after=("positions", "resolution-order", "width")
+    )
     dumps = manager.run(doc).dumps
     assert set(dumps) == {"positions", "resolution-order", "width"}
     lines = dumps["positions"].splitlines()
@@ -434,8 +450,10 @@ def test_manager_dump_after(doc: ThreadGraph) -> None:
 # ------------------------------------------------------------------ layout tensors
 
 # p1 p2 [x1 x2] [y1] q1 <sync/> r1 r2: a promises 2 (exact), b promises 3 (one token more than it writes).
-LAYOUT = ('p1 p2 <promise topic="a" tokens="2"/><async>x1 x2</async><promise topic="b" tokens="3"/>'
-          "<async>y1</async> q1<sync/> r1 r2")
+LAYOUT = (
+    'p1 p2 <promise topic="a" tokens="2"/><async>x1 x2</async><promise topic="b" tokens="3"/>'
+    "<async>y1</async> q1<sync/> r1 r2"
+)
 #   token  node  thread  what
 #   0, 1   %0    t0      "p1 p2 "
 #   2      %1    t0      promise a
@@ -451,13 +469,21 @@ LAYOUT = ('p1 p2 <promise topic="a" tokens="2"/><async>x1 x2</async><promise top
 #          %11   t0      join t1, t2 (no tokens)
 #   13, 14 %12   t0      " r1 r2"
 VISIBLE = {
-    0: [0], 1: [0, 1], 2: [0, 1, 2],
-    3: [0, 1, 2, 3], 4: [0, 1, 2, 3, 4], 5: [0, 1, 2, 3, 4, 5], 6: [0, 1, 2, 3, 4, 5, 6],
+    0: [0],
+    1: [0, 1],
+    2: [0, 1, 2],
+    3: [0, 1, 2, 3],
+    4: [0, 1, 2, 3, 4],
+    5: [0, 1, 2, 3, 4, 5],
+    6: [0, 1, 2, 3, 4, 5, 6],
     7: [0, 1, 2, 7],  # promise b: not t1's block
-    8: [0, 1, 2, 7, 8], 9: [0, 1, 2, 7, 8, 9], 10: [0, 1, 2, 7, 8, 9, 10],  # t2: neither t1 nor what follows b
+    8: [0, 1, 2, 7, 8],
+    9: [0, 1, 2, 7, 8, 9],
+    10: [0, 1, 2, 7, 8, 9, 10],  # t2: neither t1 nor what follows b
     11: [0, 1, 2, 7, 11],
     12: [0, 1, 2, 7, 11, 12],  # the <sync/> tag's own token does not see the children
-    13: list(range(14)), 14: list(range(15)),  # after the join: everything
+    13: list(range(14)),
+    14: list(range(15)),  # after the join: everything
 }
 
 

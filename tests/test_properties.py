@@ -36,12 +36,20 @@ from pastac.grammar.diagnostics import format_github, format_text, to_json
 from pastac.grammar.scanner import coalesce, scan
 
 settings.register_profile(
-    "ci", max_examples=10_000, deadline=None, derandomize=True, database=None, print_blob=True,
+    "ci",
+    max_examples=10_000,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=500, deadline=None)
 settings.register_profile(
-    "long", max_examples=200_000, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    "long",
+    max_examples=200_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 PROFILE = settings.get_profile(os.environ.get("PASTAC_HYPOTHESIS_PROFILE", "ci"))
 
@@ -65,7 +73,6 @@ def frame_budget(frames: int = FRAME_BUDGET) -> Iterator[None]:
         yield
     finally:
         sys.setrecursionlimit(old)
-
 
 
 def lexeme_text(lexeme: TextToken | TagToken) -> str:
@@ -102,9 +109,12 @@ def walk(body: tuple[Node, ...]) -> list[Node]:
 def flat(document: Document) -> list[tuple[object, ...]]:
     """The tree as a pre-order list (equal lists <=> equal documents, spans ignored)."""
     return [
-        (type(n).__name__, n.value) if isinstance(n, Text)
-        else (type(n).__name__, n.topic, n.tokens) if isinstance(n, Promise)
-        else (type(n).__name__, n.topic, n.closed, len(n.body)) if isinstance(n, Async)
+        (type(n).__name__, n.value)
+        if isinstance(n, Text)
+        else (type(n).__name__, n.topic, n.tokens)
+        if isinstance(n, Promise)
+        else (type(n).__name__, n.topic, n.closed, len(n.body))
+        if isinstance(n, Async)
         else (type(n).__name__,)
         for n in walk(document.body)
     ]
@@ -165,8 +175,12 @@ def assert_tiles(text: str, document: Document, lexemes: list[TextToken | TagTok
                 continue
         token = tags.get((start, end))
         assert token is not None and token.tag is not None, (kind, start, end, text[start:end])
-        expected_kind = {"promise": TagKind.PROMISE, "sync": TagKind.SYNC, "open": TagKind.ASYNC_OPEN,
-                         "close": TagKind.ASYNC_CLOSE}[kind]
+        expected_kind = {
+            "promise": TagKind.PROMISE,
+            "sync": TagKind.SYNC,
+            "open": TagKind.ASYNC_OPEN,
+            "close": TagKind.ASYNC_CLOSE,
+        }[kind]
         assert token.kind is expected_kind
         match node:
             case Promise() | Sync():
@@ -213,10 +227,18 @@ def test_generated_documents_round_trip_and_render(case: tuple[Document, str]) -
 
 def test_documents_strategy_examples() -> None:
     """The strategy's model of rendering, on fixed cases (guards the oracle itself)."""
-    doc = Document((
-        Text("Tips: "), Promise("a", 3), Text(" and "), Promise("b"),
-        Async((Text("A"),)), Async((Text("B"),), "b"), Sync(), Text(" end"),
-    ))
+    doc = Document(
+        (
+            Text("Tips: "),
+            Promise("a", 3),
+            Text(" and "),
+            Promise("b"),
+            Async((Text("A"),)),
+            Async((Text("B"),), "b"),
+            Sync(),
+            Text(" end"),
+        )
+    )
     assert render(doc) == "Tips: A and B end"
     assert parse(to_source(doc)) == doc
 

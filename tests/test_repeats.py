@@ -14,8 +14,10 @@ from pastac.runtime.sampling import SamplingOptions
 from pastac.runtime.scheduler import Limits
 
 PROMPT = "Give me tips."
-TEMPLATE = ('Tips:\n<promise topic="a" tokens="1"/>\n<promise topic="a" tokens="1"/>\n'
-            '<promise topic="a" tokens="1"/>\n<sync/>\nDone.')
+TEMPLATE = (
+    'Tips:\n<promise topic="a" tokens="1"/>\n<promise topic="a" tokens="1"/>\n'
+    '<promise topic="a" tokens="1"/>\n<sync/>\nDone.'
+)
 
 
 def test_an_ngram_is_banned_after_its_prefix_in_an_unseen_thread_only():
@@ -79,8 +81,13 @@ def test_siblings_do_not_copy_each_others_ngrams(shape, n):
     e = engine(shape)
     results = {}
     for ban in (0, n):
-        options = RunOptions(limits=Limits(max_new_tokens=24), positions=PositionOptions(policy="restart"),
-                             template_tags=True, child_stop="", sampling=SamplingOptions(sibling_ngram=ban))
+        options = RunOptions(
+            limits=Limits(max_new_tokens=24),
+            positions=PositionOptions(policy="restart"),
+            template_tags=True,
+            child_stop="",
+            sampling=SamplingOptions(sibling_ngram=ban),
+        )
         result = e.generate(PROMPT, options, template=TEMPLATE)
         assert result.stats.threads == 4
         results[ban] = (copies(e, n), result.text)
@@ -91,8 +98,13 @@ def test_siblings_do_not_copy_each_others_ngrams(shape, n):
 
 def test_one_thread_is_never_banned():
     e = engine("tiny-llama")
-    texts = [e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_new_tokens=30),
-                                           sampling=SamplingOptions(sibling_ngram=n))).text for n in (0, 2)]
+    texts = [
+        e.generate(
+            PROMPT,
+            RunOptions(mode="sequential", limits=Limits(max_new_tokens=30), sampling=SamplingOptions(sibling_ngram=n)),
+        ).text
+        for n in (0, 2)
+    ]
     assert texts[0] == texts[1]
     with pytest.raises(ValueError, match="sibling_ngram"):
         SamplingOptions(sibling_ngram=1)

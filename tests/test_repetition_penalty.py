@@ -38,10 +38,15 @@ def engine(shape: str) -> Engine:
 
 def hf_generate(e: Engine, ids: list[int], n: int, penalty: float, exempt: list[int]) -> str:
     with torch.inference_mode():
-        out = e.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
-                               eos_token_id=list(e.eos) or None, pad_token_id=e.tokenizer.pad_token_id,
-                               logits_processor=LogitsProcessorList([RepetitionPenalty(penalty, exempt)]))
-    return e.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        out = e.model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=list(e.eos) or None,
+            pad_token_id=e.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([RepetitionPenalty(penalty, exempt)]),
+        )
+    return e.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -58,10 +63,17 @@ def test_a_text_without_tags_equals_hf_generate_with_the_same_penalty(shape):
     # with nothing exempt, the processor is Hugging Face's own repetition_penalty
     ids = torch.tensor([e.prompt_ids(PROMPT)])
     with torch.inference_mode():
-        stock = e.model.generate(ids, max_new_tokens=30, do_sample=False, repetition_penalty=PENALTY,
-                                 eos_token_id=list(e.eos) or None, pad_token_id=e.tokenizer.pad_token_id)
-    assert e.tokenizer.decode(stock[0, ids.shape[1]:], skip_special_tokens=True) == hf_generate(
-        e, e.prompt_ids(PROMPT), 30, PENALTY, [])
+        stock = e.model.generate(
+            ids,
+            max_new_tokens=30,
+            do_sample=False,
+            repetition_penalty=PENALTY,
+            eos_token_id=list(e.eos) or None,
+            pad_token_id=e.tokenizer.pad_token_id,
+        )
+    assert e.tokenizer.decode(stock[0, ids.shape[1] :], skip_special_tokens=True) == hf_generate(
+        e, e.prompt_ids(PROMPT), 30, PENALTY, []
+    )
 
 
 TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="food" tokens="1"/>\n<sync/>\nThat is all.'
@@ -73,9 +85,13 @@ def test_in_the_thread_scope_each_child_is_penalised_for_its_own_context_only(sh
     writes: its siblings' tokens, which it cannot see, do not count."""
     e = engine(shape)
     budget = 12
-    options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
-                         template_tags=True, child_stop="",
-                         sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope="thread", sibling_ngram=0))
+    options = RunOptions(
+        limits=Limits(max_new_tokens=budget),
+        positions=PositionOptions(policy="restart"),
+        template_tags=True,
+        child_stop="",
+        sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope="thread", sibling_ngram=0),
+    )
     result = e.generate(PROMPT, options, template=TEMPLATE)
     assert result.stats.threads == 3
     sched = e.last_run.sched
@@ -108,9 +124,13 @@ def test_in_the_answer_scope_every_thread_is_penalised_for_all_that_was_written(
     texts = {}
     for scope in ("answer", "thread"):
         calls.clear()
-        options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
-                             template_tags=True, child_stop="",
-                             sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope=scope))
+        options = RunOptions(
+            limits=Limits(max_new_tokens=budget),
+            positions=PositionOptions(policy="restart"),
+            template_tags=True,
+            child_stop="",
+            sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope=scope),
+        )
         result = e.generate(PROMPT, options, template=TEMPLATE)
         assert result.stats.threads == 3 and calls
         matches = [bool((seen == expected[None]).all()) for seen, expected in calls]
@@ -119,14 +139,21 @@ def test_in_the_answer_scope_every_thread_is_penalised_for_all_that_was_written(
         else:  # a child does not see its sibling: the test can fail
             assert not all(matches)
         threads = e.last_run.sched.threads
-        texts[scope] = [''.join(v for k, v in threads[t].pieces if k == "text") for t in sorted(threads)]
+        texts[scope] = ["".join(v for k, v in threads[t].pieces if k == "text") for t in sorted(threads)]
     if shape != "tiny-gpt2":  # (the random GPT-2 writes '>' here, a tag's token, exempt in either scope)
         assert texts["answer"][1:] != texts["thread"][1:]  # the children write something else
     # one thread sees the whole answer: both scopes are the same penalty
-    sequential = [e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_new_tokens=30),
-                                                sampling=SamplingOptions(repetition_penalty=PENALTY,
-                                                                         penalty_scope=scope))).text
-                  for scope in ("answer", "thread")]
+    sequential = [
+        e.generate(
+            PROMPT,
+            RunOptions(
+                mode="sequential",
+                limits=Limits(max_new_tokens=30),
+                sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope=scope),
+            ),
+        ).text
+        for scope in ("answer", "thread")
+    ]
     assert sequential[0] == sequential[1]
     with pytest.raises(ValueError, match="penalty_scope"):
         SamplingOptions(penalty_scope="siblings")
@@ -139,8 +166,12 @@ def test_the_tags_tokens_are_exempt():
         assert set(tok.encode(piece, add_special_tokens=False)) <= set(exempt)
     assert not set(tok.encode("sleep", add_special_tokens=False)) & set(exempt)
     logits = torch.tensor([[2.0, -2.0, 2.0, 1.0]])
-    seen = seen_tokens(torch.tensor([0, 1, 3, 3]), torch.tensor([[True, True, False, True]]), 4,
-                       exempt=torch.tensor([False, False, False, True]))
+    seen = seen_tokens(
+        torch.tensor([0, 1, 3, 3]),
+        torch.tensor([[True, True, False, True]]),
+        4,
+        exempt=torch.tensor([False, False, False, True]),
+    )
     assert seen.tolist() == [[True, True, False, False]]  # token 3 seen, but exempt; slot 2 not visible
     assert penalize(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, 1.0]]
 
@@ -159,8 +190,9 @@ def test_special_tokens_are_exempt_so_that_a_chat_prompt_does_not_keep_an_answer
 
     model.register_forward_hook(hook, with_kwargs=True)
     ending = Engine(model, tok, name="ending")
-    result = ending.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=20),
-                                                sampling=SamplingOptions(repetition_penalty=4.0)))
+    result = ending.generate(
+        PROMPT, RunOptions(limits=Limits(max_new_tokens=20), sampling=SamplingOptions(repetition_penalty=4.0))
+    )
     assert result.stats.generated == 0 and result.text == ""
     ids = ending.prompt_ids(PROMPT)
     assert hf_generate(ending, ids, 20, 4.0, ending.exempt_tokens) == ""
@@ -188,9 +220,11 @@ def test_a_runner_that_cannot_penalise_says_so():
         Sampler(SamplingOptions(repetition_penalty=1.3))(torch.zeros(1, 4))
     e = engine("tiny-llama")
     with pytest.raises(ValueError, match="repetition penalty"):
-        e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=4),
-                                      sampling=SamplingOptions(repetition_penalty=1.3)),
-                   runner=lambda model, capacity: RowRunner(model, capacity, fork="copy"))
+        e.generate(
+            PROMPT,
+            RunOptions(limits=Limits(max_new_tokens=4), sampling=SamplingOptions(repetition_penalty=1.3)),
+            runner=lambda model, capacity: RowRunner(model, capacity, fork="copy"),
+        )
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -66,8 +66,9 @@ class Recording(RowRunner):
 def test_refork_reencodes_each_childs_context(shape):
     e = engine(shape)
     packed = e.generate(PROMPT, RunOptions(), replay=DOC, keep_logits=True)
-    result = e.generate(PROMPT, RunOptions(), replay=DOC, keep_logits=True,
-                        runner=functools.partial(Recording, fork="reencode"))
+    result = e.generate(
+        PROMPT, RunOptions(), replay=DOC, keep_logits=True, runner=functools.partial(Recording, fork="reencode")
+    )
     assert result.annotated == DOC and result.text == packed.text
     tokens, positions, mask, order = reference(e, DOC)
     expected = forward(e.model, tokens, positions, mask)
@@ -81,8 +82,10 @@ def test_refork_reencodes_each_childs_context(shape):
 
 def test_sequential_runs_are_the_same_in_every_runner():
     e = engine("tiny-llama")
-    texts = {e.generate(PROMPT, RunOptions(mode="sequential"), replay=DOC, runner=factory).annotated
-             for factory in (None, rows("copy"), rows("reencode"))}
+    texts = {
+        e.generate(PROMPT, RunOptions(mode="sequential"), replay=DOC, runner=factory).annotated
+        for factory in (None, rows("copy"), rows("reencode"))
+    }
     assert texts == {DOC}
 
 

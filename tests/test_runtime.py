@@ -26,9 +26,11 @@ from pastac.train.data import encode_example
 ATOL = 1e-4
 SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
 PROMPT = "Give me tips."
-DOC = ('Tips: <promise topic="sleep" tokens="2"/><async>Sleep well at night, every night.</async>'
-       '<promise topic="food" tokens="1"/><async>Eat <promise topic="greens"/><async>greens and beans</async>'
-       '<sync/> daily.</async> and <sync/> Done, that is all.')
+DOC = (
+    'Tips: <promise topic="sleep" tokens="2"/><async>Sleep well at night, every night.</async>'
+    '<promise topic="food" tokens="1"/><async>Eat <promise topic="greens"/><async>greens and beans</async>'
+    "<sync/> daily.</async> and <sync/> Done, that is all."
+)
 
 
 @functools.cache
@@ -43,8 +45,9 @@ def replay(shape: str, doc: str = DOC, **options: object) -> tuple[Engine, Gener
     return e, result
 
 
-def reference(e: Engine, doc: str, policy: str = "predicted") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                        dict[int, list[int]]]:
+def reference(
+    e: Engine, doc: str, policy: str = "predicted"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, list[int]]]:
     """Tokens, positions and mask of prompt + training layout (the trainer's own ``encode_example``), and each
     IR thread's token indices in order (the prompt's in the main thread's)."""
     example = encode_example(e.tokenizer, PROMPT, doc, PositionOptions(policy=policy))
@@ -133,8 +136,9 @@ def test_replay_reproduces_the_document_under_any_width_and_depth():
     for limits in (Limits(), Limits(max_width=2), Limits(max_width=1), Limits(max_depth=1), Limits(max_depth=0)):
         _, result = replay("tiny-llama", limits=limits)
         assert result.annotated == DOC, limits
-        assert result.text == ("Tips: Sleep well at night, every night.Eat greens and beans daily. and  Done, "
-                               "that is all.")
+        assert result.text == (
+            "Tips: Sleep well at night, every night.Eat greens and beans daily. and  Done, that is all."
+        )
         if limits.max_width is not None:
             assert result.stats.max_width <= limits.max_width
     _, capped = replay("tiny-llama", limits=Limits(max_width=1))
@@ -156,9 +160,14 @@ def test_text_without_tags_gives_the_same_tokens_in_every_mode_and_hf_generate(s
     s = e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_new_tokens=24)))
     ids = torch.tensor([e.prompt_ids(PROMPT)])
     with torch.inference_mode():
-        hf = e.model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=list(e.eos) or None,
-                              pad_token_id=e.tokenizer.pad_token_id)
-    text = e.tokenizer.decode(hf[0, ids.shape[1]:], skip_special_tokens=True)
+        hf = e.model.generate(
+            ids,
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=list(e.eos) or None,
+            pad_token_id=e.tokenizer.pad_token_id,
+        )
+    text = e.tokenizer.decode(hf[0, ids.shape[1] :], skip_special_tokens=True)
     assert "<promise" not in a.annotated  # a random model that wrote a tag would test something else
     assert a.text == s.text == text
 
@@ -174,8 +183,13 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
     ban on copying a sibling's n-grams, which decoding alone has no sibling for, is off.)"""
     e = engine(shape)
     budget = 10
-    options = RunOptions(limits=Limits(max_new_tokens=budget), positions=PositionOptions(policy="restart"),
-                         template_tags=tags, child_stop="", sampling=SamplingOptions(sibling_ngram=0))
+    options = RunOptions(
+        limits=Limits(max_new_tokens=budget),
+        positions=PositionOptions(policy="restart"),
+        template_tags=tags,
+        child_stop="",
+        sampling=SamplingOptions(sibling_ngram=0),
+    )
     result = e.generate(PROMPT, options, template=TEMPLATE)
     assert result.stats.threads == 3
     doc = check(result.annotated, mode="strict")
@@ -191,9 +205,14 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
         if tags:
             ids += e.tokenizer.encode("<async>", add_special_tokens=False)
         with torch.inference_mode():
-            out = e.model.generate(torch.tensor([ids]), max_new_tokens=budget, do_sample=False,
-                                   eos_token_id=list(e.eos) or None, pad_token_id=e.tokenizer.pad_token_id)
-        alone = e.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+            out = e.model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=budget,
+                do_sample=False,
+                eos_token_id=list(e.eos) or None,
+                pad_token_id=e.tokenizer.pad_token_id,
+            )
+        alone = e.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
         written = "".join(v for k, v in sched.threads[child].pieces if k == "text")
         assert written == alone
 
@@ -203,11 +222,11 @@ def test_a_child_ends_where_it_writes_the_stop_text():
     limits = Limits(max_new_tokens=16)
     free = e.generate(PROMPT, RunOptions(limits=limits, child_stop=""), template=TEMPLATE)
     written = "".join(v for k, v in e.last_run.sched.threads[1].pieces if k == "text")
-    stop = written.strip()[len(written.strip()) // 2:][:2]  # text the child does write, after some content
+    stop = written.strip()[len(written.strip()) // 2 :][:2]  # text the child does write, after some content
     assert stop.strip() and free.stats.threads == 3
     e.generate(PROMPT, RunOptions(limits=limits, child_stop=stop), template=TEMPLATE)
     stopped = "".join(v for k, v in e.last_run.sched.threads[1].pieces if k == "text")
-    assert stopped == written[:written.index(stop, len(written) - len(written.lstrip()) + 1)]
+    assert stopped == written[: written.index(stop, len(written) - len(written.lstrip()) + 1)]
 
 
 def test_template_children_stop_at_a_line_break_by_default():
@@ -228,7 +247,7 @@ def test_budget_and_eos_close_children_with_a_warning_and_a_valid_document():
 def test_bad_template_and_replay_are_input_errors():
     e = engine("tiny-llama")
     with pytest.raises(InputError, match="E102"):
-        e.generate(PROMPT, template='a <promise topic=x/>')
+        e.generate(PROMPT, template="a <promise topic=x/>")
     with pytest.raises(InputError, match="fulfilled by the model"):
         e.generate(PROMPT, template='a <promise topic="x"/><async>b</async>')
     with pytest.raises(InputError, match="E301"):

@@ -30,10 +30,15 @@ POSITIONS = PositionOptions(policy="predicted", unit=1)
 # LoRA on the output head too: a tiny random model's projections alone barely move its near-uniform outputs
 LEARNABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 RECORDS = [
-    {"prompt": "Give me tips.", "text": 'Tips: <promise topic="sleep" tokens="2"/><async>Sleep 8 hours.</async>'
-                                        '<promise topic="water" tokens="1"/><async>Drink water.</async><sync/> Done.'},
-    {"prompt": "Cook pasta.", "text": 'To cook: <promise topic="boil" tokens="3"/><async>Boil salted water.</async>'
-                                      "<sync/> Serve."},
+    {
+        "prompt": "Give me tips.",
+        "text": 'Tips: <promise topic="sleep" tokens="2"/><async>Sleep 8 hours.</async>'
+        '<promise topic="water" tokens="1"/><async>Drink water.</async><sync/> Done.',
+    },
+    {
+        "prompt": "Cook pasta.",
+        "text": 'To cook: <promise topic="boil" tokens="3"/><async>Boil salted water.</async><sync/> Serve.',
+    },
     {"prompt": "bad", "text": "<async>orphan</async>"},
     {"prompt": "Paris?", "text": "Paris is the capital of France."},
 ]
@@ -74,8 +79,11 @@ def test_training_forward_equals_the_runtime_replaying_the_document(shape):
     assert result.stats.threads == 4 and not result.warnings
     example = encode_example(tok, PROMPT, DOC, POSITIONS)
     with torch.inference_mode():
-        logits = model(input_ids=example.input_ids[None], position_ids=example.position_ids[None],
-                       attention_mask=example.additive_mask()).logits[0]
+        logits = model(
+            input_ids=example.input_ids[None],
+            position_ids=example.position_ids[None],
+            attention_mask=example.additive_mask(),
+        ).logits[0]
     order: dict[int, list[int]] = {}
     for index, thread in enumerate(example.thread_ids.tolist()):
         order.setdefault(thread, []).append(index)
@@ -93,8 +101,11 @@ def test_training_forward_equals_the_runtime_replaying_the_document(shape):
     graph = lower(parse(DOC), tokenizer_length(tok))
     layout = training_layout(graph, POSITIONS)
     nodes = layout.node_ids.tolist()
-    sync_ends = {example.prompt_length + k for k, n in enumerate(nodes)
-                 if isinstance(graph.op(n), SyncTag) and (k + 1 == len(nodes) or nodes[k + 1] != n)}
+    sync_ends = {
+        example.prompt_length + k
+        for k, n in enumerate(nodes)
+        if isinstance(graph.op(n), SyncTag) and (k + 1 == len(nodes) or nodes[k + 1] != n)
+    }
     assert sampled <= labelled
     assert labelled - sampled == sync_ends and len(sync_ends) == 2
 
@@ -106,40 +117,52 @@ def test_labels_follow_the_rule():
         return tok.encode(text, add_special_tokens=False)
 
     doc = 'A <promise topic="x" tokens="1"/><async>b c</async><sync/> d'
-    a, promise, opening, body, closing, sync, d = (enc(s) for s in (
-        "A ", '<promise topic="x" tokens="1"/>', "<async>", "b c", "</async>", "<sync/>", " d"))
+    a, promise, opening, body, closing, sync, d = (
+        enc(s) for s in ("A ", '<promise topic="x" tokens="1"/>', "<async>", "b c", "</async>", "<sync/>", " d")
+    )
     assert len(opening) > 1 and len(closing) > 1 and len(promise) > 1  # so that every rule is exercised
     example = encode_example(tok, "Hi", doc, POSITIONS)
     p = example.prompt_length
     assert example.input_ids.tolist()[p:] == a + promise + opening + body + closing + sync + d
     eos = tok.eos_token_id
     expected = (
-        [IGNORE] * (p - 1) + [a[0]]  # the prompt: only its last position, which predicts the answer's first token
-        + a[1:] + [promise[0]]  # main text
-        + promise[1:] + [sync[0]]  # the promise's last token predicts the parent's next token
-        + [IGNORE] * (len(opening) - 1) + [body[0]]  # the force-fed <async>; its last predicts the child's first
-        + body[1:] + [closing[0]]  # the child writes its text and </async>
-        + closing[1:] + [IGNORE]  # the last token of </async> predicts nothing
-        + sync[1:] + [d[0]]  # after <sync/>, the parent goes on
-        + d[1:] + [eos]  # the main thread's last token predicts the end of sequence
+        [IGNORE] * (p - 1)
+        + [a[0]]  # the prompt: only its last position, which predicts the answer's first token
+        + a[1:]
+        + [promise[0]]  # main text
+        + promise[1:]
+        + [sync[0]]  # the promise's last token predicts the parent's next token
+        + [IGNORE] * (len(opening) - 1)
+        + [body[0]]  # the force-fed <async>; its last predicts the child's first
+        + body[1:]
+        + [closing[0]]  # the child writes its text and </async>
+        + closing[1:]
+        + [IGNORE]  # the last token of </async> predicts nothing
+        + sync[1:]
+        + [d[0]]  # after <sync/>, the parent goes on
+        + d[1:]
+        + [eos]  # the main thread's last token predicts the end of sequence
     )
     assert example.labels.tolist() == expected
     threads = example.thread_ids.tolist()[p:]
     child = len(a) + len(promise), len(a) + len(promise) + len(opening) + len(body) + len(closing)
-    assert set(threads[child[0]:child[1]]) == {1} and set(threads[:child[0]] + threads[child[1]:]) == {0}
+    assert set(threads[child[0] : child[1]]) == {1} and set(threads[: child[0]] + threads[child[1] :]) == {0}
     # plain text: a token of text whose label is the next token of text (what the KL term compares), but for
     # a child's first CHILD_HEAD tokens (its topic decides them)
     assert len(body) <= CHILD_HEAD
     text = (
-        [False] * p + [True] * (len(a) - 1) + [False]  # the prompt; "A " but for its last (a promise follows)
+        [False] * p
+        + [True] * (len(a) - 1)
+        + [False]  # the prompt; "A " but for its last (a promise follows)
         + [False] * (len(promise) + len(opening) + len(body) + len(closing) + len(sync))
-        + [True] * (len(d) - 1) + [False]  # the last token's label is the end of sequence
+        + [True] * (len(d) - 1)
+        + [False]  # the last token's label is the end of sequence
     )
     assert example.text.tolist() == text
     words = " ".join(f"w{i}" for i in range(20))
     long = encode_example(tok, "Hi", doc.replace("b c", words), POSITIONS)
     child = (long.thread_ids == 1).nonzero().flatten().tolist()
-    body = child[len(opening):-len(closing)]
+    body = child[len(opening) : -len(closing)]
     assert long.text[body].tolist() == [False] * CHILD_HEAD + [True] * (len(body) - CHILD_HEAD - 1) + [False]
     # a repeated topic on <async> is dropped: the runtime force-feeds a bare <async>
     same = encode_example(tok, "Hi", doc.replace("<async>", '<async topic="x">'), POSITIONS)
@@ -155,28 +178,51 @@ def test_padding_keeps_each_example_as_it_was():
     assert batch.mask.shape == (2, len(long), len(long)) and batch.tokens == len(short) + len(long)
     assert batch.mask.any(-1).all()  # every row sees something: a pad sees itself
     with torch.inference_mode():
-        both = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                     attention_mask=batch.additive_mask()).logits
-        alone = model(input_ids=short.input_ids[None], position_ids=short.position_ids[None],
-                      attention_mask=short.additive_mask()).logits[0]
-    torch.testing.assert_close(both[0, :len(short)], alone, atol=ATOL, rtol=0)
-    assert (batch.labels[0, len(short):] == IGNORE).all()
+        both = model(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.additive_mask()
+        ).logits
+        alone = model(
+            input_ids=short.input_ids[None], position_ids=short.position_ids[None], attention_mask=short.additive_mask()
+        ).logits[0]
+    torch.testing.assert_close(both[0, : len(short)], alone, atol=ATOL, rtol=0)
+    assert (batch.labels[0, len(short) :] == IGNORE).all()
 
 
 def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path, data):
     tok = tiny_tokenizer()
-    options = TrainOptions(lr=1e-2, schedule="constant", epochs=20, batch_size=3, target_modules=LEARNABLE,
-                           seed=0, dropout=0.0, log_every=5)
+    options = TrainOptions(
+        lr=1e-2,
+        schedule="constant",
+        epochs=20,
+        batch_size=3,
+        target_modules=LEARNABLE,
+        seed=0,
+        dropout=0.0,
+        log_every=5,
+    )
     result = train(tiny(), tok, data, tmp_path / "out", options, progress=False)
     assert result.steps == 20 and result.examples == 3 and result.invalid == 2 and result.too_long == 0
     assert result.losses[-1] < 0.5 * result.losses[0], result.losses
     out = tmp_path / "out"
-    for name in ("adapter_config.json", "adapter_model.safetensors", "pastac.json", "loss.csv", "loss.png",
-                 "train_log.json", "checkpoint/state.json", "checkpoint/optimizer.pt"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "pastac.json",
+        "loss.csv",
+        "loss.png",
+        "train_log.json",
+        "checkpoint/state.json",
+        "checkpoint/optimizer.pt",
+    ):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "loss.csv").open()))
-    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20] and list(rows[0]) == ["step", "loss", "lr", "tokens",
-                                                                                   "seconds"]
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20] and list(rows[0]) == [
+        "step",
+        "loss",
+        "lr",
+        "tokens",
+        "seconds",
+    ]
     log = json.loads((out / "train_log.json").read_text())
     assert log["data"]["invalid"] == 2 and log["steps"] == 20 and "torch" in log["hardware"]
     again = train(tiny(), tok, data, out, options, progress=False)  # finished: nothing left to do
@@ -189,8 +235,15 @@ def _kl_to_base(peft_model, examples) -> float:
     total, count = 0.0, 0
     with torch.inference_mode():
         for example in examples:
-            adapted = peft_model(input_ids=example.input_ids[None], position_ids=example.position_ids[None],
-                                 attention_mask=example.additive_mask()).logits[0, example.text].log_softmax(-1)
+            adapted = (
+                peft_model(
+                    input_ids=example.input_ids[None],
+                    position_ids=example.position_ids[None],
+                    attention_mask=example.additive_mask(),
+                )
+                .logits[0, example.text]
+                .log_softmax(-1)
+            )
             with peft_model.disable_adapter():
                 plain = peft_model(input_ids=example.teacher_ids[None]).logits[0]
             base = plain[example.teacher[example.text]].log_softmax(-1)
@@ -249,8 +302,14 @@ def test_resume_continues_as_one_run(tmp_path, data):
     options = TrainOptions(lr=5e-3, epochs=12, batch_size=2, seed=3, save_every=4, target_modules=LEARNABLE)
 
     def run_to(steps: int, folder: str):
-        return train(tiny(), tok, data, tmp_path / folder, TrainOptions(**{**options.__dict__, "max_steps": steps}),
-                     progress=False)
+        return train(
+            tiny(),
+            tok,
+            data,
+            tmp_path / folder,
+            TrainOptions(**{**options.__dict__, "max_steps": steps}),
+            progress=False,
+        )
 
     first = run_to(10, "resumed")
     assert first.steps == 10 and first.planned_steps == 24
@@ -267,8 +326,9 @@ def test_resume_continues_as_one_run(tmp_path, data):
     rows = list(csv.DictReader((tmp_path / "resumed" / "loss.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 21))
     with pytest.raises(TrainError, match="other options"):
-        train(tiny(), tok, data, tmp_path / "straight", TrainOptions(**{**options.__dict__, "lr": 1e-3}),
-              progress=False)
+        train(
+            tiny(), tok, data, tmp_path / "straight", TrainOptions(**{**options.__dict__, "lr": 1e-3}), progress=False
+        )
 
 
 def test_gpt2_in_bfloat16_with_accumulation_and_a_length_cap(tmp_path, data):
@@ -293,12 +353,18 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_the_adapter_loads_with_its_position_settings(tmp_path, data, model_dir):
     base = load_model(model_dir, progress=False)
-    options = TrainOptions(lr=1e-2, max_steps=3, unit=3, dropout=0.0, base_model=model_dir,
-                           repetition_penalty=1.15)
+    options = TrainOptions(lr=1e-2, max_steps=3, unit=3, dropout=0.0, base_model=model_dir, repetition_penalty=1.15)
     result = train(base.model, base.tokenizer, data, tmp_path / "out", options, progress=False)
     settings = json.loads((tmp_path / "out" / "pastac.json").read_text())
-    assert settings == {"policy": "predicted", "unit": 3, "base_model": model_dir, "max_depth": 2, "chat": True,
-                        "eos_token_id": base.tokenizer.eos_token_id, "generation": {"repetition_penalty": 1.15}}
+    assert settings == {
+        "policy": "predicted",
+        "unit": 3,
+        "base_model": model_dir,
+        "max_depth": 2,
+        "chat": True,
+        "eos_token_id": base.tokenizer.eos_token_id,
+        "generation": {"repetition_penalty": 1.15},
+    }
     adapter_config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == model_dir
     card = (tmp_path / "out" / "README.md").read_text()
@@ -348,13 +414,16 @@ def test_cli_trains_and_resumes(capsys, monkeypatch, tmp_path, data, model_dir):
     assert f"skipped {data}, line 3: E303" in err and f"skipped {data}, line 5: invalid JSON" in err
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["{tmp}/missing.jsonl", "--out", "{tmp}/o"], "no such file"),
-    (["{tmp}/empty.jsonl", "--out", "{tmp}/o", "--model", "{model}"], "no usable examples"),
-    (["{tmp}/bad.jsonl", "--out", "{tmp}/o", "--model", "{model}"], "2 records, 2 invalid"),
-    (["{data}", "--out", "{data}", "--model", "{model}"], "is a file"),
-    (["{data}", "--out", "{tmp}/o", "--model", "{tmp}/nope"], "nope"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{tmp}/missing.jsonl", "--out", "{tmp}/o"], "no such file"),
+        (["{tmp}/empty.jsonl", "--out", "{tmp}/o", "--model", "{model}"], "no usable examples"),
+        (["{tmp}/bad.jsonl", "--out", "{tmp}/o", "--model", "{model}"], "2 records, 2 invalid"),
+        (["{data}", "--out", "{data}", "--model", "{model}"], "is a file"),
+        (["{data}", "--out", "{tmp}/o", "--model", "{tmp}/nope"], "nope"),
+    ],
+)
 def test_cli_errors(capsys, monkeypatch, tmp_path, data, model_dir, argv, message):
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "text": "<sync/>"}\n{"text": "x"}\n')
@@ -363,4 +432,3 @@ def test_cli_errors(capsys, monkeypatch, tmp_path, data, model_dir, argv, messag
     assert code == 2 and out == ""
     assert err.startswith("pastac: error: ") and message in err, err
     assert not (tmp_path / "o").exists()
-

@@ -32,8 +32,7 @@ from pastac.viz.timeline import Bar, Wait, draw_timeline, timeline
 # Words: "x " 1, each promise tag 2, <async>/</async>/<sync/> 1 each (see test_cli_plan.TWO for the steps).
 TWO = 'x <promise topic="a"/><async>one two three</async><promise topic="b"/><async>four</async><sync/>'
 # t1 forks t2 inside its block; t2 is joined by the end of t1's body, t1 by main's <sync/>.
-NESTED = ('top <promise topic="outer"/><async>o <promise topic="inner"/><async>i i i</async>'
-          ' p</async><sync/> end')
+NESTED = 'top <promise topic="outer"/><async>o <promise topic="inner"/><async>i i i</async> p</async><sync/> end'
 
 
 def graph(text: str):
@@ -46,15 +45,40 @@ def graph(text: str):
 def test_plan_rows_and_json_keys():
     p = plan(graph(TWO))
     assert [(r.thread, r.parent, r.depth, r.topic, r.own_tokens, r.subtree_tokens) for r in p.threads] == [
-        (0, None, 0, None, 6, 14), (1, 0, 1, "a", 5, 5), (2, 0, 1, "b", 3, 3)]
+        (0, None, 0, None, 6, 14),
+        (1, 0, 1, "a", 5, 5),
+        (2, 0, 1, "b", 3, 3),
+    ]
     out = plan_json(p, length="words")
-    for key in ("theoretical_speedup", "steps", "tokens", "max_width", "critical_path", "max_speedup",
-                "average_parallelism", "threads", "predicted_speedup", "cost_model", "width_per_step", "policy",
-                "order", "max_width_cap", "per_thread", "nodes"):
+    for key in (
+        "theoretical_speedup",
+        "steps",
+        "tokens",
+        "max_width",
+        "critical_path",
+        "max_speedup",
+        "average_parallelism",
+        "threads",
+        "predicted_speedup",
+        "cost_model",
+        "width_per_step",
+        "policy",
+        "order",
+        "max_width_cap",
+        "per_thread",
+        "nodes",
+    ):
         assert key in out
     assert len(out["nodes"]) == len(p.graph)
-    assert out["nodes"][2] == {"node": 2, "kind": "open", "thread": 1, "length": 1, "first_step": 3,
-                               "last_step": 3, "positions": [3, 4]}
+    assert out["nodes"][2] == {
+        "node": 2,
+        "kind": "open",
+        "thread": 1,
+        "length": 1,
+        "first_step": 3,
+        "last_step": 3,
+        "positions": [3, 4],
+    }
 
 
 def test_plan_nested():
@@ -72,7 +96,14 @@ def test_plan_nested():
 def test_document_figures_exact():
     f = document_figures(graph(TWO))
     assert (f.tokens, f.steps, f.theoretical_speedup, f.max_width, f.promises, f.async_tokens, f.depth) == (
-        14, 8, 1.75, 3, 2, 8, 1)
+        14,
+        8,
+        1.75,
+        3,
+        2,
+        8,
+        1,
+    )
     assert f.async_token_share == 8 / 14
     empty = document_figures(graph(""))
     assert (empty.tokens, empty.steps, empty.theoretical_speedup, empty.async_token_share) == (0, 0, 1.0, 0.0)
@@ -89,8 +120,15 @@ def test_distribution_and_quantiles():
     assert distribution([1, 2]).geometric_mean is None
     empty = distribution([], geometric=True)
     assert empty.count == 0 and math.isnan(empty.mean)
-    assert empty.to_json() == {"count": 0, "mean": None, "geometric_mean": None, "min": None, "p50": None,
-                               "p90": None, "max": None}
+    assert empty.to_json() == {
+        "count": 0,
+        "mean": None,
+        "geometric_mean": None,
+        "min": None,
+        "p50": None,
+        "p90": None,
+        "max": None,
+    }
 
 
 def test_json_int():
@@ -182,7 +220,11 @@ def test_timeline_intervals_exact():
     line = timeline(g, plan(g).schedule)
     assert line.steps == 8 and line.width == (1, 1, 1, 2, 2, 3, 2, 2)
     assert [(b.thread, b.kind, b.start, b.end) for b in line.bars if b.thread == 0] == [
-        (0, "text", 0, 1), (0, "promise", 1, 3), (0, "promise", 3, 5), (0, "sync", 5, 6)]
+        (0, "text", 0, 1),
+        (0, "promise", 1, 3),
+        (0, "promise", 3, 5),
+        (0, "sync", 5, 6),
+    ]
     assert Bar(2, 6, "async tag", 5, 6) in line.bars
     assert line.waits == (Wait(0, 6, 8, "join"),)  # main waits at its join until both children end
 

@@ -32,22 +32,41 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 # inside packed_attention(): per group count, the mask this forward's layers get and its repeat; None outside
-_ON: contextvars.ContextVar[dict[int, tuple[torch.Tensor, torch.Tensor]] | None] = \
-    contextvars.ContextVar("pastac_packed_attention", default=None)
+_ON: contextvars.ContextVar[dict[int, tuple[torch.Tensor, torch.Tensor]] | None] = contextvars.ContextVar(
+    "pastac_packed_attention", default=None
+)
 
 
-def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                 is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def grouped_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """Hugging Face's sdpa attention, with grouped queries stacked per key/value head when that applies."""
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, q, dim = query.shape
     repeated = _ON.get()
-    if (repeated is None or groups <= 1 or q <= 1 or attention_mask is None or attention_mask.dim() != 4
-            or attention_mask.shape[1] != 1 or dropout != 0.0 or kwargs.get("position_bias") is not None
-            or kwargs.get("softcap") is not None or key.shape[1] * groups != heads):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+    if (
+        repeated is None
+        or groups <= 1
+        or q <= 1
+        or attention_mask is None
+        or attention_mask.dim() != 4
+        or attention_mask.shape[1] != 1
+        or dropout != 0.0
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+        or key.shape[1] * groups != heads
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     stacked = query.reshape(batch, heads // groups, groups * q, dim)  # row g*q + i: query i of group head g
     if groups not in repeated or repeated[groups][0] is not attention_mask:  # every layer gets the same mask
         repeated[groups] = (attention_mask, attention_mask.repeat(1, 1, groups, 1))

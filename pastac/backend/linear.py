@@ -51,8 +51,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: to
     return F.linear(x, w, b)
 
 
-def _weight_left(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                 packed: torch.Tensor | None) -> torch.Tensor:
+def _weight_left(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: torch.Tensor | None) -> torch.Tensor:
     # Row-major rows in, transposed as a view: BLAS sees the tall-skinny product it was timed on (an input
     # left column-major by an earlier weight-left product would take another, several times slower path);
     # the result goes back to row-major so the layers after it see the layout F.linear gives.
@@ -63,8 +62,7 @@ def _weight_left(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
-def _transposed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                packed: torch.Tensor | None) -> torch.Tensor:
+def _transposed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: torch.Tensor | None) -> torch.Tensor:
     # ``packed`` is the weight stored transposed, [in, out] row-major: the rows multiply it as the left operand
     assert packed is not None
     rows = x.reshape(-1, x.shape[-1])
@@ -77,14 +75,20 @@ def _mkl_packed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed
     return torch.ops.mkl._mkl_linear(x, packed, w, b, 1)
 
 
-def _onednn_packed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                   packed: torch.Tensor | None) -> torch.Tensor:
+def _onednn_packed(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: torch.Tensor | None
+) -> torch.Tensor:
     assert packed is not None
     return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
 
-KERNELS: dict[str, Kernel] = {"linear": _linear, "weight-left": _weight_left, "transposed": _transposed,
-                              "mkl-packed": _mkl_packed, "onednn-packed": _onednn_packed}
+KERNELS: dict[str, Kernel] = {
+    "linear": _linear,
+    "weight-left": _weight_left,
+    "transposed": _transposed,
+    "mkl-packed": _mkl_packed,
+    "onednn-packed": _onednn_packed,
+}
 # The kernels that read a copy of the weight, made once: how to make it, and the row counts it serves
 # (MKL's copy is packed for one row; oneDNN's and the transposed one take any).
 PACKERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -164,10 +168,13 @@ class LinearKernels:
         return sum(t.nbytes for t in self.packed.values())
 
     def summary(self) -> dict[str, Any]:
-        return {"groups": {g.key: {str(r): g.choice[r] for r in sorted(g.choice)} for g in self.groups},
-                "ms": {g.key: {str(r): g.ms[r] for r in sorted(g.ms)} for g in self.groups},
-                "packed_mib": round(self.packed_bytes() / 2**20, 1), "tuned_s": round(self.tuned_s, 2),
-                "cached": self.cached}
+        return {
+            "groups": {g.key: {str(r): g.choice[r] for r in sorted(g.choice)} for g in self.groups},
+            "ms": {g.key: {str(r): g.ms[r] for r in sorted(g.ms)} for g in self.groups},
+            "packed_mib": round(self.packed_bytes() / 2**20, 1),
+            "tuned_s": round(self.tuned_s, 2),
+            "cached": self.cached,
+        }
 
     def _pack(self, group: _Group, name: str) -> None:
         for module in group.modules:
@@ -194,10 +201,10 @@ class LinearKernels:
         return {name: round(min(t[1:]), 3) for name, t in times.items()}
 
     def _install(self, group: _Group) -> None:
-        table = [group.choice.get(max((r for r in ROWS if r <= n), default=1), "linear")
-                 for n in range(max(ROWS) + 1)]
+        table = [group.choice.get(max((r for r in ROWS if r <= n), default=1), "linear") for n in range(max(ROWS) + 1)]
         kernels = self
         for module in group.modules:
+
             def forward(x: torch.Tensor, module: torch.nn.Linear = module) -> torch.Tensor:
                 rows = x.numel() // x.shape[-1] if x.dim() else 0
                 if not kernels.on or rows >= len(table) or rows == 0:
@@ -206,8 +213,11 @@ class LinearKernels:
                 packed = None
                 if name in PACKERS:
                     packed = kernels.packed.get((name, id(module)))
-                    if (packed is None or (rows != 1 and name in ONE_ROW_ONLY)
-                            or kernels.versions.get(id(module)) != module.weight._version):
+                    if (
+                        packed is None
+                        or (rows != 1 and name in ONE_ROW_ONLY)
+                        or kernels.versions.get(id(module)) != module.weight._version
+                    ):
                         name = "linear"  # not packed, or the weight changed since (the copy would be stale)
                 return KERNELS[name](x, module.weight, module.bias, packed)
 
@@ -228,13 +238,30 @@ def _cache_file(model: torch.nn.Module, groups: list[_Group], folder: Path | Non
     if folder is None:
         return None
     param = next(model.parameters())
-    key = json.dumps([cpu_name(), torch.__version__, torch.get_num_threads(), str(param.dtype), str(param.device),
-                      [g.key for g in groups], list(ROWS), sorted(KERNELS), "min", ROUNDS])
+    key = json.dumps(
+        [
+            cpu_name(),
+            torch.__version__,
+            torch.get_num_threads(),
+            str(param.dtype),
+            str(param.device),
+            [g.key for g in groups],
+            list(ROWS),
+            sorted(KERNELS),
+            "min",
+            ROUNDS,
+        ]
+    )
     return folder / f"linears-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def tune_linears(model: torch.nn.Module, *, rounds: int = ROUNDS, cache: Path | None = None,
-                 progress: Callable[[str], None] | None = None) -> LinearKernels:
+def tune_linears(
+    model: torch.nn.Module,
+    *,
+    rounds: int = ROUNDS,
+    cache: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LinearKernels:
     """Time each kernel per weight shape and row count on ``model``'s weights; install the fastest.
 
     ``cache`` is a folder for the choices (read when present, written after tuning).  On a GPU nothing is
@@ -253,8 +280,9 @@ def tune_linears(model: torch.nn.Module, *, rounds: int = ROUNDS, cache: Path | 
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads(file.read_text())
             for group in groups:
-                group.choice = {int(r): str(k) if k in KERNELS else "linear"
-                                for r, k in saved["groups"][group.key].items()}
+                group.choice = {
+                    int(r): str(k) if k in KERNELS else "linear" for r, k in saved["groups"][group.key].items()
+                }
                 group.ms = {int(r): v for r, v in saved["ms"][group.key].items()}
             kernels.cached = True
     if not kernels.cached:
@@ -268,8 +296,9 @@ def tune_linears(model: torch.nn.Module, *, rounds: int = ROUNDS, cache: Path | 
                 for name in packers:
                     kernels._pack(group, name)
                 for rows in ROWS:
-                    x = torch.randn((1, rows, group.shape[1]), generator=generator, dtype=param.dtype,
-                                    device=param.device)
+                    x = torch.randn(
+                        (1, rows, group.shape[1]), generator=generator, dtype=param.dtype, device=param.device
+                    )
                     names = ["linear", "weight-left"] + [n for n in packers if rows == 1 or n not in ONE_ROW_ONLY]
                     group.ms[rows] = kernels._time(group, x, names, rounds)
                     group.choice[rows] = min(group.ms[rows], key=group.ms[rows].__getitem__)

@@ -20,10 +20,16 @@ STRATEGIES = ("sequential", "hf-generate", "refork", "batched-copy", "pasta")  #
 BASELINES = ("hf-generate", "sequential")
 
 _LAZY = {  # torch is imported on first use, so that the CLI starts quickly
-    "BenchOptions": "pastac.bench.run", "QUICK": "pastac.bench.run", "run_bench": "pastac.bench.run",
-    "machine": "pastac.bench.run", "geomean": "pastac.bench.run",
-    "Calibration": "pastac.bench.calibrate", "calibrate": "pastac.bench.calibrate",
-    "Response": "pastac.bench.suite", "load_suite": "pastac.bench.suite", "quick_selection": "pastac.bench.suite",
+    "BenchOptions": "pastac.bench.run",
+    "QUICK": "pastac.bench.run",
+    "run_bench": "pastac.bench.run",
+    "machine": "pastac.bench.run",
+    "geomean": "pastac.bench.run",
+    "Calibration": "pastac.bench.calibrate",
+    "calibrate": "pastac.bench.calibrate",
+    "Response": "pastac.bench.suite",
+    "load_suite": "pastac.bench.suite",
+    "quick_selection": "pastac.bench.suite",
 }
 __all__ = ["BASELINES", "STRATEGIES", *_LAZY]
 

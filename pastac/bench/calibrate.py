@@ -28,10 +28,15 @@ class Calibration:
     cost: StepCost
 
     def to_json(self) -> dict[str, object]:
-        return {"threads": list(self.threads), "contexts": list(self.contexts),
-                "ms_per_step": [list(row) for row in self.ms],
-                "fit": {"ms": [list(p) for p in self.cost.table],
-                        "ms_per_1000_context": [list(p) for p in self.cost.per_context]}}
+        return {
+            "threads": list(self.threads),
+            "contexts": list(self.contexts),
+            "ms_per_step": [list(row) for row in self.ms],
+            "fit": {
+                "ms": [list(p) for p in self.cost.table],
+                "ms_per_1000_context": [list(p) for p in self.cost.per_context],
+            },
+        }
 
 
 def _fit(contexts: tuple[int, ...], ms: tuple[float, ...]) -> tuple[float, float]:
@@ -44,9 +49,15 @@ def _fit(contexts: tuple[int, ...], ms: tuple[float, ...]) -> tuple[float, float
     return my - slope * mx, max(slope, 0.0)
 
 
-def calibrate(model: torch.nn.Module, *, threads: tuple[int, ...] = (1, 2, 4, 8, 16),
-              contexts: tuple[int, ...] = (128, 512, 1024), repeats: int = 5, seed: int = 0,
-              label: str = "") -> Calibration:
+def calibrate(
+    model: torch.nn.Module,
+    *,
+    threads: tuple[int, ...] = (1, 2, 4, 8, 16),
+    contexts: tuple[int, ...] = (128, 512, 1024),
+    repeats: int = 5,
+    seed: int = 0,
+    label: str = "",
+) -> Calibration:
     """Median milliseconds per decode step of ``Runner`` for each thread count and cache length."""
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(seed)
@@ -55,13 +66,26 @@ def calibrate(model: torch.nn.Module, *, threads: tuple[int, ...] = (1, 2, 4, 8,
     for context in contexts:
         runner = Runner(model, capacity=context + max(threads) + 1, threads=max(threads))
         prompt = torch.randint(vocab, (context,), generator=generator).tolist()
-        runner.step(StepPlan(tokens=prompt, positions=list(range(context)), slots=list(range(context)),
-                             threads=[0] * context, sample=[context - 1]), sampler)
+        runner.step(
+            StepPlan(
+                tokens=prompt,
+                positions=list(range(context)),
+                slots=list(range(context)),
+                threads=[0] * context,
+                sample=[context - 1],
+            ),
+            sampler,
+        )
         runner.views[: max(threads), :context] = True  # every thread sees the whole prefix
         for i, n in enumerate(threads):
             tokens = torch.randint(vocab, (n,), generator=generator).tolist()
-            plan = StepPlan(tokens=tokens, positions=[context] * n, slots=list(range(context, context + n)),
-                            threads=list(range(n)), sample=list(range(n)))
+            plan = StepPlan(
+                tokens=tokens,
+                positions=[context] * n,
+                slots=list(range(context, context + n)),
+                threads=list(range(n)),
+                sample=list(range(n)),
+            )
             runner.step(plan, sampler)  # warm-up
             times = []
             for _ in range(repeats):
@@ -70,6 +94,9 @@ def calibrate(model: torch.nn.Module, *, threads: tuple[int, ...] = (1, 2, 4, 8,
                 times.append((time.perf_counter() - start) * 1000)
             table[i].append(statistics.median(times))
     fits = [_fit(contexts, tuple(row)) for row in table]
-    cost = StepCost(tuple((n, base) for n, (base, _) in zip(threads, fits, strict=True)), label,
-                    tuple((n, slope) for n, (_, slope) in zip(threads, fits, strict=True)))
+    cost = StepCost(
+        tuple((n, base) for n, (base, _) in zip(threads, fits, strict=True)),
+        label,
+        tuple((n, slope) for n, (_, slope) in zip(threads, fits, strict=True)),
+    )
     return Calibration(tuple(threads), tuple(contexts), tuple(tuple(row) for row in table), cost)

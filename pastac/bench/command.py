@@ -20,33 +20,49 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     from pastac.runtime.command import kernel_arguments, model_arguments
 
     p = sub.add_parser(
-        "bench", help="measured vs theoretical speedup, against the strategies peers use",
+        "bench",
+        help="measured vs theoretical speedup, against the strategies peers use",
         description="Replay annotated responses through every strategy (hf-generate, sequential, refork, "
-                    "batched-copy, pasta) with the same model in one process, interleaved; calibrate the "
-                    "step cost and compare pasta's measured speedup with the bound it gives. Figures are "
-                    "measured on this machine; nothing is asserted.")
-    p.add_argument("--suite", metavar="FILE.jsonl", help="annotated responses, one JSON object per line with "
-                                                        "\"prompt\" and \"text\" (default: the shipped suite)")
+        "batched-copy, pasta) with the same model in one process, interleaved; calibrate the "
+        "step cost and compare pasta's measured speedup with the bound it gives. Figures are "
+        "measured on this machine; nothing is asserted.",
+    )
+    p.add_argument(
+        "--suite",
+        metavar="FILE.jsonl",
+        help='annotated responses, one JSON object per line with "prompt" and "text" (default: the shipped suite)',
+    )
     p.add_argument("--ids", metavar="ID,...", help="only these responses of the suite")
     p.add_argument("--limit", type=positive, metavar="N", help="only the first N responses")
     p.add_argument("--sample", type=positive, metavar="N", help="N responses spread over the suite's shapes")
-    p.add_argument("--quick", action="store_true",
-                   help="the shortest response that forks, one run of each strategy, a small calibration "
-                        "(under 2 minutes on a 2-core CPU with the default model)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the shortest response that forks, one run of each strategy, a small calibration "
+        "(under 2 minutes on a 2-core CPU with the default model)",
+    )
     model = p.add_argument_group("model")
     source = model.add_mutually_exclusive_group()
     model_arguments(model, source)
     kernel_arguments(model)
-    source.add_argument("--shape", metavar="NAME",
-                        help="random weights of this shape (tiny-llama, tiny-qwen2, tiny-gpt2, smollm2-135m, "
-                             "llama-7b) with the default model's tokenizer (timing needs no "
-                             "trained weights; llama-7b for a GPU)")
+    source.add_argument(
+        "--shape",
+        metavar="NAME",
+        help="random weights of this shape (tiny-llama, tiny-qwen2, tiny-gpt2, smollm2-135m, "
+        "llama-7b) with the default model's tokenizer (timing needs no "
+        "trained weights; llama-7b for a GPU)",
+    )
     model.add_argument("--torch-threads", type=positive, metavar="N", help="torch's intra-op threads on the CPU")
     how = p.add_argument_group("runs")
-    how.add_argument("--strategies", metavar="S,...", default=",".join(STRATEGIES),
-                     help=f"which to run (default: all of {', '.join(STRATEGIES)})")
-    how.add_argument("--repeats", type=positive, metavar="N", help="runs of each strategy per response (default 2; "
-                                                                  "1 with --quick)")
+    how.add_argument(
+        "--strategies",
+        metavar="S,...",
+        default=",".join(STRATEGIES),
+        help=f"which to run (default: all of {', '.join(STRATEGIES)})",
+    )
+    how.add_argument(
+        "--repeats", type=positive, metavar="N", help="runs of each strategy per response (default 2; 1 with --quick)"
+    )
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as one JSON object instead of tables")
     out.add_argument("--plot", metavar="DIR", help="write measured_vs_theoretical.png and step_cost.png here")
@@ -62,13 +78,25 @@ def _engine(args: argparse.Namespace) -> Any:
 
     try:
         if args.shape is None:
-            return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=None,
-                                          kernels=args.kernels, progress=not args.quiet)
+            return Engine.from_pretrained(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                adapter=None,
+                kernels=args.kernels,
+                progress=not args.quiet,
+            )
         tokenizer = load_model(None, progress=not args.quiet).tokenizer
-        model = random_model(args.shape, vocab_size=len(tokenizer), dtype=args.dtype, device=args.device,
-                             eos_token_id=tokenizer.eos_token_id)
-        return Engine(model, tokenizer, name=f"{args.shape} (random weights)", kernels=args.kernels,
-                      progress=not args.quiet)
+        model = random_model(
+            args.shape,
+            vocab_size=len(tokenizer),
+            dtype=args.dtype,
+            device=args.device,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        return Engine(
+            model, tokenizer, name=f"{args.shape} (random weights)", kernels=args.kernels, progress=not args.quiet
+        )
     except ModelError as error:
         raise UsageError(str(error)) from None
 
@@ -101,9 +129,14 @@ def bench_command(args: argparse.Namespace, out: TextIO) -> int:
         responses = responses[: args.limit]
     base = QUICK if args.quick else BenchOptions()
     try:
-        options = BenchOptions(strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
-                               repeats=args.repeats or base.repeats, threads=base.threads, contexts=base.contexts,
-                               calibration_repeats=base.calibration_repeats, warmup=base.warmup)
+        options = BenchOptions(
+            strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+            repeats=args.repeats or base.repeats,
+            threads=base.threads,
+            contexts=base.contexts,
+            calibration_repeats=base.calibration_repeats,
+            warmup=base.warmup,
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.torch_threads:

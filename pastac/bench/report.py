@@ -9,8 +9,15 @@ from rich.console import Console
 from rich.table import Table
 
 #: the ratios the tables show (all of them are in the JSON)
-SHOWN = ("pasta_vs_sequential", "pasta_vs_hf-generate", "pasta_vs_refork", "pasta_vs_batched-copy",
-         "sequential_vs_hf-generate", "refork_vs_sequential", "batched-copy_vs_sequential")
+SHOWN = (
+    "pasta_vs_sequential",
+    "pasta_vs_hf-generate",
+    "pasta_vs_refork",
+    "pasta_vs_batched-copy",
+    "sequential_vs_hf-generate",
+    "refork_vs_sequential",
+    "batched-copy_vs_sequential",
+)
 
 
 def _mib(n: float) -> str:
@@ -21,11 +28,19 @@ def tables(report: dict[str, Any]) -> list[Table]:
     results, summary = report["results"], report["summary"]
     strategies = report["options"]["strategies"]
     m = report["machine"]
-    title = (f"{m['model']} · {m['dtype']} · {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''} · "
-             f"{m['cpu']}, {m['torch_threads']} torch threads")
+    title = (
+        f"{m['model']} · {m['dtype']} · {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''} · "
+        f"{m['cpu']}, {m['torch_threads']} torch threads"
+    )
     per = Table(title=f"pastac bench: {title}", title_justify="left")
-    for name, justify in (("response", "left"), ("shape", "left"), ("tokens", "right"), ("threads", "right"),
-                          ("theor.", "right"), ("bound", "right")):
+    for name, justify in (
+        ("response", "left"),
+        ("shape", "left"),
+        ("tokens", "right"),
+        ("threads", "right"),
+        ("theor.", "right"),
+        ("bound", "right"),
+    ):
         per.add_column(name, justify=justify)  # type: ignore[arg-type]
     for s in strategies:
         per.add_column(f"{s} s", justify="right")
@@ -33,13 +48,21 @@ def tables(report: dict[str, Any]) -> list[Table]:
     per.add_column("efficiency", justify="right")
     for r in results:
         speed = r["speedup"].get("pasta_vs_sequential")
-        per.add_row(r["id"], r["shape"], str(r.get("tokens", "")), str(r.get("threads", "")),
-                    f"{r.get('theoretical_speedup', float('nan')):.2f}", f"{r.get('bound', float('nan')):.2f}",
-                    *(f"{r['strategies'][s]['wall_s']:.2f}" for s in strategies),
-                    "" if speed is None else f"{speed:.2f}",
-                    f"{r['efficiency']:.2f}" if "efficiency" in r else "")
-    agg = Table(title=f"summary over {summary['responses']} responses ({summary['forked_responses']} fork)",
-                title_justify="left")
+        per.add_row(
+            r["id"],
+            r["shape"],
+            str(r.get("tokens", "")),
+            str(r.get("threads", "")),
+            f"{r.get('theoretical_speedup', float('nan')):.2f}",
+            f"{r.get('bound', float('nan')):.2f}",
+            *(f"{r['strategies'][s]['wall_s']:.2f}" for s in strategies),
+            "" if speed is None else f"{speed:.2f}",
+            f"{r['efficiency']:.2f}" if "efficiency" in r else "",
+        )
+    agg = Table(
+        title=f"summary over {summary['responses']} responses ({summary['forked_responses']} fork)",
+        title_justify="left",
+    )
     agg.add_column("speedup (geometric mean)")
     agg.add_column("value", justify="right")
     agg.add_column("min – max", justify="right")
@@ -47,9 +70,12 @@ def tables(report: dict[str, Any]) -> list[Table]:
         spread = summary["speedup_spread"].get(key)
         if spread is not None:
             agg.add_row(key, f"{spread['geomean']:.2f}", f"{spread['min']:.2f} – {spread['max']:.2f}")
-    for key, label in (("theoretical_speedup", "theoretical speedup"), ("bound", "cost-model bound"),
-                       ("bound_forked", "cost-model bound, forked responses"),
-                       ("pasta_vs_sequential_forked", "pasta vs sequential, forked responses")):
+    for key, label in (
+        ("theoretical_speedup", "theoretical speedup"),
+        ("bound", "cost-model bound"),
+        ("bound_forked", "cost-model bound, forked responses"),
+        ("pasta_vs_sequential_forked", "pasta vs sequential, forked responses"),
+    ):
         if key in summary:
             agg.add_row(label, f"{summary[key]:.2f}", "")
     if "efficiency" in summary:
@@ -59,8 +85,12 @@ def tables(report: dict[str, Any]) -> list[Table]:
     for name in ("strategy", "tokens/s", "peak KV MiB (largest)", "peak KV vs pasta"):
         mem.add_column(name, justify="left" if name == "strategy" else "right")
     for s in strategies:
-        mem.add_row(s, f"{summary['tokens_per_s'][s]:.1f}", _mib(summary["kv_peak_bytes"][s]),
-                    f"{summary['kv_peak_ratio_vs_pasta'].get(s, float('nan')):.2f}")
+        mem.add_row(
+            s,
+            f"{summary['tokens_per_s'][s]:.1f}",
+            _mib(summary["kv_peak_bytes"][s]),
+            f"{summary['kv_peak_ratio_vs_pasta'].get(s, float('nan')):.2f}",
+        )
     cal = report["calibration"]
     cost = Table(title="step cost (ms per step; threads × tokens in the cache)", title_justify="left")
     cost.add_column("threads", justify="right")
@@ -94,20 +124,39 @@ def plot(report: dict[str, Any], folder: str | Path) -> list[Path]:
     ax.scatter(xs, [r["bound"] for r in results], marker="x", color="0.55", label="cost-model bound")
     ax.scatter(xs, [r["speedup"]["pasta_vs_sequential"] for r in results], label="pasta vs sequential (measured)")
     if "pasta_vs_hf-generate" in (results[0]["speedup"] if results else {}):
-        ax.scatter(xs, [r["speedup"]["pasta_vs_hf-generate"] for r in results], marker=".",
-                   label="pasta vs hf-generate (measured)")
+        ax.scatter(
+            xs,
+            [r["speedup"]["pasta_vs_hf-generate"] for r in results],
+            marker=".",
+            label="pasta vs hf-generate (measured)",
+        )
     top = max([*xs, 1.0]) * 1.05
     ax.plot([1, top], [1, top], color="0.8", linestyle="--", label="theoretical (tokens / steps)")
-    paths.append(_finish(fig, ax, "theoretical speedup (tokens / steps)", "speedup",
-                         f"measured vs theoretical speedup per response\n{label}",
-                         folder / "measured_vs_theoretical.png"))
+    paths.append(
+        _finish(
+            fig,
+            ax,
+            "theoretical speedup (tokens / steps)",
+            "speedup",
+            f"measured vs theoretical speedup per response\n{label}",
+            folder / "measured_vs_theoretical.png",
+        )
+    )
     cal = report["calibration"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for j, context in enumerate(cal["contexts"]):
         ax.plot(cal["threads"], [row[j] for row in cal["ms_per_step"]], marker="o", label=f"{context} tokens cached")
     ax.set_ylim(bottom=0)
-    paths.append(_finish(fig, ax, "threads decoding in the step", "ms per step", f"step cost vs threads\n{label}",
-                         folder / "step_cost.png"))
+    paths.append(
+        _finish(
+            fig,
+            ax,
+            "threads decoding in the step",
+            "ms per step",
+            f"step cost vs threads\n{label}",
+            folder / "step_cost.png",
+        )
+    )
     return paths
 
 

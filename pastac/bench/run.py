@@ -42,18 +42,28 @@ class BenchOptions:
 # The calibration has warmed the model up; the strategies' own first calls are a small part of a quick run.
 QUICK = BenchOptions(repeats=1, threads=(1, 2, 4, 8), contexts=(64, 512), calibration_repeats=3, warmup=False)
 
-WARMUP = Response("warm-up", "list", "Two tips, please.",
-                  'Sure: <promise topic="first" tokens="10"/><async>1. Rest well.\n</async>'
-                  '<promise topic="second" tokens="10"/><async>2. Eat well.\n</async><sync/> Done.')
+WARMUP = Response(
+    "warm-up",
+    "list",
+    "Two tips, please.",
+    'Sure: <promise topic="first" tokens="10"/><async>1. Rest well.\n</async>'
+    '<promise topic="second" tokens="10"/><async>2. Eat well.\n</async><sync/> Done.',
+)
 
 
 def machine(engine: Engine) -> dict[str, Any]:
     """What the figures were measured on."""
     param = next(engine.model.parameters())
     out: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch."), "model": engine.name,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(param.device),
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "model": engine.name,
         "parameters": sum(p.numel() for p in engine.model.parameters()),
         "kernels": engine.kernels,
     }
@@ -76,8 +86,12 @@ def geomean(values: Sequence[float]) -> float:
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
     logs = [math.log(v) for v in values]
-    return {"geomean": geomean(values), "min": min(values), "max": max(values),
-            "geo_std": math.exp(statistics.pstdev(logs)) if len(logs) > 1 else 1.0}
+    return {
+        "geomean": geomean(values),
+        "min": min(values),
+        "max": max(values),
+        "geo_std": math.exp(statistics.pstdev(logs)) if len(logs) > 1 else 1.0,
+    }
 
 
 def _pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
@@ -87,13 +101,22 @@ def _pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
-def run_bench(engine: Engine, responses: Sequence[Response], options: BenchOptions = BenchOptions(),
-              progress: Progress | None = None) -> dict[str, Any]:
+def run_bench(
+    engine: Engine,
+    responses: Sequence[Response],
+    options: BenchOptions = BenchOptions(),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Calibrate, run every strategy on every response, and return the report (a JSON-able dict)."""
     tell = progress or (lambda what, done, total: None)
     tell("calibrating the step cost", 0, 1)
-    cal = calibrate(engine.model, threads=options.threads, contexts=options.contexts,
-                    repeats=options.calibration_repeats, label=f"{engine.name}, calibrated")
+    cal = calibrate(
+        engine.model,
+        threads=options.threads,
+        contexts=options.contexts,
+        repeats=options.calibration_repeats,
+        label=f"{engine.name}, calibrated",
+    )
     tell("calibrating the step cost", 1, 1)
     bench = Bench(engine)
     for strategy in options.strategies if options.warmup else ():  # first-call costs stay out of the figures
@@ -108,9 +131,13 @@ def run_bench(engine: Engine, responses: Sequence[Response], options: BenchOptio
                 runs[strategy].append(bench.run(strategy, response.prompt, response.text))
         results.append(_result(response, runs, cal))
     tell("done", len(responses), len(responses))
-    return {"machine": machine(engine), "options": {"strategies": list(options.strategies),
-                                                    "repeats": options.repeats, "responses": len(responses)},
-            "calibration": cal.to_json(), "results": results, "summary": _summary(results, options.strategies)}
+    return {
+        "machine": machine(engine),
+        "options": {"strategies": list(options.strategies), "repeats": options.repeats, "responses": len(responses)},
+        "calibration": cal.to_json(),
+        "results": results,
+        "summary": _summary(results, options.strategies),
+    }
 
 
 def _result(response: Response, runs: dict[str, list[Measurement]], cal: Calibration) -> dict[str, Any]:
@@ -119,16 +146,25 @@ def _result(response: Response, runs: dict[str, list[Measurement]], cal: Calibra
     strategies: dict[str, Any] = {}
     for s, ms in runs.items():
         last = ms[-1]
-        strategies[s] = {**last.to_json(), "wall_s": median[s], "tokens_per_s": last.tokens / median[s],
-                         "runs_s": [m.wall_s for m in ms]}
+        strategies[s] = {
+            **last.to_json(),
+            "wall_s": median[s],
+            "tokens_per_s": last.tokens / median[s],
+            "runs_s": [m.wall_s for m in ms],
+        }
     reference = runs.get("pasta") or runs.get("sequential") or next(iter(runs.values()))
     generation = reference[-1].generation
     if generation is not None:
         graph = generation.graph
         figures = critical_path(graph, schedule(graph), cal.cost, context=generation.stats.prompt_tokens)
-        out.update(prompt_tokens=generation.stats.prompt_tokens, tokens=generation.stats.tokens,
-                   threads=generation.stats.threads, theoretical_speedup=figures.theoretical_speedup,
-                   bound=figures.predicted_speedup, schedule_steps=figures.steps)
+        out.update(
+            prompt_tokens=generation.stats.prompt_tokens,
+            tokens=generation.stats.tokens,
+            threads=generation.stats.threads,
+            theoretical_speedup=figures.theoretical_speedup,
+            bound=figures.predicted_speedup,
+            schedule_steps=figures.steps,
+        )
     out["strategies"] = strategies
     out["speedup"] = {f"{a}_vs_{b}": median[b] / median[a] for a, b in _pairs(list(runs))}
     if "pasta" in runs and "sequential" in runs and "bound" in out:
@@ -153,12 +189,25 @@ def _summary(results: list[dict[str, Any]], strategies: Sequence[str]) -> dict[s
         summary["bound"] = geomean([r["bound"] for r in results])
         if forked:
             summary["bound_forked"] = geomean([r["bound"] for r in forked])
-    summary["tokens_per_s"] = {
-        s: sum(r["strategies"][s]["tokens"] for r in results) / sum(r["strategies"][s]["wall_s"] for r in results)
-        for s in strategies} if results else {}
-    summary["kv_peak_bytes"] = {s: max(r["strategies"][s]["kv_peak_bytes"] for r in results)
-                                for s in strategies} if results else {}
-    summary["kv_peak_ratio_vs_pasta"] = {
-        s: geomean([r["strategies"][s]["kv_peak_bytes"] / r["strategies"]["pasta"]["kv_peak_bytes"]
-                    for r in results]) for s in strategies} if results and "pasta" in strategies else {}
+    summary["tokens_per_s"] = (
+        {
+            s: sum(r["strategies"][s]["tokens"] for r in results) / sum(r["strategies"][s]["wall_s"] for r in results)
+            for s in strategies
+        }
+        if results
+        else {}
+    )
+    summary["kv_peak_bytes"] = (
+        {s: max(r["strategies"][s]["kv_peak_bytes"] for r in results) for s in strategies} if results else {}
+    )
+    summary["kv_peak_ratio_vs_pasta"] = (
+        {
+            s: geomean(
+                [r["strategies"][s]["kv_peak_bytes"] / r["strategies"]["pasta"]["kv_peak_bytes"] for r in results]
+            )
+            for s in strategies
+        }
+        if results and "pasta" in strategies
+        else {}
+    )
     return summary

@@ -50,9 +50,15 @@ class Measurement:
         return self.tokens / self.wall_s if self.wall_s else 0.0
 
     def to_json(self) -> dict[str, object]:
-        return {"wall_s": self.wall_s, "tokens": self.tokens, "tokens_per_s": self.tokens_per_s,
-                "steps": self.steps, "kv_bytes": self.kv_bytes, "kv_peak_bytes": self.kv_peak_bytes,
-                "peak_memory_bytes": self.peak_memory_bytes}
+        return {
+            "wall_s": self.wall_s,
+            "tokens": self.tokens,
+            "tokens_per_s": self.tokens_per_s,
+            "steps": self.steps,
+            "kv_bytes": self.kv_bytes,
+            "kv_peak_bytes": self.kv_peak_bytes,
+            "peak_memory_bytes": self.peak_memory_bytes,
+        }
 
 
 def kv_bytes_per_token(model: torch.nn.Module) -> int:
@@ -96,19 +102,27 @@ class Bench:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         mode, factory = self._runners[strategy]
         options = RunOptions(mode=mode, sampling=REPLAY, jump_forward=False)
-        result, wall, peak = self._measure(
-            lambda: self.engine.generate(prompt, options, replay=text, runner=factory))
+        result, wall, peak = self._measure(lambda: self.engine.generate(prompt, options, replay=text, runner=factory))
         assert isinstance(result, Generation)
         if strategy == "sequential":
             self._hf_tokens[(prompt, text)] = result.stats.tokens
-        return Measurement(strategy, wall, result.stats.tokens, result.stats.steps, result.stats.kv_bytes,
-                           result.stats.kv_peak_bytes, peak, result)
+        return Measurement(
+            strategy,
+            wall,
+            result.stats.tokens,
+            result.stats.steps,
+            result.stats.kv_bytes,
+            result.stats.kv_peak_bytes,
+            peak,
+            result,
+        )
 
     def _hf_generate(self, prompt: str, text: str) -> Measurement:
         key = (prompt, text)
         if key not in self._hf_tokens:  # as many tokens as the sequential run places
-            self._hf_tokens[key] = self.engine.generate(prompt, RunOptions(mode="sequential", sampling=REPLAY),
-                                                      replay=text).stats.tokens
+            self._hf_tokens[key] = self.engine.generate(
+                prompt, RunOptions(mode="sequential", sampling=REPLAY), replay=text
+            ).stats.tokens
         n = self._hf_tokens[key]
         model = self.engine.model
         ids = torch.tensor([self.engine.prompt_ids(prompt)], device=next(model.parameters()).device)
@@ -116,8 +130,14 @@ class Bench:
 
         def generate() -> torch.Tensor:
             with torch.inference_mode():
-                return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                      do_sample=False, pad_token_id=pad)
+                return model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=pad,
+                )
 
         out, wall, peak = self._measure(generate)
         assert isinstance(out, torch.Tensor)

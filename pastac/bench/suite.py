@@ -35,10 +35,17 @@ def load_suite(path: str | Path | None = None) -> list[Response]:
             raise SuiteError(f"{path}:{number}: {record}")
         missing = [name for name in ("prompt", "text") if name not in record]
         if missing:
-            raise SuiteError(f"{path}:{number}: missing field {', '.join(map(repr, missing))} (each line needs "
-                             "\"prompt\" and \"text\")")
-        out.append(Response(str(record.get("id", f"line-{number}")), str(record.get("shape", "")),
-                            str(record["prompt"]), str(record["text"])))
+            raise SuiteError(
+                f'{path}:{number}: missing field {", ".join(map(repr, missing))} (each line needs "prompt" and "text")'
+            )
+        out.append(
+            Response(
+                str(record.get("id", f"line-{number}")),
+                str(record.get("shape", "")),
+                str(record["prompt"]),
+                str(record["text"]),
+            )
+        )
     if not out:
         raise SuiteError(f"{path}: no responses")
     return out

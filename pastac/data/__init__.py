@@ -29,7 +29,21 @@ from pastac.data.prompts import (
 )
 
 __all__ = [
-    "CATEGORIES", "DEFAULT_FEW_SHOT", "FORKABLE", "SPLITS", "Annotation", "Annotator", "LLMAnnotator",
-    "PromptRecord", "StructuralAnnotator", "assign_split", "build_prompts", "count_promises", "normalise",
-    "openai_generate", "read_jsonl", "validate", "write_jsonl",
+    "CATEGORIES",
+    "DEFAULT_FEW_SHOT",
+    "FORKABLE",
+    "SPLITS",
+    "Annotation",
+    "Annotator",
+    "LLMAnnotator",
+    "PromptRecord",
+    "StructuralAnnotator",
+    "assign_split",
+    "build_prompts",
+    "count_promises",
+    "normalise",
+    "openai_generate",
+    "read_jsonl",
+    "validate",
+    "write_jsonl",
 ]

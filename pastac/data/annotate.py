@@ -45,6 +45,7 @@ class Annotator(Protocol):
 
 # ------------------------------------------------------------------------------------------------ validation
 
+
 def _squash(text: str) -> str:
     return " ".join(text.split())
 
@@ -77,7 +78,7 @@ def _tag_problem(response: str) -> str | None:
     """A description of the first stretch of ``response`` that Pasta-Lang reads as a tag, if any."""
     for lexeme in tokenize(response):
         if isinstance(lexeme, TagToken):
-            raw = response[lexeme.span.start.offset:lexeme.span.end.offset]
+            raw = response[lexeme.span.start.offset : lexeme.span.end.offset]
             shown = raw if len(raw) <= 30 else raw[:27] + "..."
             return f"the response contains {shown!r} at {lexeme.span.start}, which Pasta-Lang reads as a tag"
     return None
@@ -102,30 +103,125 @@ _MARKER = re.compile(r"(?:#{1,6}[ \t]+|[-*+•][ \t]+|\d{1,3}[.)][ \t]+|[Ss]tep[
 _LINK = re.compile(r"\[([^\]\n]+)\]\([^)\n]*\)")
 _EMPHASIS = re.compile(r"(\*{1,3}|_{2,3}|`+)")
 _CLAUSE_END = re.compile(r"[:;!?]|\.(?:\s|$)|,|\s[-–—]\s|\(")
-_STOPWORDS = frozenset((
-    "a", "an", "the", "and", "or", "but", "nor", "to", "of", "in", "on", "at", "for", "with", "by", "from", "into",
-    "about", "as", "is", "are", "was", "were", "be", "been", "being", "that", "which", "whether", "who", "your",
-    "my", "our", "its", "their", "this", "these", "those", "it", "than", "then", "so", "if", "when", "while",
-    "such", "very", "more", "most", "all", "any", "some", "each", "every", "not", "no", "can", "will", "should",
-))
-_CONCLUSION_TITLES = frozenset((
-    "conclusion", "conclusions", "summary", "in summary", "in short", "bottom line", "the bottom line",
-    "final thoughts", "tl;dr", "tldr", "overall", "wrapping up", "putting it together",
-    "putting it all together", "in conclusion", "key takeaways", "takeaways",
-))
+_STOPWORDS = frozenset(
+    (
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "nor",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "by",
+        "from",
+        "into",
+        "about",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "that",
+        "which",
+        "whether",
+        "who",
+        "your",
+        "my",
+        "our",
+        "its",
+        "their",
+        "this",
+        "these",
+        "those",
+        "it",
+        "than",
+        "then",
+        "so",
+        "if",
+        "when",
+        "while",
+        "such",
+        "very",
+        "more",
+        "most",
+        "all",
+        "any",
+        "some",
+        "each",
+        "every",
+        "not",
+        "no",
+        "can",
+        "will",
+        "should",
+    )
+)
+_CONCLUSION_TITLES = frozenset(
+    (
+        "conclusion",
+        "conclusions",
+        "summary",
+        "in summary",
+        "in short",
+        "bottom line",
+        "the bottom line",
+        "final thoughts",
+        "tl;dr",
+        "tldr",
+        "overall",
+        "wrapping up",
+        "putting it together",
+        "putting it all together",
+        "in conclusion",
+        "key takeaways",
+        "takeaways",
+    )
+)
 # Words that open an item which continues the previous one ("Then, 10% off 90: ...").
 _SEQUENTIAL = re.compile(r"(?:then|next|after that|afterwards|after this|now|finally|so|from there)(?=[,\s])", re.I)
 # Words that open a paragraph which leans on the one before it ("This means ...", "Therefore ...").
 _REFERS_BACK = re.compile(
     r"(?:this|these|that|those|it|they|such|therefore|thus|hence|however|but|also|as a result|because of this|"
-    r"in turn|to (?:find|solve|get|calculate|compute))(?=[,\s])", re.I)
+    r"in turn|to (?:find|solve|get|calculate|compute))(?=[,\s])",
+    re.I,
+)
 # A worked calculation ("9.92 * 10 = 99.20"): paragraphs with one carry a derivation, not independent parts.
-_CALCULATION = re.compile(r"\d[\d.,]*\s*(?:[-+*/×÷^]|x(?=\s))\s*\(?\d[\d.,]*\)?\s*=|=\s*-?\d[\d.,]*\s*(?:[-+*/×÷]|$)",
-                          re.M)
+_CALCULATION = re.compile(
+    r"\d[\d.,]*\s*(?:[-+*/×÷^]|x(?=\s))\s*\(?\d[\d.,]*\)?\s*=|=\s*-?\d[\d.,]*\s*(?:[-+*/×÷]|$)", re.M
+)
 _CONCLUSION_CUES = (
-    "in short", "in summary", "to sum up", "to summarise", "to summarize", "overall", "all in all",
-    "in conclusion", "so ", "so,", "this ", "these ", "together", "both ", "either way", "in practice",
-    "whatever", "ultimately", "finally", "the bottom line", "in the end", "taken together",
+    "in short",
+    "in summary",
+    "to sum up",
+    "to summarise",
+    "to summarize",
+    "overall",
+    "all in all",
+    "in conclusion",
+    "so ",
+    "so,",
+    "this ",
+    "these ",
+    "together",
+    "both ",
+    "either way",
+    "in practice",
+    "whatever",
+    "ultimately",
+    "finally",
+    "the bottom line",
+    "in the end",
+    "taken together",
 )
 
 
@@ -207,7 +303,7 @@ def _next_nonblank(lines: list[_Line], i: int) -> int | None:
 def _strip_marker(text: str) -> str:
     """``text`` without a leading list marker, heading hashes or "Step N:"."""
     m = _MARKER.match(text)
-    return text[m.end():] if m else text
+    return text[m.end() :] if m else text
 
 
 def _plain_title(line: _Line) -> str:
@@ -348,8 +444,8 @@ def _trim(words: list[str], limit: int) -> list[str]:
 def _first_words(text: str, limit: int) -> list[str]:
     """The first words of ``text``: its first clause if that has at least two words, else the first words."""
     m = _CLAUSE_END.search(text)
-    if m and len(text[:m.start()].split()) >= 2:
-        return _trim(text[:m.start()].split(), limit)
+    if m and len(text[: m.start()].split()) >= 2:
+        return _trim(text[: m.start()].split(), limit)
     return _trim(text.split(), limit)
 
 
@@ -361,7 +457,7 @@ def make_topic(part: str, index: int = 1) -> str:
     title: str | None = None
     rest = first
     if m := _BOLD.match(first):
-        title, rest = m.group(1) or m.group(2), first[m.end():]
+        title, rest = m.group(1) or m.group(2), first[m.end() :]
     elif is_heading:
         title, rest = first, " ".join(lines[1:2])
     if title is not None:
@@ -443,8 +539,10 @@ class StructuralAnnotator:
                 if m := _CALCULATION.search(part):
                     return f"paragraphs work through a calculation ({m.group(0).strip()!r} in part {number})"
         if sum(forkable) < self.min_parts:
-            return (f"only {sum(forkable)} of {len(parts)} {round_.label} have at least {self.min_part_tokens} "
-                    f"tokens ({self.min_parts} needed)")
+            return (
+                f"only {sum(forkable)} of {len(parts)} {round_.label} have at least {self.min_part_tokens} "
+                f"tokens ({self.min_parts} needed)"
+            )
         return None
 
     def _fork(self, lines: list[_Line], rounds: list[_Round], *, nested: bool) -> _Forked:
@@ -459,12 +557,12 @@ class StructuralAnnotator:
             if refusal := self._refusal(lines, round_, parts, forkable):
                 skipped.append(refusal)
                 continue
-            out.append("".join(line.text for line in lines[pos:round_.items[0][0]]))
+            out.append("".join(line.text for line in lines[pos : round_.items[0][0]]))
             inner_done: list[str] = []
             for index, ((start, end), part, fork) in enumerate(zip(round_.items, parts, forkable, strict=True), 1):
                 body = part
                 if fork and round_.sections and self.nest and not nested:
-                    inner = self._fork(lines[start + 1:end], _list_rounds(lines[start + 1:end]), nested=True)
+                    inner = self._fork(lines[start + 1 : end], _list_rounds(lines[start + 1 : end]), nested=True)
                     if inner.forks:
                         body = lines[start].text + inner.text
                         forks += inner.forks
@@ -473,7 +571,7 @@ class StructuralAnnotator:
                     topic = escape(make_topic(part, index))
                     lead = ""
                     if not round_.sections and (m := _MARKER.match(body)):  # "3. " stays with the parent, so
-                        lead, body = body[: m.end()], body[m.end():]  # the child need not count its siblings
+                        lead, body = body[: m.end()], body[m.end() :]  # the child need not count its siblings
                     out.append(f'{lead}<promise topic="{topic}" tokens="{self.tokens(body)}"/><async>{body}</async>')
                     forks += 1
                 else:
@@ -561,7 +659,7 @@ def _candidates(output: str) -> list[str]:
     text = output.strip()
     label = "=== ANNOTATED RESPONSE ==="
     if label in text:
-        text = text[text.rindex(label) + len(label):].strip()
+        text = text[text.rindex(label) + len(label) :].strip()
     out = [text]
     if m := re.fullmatch(r"(`{3,}|~{3,})[^\n]*\n(.*?)\n?\1", text, re.DOTALL):
         out.append(m.group(2).strip())
@@ -603,9 +701,7 @@ class LLMAnnotator:
         return _unchanged(response, f"model output rejected: {first_problem}")
 
 
-def openai_generate(
-    url: str, model: str, api_key: str | None = None, timeout: float = 120
-) -> Callable[[str], str]:
+def openai_generate(url: str, model: str, api_key: str | None = None, timeout: float = 120) -> Callable[[str], str]:
     """A ``generate`` function that sends the prompt to ``{url}/chat/completions`` (an OpenAI-compatible
     server, temperature 0) and returns the reply's text; failures raise ``RuntimeError`` naming the URL."""
     if not url.startswith(("http://", "https://")):

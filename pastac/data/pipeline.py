@@ -113,8 +113,10 @@ def read_records(path: str | Path, *, required: Sequence[str] = ("id",)) -> list
     for index, record in enumerate(records, start=1):
         missing = [name for name in required if name not in record]
         if missing:
-            raise PipelineError(f"{path}: record {index} has no field {', '.join(map(repr, missing))} "
-                                f"(fields: {', '.join(record) or 'none'})")
+            raise PipelineError(
+                f"{path}: record {index} has no field {', '.join(map(repr, missing))} "
+                f"(fields: {', '.join(record) or 'none'})"
+            )
         if "id" in required and not isinstance(record["id"], str):
             raise PipelineError(f"{path}: record {index} has an id that is not a string: {record['id']!r}")
     return records
@@ -167,6 +169,7 @@ def _appending(path: Path) -> Iterator[Callable[[Record], None]]:
     except OSError as error:
         raise PipelineError(f"cannot write '{path}': {error.strerror or error}") from None
     with handle:
+
         def write(record: Record) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
@@ -195,8 +198,10 @@ def _same_setting(done: Mapping[str, Record], key: str, value: object, out: Path
     """Refuse to resume an output that was made with another model or annotator."""
     other = next((r.get(key) for r in done.values() if r.get(key) != value), None)
     if other is not None:
-        raise PipelineError(f"'{out}' already holds records made with {key} {other!r}, not {value!r}; "
-                            f"name another output file, or give the same {option}")
+        raise PipelineError(
+            f"'{out}' already holds records made with {key} {other!r}, not {value!r}; "
+            f"name another output file, or give the same {option}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- progress
@@ -219,8 +224,10 @@ def write_prompts(out: str | Path, seed: int = DEFAULT_SEED) -> StepResult:
     records = build_prompts(seed)
     for record in records:
         if record.id in done and done[record.id].get("prompt") != record.prompt:
-            raise PipelineError(f"'{out}' holds another prompt under id {record.id!r} (made with another --seed?); "
-                                f"name another output file")
+            raise PipelineError(
+                f"'{out}' holds another prompt under id {record.id!r} (made with another --seed?); "
+                f"name another output file"
+            )
     new = [record for record in records if record.id not in done]
     with _appending(out) as write:
         for record in new:
@@ -246,9 +253,18 @@ class HFResponder:
     the generation config and the tokenizer, or ``eos_token_ids`` when given.  Temperature 0 is greedy.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_new_tokens: int = 384,
-                 temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0, chat: bool = True,
-                 eos_token_ids: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_new_tokens: int = 384,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        chat: bool = True,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -297,18 +313,26 @@ class HFResponder:
         mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, ids in enumerate(encoded):
             if ids:
-                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                mask[row, width - len(ids):] = 1
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                mask[row, width - len(ids) :] = 1
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-            if self.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+            if self.temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
         if self.repetition_penalty != 1:
             sampling["repetition_penalty"] = self.repetition_penalty
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens, pad_token_id=self.pad,
-                                  eos_token_id=sorted(self.eos), bos_token_id=None, **sampling)
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.pad,
+            eos_token_id=sorted(self.eos),
+            bos_token_id=None,
+            **sampling,
+        )
         with torch.inference_mode():
-            output = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                         generation_config=config)
+            output = self.model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )
         answers = []
         for tokens in output[:, width:].tolist():
             end = next((i for i, token in enumerate(tokens) if token in self.eos), None)
@@ -346,9 +370,17 @@ def _check_prompts(records: Sequence[Record], source: str) -> None:
             raise PipelineError(f"{source}: record {index} ({record.get('id')!r}) has no string 'prompt'")
 
 
-def write_responses(prompts: Sequence[Record], out: str | Path, responder: Responder, *, model_name: str,
-                    batch_size: int = 16, limit: int | None = None, progress: bool = True,
-                    source: str = "prompts") -> StepResult:
+def write_responses(
+    prompts: Sequence[Record],
+    out: str | Path,
+    responder: Responder,
+    *,
+    model_name: str,
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: bool = True,
+    source: str = "prompts",
+) -> StepResult:
     """Append the responder's answer to each prompt that ``out`` has no response for yet.
 
     With ``limit``, only the first ``limit`` prompts of ``round_robin(prompts)`` are answered (a later run
@@ -371,19 +403,29 @@ def write_responses(prompts: Sequence[Record], out: str | Path, responder: Respo
     unfinished = 0
     with _appending(out) as write, progress_bar("responses", len(pending), progress) as advance:
         for start in range(0, len(pending), window):
-            chunk = sorted(pending[start:start + window],
-                           key=lambda r: (str(r.get("category")), -measure(r["prompt"])))
+            chunk = sorted(
+                pending[start : start + window], key=lambda r: (str(r.get("category")), -measure(r["prompt"]))
+            )
             for first in range(0, len(chunk), batch_size):
-                batch = chunk[first:first + batch_size]
+                batch = chunk[first : first + batch_size]
                 answers = responder([r["prompt"] for r in batch])
                 if len(answers) != len(batch):
                     raise PipelineError(f"the responder gave {len(answers)} answers to {len(batch)} prompts")
                 for record, (text, finished) in zip(batch, answers, strict=True):
                     unfinished += not finished
                     split = record.get("split") if record.get("split") in SPLITS else assign_split(record["prompt"])
-                    write({"id": record["id"], "prompt": record["prompt"], "category": record.get("category"),
-                           "forkable": record.get("forkable"), "split": split, "response": text,
-                           "model": model_name, "finished": bool(finished)})
+                    write(
+                        {
+                            "id": record["id"],
+                            "prompt": record["prompt"],
+                            "category": record.get("category"),
+                            "forkable": record.get("forkable"),
+                            "split": split,
+                            "response": text,
+                            "model": model_name,
+                            "finished": bool(finished),
+                        }
+                    )
                 advance(len(batch))
     notes = (f"{unfinished} of them hit the token limit",) if unfinished else ()
     return StepResult("responses", out, len(pending), len(wanted) - len(pending), notes=notes)
@@ -413,8 +455,13 @@ def _conversation_pair(turns: object, role_key: str, text_key: str) -> tuple[str
     return "no human turn followed by a model turn"
 
 
-def pair_of(record: Record, *, prompt_field: str | None = None, input_field: str | None = None,
-            response_field: str | None = None) -> tuple[str, str, str | None] | str:
+def pair_of(
+    record: Record,
+    *,
+    prompt_field: str | None = None,
+    input_field: str | None = None,
+    response_field: str | None = None,
+) -> tuple[str, str, str | None] | str:
     """(prompt, response, system prompt or None) of an imported record, or why it has none.
 
     Alpaca-style records have an instruction, an optional input (appended to the instruction after a blank
@@ -441,8 +488,14 @@ def pair_of(record: Record, *, prompt_field: str | None = None, input_field: str
     return f"no fields {expected} (fields: {', '.join(record) or 'none'})"
 
 
-def import_pairs(path: str | Path, out: str | Path, *, prompt_field: str | None = None,
-                 input_field: str | None = None, response_field: str | None = None) -> StepResult:
+def import_pairs(
+    path: str | Path,
+    out: str | Path,
+    *,
+    prompt_field: str | None = None,
+    input_field: str | None = None,
+    response_field: str | None = None,
+) -> StepResult:
     """Append the prompt/response pairs of a JSONL file as response records ``import-00001``, ... (numbered by
     the file's non-blank lines), category "imported", forkable null, the split by ``assign_split``."""
     path, out = Path(path), Path(out)
@@ -461,8 +514,11 @@ def import_pairs(path: str | Path, out: str | Path, *, prompt_field: str | None 
             except json.JSONDecodeError:
                 dropped["invalid JSON"] += 1
                 continue
-            got = pair_of(record, prompt_field=prompt_field, input_field=input_field,
-                          response_field=response_field) if isinstance(record, dict) else "not a JSON object"
+            got = (
+                pair_of(record, prompt_field=prompt_field, input_field=input_field, response_field=response_field)
+                if isinstance(record, dict)
+                else "not a JSON object"
+            )
             if isinstance(got, str):
                 dropped["not a prompt/response pair"] += 1
                 continue
@@ -473,13 +529,23 @@ def import_pairs(path: str | Path, out: str | Path, *, prompt_field: str | None 
             key = f"import-{number:05d}"
             if key in done:
                 if done[key].get("prompt") != prompt:
-                    raise PipelineError(f"'{out}' holds another prompt under id {key!r} (imported from another "
-                                        f"file?); name another output file")
+                    raise PipelineError(
+                        f"'{out}' holds another prompt under id {key!r} (imported from another "
+                        f"file?); name another output file"
+                    )
                 already += 1
                 continue
-            entry: Record = {"id": key, "prompt": prompt, "category": "imported", "forkable": None,
-                             "split": assign_split(prompt), "response": response.strip(), "model": None,
-                             "finished": True, "source": path.name}
+            entry: Record = {
+                "id": key,
+                "prompt": prompt,
+                "category": "imported",
+                "forkable": None,
+                "split": assign_split(prompt),
+                "response": response.strip(),
+                "model": None,
+                "finished": True,
+                "source": path.name,
+            }
             if system:
                 entry["system"] = system
             write(entry)
@@ -499,8 +565,14 @@ def _skip_reason(record: Record) -> str | None:
     return None
 
 
-def annotate_records(records: Sequence[Record], out: str | Path, annotator: Annotator, *, progress: bool = True,
-                     source: str = "responses") -> StepResult:
+def annotate_records(
+    records: Sequence[Record],
+    out: str | Path,
+    annotator: Annotator,
+    *,
+    progress: bool = True,
+    source: str = "responses",
+) -> StepResult:
     """Append each record with the annotator's ``text``, ``forks``, ``reason`` and ``annotator`` name, unless
     ``out`` holds it already.  Empty and unfinished responses are not sent to the annotator (text null).
     An annotator's failure (an unreachable server) stops the step; what was written stays."""
@@ -520,18 +592,33 @@ def annotate_records(records: Sequence[Record], out: str | Path, annotator: Anno
                 try:
                     annotation = annotator.annotate(record["prompt"], record["response"])
                 except (RuntimeError, OSError, ValueError) as error:
-                    raise PipelineError(f"annotating {record['id']!r} failed: {error} ({written} records written "
-                                        f"to '{out}' this run; run again to resume)") from None
-            write({**record, "text": annotation.text, "forks": annotation.forks, "reason": annotation.reason,
-                   "annotator": annotator.name})
+                    raise PipelineError(
+                        f"annotating {record['id']!r} failed: {error} ({written} records written "
+                        f"to '{out}' this run; run again to resume)"
+                    ) from None
+            write(
+                {
+                    **record,
+                    "text": annotation.text,
+                    "forks": annotation.forks,
+                    "reason": annotation.reason,
+                    "annotator": annotator.name,
+                }
+            )
             written += 1
             forks += annotation.forks > 0
             advance(1)
     return StepResult("annotate", out, written, already, notes=(f"{forks} of them fork",))
 
 
-def annotate_file(responses: str | Path, out: str | Path, *, annotator: Annotator | None = None,
-                  count_tokens: Callable[[str], int] | None = None, progress: bool = True) -> StepResult:
+def annotate_file(
+    responses: str | Path,
+    out: str | Path,
+    *,
+    annotator: Annotator | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    progress: bool = True,
+) -> StepResult:
     """``annotate_records`` over a responses file; the default annotator is ``StructuralAnnotator`` counting
     tokens with ``count_tokens`` (a model's tokenizer; words when None)."""
     _distinct(Path(responses), Path(out))
@@ -541,8 +628,9 @@ def annotate_file(responses: str | Path, out: str | Path, *, annotator: Annotato
     return annotate_records(records, out, annotator, progress=progress, source=str(responses))
 
 
-def local_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
-                   max_new_tokens: int = 1024) -> Callable[[str], str]:
+def local_generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_new_tokens: int = 1024
+) -> Callable[[str], str]:
     """A ``str -> str`` function for ``LLMAnnotator``: the model's greedy answer to the prompt."""
     responder = HFResponder(model, tokenizer, max_new_tokens=max_new_tokens)
 
@@ -604,14 +692,27 @@ def filter_records(records: Sequence[Record], *, source: str = "") -> FilterResu
             continue
         split = record.get("split") if record.get("split") in SPLITS else assign_split(record["prompt"])
         forks = count_promises(check(record["text"]).document)
-        kept.append({"id": record["id"], "prompt": record["prompt"], "text": record["text"],
-                     "response": record["response"], "category": record.get("category"),
-                     "forkable": record.get("forkable"), "split": split, "forks": forks})
+        kept.append(
+            {
+                "id": record["id"],
+                "prompt": record["prompt"],
+                "text": record["text"],
+                "response": record["response"],
+                "category": record.get("category"),
+                "forkable": record.get("forkable"),
+                "split": split,
+                "forks": forks,
+            }
+        )
     log = {
-        "input": source, "records": len(records), "kept": len(kept),
+        "input": source,
+        "records": len(records),
+        "kept": len(kept),
         "dropped": {reason: dropped[reason] for reason in DROP_REASONS if dropped[reason]},
         "kept_by_split": {split: sum(r["split"] == split for r in kept) for split in SPLITS},
-        "generators": dict(generators), "annotators": dict(annotators), "dropped_records": listed,
+        "generators": dict(generators),
+        "annotators": dict(annotators),
+        "dropped_records": listed,
     }
     return FilterResult(kept, log)
 
@@ -663,8 +764,9 @@ _NUMERIC = re.compile(r"-?[\d.,]+%?|-|")
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     """A Markdown table; columns of numbers are aligned right."""
-    aligns = ["---:" if rows and all(_NUMERIC.fullmatch(str(row[i])) for row in rows) else "---"
-              for i in range(len(header))]
+    aligns = [
+        "---:" if rows and all(_NUMERIC.fullmatch(str(row[i])) for row in rows) else "---" for i in range(len(header))
+    ]
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join(aligns) + " |"]
     out += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return [*out, ""]
@@ -697,8 +799,13 @@ def _figures(records: Sequence[Record]) -> tuple[Any, dict[str, list[Any]]]:
     return summarize(documents, invalid), per_category
 
 
-def data_card(records: Sequence[Record], *, name: str = "dataset", log: Mapping[str, Any] | None = None,
-              settings: Mapping[str, Any] | None = None) -> str:
+def data_card(
+    records: Sequence[Record],
+    *,
+    name: str = "dataset",
+    log: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> str:
     """A Markdown data card for the records of a filtered dataset, with the filter log's counts and the
     build settings when given."""
     from pastac.report import COUNTS, METRICS, distribution
@@ -708,18 +815,23 @@ def data_card(records: Sequence[Record], *, name: str = "dataset", log: Mapping[
     categories = _ordered_categories(records)
     builtin = [c for c in categories if c in FORKABLE]
     lines = [f"# Data card: {name}", ""]
-    lines += [f"Pasta-Lang training data for learned asynchronous decoding: {len(records)} prompt/response "
-              "pairs whose responses are written with `<promise topic=\"..\" tokens=\"..\"/>`, `<async>…</async>` "
-              "and `<sync/>` tags, so that a model can learn to decode independent parts of an answer in "
-              "parallel. Each record has `id`, `prompt`, `text` (the annotated response), `response` (the "
-              "plain response), `category`, `forkable`, `split` and `forks` (promises in `text`).", ""]
+    lines += [
+        f"Pasta-Lang training data for learned asynchronous decoding: {len(records)} prompt/response "
+        'pairs whose responses are written with `<promise topic=".." tokens=".."/>`, `<async>…</async>` '
+        "and `<sync/>` tags, so that a model can learn to decode independent parts of an answer in "
+        "parallel. Each record has `id`, `prompt`, `text` (the annotated response), `response` (the "
+        "plain response), `category`, `forkable`, `split` and `forks` (promises in `text`).",
+        "",
+    ]
 
     lines += ["## Sources", ""]
     prompt_source = []
     if builtin:
         seed = settings.get("seed", DEFAULT_SEED)
-        prompt_source.append(f"pastac's built-in prompt set (`pastac data prompts`, seed {seed}; "
-                             f"{len(builtin)} of its {len(CATEGORIES)} categories present)")
+        prompt_source.append(
+            f"pastac's built-in prompt set (`pastac data prompts`, seed {seed}; "
+            f"{len(builtin)} of its {len(CATEGORIES)} categories present)"
+        )
     if "imported" in categories:
         prompt_source.append("prompt/response pairs imported with `pastac data import`")
     lines.append(f"- Prompts: {'; '.join(prompt_source) or 'not recorded'}.")
@@ -737,27 +849,41 @@ def data_card(records: Sequence[Record], *, name: str = "dataset", log: Mapping[
 
     generation = ""
     if settings.get("max_new_tokens"):
-        generation = (f" (at most {settings['max_new_tokens']} new tokens, temperature "
-                      f"{settings.get('temperature', 0)}, repetition penalty "
-                      f"{settings.get('repetition_penalty', 1.0)}, batches of {settings.get('batch_size', '?')})")
+        generation = (
+            f" (at most {settings['max_new_tokens']} new tokens, temperature "
+            f"{settings.get('temperature', 0)}, repetition penalty "
+            f"{settings.get('repetition_penalty', 1.0)}, batches of {settings.get('batch_size', '?')})"
+        )
     lines += ["## Method", ""]
-    lines += ["**Prompts.** Instructions are built offline from hand-written templates and word lists with a "
-              "seeded random generator, so every run gives the same prompts; each has a category and whether a "
-              "good answer to it has independent parts (`forkable`). The split (90% train, 5% validation, 5% "
-              "test) is a hash of the normalised prompt, so it never changes when the set grows.", ""]
-    lines += [f"**Responses.** The base model answers each prompt through its chat template{generation}, "
-              "greedy unless a temperature is set, several prompts per batch (left-padded, with an attention "
-              "mask, so an answer does not depend on its batch). A response records whether the model ended it "
-              "(end-of-sequence token) or the token limit cut it.", ""]
-    lines += ["**Annotation.** Each response is rewritten in Pasta-Lang. The structural annotator forks what the "
-              "response's own layout marks as independent (sections, bold-titled blocks, numbered and bulleted "
-              "lists, middle paragraphs of an essay) and promises each part's length in the model's tokens; the "
-              "LLM annotator asks a language model, given a description of the language and examples. Either "
-              "way an annotation is kept only if it is strict Pasta-Lang that renders back to the response.", ""]
-    lines += ["**Filtering.** A record is dropped when its response is empty, when it hit the token limit, when "
-              "the annotator gave no text (a response that contains text Pasta-Lang reads as a tag), or when "
-              "the text fails validation. Short answers that do not fork are kept: they teach the model when "
-              "not to fork.", ""]
+    lines += [
+        "**Prompts.** Instructions are built offline from hand-written templates and word lists with a "
+        "seeded random generator, so every run gives the same prompts; each has a category and whether a "
+        "good answer to it has independent parts (`forkable`). The split (90% train, 5% validation, 5% "
+        "test) is a hash of the normalised prompt, so it never changes when the set grows.",
+        "",
+    ]
+    lines += [
+        f"**Responses.** The base model answers each prompt through its chat template{generation}, "
+        "greedy unless a temperature is set, several prompts per batch (left-padded, with an attention "
+        "mask, so an answer does not depend on its batch). A response records whether the model ended it "
+        "(end-of-sequence token) or the token limit cut it.",
+        "",
+    ]
+    lines += [
+        "**Annotation.** Each response is rewritten in Pasta-Lang. The structural annotator forks what the "
+        "response's own layout marks as independent (sections, bold-titled blocks, numbered and bulleted "
+        "lists, middle paragraphs of an essay) and promises each part's length in the model's tokens; the "
+        "LLM annotator asks a language model, given a description of the language and examples. Either "
+        "way an annotation is kept only if it is strict Pasta-Lang that renders back to the response.",
+        "",
+    ]
+    lines += [
+        "**Filtering.** A record is dropped when its response is empty, when it hit the token limit, when "
+        "the annotator gave no text (a response that contains text Pasta-Lang reads as a tag), or when "
+        "the text fails validation. Short answers that do not fork are kept: they teach the model when "
+        "not to fork.",
+        "",
+    ]
     lines += ["**Splits.** Records keep the split of their prompt.", ""]
 
     lines += ["## Sizes", ""]
@@ -765,8 +891,14 @@ def data_card(records: Sequence[Record], *, name: str = "dataset", log: Mapping[
     for category in categories:
         in_category = [r for r in records if str(r.get("category")) == category]
         forkable = FORKABLE.get(category)
-        rows.append([category, "-" if forkable is None else ("yes" if forkable else "no"),
-                     *(sum(r.get("split") == s for r in in_category) for s in SPLITS), len(in_category)])
+        rows.append(
+            [
+                category,
+                "-" if forkable is None else ("yes" if forkable else "no"),
+                *(sum(r.get("split") == s for r in in_category) for s in SPLITS),
+                len(in_category),
+            ]
+        )
     rows.append(["**all**", "", *(sum(r.get("split") == s for r in records) for s in SPLITS), len(records)])
     lines += _table(["category", "forkable", *SPLITS, "total"], rows)
 
@@ -774,38 +906,64 @@ def data_card(records: Sequence[Record], *, name: str = "dataset", log: Mapping[
     rows = []
     for category in [*categories, None]:
         chosen = records if category is None else [r for r in records if str(r.get("category")) == category]
-        figures = (stats.documents if category is None else per_category.get(category, []))
+        figures = stats.documents if category is None else per_category.get(category, [])
         forking = sum((r.get("forks") or 0) > 0 for r in chosen)
         speedup = distribution((f.theoretical_speedup for f in figures), geometric=True).geometric_mean
         promises = distribution(f.promises for f in figures).mean
-        rows.append(["**all**" if category is None else category, len(chosen), forking,
-                     _percent(forking, len(chosen)), _number(promises), _number(speedup)])
-    lines += _table(["category", "records", "forking", "fork rate", "promises per response",
-                     "theoretical speedup (geo mean)"], rows)
+        rows.append(
+            [
+                "**all**" if category is None else category,
+                len(chosen),
+                forking,
+                _percent(forking, len(chosen)),
+                _number(promises),
+                _number(speedup),
+            ]
+        )
+    lines += _table(
+        ["category", "records", "forking", "fork rate", "promises per response", "theoretical speedup (geo mean)"], rows
+    )
 
     if log:
         lines += ["## Validity and filtering", ""]
-        lines.append(f"`pastac data filter` kept {log['kept']} of {log['records']} annotated records "
-                     f"({_percent(log['kept'], log['records'])}).")
+        lines.append(
+            f"`pastac data filter` kept {log['kept']} of {log['records']} annotated records "
+            f"({_percent(log['kept'], log['records'])})."
+        )
         lines.append("")
-        rows = [[reason, n, _percent(n, log["records"]), DROP_REASONS.get(reason, "")]
-                for reason, n in log.get("dropped", {}).items()]
+        rows = [
+            [reason, n, _percent(n, log["records"]), DROP_REASONS.get(reason, "")]
+            for reason, n in log.get("dropped", {}).items()
+        ]
         lines += _table(["dropped because", "records", "share", "meaning"], rows or [["nothing", 0, "-", ""]])
 
-    lines += ["## Distributions", "",
-              "Computed as `pastac stats` does (`pastac.report.summarize`): strict parse, lengths in "
-              "white-space-separated words, no cap on the number of threads; the theoretical speedup is total "
-              "tokens ÷ tokens on the critical path.", ""]
+    lines += [
+        "## Distributions",
+        "",
+        "Computed as `pastac stats` does (`pastac.report.summarize`): strict parse, lengths in "
+        "white-space-separated words, no cap on the number of threads; the theoretical speedup is total "
+        "tokens ÷ tokens on the critical path.",
+        "",
+    ]
     rows = []
     for metric, dist in stats.metrics.items():
         digits = 1 if metric in COUNTS else 3
-        rows.append([metric, dist.count, _number(dist.mean, digits),
-                     _number(dist.geometric_mean, 3) if dist.geometric_mean is not None else "",
-                     *(_number(v, digits) for v in (dist.p50, dist.p90, dist.max)), METRICS[metric]])
+        rows.append(
+            [
+                metric,
+                dist.count,
+                _number(dist.mean, digits),
+                _number(dist.geometric_mean, 3) if dist.geometric_mean is not None else "",
+                *(_number(v, digits) for v in (dist.p50, dist.p90, dist.max)),
+                METRICS[metric],
+            ]
+        )
     lines += _table(["metric", "count", "mean", "geo mean", "p50", "p90", "max", "meaning"], rows)
-    lines.append(f"Pooled over all records: {stats.tokens} tokens, theoretical speedup "
-                 f"{stats.pooled_speedup:.3f}, async token share {stats.pooled_async_token_share:.3f}"
-                 + (f"; {len(stats.invalid)} records with an invalid text were left out." if stats.invalid else "."))
+    lines.append(
+        f"Pooled over all records: {stats.tokens} tokens, theoretical speedup "
+        f"{stats.pooled_speedup:.3f}, async token share {stats.pooled_async_token_share:.3f}"
+        + (f"; {len(stats.invalid)} records with an invalid text were left out." if stats.invalid else ".")
+    )
     lines.append("")
 
     lines += ["## Reproduce", "", "```sh"]
@@ -813,8 +971,12 @@ def data_card(records: Sequence[Record], *, name: str = "dataset", log: Mapping[
         lines.append(str(settings["command"]))
     else:
         lines.append("pastac data build --out DIR [--model PATH] [--annotator structural|llm]")
-    lines += ["```", "", "Every step of `pastac data build` resumes where it stopped; its files are listed in "
-              "`pastac data --help`.", ""]
+    lines += [
+        "```",
+        "",
+        "Every step of `pastac data build` resumes where it stopped; its files are listed in `pastac data --help`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -854,10 +1016,19 @@ def card_file(data: str | Path, out: str | Path | None = None, *, filter_log: st
 # ----------------------------------------------------------------------------------------------------- build
 
 
-def build_dataset(folder: str | Path, *, responder: Responder, model_name: str, annotator: Annotator,
-                  seed: int = DEFAULT_SEED, batch_size: int = 16, limit: int | None = None,
-                  progress: bool = True, settings: Mapping[str, Any] | None = None,
-                  report: Callable[[str], None] = lambda line: None) -> FilterResult:
+def build_dataset(
+    folder: str | Path,
+    *,
+    responder: Responder,
+    model_name: str,
+    annotator: Annotator,
+    seed: int = DEFAULT_SEED,
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
+    report: Callable[[str], None] = lambda line: None,
+) -> FilterResult:
     """All steps into ``folder`` (the files of ``BUILD_FILES``, the filter log and one file per split), each
     resuming from what the folder already holds; ``report`` receives a line per step."""
     folder = Path(folder)
@@ -871,11 +1042,24 @@ def build_dataset(folder: str | Path, *, responder: Responder, model_name: str, 
             raise PipelineError(f"cannot write '{files['settings']}': {error.strerror or error}") from None
     report(write_prompts(files["prompts"], seed).line())
     prompts = read_records(files["prompts"], required=("id", "prompt"))
-    report(write_responses(prompts, files["responses"], responder, model_name=model_name, batch_size=batch_size,
-                           limit=limit, progress=progress, source=str(files["prompts"])).line())
+    report(
+        write_responses(
+            prompts,
+            files["responses"],
+            responder,
+            model_name=model_name,
+            batch_size=batch_size,
+            limit=limit,
+            progress=progress,
+            source=str(files["prompts"]),
+        ).line()
+    )
     responses = read_records(files["responses"], required=("id", "prompt", "response"))
-    report(annotate_records(responses, files["annotated"], annotator, progress=progress,
-                            source=str(files["responses"])).line())
+    report(
+        annotate_records(
+            responses, files["annotated"], annotator, progress=progress, source=str(files["responses"])
+        ).line()
+    )
     result = filter_file(files["annotated"], files["data"], split_dir=folder)
     for line in filter_summary(result.log):
         report(f"filter: {line.strip()}")

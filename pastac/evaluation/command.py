@@ -24,37 +24,61 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     )
 
     p = sub.add_parser(
-        "eval", help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
+        "eval",
+        help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
         description="For each prompt, decode with the adapted model and record whether the annotation is valid "
-                    "as written, the threads, the theoretical and measured speedups (vs the same text by one "
-                    "thread, and vs Hugging Face generate of the base model), the base model's log-likelihood "
-                    "of the stitched answer vs of its own answer, and the overlap between sibling threads vs "
-                    "between the items of the base answer.")
-    p.add_argument("--prompts", metavar="FILE.jsonl",
-                   help="one JSON object per line with \"prompt\" (and \"category\", \"id\", \"split\")")
+        "as written, the threads, the theoretical and measured speedups (vs the same text by one "
+        "thread, and vs Hugging Face generate of the base model), the base model's log-likelihood "
+        "of the stitched answer vs of its own answer, and the overlap between sibling threads vs "
+        "between the items of the base answer.",
+    )
+    p.add_argument(
+        "--prompts", metavar="FILE.jsonl", help='one JSON object per line with "prompt" (and "category", "id", "split")'
+    )
     p.add_argument("--split", metavar="NAME", help="only the records of this split (e.g. test)")
-    p.add_argument("--limit", type=positive, metavar="N",
-                   help="only N prompts, taken in turn from each category (file order within one)")
-    p.add_argument("--shard", type=_shard, metavar="K/N",
-                   help="only the K-th of every N of those prompts (K from 1), to spread an evaluation over N "
-                        "processes; --merge joins their --json reports")
-    p.add_argument("--merge", nargs="+", metavar="REPORT.json",
-                   help="evaluate nothing: join the --json reports of the shards of one evaluation (their results "
-                        "in the order given) and summarise them")
+    p.add_argument(
+        "--limit",
+        type=positive,
+        metavar="N",
+        help="only N prompts, taken in turn from each category (file order within one)",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="only the K-th of every N of those prompts (K from 1), to spread an evaluation over N "
+        "processes; --merge joins their --json reports",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT.json",
+        help="evaluate nothing: join the --json reports of the shards of one evaluation (their results "
+        "in the order given) and summarise them",
+    )
     model = p.add_argument_group("model")
     model_arguments(model)
     adapter_arguments(model)
     kernel_arguments(model)
-    p.add_argument("--max-new-tokens", type=positive, default=512, metavar="N",
-                   help="the answer's budget, the same for both models: the base model's generate writes at most "
-                        "N new tokens, the adapted model's threads at most N together, tags included (default 512)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive,
+        default=512,
+        metavar="N",
+        help="the answer's budget, the same for both models: the base model's generate writes at most "
+        "N new tokens, the adapted model's threads at most N together, tags included (default 512)",
+    )
     penalty_arguments(p)
     guard_arguments(p)
-    p.add_argument("--sampled-reference", type=number(lambda v: v > 0, "> 0"), metavar="T",
-                   help="also score an answer of the base model sampled at temperature T (the penalty and budget "
-                        "of its greedy answer, seeded per prompt): how far below its greedy answer the base "
-                        "model's likelihood of a text it writes itself falls, the scale of the log-likelihood "
-                        "proxy (one more generate per prompt)")
+    p.add_argument(
+        "--sampled-reference",
+        type=number(lambda v: v > 0, "> 0"),
+        metavar="T",
+        help="also score an answer of the base model sampled at temperature T (the penalty and budget "
+        "of its greedy answer, seeded per prompt): how far below its greedy answer the base "
+        "model's likelihood of a text it writes itself falls, the scale of the log-likelihood "
+        "proxy (one more generate per prompt)",
+    )
     judge = p.add_argument_group("judge (optional)")
     judge.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible server that judges pairs of answers")
     judge.add_argument("--judge-model", metavar="NAME", help="the judge's model name on that server")
@@ -87,7 +111,7 @@ def _merge(paths: list[str]) -> dict[str, Any]:
         except ValueError as error:
             raise UsageError(f"{path}: not a JSON report: {error}") from None
         if not isinstance(report, dict) or not isinstance(report.get("results"), list):
-            raise UsageError(f"{path}: not a pastac eval --json report (no \"results\" list)")
+            raise UsageError(f'{path}: not a pastac eval --json report (no "results" list)')
         for key in RUN_SETTINGS:
             value = report.get("summary", {}).get(key)
             if settings.setdefault(key, value) != value:
@@ -111,7 +135,7 @@ def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
     records = round_robin(records)[: args.limit] if args.limit else records
     if args.shard:
         k, n = args.shard
-        records = records[k - 1::n]
+        records = records[k - 1 :: n]
     if not records:
         raise UsageError(f"no prompts to evaluate in {args.prompts}" + (f" (split {args.split})" if args.split else ""))
     return records
@@ -176,23 +200,46 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         alone = resolve_adapter(args.adapter, args.model) is None  # the base model is the one evaluated
         # with an adapter, the base model only runs Hugging Face generate and the log-likelihood, which keep
         # F.linear: tuning its kernels would pack copies of its weights that nothing reads
-        base = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=None,
-                                      kernels=args.kernels if alone else "stock", progress=not args.quiet)
-        adapted = base if alone else Engine.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, adapter=args.adapter, kernels=args.kernels,
-            progress=not args.quiet)
+        base = Engine.from_pretrained(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            adapter=None,
+            kernels=args.kernels if alone else "stock",
+            progress=not args.quiet,
+        )
+        adapted = (
+            base
+            if alone
+            else Engine.from_pretrained(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                adapter=args.adapter,
+                kernels=args.kernels,
+                progress=not args.quiet,
+            )
+        )
     except ModelError as error:
         raise UsageError(str(error)) from None
     with progress_bar("pastac eval", len(records), enabled=not args.quiet) as bar:
         try:
-            report = evaluate(records, adapted, base, EvalOptions(max_new_tokens=args.max_new_tokens, judge=judge,
-                                                                 repetition_penalty=args.repetition_penalty,
-                                                                 penalty_scope=args.penalty_scope,
-                                                                 sibling_ngram=args.sibling_ngram,
-                                                                 tag_guard=args.tag_guard,
-                                                                 jump_forward=args.jump_forward,
-                                                                 sampled_reference=args.sampled_reference),
-                              progress=lambda n: bar(advance=n))
+            report = evaluate(
+                records,
+                adapted,
+                base,
+                EvalOptions(
+                    max_new_tokens=args.max_new_tokens,
+                    judge=judge,
+                    repetition_penalty=args.repetition_penalty,
+                    penalty_scope=args.penalty_scope,
+                    sibling_ngram=args.sibling_ngram,
+                    tag_guard=args.tag_guard,
+                    jump_forward=args.jump_forward,
+                    sampled_reference=args.sampled_reference,
+                ),
+                progress=lambda n: bar(advance=n),
+            )
         except JudgeError as error:
             raise UsageError(str(error)) from None
     _print(report, args.json, out)

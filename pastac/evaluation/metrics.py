@@ -54,4 +54,3 @@ def log_likelihood(model: Any, prompt_ids: Sequence[int], answer_ids: Sequence[i
     logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
     targets = ids[0, len(prompt_ids) :]
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).mean().item()
-

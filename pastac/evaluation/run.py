@@ -78,8 +78,10 @@ def judge_pair(judge: Judge, prompt: str, ours: str, theirs: str, rng: random.Ra
     first = rng.random() < 0.5
     a, b = (ours, theirs) if first else (theirs, ours)
     try:
-        reply = judge(f"Which answer to the request is better? Reply with A, B or tie, then one sentence.\n\n"
-                      f"Request:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n")
+        reply = judge(
+            f"Which answer to the request is better? Reply with A, B or tie, then one sentence.\n\n"
+            f"Request:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n"
+        )
     except RuntimeError as error:
         raise JudgeError(str(error)) from None
     found = _VERDICT.search(reply)
@@ -89,21 +91,33 @@ def judge_pair(judge: Judge, prompt: str, ours: str, theirs: str, rng: random.Ra
     return "win" if (verdict == "a") == first else "loss"
 
 
-def _base_generate(base: Engine, prompt_ids: Sequence[int], processors: LogitsProcessorList, max_new_tokens: int,
-                   **decoding: Any) -> list[int]:
+def _base_generate(
+    base: Engine, prompt_ids: Sequence[int], processors: LogitsProcessorList, max_new_tokens: int, **decoding: Any
+) -> list[int]:
     """The new ids of Hugging Face ``generate`` of the base model after ``prompt_ids`` (``decoding``: its
     sampling arguments), end tokens included."""
     device = next(base.model.parameters()).device
     tensor = torch.tensor([list(prompt_ids)], device=device)
     with torch.inference_mode():
-        generated = base.model.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new_tokens,
-                                        pad_token_id=base.eos[0] if base.eos else 0, logits_processor=processors,
-                                        **decoding)
-    return generated[0, len(prompt_ids):].tolist()
+        generated = base.model.generate(
+            tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=base.eos[0] if base.eos else 0,
+            logits_processor=processors,
+            **decoding,
+        )
+    return generated[0, len(prompt_ids) :].tolist()
 
 
-def sampled_answer(base: Engine, prompt_ids: Sequence[int], processors: LogitsProcessorList, max_new_tokens: int,
-                   temperature: float, seed: int) -> list[int]:
+def sampled_answer(
+    base: Engine,
+    prompt_ids: Sequence[int],
+    processors: LogitsProcessorList,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> list[int]:
     """An answer of the base model sampled at ``temperature`` (no top-k or top-p cut), with the processors and
     budget of its greedy answer, end tokens dropped (the budget cut it if it holds ``max_new_tokens``).  The
     base model's likelihood of its own sampled answers, set against that of its greedy answer, says how far
@@ -112,8 +126,9 @@ def sampled_answer(base: Engine, prompt_ids: Sequence[int], processors: LogitsPr
     device = next(base.model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        new_ids = _base_generate(base, prompt_ids, processors, max_new_tokens, do_sample=True,
-                                 temperature=temperature, top_k=0, top_p=1.0)
+        new_ids = _base_generate(
+            base, prompt_ids, processors, max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0
+        )
     return [t for t in new_ids if t not in base.eos]
 
 
@@ -123,31 +138,43 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions,
-                 rng: random.Random) -> dict[str, Any]:
+def evaluate_one(
+    record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions, rng: random.Random
+) -> dict[str, Any]:
     prompt = str(record["prompt"])
     limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
-    sampling = SamplingOptions(repetition_penalty=penalty or 1.0, penalty_scope=options.penalty_scope,
-                               sibling_ngram=options.sibling_ngram)
-    pasta = adapted.generate(prompt, RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard,
-                                                jump_forward=options.jump_forward))
+    sampling = SamplingOptions(
+        repetition_penalty=penalty or 1.0, penalty_scope=options.penalty_scope, sibling_ngram=options.sibling_ngram
+    )
+    pasta = adapted.generate(
+        prompt,
+        RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard, jump_forward=options.jump_forward),
+    )
     lenient = check(pasta.annotated, mode="lenient")
     valid = not lenient.diagnostics and not pasta.warnings
     out: dict[str, Any] = {
-        "id": record.get("id"), "category": record.get("category"), "prompt": prompt,
-        "threads": pasta.stats.threads, "valid": valid,
+        "id": record.get("id"),
+        "category": record.get("category"),
+        "prompt": prompt,
+        "threads": pasta.stats.threads,
+        "valid": valid,
         # why not valid: the lenient check's diagnostics, then what the runtime had to recover from
         "problems": [f"{d.code} {d.message}" for d in lenient.diagnostics] + list(pasta.warnings),
         "tokens": pasta.stats.tokens,  # placed in the cache: what the threads wrote, and the <async> fed to each
         "written": pasta.stats.generated + pasta.stats.jumped,  # what the threads wrote: the budget's count
-        "theoretical_speedup": pasta.stats.theoretical_speedup, "wall_s": pasta.stats.wall_s,
-        "text": pasta.text, "annotated": pasta.annotated,
+        "theoretical_speedup": pasta.stats.theoretical_speedup,
+        "wall_s": pasta.stats.wall_s,
+        "text": pasta.text,
+        "annotated": pasta.annotated,
     }
     try:  # the same text decoded by one thread: what forking bought
         # (the penalty computed as in the run, though a replay discards what it would choose: the same work)
-        sequential = adapted.generate(prompt, RunOptions(mode="sequential", sampling=sampling,
-                                                         jump_forward=options.jump_forward), replay=pasta.annotated)
+        sequential = adapted.generate(
+            prompt,
+            RunOptions(mode="sequential", sampling=sampling, jump_forward=options.jump_forward),
+            replay=pasta.annotated,
+        )
         out["sequential_wall_s"] = sequential.stats.wall_s
         out["speedup_vs_sequential"] = sequential.stats.wall_s / pasta.stats.wall_s
     except InputError:  # an annotation that needed recovery cannot be replayed as it is
@@ -159,17 +186,28 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     new_ids, hf_wall = _timed(lambda: _base_generate(base, ids, processors, options.max_new_tokens, do_sample=False))
     answer_ids = [t for t in new_ids if t not in base.eos]
     baseline = base.tokenizer.decode(answer_ids, skip_special_tokens=True)
-    out.update(baseline=baseline, baseline_tokens=len(answer_ids),
-               baseline_cut=len(new_ids) >= options.max_new_tokens and not set(new_ids) & set(base.eos),
-               hf_generate_wall_s=hf_wall, speedup_vs_hf_generate=hf_wall / pasta.stats.wall_s)
+    out.update(
+        baseline=baseline,
+        baseline_tokens=len(answer_ids),
+        baseline_cut=len(new_ids) >= options.max_new_tokens and not set(new_ids) & set(base.eos),
+        hf_generate_wall_s=hf_wall,
+        speedup_vs_hf_generate=hf_wall / pasta.stats.wall_s,
+    )
     stitched_ids = base.tokenizer.encode(pasta.text, add_special_tokens=False)
     out["loglik_pasta"] = log_likelihood(base.model, ids, stitched_ids)
     out["loglik_sequential"] = log_likelihood(base.model, ids, answer_ids)
     if options.sampled_reference is not None:  # seeded by the prompt: the same draw in any shard or order
-        sampled = sampled_answer(base, ids, processors, options.max_new_tokens, options.sampled_reference,
-                                 zlib.crc32(f"{options.seed} {prompt}".encode()))
-        out.update(loglik_sampled=log_likelihood(base.model, ids, sampled),
-                   sampled_cut=len(sampled) >= options.max_new_tokens)
+        sampled = sampled_answer(
+            base,
+            ids,
+            processors,
+            options.max_new_tokens,
+            options.sampled_reference,
+            zlib.crc32(f"{options.seed} {prompt}".encode()),
+        )
+        out.update(
+            loglik_sampled=log_likelihood(base.model, ids, sampled), sampled_cut=len(sampled) >= options.max_new_tokens
+        )
     out["redundancy_threads"] = mean_redundancy(sibling_groups(pasta.parents, pasta.thread_text))
     out["redundancy_sequential"] = item_redundancy(baseline)
     if options.judge is not None:
@@ -231,8 +269,9 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fork_rate": _rate([r["threads"] > 1 for r in results]),
         "fork_rate_list_like": _rate([r["threads"] > 1 for r in listy]),
         "fork_rate_short": _rate([r["threads"] > 1 for r in short]),
-        "fork_rate_by_category": {c: _rate([r["threads"] > 1 for r in of((c,))])
-                                  for c in sorted({str(r.get("category")) for r in results})},
+        "fork_rate_by_category": {
+            c: _rate([r["threads"] > 1 for r in of((c,))]) for c in sorted({str(r.get("category")) for r in results})
+        },
         "speedup_vs_sequential": _geomean([r["speedup_vs_sequential"] for r in results]),
         "speedup_vs_hf_generate": _geomean([r["speedup_vs_hf_generate"] for r in results]),
         "speedup_vs_sequential_list_like": _geomean([r["speedup_vs_sequential"] for r in listy]),
@@ -255,8 +294,13 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def evaluate(records: Sequence[dict[str, Any]], adapted: Engine, base: Engine, options: EvalOptions = EvalOptions(),
-             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    records: Sequence[dict[str, Any]],
+    adapted: Engine,
+    base: Engine,
+    options: EvalOptions = EvalOptions(),
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Evaluate every record (``{"prompt", "category", "id"}``); ``{"results": [...], "summary": {...}}``."""
     rng = random.Random(options.seed)
     results = []
@@ -264,5 +308,4 @@ def evaluate(records: Sequence[dict[str, Any]], adapted: Engine, base: Engine, o
         results.append(evaluate_one(record, adapted, base, options, rng))
         if progress is not None:
             progress(1)
-    return {"results": results,
-            "summary": summarize(results) | {key: getattr(options, key) for key in RUN_SETTINGS}}
+    return {"results": results, "summary": summarize(results) | {key: getattr(options, key) for key in RUN_SETTINGS}}

@@ -33,40 +33,93 @@ class Code:
 CODES: dict[str, Code] = {
     c.code: c
     for c in (
-        Code("E101", "unterminated-tag", "A tag has no closing '>' before the next '<' or the end of input.",
-             "The tag's characters are kept as text."),
-        Code("E102", "unquoted-value", "An attribute value is not enclosed in double quotes.",
-             "The value runs to the next white space, '/' or '>'."),
-        Code("E103", "malformed-attribute", "An attribute is not of the form NAME=\"VALUE\", or is not "
-             "separated from the previous one by white space.", "The attribute is read as far as possible."),
-        Code("E104", "unterminated-value", "A quoted attribute value has no closing quote inside its tag.",
-             "The value runs to the end of the tag."),
-        Code("E105", "bad-escape", "A '&' in an attribute value does not start &quot; &amp; &lt; or &gt;.",
-             "The '&' is kept literally."),
-        Code("E106", "not-self-closing", "<promise .../> and <sync/> must end with '/>'.",
-             "The tag is read as if self-closed."),
-        Code("E107", "self-closed-async", "<async> and </async> must end with '>', not '/>'.",
-             "<async/> is read as an empty block; </async/> as </async>."),
-        Code("E108", "attributes-not-allowed", "<sync/> and </async> take no attributes.",
-             "The attributes are ignored."),
+        Code(
+            "E101",
+            "unterminated-tag",
+            "A tag has no closing '>' before the next '<' or the end of input.",
+            "The tag's characters are kept as text.",
+        ),
+        Code(
+            "E102",
+            "unquoted-value",
+            "An attribute value is not enclosed in double quotes.",
+            "The value runs to the next white space, '/' or '>'.",
+        ),
+        Code(
+            "E103",
+            "malformed-attribute",
+            'An attribute is not of the form NAME="VALUE", or is not separated from the previous one by white space.',
+            "The attribute is read as far as possible.",
+        ),
+        Code(
+            "E104",
+            "unterminated-value",
+            "A quoted attribute value has no closing quote inside its tag.",
+            "The value runs to the end of the tag.",
+        ),
+        Code(
+            "E105",
+            "bad-escape",
+            "A '&' in an attribute value does not start &quot; &amp; &lt; or &gt;.",
+            "The '&' is kept literally.",
+        ),
+        Code(
+            "E106",
+            "not-self-closing",
+            "<promise .../> and <sync/> must end with '/>'.",
+            "The tag is read as if self-closed.",
+        ),
+        Code(
+            "E107",
+            "self-closed-async",
+            "<async> and </async> must end with '>', not '/>'.",
+            "<async/> is read as an empty block; </async/> as </async>.",
+        ),
+        Code(
+            "E108", "attributes-not-allowed", "<sync/> and </async> take no attributes.", "The attributes are ignored."
+        ),
         Code("E201", "missing-topic", "A promise has no 'topic' attribute.", "The topic is empty."),
         Code("E202", "empty-topic", "A promise's topic is empty or white space only.", "The topic is kept."),
         Code("E203", "bad-tokens", "'tokens' is not a non-negative decimal integer.", "The length is unknown."),
-        Code("E204", "unknown-attribute", "A tag has an attribute the language does not define.",
-             "The attribute is ignored."),
+        Code(
+            "E204",
+            "unknown-attribute",
+            "A tag has an attribute the language does not define.",
+            "The attribute is ignored.",
+        ),
         Code("E205", "duplicate-attribute", "A tag gives the same attribute twice.", "The first one counts."),
-        Code("E206", "topic-mismatch", "An <async topic=..> differs from the topic of the promise it fulfils.",
-             "The promise's topic counts."),
-        Code("E301", "unclosed-async", "An <async> block has no </async> before the end of its enclosing body.",
-             "The block is closed at the end of its enclosing body."),
+        Code(
+            "E206",
+            "topic-mismatch",
+            "An <async topic=..> differs from the topic of the promise it fulfils.",
+            "The promise's topic counts.",
+        ),
+        Code(
+            "E301",
+            "unclosed-async",
+            "An <async> block has no </async> before the end of its enclosing body.",
+            "The block is closed at the end of its enclosing body.",
+        ),
         Code("E302", "stray-close", "A </async> closes no open <async> block.", "The tag is kept as text."),
-        Code("E303", "async-without-promise", "An <async> block has no unfulfilled promise before it in the "
-             "same body (a <sync/> in between joins the promises before it).",
-             "The block's content is rendered where it was written."),
-        Code("E304", "unfulfilled-promise", "A <sync/>, or the end of a body, joins a promise that no <async> "
-             "block fulfilled.", "The promise renders as nothing."),
-        Code("E305", "too-deep", "An <async> block is nested deeper than the depth limit (default 2).",
-             "The block is accepted."),
+        Code(
+            "E303",
+            "async-without-promise",
+            "An <async> block has no unfulfilled promise before it in the "
+            "same body (a <sync/> in between joins the promises before it).",
+            "The block's content is rendered where it was written.",
+        ),
+        Code(
+            "E304",
+            "unfulfilled-promise",
+            "A <sync/>, or the end of a body, joins a promise that no <async> block fulfilled.",
+            "The promise renders as nothing.",
+        ),
+        Code(
+            "E305",
+            "too-deep",
+            "An <async> block is nested deeper than the depth limit (default 2).",
+            "The block is accepted.",
+        ),
         Code("E306", "empty-sync", "A <sync/> joins no promise.", "The sync is ignored."),
     )
 }
@@ -137,8 +190,12 @@ def format_text(diagnostics: tuple[Diagnostic, ...] | list[Diagnostic], source: 
 def to_json(d: Diagnostic, filename: str) -> dict[str, object]:
     def loc(span: Span) -> dict[str, int]:
         return {
-            "line": span.start.line, "column": span.start.column, "offset": span.start.offset,
-            "end_line": span.end.line, "end_column": span.end.column, "end_offset": span.end.offset,
+            "line": span.start.line,
+            "column": span.start.column,
+            "offset": span.start.offset,
+            "end_line": span.end.line,
+            "end_column": span.end.column,
+            "end_offset": span.end.offset,
         }
 
     return {
@@ -161,8 +218,10 @@ def format_github(d: Diagnostic, filename: str, line: int | None = None, prefix:
     """A GitHub Actions workflow command; ``line`` overrides the span's line (JSONL records)."""
     kind = "error" if d.severity is Severity.ERROR else "warning"
     if line is None:
-        where = (f"file={_github_escape(filename, prop=True)},line={d.span.start.line},col={d.span.start.column},"
-                 f"endLine={d.span.end.line},endColumn={d.span.end.column}")
+        where = (
+            f"file={_github_escape(filename, prop=True)},line={d.span.start.line},col={d.span.start.column},"
+            f"endLine={d.span.end.line},endColumn={d.span.end.column}"
+        )
     else:
         where = f"file={_github_escape(filename, prop=True)},line={line}"
     message = prefix + d.message + "".join(f"\nnote at {n.span.start}: {n.message}" for n in d.notes)

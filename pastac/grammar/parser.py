@@ -123,8 +123,9 @@ class _Builder:
                         open_stack.pop()
                         self._feed(parser, "ASYNC_CLOSE", i)
                     else:
-                        self.diagnostics.append(Diagnostic("E302", "</async> closes no open <async> block",
-                                                           lexeme.span))
+                        self.diagnostics.append(
+                            Diagnostic("E302", "</async> closes no open <async> block", lexeme.span)
+                        )
                         self.as_text.add(i)
                         self._feed(parser, "TEXT", i)
                 case TagToken(tag=AsyncOpen(self_closed=True)):
@@ -136,9 +137,14 @@ class _Builder:
                     self._feed(parser, str(kind), i)
         while open_stack:
             opened = self.lexemes[open_stack.pop()]
-            self.diagnostics.append(Diagnostic(
-                "E301", "unclosed <async>: expected </async> before the end of input", Span.point(self.end),
-                notes=(Note("<async> opened here", opened.span),)))
+            self.diagnostics.append(
+                Diagnostic(
+                    "E301",
+                    "unclosed <async>: expected </async> before the end of input",
+                    Span.point(self.end),
+                    notes=(Note("<async> opened here", opened.span),),
+                )
+            )
             self._feed(parser, "ASYNC_CLOSE", self._synthetic())
         try:
             tree = parser.feed_eof()
@@ -213,8 +219,11 @@ def _check_body(
         body, depth, parent, grandparent = work.pop()
         if parent is not None and depth > max_depth:
             notes = (Note("inside this <async> block", grandparent.open_span),) if grandparent is not None else ()
-            diagnostics.append(Diagnostic(
-                "E305", f"<async> nested {depth} deep; the limit is {max_depth}", parent.open_span, notes=notes))
+            diagnostics.append(
+                Diagnostic(
+                    "E305", f"<async> nested {depth} deep; the limit is {max_depth}", parent.open_span, notes=notes
+                )
+            )
         _check_one_body(body, parent, diagnostics)
         work.extend((node.body, depth + 1, node, parent) for node in reversed(body) if isinstance(node, Async))
 
@@ -225,18 +234,28 @@ def _check_one_body(body: tuple[Node, ...], parent: Async | None, diagnostics: l
         block, promise = body[a], body[p]
         assert isinstance(block, Async) and isinstance(promise, Promise)
         if block.topic is not None and block.topic != promise.topic:
-            diagnostics.append(Diagnostic(
-                "E206", f"<async topic={quote(block.topic)}> does not match its promise's topic {quote(promise.topic)}",
-                block.open_span, notes=(Note("promise declared here", promise.span),)))
+            diagnostics.append(
+                Diagnostic(
+                    "E206",
+                    f"<async topic={quote(block.topic)}> does not match its promise's topic {quote(promise.topic)}",
+                    block.open_span,
+                    notes=(Note("promise declared here", promise.span),),
+                )
+            )
     for a in binding.orphans:
         block = body[a]
         assert isinstance(block, Async)
         syncs = [i for i in range(a) if isinstance(body[i], Sync)]
         joined = syncs and any(isinstance(body[i], Promise) for i in range(syncs[-1]))
         notes = (Note("the promises before this <sync/> were joined here", body[syncs[-1]].span),) if joined else ()
-        diagnostics.append(Diagnostic(
-            "E303", "<async> block without an unfulfilled promise before it in the same body",
-            block.open_span, notes=notes))
+        diagnostics.append(
+            Diagnostic(
+                "E303",
+                "<async> block without an unfulfilled promise before it in the same body",
+                block.open_span,
+                notes=notes,
+            )
+        )
     for p, s in binding.unfulfilled:
         promise = body[p]
         assert isinstance(promise, Promise)

@@ -78,8 +78,12 @@ class TagContext:
 
 
 def _complete_ok(token: TagToken, context: TagContext) -> bool:
-    return (token.tag is not None and not token.diagnostics and context.allows(token.kind)
-            and CANONICAL[token.kind].fullmatch(token.raw) is not None)
+    return (
+        token.tag is not None
+        and not token.diagnostics
+        and context.allows(token.kind)
+        and CANONICAL[token.kind].fullmatch(token.raw) is not None
+    )
 
 
 _ANGLED = re.compile(r"<(/?)([A-Za-z]*)")
@@ -156,7 +160,7 @@ _AFTER_DIGITS = re.compile(r'" tokens="([0-9]+)(.*)', re.DOTALL)
 
 def _rest(literal: str, written: str) -> str:
     """What is left of ``literal`` once ``written``, a proper prefix of it, is written ("" if it is not one)."""
-    return literal[len(written):] if len(written) < len(literal) and literal.startswith(written) else ""
+    return literal[len(written) :] if len(written) < len(literal) and literal.startswith(written) else ""
 
 
 def forced(held: str) -> str:

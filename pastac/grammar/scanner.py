@@ -68,7 +68,7 @@ class Scanner:
         span = Span.of(self._at, value)
         out.append(TextToken(value, span))
         self._at = span.end
-        self._held = self._held[len(value):]
+        self._held = self._held[len(value) :]
 
     def _drain(self, *, final: bool) -> list[Lexeme]:
         out: list[Lexeme] = []
@@ -99,7 +99,7 @@ class Scanner:
             token = read_tag(kind, raw, self._at, at_end=at_end)
             out.append(token)
             self._at = token.span.end
-            self._held = held[len(raw):]
+            self._held = held[len(raw) :]
         return out
 
 

@@ -220,8 +220,7 @@ def _classify(kind: TagKind, raw: str, error: UnexpectedInput, r: _Reader) -> Di
         return Diagnostic("E107", f"{DISPLAY[kind]} is not self-closing: {what}", r.span(at, at + 2))
     if kind in (TagKind.SYNC, TagKind.ASYNC_CLOSE) and rest[:1] not in ("", "/", ">"):
         end = len(raw) - (2 if raw.endswith("/>") else 1)
-        return Diagnostic("E108", f"{DISPLAY[kind]} takes no attributes",
-                          r.span(at, max(end, at + 1)))
+        return Diagnostic("E108", f"{DISPLAY[kind]} takes no attributes", r.span(at, max(end, at + 1)))
     if rest.startswith("/") and not rest.startswith("/>"):
         return Diagnostic("E103", f"stray '/' in {DISPLAY[kind]} tag: '/' may only come right before '>'", here)
     if "EQUAL" in expected:
@@ -285,18 +284,22 @@ def _interpret(
     seen: dict[str, _Attribute] = {}
     for attr in attributes:
         if attr.name in seen:
-            diagnostics.append(Diagnostic(
-                "E205", f"duplicate attribute '{attr.name}'", attr.span,
-                notes=(Note("first given here", seen[attr.name].span),)))
+            diagnostics.append(
+                Diagnostic(
+                    "E205",
+                    f"duplicate attribute '{attr.name}'",
+                    attr.span,
+                    notes=(Note("first given here", seen[attr.name].span),),
+                )
+            )
         elif attr.name not in allowed:
             if allowed:
                 known = " and ".join(f"'{a}'" for a in allowed)
-                diagnostics.append(Diagnostic(
-                    "E204", f"unknown attribute '{attr.name}' ({DISPLAY[kind]} takes {known})", attr.span))
+                diagnostics.append(
+                    Diagnostic("E204", f"unknown attribute '{attr.name}' ({DISPLAY[kind]} takes {known})", attr.span)
+                )
             elif not any(d.code == "E108" for d in diagnostics):
-                diagnostics.append(Diagnostic(
-                    "E108", f"{DISPLAY[kind]} takes no attributes",
-                    attr.span))
+                diagnostics.append(Diagnostic("E108", f"{DISPLAY[kind]} takes no attributes", attr.span))
         elif attr.value is not None:
             seen[attr.name] = attr
     match kind:
@@ -314,9 +317,13 @@ def _interpret(
                 if _TOKENS.fullmatch(tokens_attr.value):
                     tokens = decimal_int(tokens_attr.value)  # no upper bound (spec §3.1)
                 else:
-                    diagnostics.append(Diagnostic(
-                        "E203", f"'tokens' must be a non-negative integer, not {quote(tokens_attr.value)}",
-                        tokens_attr.value_span))
+                    diagnostics.append(
+                        Diagnostic(
+                            "E203",
+                            f"'tokens' must be a non-negative integer, not {quote(tokens_attr.value)}",
+                            tokens_attr.value_span,
+                        )
+                    )
             return Promise(topic, tokens, span=whole)
         case TagKind.ASYNC_OPEN:
             topic_attr = seen.get("topic")

@@ -59,8 +59,9 @@ def _interpolate(table: tuple[tuple[int, float], ...], x: int) -> float:
 
 
 # Measured with SmolLM2-135M-Instruct in bf16 on a 2-core AVX-512 CPU, one packed row, 200-token prefix.
-DEFAULT_STEP_COST = StepCost(((1, 39.8), (2, 44.1), (4, 46.2), (8, 51.2), (16, 65.5)),
-                             "SmolLM2-135M-Instruct, bf16, 2-core CPU")
+DEFAULT_STEP_COST = StepCost(
+    ((1, 39.8), (2, 44.1), (4, 46.2), (8, 51.2), (16, 65.5)), "SmolLM2-135M-Instruct, bf16, 2-core CPU"
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,9 @@ class CriticalPath:
     cost_model: str = field(default="")
 
 
-def critical_path(graph: ThreadGraph, plan: Schedule, cost: StepCost = DEFAULT_STEP_COST, *,
-                  context: int = 0) -> CriticalPath:
+def critical_path(
+    graph: ThreadGraph, plan: Schedule, cost: StepCost = DEFAULT_STEP_COST, *, context: int = 0
+) -> CriticalPath:
     tokens = graph.tokens()
     unbounded = plan if plan.options.max_width is None else schedule(graph, ScheduleOptions(None, plan.options.order))
     steps = plan.steps

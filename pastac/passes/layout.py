@@ -52,8 +52,13 @@ def node_visibility(graph: ThreadGraph, visibility: Visibility | None = None) ->
     return out
 
 
-def token_mask(node_ids: torch.Tensor, offsets: torch.Tensor, nodes_vis: torch.Tensor,
-               key_node_ids: torch.Tensor | None = None, key_offsets: torch.Tensor | None = None) -> torch.Tensor:
+def token_mask(
+    node_ids: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes_vis: torch.Tensor,
+    key_node_ids: torch.Tensor | None = None,
+    key_offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
     """bool [Q, K] mask for query tokens (node, offset in node) against key tokens.
 
     A query sees a key of an ancestor node, or a key of its own node at an offset <= its own.
@@ -66,14 +71,17 @@ def token_mask(node_ids: torch.Tensor, offsets: torch.Tensor, nodes_vis: torch.T
     return across | within
 
 
-def training_layout(graph: ThreadGraph, options: PositionOptions | Positions = PositionOptions(),
-                    visibility: Visibility | None = None) -> Layout:
+def training_layout(
+    graph: ThreadGraph, options: PositionOptions | Positions = PositionOptions(), visibility: Visibility | None = None
+) -> Layout:
     positions = options if isinstance(options, Positions) else assign_positions(graph, options)
     lengths: Sequence[int] = positions.length
     furthest = max((s + n for s, n in zip(positions.start, lengths, strict=True) if n), default=0)
     if furthest > _INT64_MAX + 1:
-        raise ValueError(f"{positions.policy} positions go past 2**63, more than an int64 position id holds: "
-                         "a promise predicts too many tokens")
+        raise ValueError(
+            f"{positions.policy} positions go past 2**63, more than an int64 position id holds: "
+            "a promise predicts too many tokens"
+        )
     node_ids = torch.repeat_interleave(torch.arange(len(graph)), torch.tensor(lengths, dtype=torch.long))
     starts = torch.tensor([s if n else 0 for s, n in zip(positions.start, lengths, strict=True)], dtype=torch.long)
     first_token = torch.cumsum(torch.tensor([0, *lengths], dtype=torch.long), 0)[:-1]

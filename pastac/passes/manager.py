@@ -49,8 +49,10 @@ class PassManager:
         for p in self.passes:
             missing = [r for r in p.requires if r not in seen]
             if missing:
-                raise PassError(f"pass '{p.name}' requires {', '.join(repr(m) for m in missing)}, which must "
-                                f"run before it (order: {', '.join(x.name for x in self.passes)})")
+                raise PassError(
+                    f"pass '{p.name}' requires {', '.join(repr(m) for m in missing)}, which must "
+                    f"run before it (order: {', '.join(x.name for x in self.passes)})"
+                )
             seen.append(p.name)
         unknown = [d for d in self.dump_after if d not in seen]
         if unknown:

@@ -196,5 +196,8 @@ class PositionsPass:
 
     @staticmethod
     def annotate(result: Positions) -> dict[int, str]:
-        return {n: f"pos [{s}, {s + length})" for n, (s, length) in enumerate(zip(result.start, result.length,
-                                                                                   strict=True)) if length}
+        return {
+            n: f"pos [{s}, {s + length})"
+            for n, (s, length) in enumerate(zip(result.start, result.length, strict=True))
+            if length
+        }

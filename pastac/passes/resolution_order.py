@@ -161,8 +161,7 @@ def schedule(graph: ThreadGraph, options: ScheduleOptions = ScheduleOptions()) -
         decoding.append(tuple(active))
         step += 1
         pending.extend((child, arrival()) for child in forks)
-    return Schedule(options, step, tuple(first), tuple(last), tuple(decoding), tuple(runnable_counts),
-                    tuple(started))
+    return Schedule(options, step, tuple(first), tuple(last), tuple(decoding), tuple(runnable_counts), tuple(started))
 
 
 @dataclass(frozen=True)
@@ -176,5 +175,6 @@ class ResolutionOrderPass:
 
     @staticmethod
     def annotate(result: Schedule) -> dict[int, str]:
-        return {n: f"steps [{f}, {la}]" for n, (f, la) in enumerate(zip(result.first_step, result.last_step,
-                                                                           strict=True))}
+        return {
+            n: f"steps [{f}, {la}]" for n, (f, la) in enumerate(zip(result.first_step, result.last_step, strict=True))
+        }

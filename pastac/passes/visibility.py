@@ -46,5 +46,7 @@ class VisibilityPass:
 
     @staticmethod
     def annotate(result: Visibility) -> dict[int, str]:
-        return {n: "sees " + (", ".join(f"%{a}" for a in sorted(anc)) or "nothing")
-                for n, anc in enumerate(result.ancestors)}
+        return {
+            n: "sees " + (", ".join(f"%{a}" for a in sorted(anc)) or "nothing")
+            for n, anc in enumerate(result.ancestors)
+        }

@@ -27,8 +27,14 @@ class Width:
 def width(graph: ThreadGraph, plan: Schedule) -> Width:
     per_step = tuple(len(d) for d in plan.decoding)
     steps = max(1, len(per_step))
-    return Width(per_step, plan.runnable, max(per_step, default=0), max(plan.runnable, default=0),
-                 sum(per_step) / steps, len(graph.threads))
+    return Width(
+        per_step,
+        plan.runnable,
+        max(per_step, default=0),
+        max(plan.runnable, default=0),
+        sum(per_step) / steps,
+        len(graph.threads),
+    )
 
 
 @dataclass(frozen=True)

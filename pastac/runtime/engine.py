@@ -100,10 +100,12 @@ class Stats:
         return dict(self.__dict__)
 
     def line(self) -> str:
-        return (f"{self.tokens} tokens in {self.steps} steps by {self.threads} thread"
-                f"{'s' if self.threads != 1 else ''} (max {self.max_width} at once); {self.tokens_per_s:.1f} tokens/s, "
-                f"{self.wall_s:.2f} s wall; parallelism {self.parallelism:.2f}, theoretical speedup "
-                f"{self.theoretical_speedup:.2f}")
+        return (
+            f"{self.tokens} tokens in {self.steps} steps by {self.threads} thread"
+            f"{'s' if self.threads != 1 else ''} (max {self.max_width} at once); {self.tokens_per_s:.1f} tokens/s, "
+            f"{self.wall_s:.2f} s wall; parallelism {self.parallelism:.2f}, theoretical speedup "
+            f"{self.theoretical_speedup:.2f}"
+        )
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,9 @@ class DoneEvent:
     result: Generation
 
 
-def template_chunks(source: str, tokenizer: Any, *, tags: bool = True,
-                    filename: str = "<template>") -> list[tuple[list[int], str]]:
+def template_chunks(
+    source: str, tokenizer: Any, *, tags: bool = True, filename: str = "<template>"
+) -> list[tuple[list[int], str]]:
     """A template's main-thread text as (tokens, text) chunks, each ending at a promise or a sync.
 
     A template is Pasta-Lang whose promises have no ``<async>`` block: the model
@@ -153,8 +156,10 @@ def template_chunks(source: str, tokenizer: Any, *, tags: bool = True,
     for node in result.document.body:
         match node:
             case Async():
-                raise InputError(f"{filename}:{node.span.start}: a template's promises are fulfilled by the model; "
-                                 "remove the <async> block")
+                raise InputError(
+                    f"{filename}:{node.span.start}: a template's promises are fulfilled by the model; "
+                    "remove the <async> block"
+                )
             case Text(value=value):
                 piece = value
             case Promise() | Sync():
@@ -188,9 +193,17 @@ class Run:
 class Engine:
     last_run: Run | None = None  # the current or last run, for tests, benchmarks and partial results
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str = "model",
-                 positions: PositionOptions | None = None, kernels: str = "stock", progress: bool = False,
-                 repetition_penalty: float | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        positions: PositionOptions | None = None,
+        kernels: str = "stock",
+        progress: bool = False,
+        repetition_penalty: float | None = None,
+    ) -> None:
         """``repetition_penalty`` is the model's own (its adapter's ``pastac.json``): runs whose sampling
         options leave it unset use it.  ``kernels="tuned"`` times the linear layers' kernels on this machine
         and decodes with the fastest per shape and row count (``pastac.backend.linear``; cached on disk);
@@ -216,9 +229,16 @@ class Engine:
             tune_linears(model, cache=cache_dir() / "kernels", progress=say)
 
     @classmethod
-    def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
-                        adapter: str | None = DEFAULT_ADAPTER, kernels: str = "tuned",
-                        progress: bool = True) -> Engine:
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        adapter: str | None = DEFAULT_ADAPTER,
+        kernels: str = "tuned",
+        progress: bool = True,
+    ) -> Engine:
         """An engine over ``load_model(model, ...)``.  By default the default model comes with the Pasta-Lang
         adapter shipped in pastac (``adapter=None`` for the base model alone); another model has no adapter
         unless ``adapter`` names one.  The linear layers' kernels are tuned (``kernels="stock"``: not)."""
@@ -228,35 +248,59 @@ class Engine:
         if "policy" in settings or "unit" in settings:
             defaults = PositionOptions()
             try:
-                positions = PositionOptions(policy=settings.get("policy", defaults.policy),
-                                            unit=int(settings.get("unit", defaults.unit)))
+                positions = PositionOptions(
+                    policy=settings.get("policy", defaults.policy), unit=int(settings.get("unit", defaults.unit))
+                )
             except (TypeError, ValueError) as error:
                 raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has bad position settings: {error}") from None
         generation = settings.get("generation")
         penalty = generation.get("repetition_penalty") if isinstance(generation, dict) else None
         if penalty is not None and (not isinstance(penalty, int | float) or isinstance(penalty, bool) or penalty <= 0):
-            raise ModelError(f"the adapter's {ADAPTER_SETTINGS} has a bad generation.repetition_penalty: "
-                             f"{penalty!r} (a number > 0)")
-        return cls(loaded.model, loaded.tokenizer, name=loaded.name, positions=positions, kernels=kernels,
-                   progress=progress, repetition_penalty=None if penalty is None else float(penalty))
+            raise ModelError(
+                f"the adapter's {ADAPTER_SETTINGS} has a bad generation.repetition_penalty: {penalty!r} (a number > 0)"
+            )
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            name=loaded.name,
+            positions=positions,
+            kernels=kernels,
+            progress=progress,
+            repetition_penalty=None if penalty is None else float(penalty),
+        )
 
     def prompt_ids(self, prompt: str, *, chat: bool = True) -> list[int]:
         return prompt_ids(self.tokenizer, prompt, chat=chat)
 
-    def generate(self, prompt: str, options: RunOptions = RunOptions(), *, template: str | None = None,
-                 replay: str | None = None, keep_logits: bool = False,
-                 runner: RunnerFactory | None = None) -> Generation:
+    def generate(
+        self,
+        prompt: str,
+        options: RunOptions = RunOptions(),
+        *,
+        template: str | None = None,
+        replay: str | None = None,
+        keep_logits: bool = False,
+        runner: RunnerFactory | None = None,
+    ) -> Generation:
         result = None
-        for event in self.stream(prompt, options, template=template, replay=replay, keep_logits=keep_logits,
-                                 runner=runner):
+        for event in self.stream(
+            prompt, options, template=template, replay=replay, keep_logits=keep_logits, runner=runner
+        ):
             if isinstance(event, DoneEvent):
                 result = event.result
         assert result is not None
         return result
 
-    def stream(self, prompt: str, options: RunOptions = RunOptions(), *, template: str | None = None,
-               replay: str | None = None, keep_logits: bool = False,
-               runner: RunnerFactory | None = None) -> Iterator[StepEvent | DoneEvent]:
+    def stream(
+        self,
+        prompt: str,
+        options: RunOptions = RunOptions(),
+        *,
+        template: str | None = None,
+        replay: str | None = None,
+        keep_logits: bool = False,
+        runner: RunnerFactory | None = None,
+    ) -> Iterator[StepEvent | DoneEvent]:
         """Decode, yielding a ``StepEvent`` after every step and a ``DoneEvent`` at the end.
 
         ``runner`` makes the runner from the model and a cache capacity (default: the packed ``Runner``;
@@ -273,8 +317,11 @@ class Engine:
                 raise InputError("the replayed document has errors:\n" + errors)
             replayed = Replay(parsed.document, self.tokenizer, max_depth=limits.max_depth)
             big = replayed.tokens() + 1
-            limits = replace(limits, max_new_tokens=max(limits.max_new_tokens, big),
-                             max_total_tokens=max(limits.max_total_tokens, big))
+            limits = replace(
+                limits,
+                max_new_tokens=max(limits.max_new_tokens, big),
+                max_total_tokens=max(limits.max_total_tokens, big),
+            )
         chunks = None
         if template is not None:
             chunks = template_chunks(template, self.tokenizer, tags=options.template_tags)
@@ -290,9 +337,20 @@ class Engine:
         jump = options.jump_forward and (guard is not None or replayed is not None)
         n = options.sampling.sibling_ngram
         repeats = UnseenNgrams(n, self.exempt_tokens) if n and replayed is None else None
-        sched = Scheduler(self.tokenizer, limits=limits, positions=positions, eos=self.eos,
-                          prompt_length=0, replay=replayed, tags=tags, child_stop=stop or None, guard=guard,
-                          max_nesting=nesting, jump=jump, repeats=repeats)
+        sched = Scheduler(
+            self.tokenizer,
+            limits=limits,
+            positions=positions,
+            eos=self.eos,
+            prompt_length=0,
+            replay=replayed,
+            tags=tags,
+            child_stop=stop or None,
+            guard=guard,
+            max_nesting=nesting,
+            jump=jump,
+            repeats=repeats,
+        )
         main = sched.threads[0]
         main.inputs = list(ids)
         main.markup = writes_markup(prompt)  # an answer may close the markup its prompt opened
@@ -302,8 +360,9 @@ class Engine:
         capacity = len(ids) + limits.max_total_tokens + forced + 64
         runner = (runner or Runner)(self.model, capacity)
         runner.keep_logits = keep_logits
-        sampler = Sampler(options.sampling.resolved(self.repetition_penalty), device=runner.device,
-                          exempt=self.exempt_tokens)
+        sampler = Sampler(
+            options.sampling.resolved(self.repetition_penalty), device=runner.device, exempt=self.exempt_tokens
+        )
         self.last_run = run = Run(sched, runner, len(ids), started)
         seen: dict[int, int] = {}
         while not sched.done:
@@ -333,9 +392,13 @@ class Engine:
             seen[tid] = len(pieces)
             if text:
                 new[tid] = text
-        return StepEvent(sched.step_no, new, {t: str(th.status) for t, th in sched.threads.items()},
-                         {t: th.parent for t, th in sched.threads.items()},
-                         {t: th.topic for t, th in sched.threads.items()})
+        return StepEvent(
+            sched.step_no,
+            new,
+            {t: str(th.status) for t, th in sched.threads.items()},
+            {t: th.parent for t, th in sched.threads.items()},
+            {t: th.topic for t, th in sched.threads.items()},
+        )
 
     def _result(self, run: Run) -> Generation:
         sched, runner, prompt_tokens = run.sched, run.runner, run.prompt_tokens
@@ -348,17 +411,38 @@ class Engine:
         theoretical = critical_path(graph, schedule(graph)).theoretical_speedup  # a cut-short run's graph too
         threads = sum(1 for t in sched.threads.values() if t.fed)
         stats = Stats(
-            threads=threads, steps=steps, tokens=placed, generated=sched.chosen - sched.jumped, jumped=sched.jumped,
+            threads=threads,
+            steps=steps,
+            tokens=placed,
+            generated=sched.chosen - sched.jumped,
+            jumped=sched.jumped,
             prompt_tokens=prompt_tokens,
-            max_width=max_width, wall_s=wall, prefill_s=prefill_s, decode_s=decode_s,
-            tokens_per_s=placed / decode_s, parallelism=placed / steps if steps else 1.0,
-            theoretical_speedup=theoretical, kv_bytes=runner.cache.used_bytes(),
+            max_width=max_width,
+            wall_s=wall,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+            tokens_per_s=placed / decode_s,
+            parallelism=placed / steps if steps else 1.0,
+            theoretical_speedup=theoretical,
+            kv_bytes=runner.cache.used_bytes(),
             kv_peak_bytes=runner.cache.peak_bytes(),
-            kv_capacity_bytes=runner.cache.nbytes(), cache_growths=runner.cache.growths,
-            warnings=len(sched.warnings))
+            kv_capacity_bytes=runner.cache.nbytes(),
+            cache_growths=runner.cache.growths,
+            warnings=len(sched.warnings),
+        )
         warnings = tuple(f"t{w.thread}: {w.message}" for w in sched.warnings)
         spans = {t: (th.first_step or 0, th.last_step or 0) for t, th in sched.threads.items()}
         own = {t: "".join(v for k, v in th.pieces if k == "text") for t, th in sched.threads.items()}
-        return Generation(sched.stitched(), sched.annotated(), graph, stats, warnings, spans, tuple(sched.activity),
-                          tuple(run.times), {t: th.topic for t, th in sched.threads.items()},
-                          {t: th.parent for t, th in sched.threads.items()}, own)
+        return Generation(
+            sched.stitched(),
+            sched.annotated(),
+            graph,
+            stats,
+            warnings,
+            spans,
+            tuple(sched.activity),
+            tuple(run.times),
+            {t: th.topic for t, th in sched.threads.items()},
+            {t: th.parent for t, th in sched.threads.items()},
+            own,
+        )

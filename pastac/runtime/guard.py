@@ -82,9 +82,12 @@ class TagGuard:
             return self._state("", context)
         kind = opening(held, final=False)
         if isinstance(kind, TagKind):  # inside a tag only what allows that tag matters
-            context = replace(context, sync=context.sync and kind is TagKind.SYNC,
-                              close=context.close and kind is TagKind.ASYNC_CLOSE,
-                              promise=context.promise or kind is not TagKind.PROMISE)
+            context = replace(
+                context,
+                sync=context.sync and kind is TagKind.SYNC,
+                close=context.close and kind is TagKind.ASYNC_CLOSE,
+                promise=context.promise or kind is not TagKind.PROMISE,
+            )
         key = (state_key(held), context)
         allowed = self._state(*key)
         written = topic_length(held)
@@ -125,8 +128,9 @@ class TagGuard:
         return Allowed(ok, rest=not held)
 
 
-def allowed_rows(allowed: Sequence[Allowed | None], vocab: int, device: torch.device | str,
-                 banned: Sequence[Sequence[int]] = ()) -> torch.Tensor | None:
+def allowed_rows(
+    allowed: Sequence[Allowed | None], vocab: int, device: torch.device | str, banned: Sequence[Sequence[int]] = ()
+) -> torch.Tensor | None:
     """[N, vocab] bool for a step's sampled queries (a row of ``True`` where nothing is constrained);
     None when none is.  ``banned`` (per query, when given): ids taken out of its row besides, unless that
     would leave the row empty (a ban never blocks a thread: ``pastac.runtime.repeats``)."""

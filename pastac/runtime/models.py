@@ -453,8 +453,7 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_adapter(adapter: str | os.PathLike[str] | None, model: str | os.PathLike[str] | None = None
-                    ) -> Path | None:
+def resolve_adapter(adapter: str | os.PathLike[str] | None, model: str | os.PathLike[str] | None = None) -> Path | None:
     """The adapter folder ``load_model`` would merge: None for no adapter; ``DEFAULT_ADAPTER`` for the packaged
     one when ``model`` is None (the default model); otherwise a PEFT adapter folder, checked."""
     if adapter is None:

@@ -49,7 +49,7 @@ class UnseenNgrams:
         sequence = self.sequences.get(thread, ())
         if len(sequence) < self.n - 1:
             return set()
-        key = tuple(sequence[len(sequence) - self.n + 1:])
+        key = tuple(sequence[len(sequence) - self.n + 1 :])
         out: set[int] = set()
         for other in unseen:
             if other != thread:

@@ -52,8 +52,9 @@ class RowLayer(PreallocatedLayer):
         self.device = key_states.device
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
-               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         c = self._cache
@@ -199,8 +200,9 @@ class RowRunner:
 
     # -- forwards ---------------------------------------------------------------
 
-    def _forward(self, first: int, batch: list[list[tuple[int, int, int, int]]], keep: set[tuple[int, int]]
-                 ) -> dict[tuple[int, int], torch.Tensor]:
+    def _forward(
+        self, first: int, batch: list[list[tuple[int, int, int, int]]], keep: set[tuple[int, int]]
+    ) -> dict[tuple[int, int], torch.Tensor]:
         """One forward over rows ``first .. first+len(batch)``; ``batch[b]`` lists the row's new queries as
         (plan query index or -1, slot, token, position). Returns the logits of the (row, column) in ``keep``."""
         width = max(1, max(len(queries) for queries in batch))
@@ -244,8 +246,7 @@ class RowRunner:
         self.forwards += 1
         return {(b, c): out.logits[b, columns.index(c)] for b, c in keep}
 
-    def _run(self, groups: dict[int, list[tuple[int, int, int, int]]], wanted: set[int]
-             ) -> dict[int, torch.Tensor]:
+    def _run(self, groups: dict[int, list[tuple[int, int, int, int]]], wanted: set[int]) -> dict[int, torch.Tensor]:
         """One batched forward over all rows in use: ``groups`` maps a thread to its new queries."""
         if not groups:
             return {}
@@ -261,16 +262,18 @@ class RowRunner:
         logits = self._forward(0, batch, set(keep.values()))
         return {q: logits[at] for q, at in keep.items()}
 
-    def _prefill(self, thread: int, queries: list[tuple[int, int, int, int]], wanted: set[int]
-                 ) -> dict[int, torch.Tensor]:
+    def _prefill(
+        self, thread: int, queries: list[tuple[int, int, int, int]], wanted: set[int]
+    ) -> dict[int, torch.Tensor]:
         """A forward over one row alone (a re-encoded context, perhaps with the row's own new queries)."""
         b = self.row_of[thread]
         keep = {q: (0, i) for i, (q, *_rest) in enumerate(queries) if q in wanted}
         logits = self._forward(b, [queries], set(keep.values()))
         return {q: logits[at] for q, at in keep.items()}
 
-    def _reencode(self, src: int, dst: int, picks: list[int], own: list[tuple[int, int, int, int]],
-                  wanted: set[int]) -> dict[int, torch.Tensor]:
+    def _reencode(
+        self, src: int, dst: int, picks: list[int], own: list[tuple[int, int, int, int]], wanted: set[int]
+    ) -> dict[int, torch.Tensor]:
         s = self.rows[src]
         context = [(-1, s.slots[i], s.tokens[i], s.positions[i]) for i in picks]
         dst_thread = next(t for t, r in self.row_of.items() if r == dst)
@@ -291,7 +294,8 @@ class RowRunner:
             self._free(child)
         groups: dict[int, list[tuple[int, int, int, int]]] = {}
         for q, (thread, slot, token, position) in enumerate(
-                zip(plan.threads, plan.slots, plan.tokens, plan.positions, strict=True)):
+            zip(plan.threads, plan.slots, plan.tokens, plan.positions, strict=True)
+        ):
             groups.setdefault(thread, []).append((q, slot, token, position))
         children = {child for _, child, _ in plan.forks}
         for thread in groups:
@@ -317,5 +321,4 @@ class RowRunner:
         if self.keep_logits:
             self.logits.append(chosen.float().cpu())
             self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
-        return sampler(chosen, None, allowed_rows(plan.allowed, chosen.shape[-1], chosen.device,
-                                                 plan.banned)).tolist()
+        return sampler(chosen, None, allowed_rows(plan.allowed, chosen.shape[-1], chosen.device, plan.banned)).tolist()

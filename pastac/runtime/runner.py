@@ -71,8 +71,9 @@ class Runner:
             tokens[: self.tokens.shape[0]] = self.tokens
             self.tokens = tokens
         if threads > self.views.shape[0]:
-            grown = torch.zeros((max(threads, 2 * self.views.shape[0]), self.views.shape[1]), dtype=torch.bool,
-                                device=self.device)
+            grown = torch.zeros(
+                (max(threads, 2 * self.views.shape[0]), self.views.shape[1]), dtype=torch.bool, device=self.device
+            )
             grown[: self.views.shape[0]] = self.views
             self.views = grown
 

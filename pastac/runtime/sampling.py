@@ -17,7 +17,7 @@ from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
 # design, and a token estimate's digits are no text.  Nor are special tokens (``penalty_exempt_ids``).
 TAG_SAMPLES = (
     '1. <promise topic="a" tokens="1234567890"/><async>b\n</async>2. <promise topic="c" tokens="40"/>'
-    '<async>d</async><sync/>\ne',
+    "<async>d</async><sync/>\ne",
     'f <promise topic="g"/> h <promise topic="i" tokens="30"/>\n<sync/> j',
     '- <promise topic="k" tokens="20"/>\n<async>l.\n\n</async>\n<sync/>',
     "<async>m</async>",
@@ -25,6 +25,7 @@ TAG_SAMPLES = (
 PENALTY_SCOPES = ("answer", "thread")  # what the repetition penalty counts as seen (SamplingOptions)
 _TAG = re.compile(r"<[^<>]*>")
 _TOPIC = re.compile(r'topic="[^"]*"')
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -87,7 +88,7 @@ def tag_token_ids(tokenizer: Any) -> list[int]:
     for sample in TAG_SAMPLES:
         inside = [False] * len(sample)
         for tag in _TAG.finditer(sample):
-            inside[tag.start():tag.end()] = [True] * (tag.end() - tag.start())
+            inside[tag.start() : tag.end()] = [True] * (tag.end() - tag.start())
             for topic in _TOPIC.finditer(tag.group()):  # the topic's own text is text
                 first, last = tag.start() + topic.start() + len('topic="'), tag.start() + topic.end() - 1
                 inside[first:last] = [False] * (last - first)
@@ -120,8 +121,9 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
     return out
 
 
-def seen_tokens(tokens: torch.Tensor, visible: torch.Tensor, vocab: int,
-                exempt: torch.Tensor | None = None) -> torch.Tensor:
+def seen_tokens(
+    tokens: torch.Tensor, visible: torch.Tensor, vocab: int, exempt: torch.Tensor | None = None
+) -> torch.Tensor:
     """[N, vocab] bool: which ids occur among ``tokens`` [S] where ``visible`` [N, S] is set, less ``exempt``."""
     rows, slots = visible.nonzero(as_tuple=True)
     ids = tokens[slots]
@@ -172,8 +174,9 @@ class RepetitionPenalty:
 
 
 class Sampler:
-    def __init__(self, options: SamplingOptions, device: torch.device | str = "cpu",
-                 exempt: Iterable[int] = ()) -> None:
+    def __init__(
+        self, options: SamplingOptions, device: torch.device | str = "cpu", exempt: Iterable[int] = ()
+    ) -> None:
         """``exempt``: token ids the repetition penalty leaves alone (``penalty_exempt_ids``)."""
         self.options = options
         self.generator: torch.Generator | None = None
@@ -194,15 +197,18 @@ class Sampler:
     def exempt(self, vocab: int, device: torch.device) -> torch.Tensor | None:
         return self.exempt_tokens.mask(vocab, device)
 
-    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None,
-                 allowed: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, seen: torch.Tensor | None = None, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``logits`` [N, vocab] -> token ids [N] (on the logits' device).  ``seen`` [N, vocab]: the tokens
         each row's context holds (``seen_tokens``), needed when there is a repetition penalty.  ``allowed``
         [N, vocab] (bool): the only tokens each row may choose (``pastac.runtime.guard``)."""
         if self.penalizes:
             if seen is None:
-                raise ValueError("this runner cannot apply a repetition penalty (it does not track the tokens "
-                                 "each thread sees); decode with repetition_penalty 1")
+                raise ValueError(
+                    "this runner cannot apply a repetition penalty (it does not track the tokens "
+                    "each thread sees); decode with repetition_penalty 1"
+                )
             logits = penalize(logits, seen, self.options.penalty)
         if allowed is not None:
             logits = logits.masked_fill(~allowed, float("-inf"))

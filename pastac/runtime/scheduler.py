@@ -139,10 +139,22 @@ class RunWarning:
 
 
 class Scheduler:
-    def __init__(self, tokenizer: Any, *, limits: Limits, positions: PositionOptions, eos: Sequence[int],
-                 prompt_length: int, replay: Replay | None = None, tags: bool = True,
-                 child_stop: str | None = None, guard: TagGuard | None = None,
-                 max_nesting: int = DEFAULT_MAX_DEPTH, jump: bool = False, repeats: UnseenNgrams | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        limits: Limits,
+        positions: PositionOptions,
+        eos: Sequence[int],
+        prompt_length: int,
+        replay: Replay | None = None,
+        tags: bool = True,
+        child_stop: str | None = None,
+        guard: TagGuard | None = None,
+        max_nesting: int = DEFAULT_MAX_DEPTH,
+        jump: bool = False,
+        repeats: UnseenNgrams | None = None,
+    ) -> None:
         """``guard``: constrain what the threads sample so that the tags they write are well formed and
         allowed where they stand (``pastac.runtime.guard``); a promise is allowed where its block would nest
         at most ``max_nesting`` deep (the language's limit, whether the block is forked or decoded inline).
@@ -150,8 +162,10 @@ class Scheduler:
         ``repeats``: ban each sampled thread from repeating the n-grams of the threads it cannot see
         (``pastac.runtime.repeats``; the plan's ``banned``)."""
         if positions.policy in (Policy.SEQUENTIAL, Policy.ORACLE):
-            raise ValueError(f"the runtime cannot use the {positions.policy} position policy: it needs the "
-                             "children's lengths before they are written; use predicted, restart or lockstep")
+            raise ValueError(
+                f"the runtime cannot use the {positions.policy} position policy: it needs the "
+                "children's lengths before they are written; use predicted, restart or lockstep"
+            )
         self.tokenizer = tokenizer
         self.limits = limits
         self.rule = PositionRule(positions)
@@ -243,8 +257,11 @@ class Scheduler:
     def _sample(self, plan: StepPlan, query: int, thread: Thread) -> None:
         plan.sample.append(query)
         self._sampling.append(thread)
-        plan.allowed.append(None if self.guard is None or thread.script is not None
-                            else self.guard.allowed(thread.scanner.held, self.context(thread)))
+        plan.allowed.append(
+            None
+            if self.guard is None or thread.script is not None
+            else self.guard.allowed(thread.scanner.held, self.context(thread))
+        )
 
     def _banned(self, thread: Thread) -> list[int]:
         assert self.repeats is not None
@@ -257,8 +274,12 @@ class Scheduler:
         """Which tags the thread may write now: ``<sync/>`` once it has promised something since its last
         sync, ``</async>`` in a child or inside a block it opened inline, ``<promise/>`` where the block it
         promises would not nest too deep; whether it has opened markup it may close."""
-        return TagContext(sync=thread.promised[-1] > 0, close=thread.id != MAIN or thread.inline > 0,
-                          promise=thread.depth + thread.inline < self.max_nesting, markup=thread.markup)
+        return TagContext(
+            sync=thread.promised[-1] > 0,
+            close=thread.id != MAIN or thread.inline > 0,
+            promise=thread.depth + thread.inline < self.max_nesting,
+            markup=thread.markup,
+        )
 
     def _wants_sample(self, thread: Thread) -> bool:
         if thread.forced or (thread.template and thread.status is Status.RUNNING):
@@ -272,15 +293,17 @@ class Scheduler:
         if not queued:
             return
         # threads that feed tokens this step: running ones, and blocked or closing ones with a last tag to feed
-        running = sum(t.status is Status.RUNNING or (t.status is not Status.QUEUED and bool(t.inputs))
-                      for t in self.threads.values())
+        running = sum(
+            t.status is Status.RUNNING or (t.status is not Status.QUEUED and bool(t.inputs))
+            for t in self.threads.values()
+        )
         free = len(queued) if self.limits.max_width is None else self.limits.max_width - running
         order = self.limits.order
         if order is Order.LONGEST_FIRST:
             queued.sort(key=lambda t: -(t.predicted or 0))
         elif order is Order.SHORTEST_FIRST:
             queued.sort(key=lambda t: t.predicted or 0)
-        for thread in queued[:max(free, 0)]:
+        for thread in queued[: max(free, 0)]:
             thread.status = Status.RUNNING
 
     def _resolve(self, plan: StepPlan) -> None:
@@ -380,8 +403,10 @@ class Scheduler:
             if text not in self._forced_ids:
                 self._forced_ids[text] = self.tokenizer.encode(text, add_special_tokens=False)
             ids = self._forced_ids[text]
-            if (thread.chosen + len(ids) > self.limits.max_new_tokens
-                    or self.chosen + len(ids) > self.limits.max_total_tokens):  # a budget ends it before
+            if (
+                thread.chosen + len(ids) > self.limits.max_new_tokens
+                or self.chosen + len(ids) > self.limits.max_total_tokens
+            ):  # a budget ends it before
                 return
             if thread.script is not None:  # a replay jumps where its tokens are the ones a sampled run feeds
                 if list(islice(thread.script, len(ids))) != ids:
@@ -497,8 +522,16 @@ class Scheduler:
             thread.detok.skip(self.open_ids)
             return
         _, child_id = self.graph.fork(thread.id, tag.topic, tag.tokens, lexeme.raw, length)
-        child = Thread(child_id, thread.id, thread.depth + 1, tag.topic, tag.tokens, Status.QUEUED, self.tokenizer,
-                       pos=thread.pos + len(thread.inputs))
+        child = Thread(
+            child_id,
+            thread.id,
+            thread.depth + 1,
+            tag.topic,
+            tag.tokens,
+            Status.QUEUED,
+            self.tokenizer,
+            pos=thread.pos + len(thread.inputs),
+        )
         child.inputs = list(self.open_ids)
         child.sees = thread.sees | {thread.id}
         child.markup = thread.markup

@@ -22,11 +22,11 @@ class Detokenizer:
     def add(self, token: int) -> str:
         self.ids.append(token)
         decode = self.tokenizer.decode
-        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=False)
-        after = decode(self.ids[self._prefix:], skip_special_tokens=False)
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=False)
+        after = decode(self.ids[self._prefix :], skip_special_tokens=False)
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self._prefix, self._read = self._read, len(self.ids)
-            return after[len(before):]
+            return after[len(before) :]
         return ""
 
     @property
@@ -44,7 +44,7 @@ class Detokenizer:
         if self._read == len(self.ids):
             return ""
         decode = self.tokenizer.decode
-        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=False)
-        after = decode(self.ids[self._prefix:], skip_special_tokens=False)
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=False)
+        after = decode(self.ids[self._prefix :], skip_special_tokens=False)
         self._prefix = self._read = len(self.ids)
-        return after[len(before):]
+        return after[len(before) :]

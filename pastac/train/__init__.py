@@ -19,8 +19,18 @@ _OPTIONS = ("TrainError", "TrainOptions")
 _TRAINER = ("TrainResult", "train")
 
 __all__ = [
-    "IGNORE", "Batch", "DataError", "Dataset", "Example", "TrainError", "TrainOptions", "TrainResult", "collate",
-    "encode_example", "load_examples", "train",
+    "IGNORE",
+    "Batch",
+    "DataError",
+    "Dataset",
+    "Example",
+    "TrainError",
+    "TrainOptions",
+    "TrainResult",
+    "collate",
+    "encode_example",
+    "load_examples",
+    "train",
 ]
 
 

@@ -28,73 +28,145 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
 
     d = TrainOptions()
     p = sub.add_parser(
-        "train", help="fine-tune a model with a LoRA adapter on annotated responses",
+        "train",
+        help="fine-tune a model with a LoRA adapter on annotated responses",
         description="Supervised fine-tuning with a PEFT LoRA adapter on a JSONL dataset of prompts and "
-                    "Pasta-Lang annotated responses, laid out with the mask and position ids the runtime decodes "
-                    "with. Invalid records are skipped and counted. Writes the adapter, pastac.json (the "
-                    "settings the runtime reads), loss.csv, loss.png and train_log.json to --out; checkpoints "
-                    "go to --out/checkpoint, and running again into the same --out resumes.")
-    p.add_argument("data", metavar="DATA.jsonl", help="one JSON object per line with \"prompt\" and the annotated "
-                                                      "response (--field)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the output folder (created; resumed if it holds "
-                                                               "a checkpoint)")
-    p.add_argument("--field", default=d.field, metavar="NAME", help="the field of the annotated response "
-                                                                    f"(default: {d.field})")
-    p.add_argument("--prompt-field", default=d.prompt_field, metavar="NAME",
-                   help=f"the field of the prompt (default: {d.prompt_field})")
+        "Pasta-Lang annotated responses, laid out with the mask and position ids the runtime decodes "
+        "with. Invalid records are skipped and counted. Writes the adapter, pastac.json (the "
+        "settings the runtime reads), loss.csv, loss.png and train_log.json to --out; checkpoints "
+        "go to --out/checkpoint, and running again into the same --out resumes.",
+    )
+    p.add_argument(
+        "data", metavar="DATA.jsonl", help='one JSON object per line with "prompt" and the annotated response (--field)'
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="the output folder (created; resumed if it holds a checkpoint)"
+    )
+    p.add_argument(
+        "--field", default=d.field, metavar="NAME", help=f"the field of the annotated response (default: {d.field})"
+    )
+    p.add_argument(
+        "--prompt-field",
+        default=d.prompt_field,
+        metavar="NAME",
+        help=f"the field of the prompt (default: {d.prompt_field})",
+    )
     p.add_argument("--no-chat", action="store_true", help="feed prompts as is, without the chat template")
     model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="PATH", help="a Hugging Face model folder or a .gguf file "
-                                                       "(default: the embedded SmolLM2-135M-Instruct)")
+    model.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a Hugging Face model folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)",
+    )
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     model.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     lora = p.add_argument_group("adapter")
     lora.add_argument("--rank", type=positive, default=d.rank, metavar="N", help=f"LoRA rank (default {d.rank})")
-    lora.add_argument("--alpha", type=positive, default=d.alpha, metavar="N",
-                      help=f"LoRA alpha (default {d.alpha})")
-    lora.add_argument("--dropout", type=_probability, default=d.dropout, metavar="P",
-                      help=f"LoRA dropout (default {d.dropout})")
-    lora.add_argument("--target-modules", metavar="NAME,...",
-                      help="the layers to adapt (default: the attention and MLP projections, found by name)")
+    lora.add_argument("--alpha", type=positive, default=d.alpha, metavar="N", help=f"LoRA alpha (default {d.alpha})")
+    lora.add_argument(
+        "--dropout", type=_probability, default=d.dropout, metavar="P", help=f"LoRA dropout (default {d.dropout})"
+    )
+    lora.add_argument(
+        "--target-modules",
+        metavar="NAME,...",
+        help="the layers to adapt (default: the attention and MLP projections, found by name)",
+    )
     how = p.add_argument_group("optimisation")
     how.add_argument("--epochs", type=positive, default=d.epochs, metavar="N", help=f"default {d.epochs}")
-    how.add_argument("--repeat-forking", type=positive, default=d.repeat_forking, metavar="N",
-                     help="show each example that forks N times per epoch (default 1): in a dataset where most "
-                          "answers do not fork, the few tags would otherwise be seen rarely")
-    how.add_argument("--kl-weight", type=number(lambda v: v >= 0, ">= 0"), default=d.kl_weight, metavar="W",
-                     help="add W x KL(base || adapted) of the next-token distributions at plain-text positions to "
-                          "the loss, the base model's being the same forward with the adapter off (default 0: "
-                          "off): the adapter learns the tags while its text stays close to the base model's")
-    how.add_argument("--max-steps", type=positive, default=None, metavar="N",
-                     help="stop after N optimizer steps (the learning-rate schedule still spans the epochs)")
+    how.add_argument(
+        "--repeat-forking",
+        type=positive,
+        default=d.repeat_forking,
+        metavar="N",
+        help="show each example that forks N times per epoch (default 1): in a dataset where most "
+        "answers do not fork, the few tags would otherwise be seen rarely",
+    )
+    how.add_argument(
+        "--kl-weight",
+        type=number(lambda v: v >= 0, ">= 0"),
+        default=d.kl_weight,
+        metavar="W",
+        help="add W x KL(base || adapted) of the next-token distributions at plain-text positions to "
+        "the loss, the base model's being the same forward with the adapter off (default 0: "
+        "off): the adapter learns the tags while its text stays close to the base model's",
+    )
+    how.add_argument(
+        "--max-steps",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="stop after N optimizer steps (the learning-rate schedule still spans the epochs)",
+    )
     how.add_argument("--lr", type=_rate, default=d.lr, metavar="X", help=f"peak learning rate (default {d.lr:g})")
-    how.add_argument("--schedule", choices=("linear", "constant"), default=d.schedule,
-                     help="linear (default): decay to 0 over the epochs; constant")
+    how.add_argument(
+        "--schedule",
+        choices=("linear", "constant"),
+        default=d.schedule,
+        help="linear (default): decay to 0 over the epochs; constant",
+    )
     how.add_argument("--warmup-steps", type=_count, default=d.warmup_steps, metavar="N")
-    how.add_argument("--batch-size", type=positive, default=d.batch_size, metavar="N",
-                     help=f"examples per micro-batch, padded (default {d.batch_size})")
-    how.add_argument("--grad-accum", type=positive, default=d.grad_accum, metavar="N",
-                     help=f"micro-batches per optimizer step (default {d.grad_accum})")
-    how.add_argument("--max-length", type=positive, default=d.max_length, metavar="N",
-                     help=f"skip examples longer than N tokens, prompt included (default {d.max_length})")
+    how.add_argument(
+        "--batch-size",
+        type=positive,
+        default=d.batch_size,
+        metavar="N",
+        help=f"examples per micro-batch, padded (default {d.batch_size})",
+    )
+    how.add_argument(
+        "--grad-accum",
+        type=positive,
+        default=d.grad_accum,
+        metavar="N",
+        help=f"micro-batches per optimizer step (default {d.grad_accum})",
+    )
+    how.add_argument(
+        "--max-length",
+        type=positive,
+        default=d.max_length,
+        metavar="N",
+        help=f"skip examples longer than N tokens, prompt included (default {d.max_length})",
+    )
     how.add_argument("--seed", type=int, default=d.seed, metavar="N", help=f"default {d.seed}")
     layout = p.add_argument_group("layout (recorded in pastac.json for the runtime)")
-    layout.add_argument("--policy", choices=("predicted", "restart", "lockstep"), default=d.policy,
-                        help=f"position ids after a promise (default {d.policy})")
-    layout.add_argument("--unit", type=_count, default=d.unit, metavar="N",
-                        help=f"tokens=\"K\" predicts K x N tokens (default {d.unit}: the data's values are token "
-                             "counts)")
-    layout.add_argument("--max-depth", type=_count, default=DEFAULT_MAX_DEPTH, metavar="N",
-                        help=f"deepest <async> nesting accepted (default {DEFAULT_MAX_DEPTH}); deeper records "
-                             "are invalid")
-    layout.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
-                        help="a repetition penalty for the runtime to decode with by default, recorded in "
-                             "pastac.json (default: none recorded)")
+    layout.add_argument(
+        "--policy",
+        choices=("predicted", "restart", "lockstep"),
+        default=d.policy,
+        help=f"position ids after a promise (default {d.policy})",
+    )
+    layout.add_argument(
+        "--unit",
+        type=_count,
+        default=d.unit,
+        metavar="N",
+        help=f'tokens="K" predicts K x N tokens (default {d.unit}: the data\'s values are token counts)',
+    )
+    layout.add_argument(
+        "--max-depth",
+        type=_count,
+        default=DEFAULT_MAX_DEPTH,
+        metavar="N",
+        help=f"deepest <async> nesting accepted (default {DEFAULT_MAX_DEPTH}); deeper records are invalid",
+    )
+    layout.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        metavar="X",
+        help="a repetition penalty for the runtime to decode with by default, recorded in "
+        "pastac.json (default: none recorded)",
+    )
     output = p.add_argument_group("output")
-    output.add_argument("--log-every", type=positive, default=d.log_every, metavar="N",
-                        help="a loss.csv row every N steps")
-    output.add_argument("--save-every", type=positive, default=d.save_every, metavar="N",
-                        help=f"a checkpoint every N steps, and at the end (default {d.save_every})")
+    output.add_argument(
+        "--log-every", type=positive, default=d.log_every, metavar="N", help="a loss.csv row every N steps"
+    )
+    output.add_argument(
+        "--save-every",
+        type=positive,
+        default=d.save_every,
+        metavar="N",
+        help=f"a checkpoint every N steps, and at the end (default {d.save_every})",
+    )
     output.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=train_command)
 
@@ -134,14 +206,34 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
         targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
     try:
         options = TrainOptions(
-            rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=targets, lr=args.lr,
-            schedule=args.schedule, warmup_steps=args.warmup_steps, epochs=args.epochs,
-            repeat_forking=args.repeat_forking, kl_weight=args.kl_weight, max_steps=args.max_steps,
-            batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length, seed=args.seed,
-            dtype=args.dtype, device=args.device, log_every=args.log_every, save_every=args.save_every,
-            policy=args.policy, unit=args.unit, max_depth=args.max_depth, field=args.field,
-            prompt_field=args.prompt_field, chat=not args.no_chat, base_model=args.model,
-            repetition_penalty=args.repetition_penalty)
+            rank=args.rank,
+            alpha=args.alpha,
+            dropout=args.dropout,
+            target_modules=targets,
+            lr=args.lr,
+            schedule=args.schedule,
+            warmup_steps=args.warmup_steps,
+            epochs=args.epochs,
+            repeat_forking=args.repeat_forking,
+            kl_weight=args.kl_weight,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            max_length=args.max_length,
+            seed=args.seed,
+            dtype=args.dtype,
+            device=args.device,
+            log_every=args.log_every,
+            save_every=args.save_every,
+            policy=args.policy,
+            unit=args.unit,
+            max_depth=args.max_depth,
+            field=args.field,
+            prompt_field=args.prompt_field,
+            chat=not args.no_chat,
+            base_model=args.model,
+            repetition_penalty=args.repetition_penalty,
+        )
     except TrainError as error:
         raise UsageError(str(error)) from None
     try:
@@ -158,15 +250,16 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
     except (DataError, TrainError) as error:
         raise UsageError(str(error)) from None
     except KeyboardInterrupt:
-        print(f"pastac: interrupted; run the same command again to resume from {folder / CHECKPOINT}",
-              file=sys.stderr)
+        print(f"pastac: interrupted; run the same command again to resume from {folder / CHECKPOINT}", file=sys.stderr)
         return 130
     if not args.quiet:
         for problem in result.data.problems:
             print(f"pastac: skipped {data}, {problem}", file=sys.stderr)
     resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
     last = f"; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else ""
-    out.write(f"pastac: trained {result.steps} of {result.planned_steps} planned steps on {result.examples} "
-              f"examples ({result.invalid} invalid and {result.too_long} too long skipped){resumed}{last}; "
-              f"adapter in {folder}\n")
+    out.write(
+        f"pastac: trained {result.steps} of {result.planned_steps} planned steps on {result.examples} "
+        f"examples ({result.invalid} invalid and {result.too_long} too long skipped){resumed}{last}; "
+        f"adapter in {folder}\n"
+    )
     return EXIT_OK

@@ -181,8 +181,16 @@ def text_positions(graph: ThreadGraph, layout: Layout, labels: torch.Tensor) -> 
     return out
 
 
-def encode_example(tokenizer: Any, prompt: str, annotated: str | Document, options: PositionOptions, *,
-                   chat: bool = True, eos_id: int | None = None, max_depth: int = DEFAULT_MAX_DEPTH) -> Example:
+def encode_example(
+    tokenizer: Any,
+    prompt: str,
+    annotated: str | Document,
+    options: PositionOptions,
+    *,
+    chat: bool = True,
+    eos_id: int | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> Example:
     """The prompt and the training layout of an annotated response as one sequence (see the module docstring).
 
     ``annotated`` is Pasta-Lang text (parsed strictly; ``ParseError`` if invalid) or a parsed document;
@@ -256,8 +264,9 @@ class Dataset:
 
     def example(self, index: int) -> Example:
         item = self.items[index]
-        return encode_example(self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat,
-                              eos_id=self.eos_id)
+        return encode_example(
+            self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat, eos_id=self.eos_id
+        )
 
     def forks(self, index: int) -> bool:
         """Whether example ``index`` makes a promise (a nested one always sits inside a top-level one's part)."""
@@ -276,10 +285,19 @@ class Dataset:
         return sum(i.targets for i in self.items)
 
 
-def load_examples(path: str | Path, tokenizer: Any, options: PositionOptions, *, field: str = "text",
-                  prompt_field: str = "prompt", chat: bool = True, eos_id: int | None = None,
-                  max_depth: int = DEFAULT_MAX_DEPTH, max_length: int | None = None,
-                  max_position: int | None = None) -> Dataset:
+def load_examples(
+    path: str | Path,
+    tokenizer: Any,
+    options: PositionOptions,
+    *,
+    field: str = "text",
+    prompt_field: str = "prompt",
+    chat: bool = True,
+    eos_id: int | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_length: int | None = None,
+    max_position: int | None = None,
+) -> Dataset:
     """Read a JSONL dataset and measure its usable records; invalid and too long ones are skipped and counted.
 
     ``max_length`` caps the tokens of an example (prompt included); ``max_position`` caps its position ids
@@ -310,8 +328,9 @@ def load_examples(path: str | Path, tokenizer: Any, options: PositionOptions, *,
             data.note(number, f"{first.code}: {first.message}")
             continue
         try:
-            example = encode_example(tokenizer, prompt, result.document, options, chat=chat, eos_id=eos_id,
-                                     max_depth=max_depth)
+            example = encode_example(
+                tokenizer, prompt, result.document, options, chat=chat, eos_id=eos_id, max_depth=max_depth
+            )
         except ValueError as error:
             data.invalid += 1
             data.note(number, str(error))
@@ -351,10 +370,16 @@ class Batch:
         return out[:, None]
 
     def to(self, device: torch.device | str) -> Batch:
-        return replace(self, input_ids=self.input_ids.to(device), position_ids=self.position_ids.to(device),
-                       mask=self.mask.to(device), labels=self.labels.to(device),
-                       teacher_ids=self.teacher_ids.to(device), teacher_mask=self.teacher_mask.to(device),
-                       teacher=self.teacher.to(device))
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            position_ids=self.position_ids.to(device),
+            mask=self.mask.to(device),
+            labels=self.labels.to(device),
+            teacher_ids=self.teacher_ids.to(device),
+            teacher_mask=self.teacher_mask.to(device),
+            teacher=self.teacher.to(device),
+        )
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:
@@ -381,5 +406,6 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
         mask[row, :n, :n] = example.mask
         teacher_ids[row, :m] = example.teacher_ids
         teacher_mask[row, :m] = 1
-    return Batch(input_ids, position_ids, mask, labels, teacher_ids, teacher_mask, teacher,
-                 tokens=sum(len(e) for e in examples))
+    return Batch(
+        input_ids, position_ids, mask, labels, teacher_ids, teacher_mask, teacher, tokens=sum(len(e) for e in examples)
+    )

@@ -54,8 +54,17 @@ class TrainOptions:
     repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("rank", "alpha", "epochs", "repeat_forking", "batch_size", "grad_accum", "max_length",
-                     "log_every", "save_every"):
+        for name in (
+            "rank",
+            "alpha",
+            "epochs",
+            "repeat_forking",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "log_every",
+            "save_every",
+        ):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -77,8 +86,9 @@ class TrainOptions:
         if self.dtype not in ("float32", "bfloat16"):
             raise TrainError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.policy not in (Policy.PREDICTED, Policy.RESTART, Policy.LOCKSTEP):
-            raise TrainError(f"policy must be one the runtime decodes with (predicted, restart, lockstep), "
-                             f"not {self.policy!r}")
+            raise TrainError(
+                f"policy must be one the runtime decodes with (predicted, restart, lockstep), not {self.policy!r}"
+            )
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
             if not self.target_modules:

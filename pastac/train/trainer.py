@@ -56,8 +56,18 @@ __all__ = ["KNOWN_TARGETS", "TrainError", "TrainOptions", "TrainResult", "find_t
 
 #: Linear layers given an adapter by default, by their attribute name: the attention and MLP projections of
 #: Llama-like models (Llama, Qwen2, Mistral, SmolLM, ...) and of GPT-2.
-KNOWN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                 "c_attn", "c_proj", "c_fc")
+KNOWN_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "c_attn",
+    "c_proj",
+    "c_fc",
+)
 
 CHECKPOINT = "checkpoint"
 #: Options that may differ between a run and the run it resumes.
@@ -92,8 +102,11 @@ def find_target_modules(model: torch.nn.Module) -> tuple[str, ...]:
     """The names in ``KNOWN_TARGETS`` of the linear layers (``nn.Linear`` or GPT-2's ``Conv1D``) the model has."""
     from transformers.pytorch_utils import Conv1D
 
-    found = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear | Conv1D)}
+    found = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D)
+    }
     return tuple(name for name in KNOWN_TARGETS if name in found)
 
 
@@ -161,10 +174,11 @@ class _Plan:
         """The example indices of each micro-batch of optimizer step ``step`` (0-based)."""
         size = self.options.batch_size
         out = []
-        for micro in range(step * self.options.grad_accum, min((step + 1) * self.options.grad_accum,
-                                                               self.micro_batches)):
+        for micro in range(
+            step * self.options.grad_accum, min((step + 1) * self.options.grad_accum, self.micro_batches)
+        ):
             epoch, k = divmod(micro, self.per_epoch)
-            out.append(self.order(epoch)[k * size:(k + 1) * size])
+            out.append(self.order(epoch)[k * size : (k + 1) * size])
         return out
 
     def lr(self, step: int) -> float:
@@ -186,8 +200,15 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _save_checkpoint(out: Path, peft_model: Any, optimizer: torch.optim.Optimizer, state: _State,
-                     plan: _Plan, record: dict[str, Any], device: torch.device) -> None:
+def _save_checkpoint(
+    out: Path,
+    peft_model: Any,
+    optimizer: torch.optim.Optimizer,
+    state: _State,
+    plan: _Plan,
+    record: dict[str, Any],
+    device: torch.device,
+) -> None:
     final = out / CHECKPOINT
     temporary = out / f"{CHECKPOINT}.tmp"
     old = out / f"{CHECKPOINT}.old"
@@ -233,8 +254,9 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
-def _resume(folder: Path, peft_model: Any, optimizer: torch.optim.Optimizer, record: dict[str, Any],
-            device: torch.device) -> _State:
+def _resume(
+    folder: Path, peft_model: Any, optimizer: torch.optim.Optimizer, record: dict[str, Any], device: torch.device
+) -> _State:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -243,12 +265,16 @@ def _resume(folder: Path, peft_model: Any, optimizer: torch.optim.Optimizer, rec
     except (OSError, ValueError) as error:
         raise TrainError(f"cannot read the checkpoint {folder}: {error}") from error
     if saved.get("data_sha256") != record["data_sha256"]:
-        raise TrainError(f"the checkpoint in {folder} was made on other data (a different file or contents); "
-                         "train into another --out folder or remove the checkpoint")
+        raise TrainError(
+            f"the checkpoint in {folder} was made on other data (a different file or contents); "
+            "train into another --out folder or remove the checkpoint"
+        )
     differences = _differences(saved.get("options", {}), record["options"])
     if differences:
-        raise TrainError(f"the checkpoint in {folder} was made with other options ({'; '.join(differences)}); "
-                         "train into another --out folder or remove the checkpoint")
+        raise TrainError(
+            f"the checkpoint in {folder} was made with other options ({'; '.join(differences)}); "
+            "train into another --out folder or remove the checkpoint"
+        )
     weights = load_file(str(folder / "adapter_model.safetensors"), device=str(device))
     result = set_peft_model_state_dict(peft_model, weights)
     if getattr(result, "unexpected_keys", None):
@@ -258,10 +284,16 @@ def _resume(folder: Path, peft_model: Any, optimizer: torch.optim.Optimizer, rec
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
-    return _State(step=int(saved["step"]), losses=[float(x) for x in saved["losses"]],
-                  history=list(saved["history"]), pending=[float(x) for x in saved.get("pending", [])],
-                  pending_kl=[float(x) for x in saved.get("pending_kl", [])],
-                  tokens=int(saved["tokens"]), targets=int(saved["targets"]), seconds=float(saved["seconds"]))
+    return _State(
+        step=int(saved["step"]),
+        losses=[float(x) for x in saved["losses"]],
+        history=list(saved["history"]),
+        pending=[float(x) for x in saved.get("pending", [])],
+        pending_kl=[float(x) for x in saved.get("pending_kl", [])],
+        tokens=int(saved["tokens"]),
+        targets=int(saved["targets"]),
+        seconds=float(saved["seconds"]),
+    )
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------
@@ -315,23 +347,33 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
     minutes = log["train_seconds"] / 60
     device = hw.get("device_name") or f"{hw['cpu']} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch threads"
     lines = [
-        f"# {name}", "",
+        f"# {name}",
+        "",
         "A LoRA adapter that teaches its base model to write Pasta-Lang: to mark the independent parts of its "
-        "answers with `<promise/>`, `<async>` and `<sync/>`, so that pastac decodes them in parallel.", "",
+        "answers with `<promise/>`, `<async>` and `<sync/>`, so that pastac decodes them in parallel.",
+        "",
         f"- Base model: {settings.get('base_model') or 'not recorded'}",
         "- Use: `pastac run PROMPT --adapter DIR`, DIR being this folder; `pastac.json` gives the runtime the "
         f"position settings it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
-        f"{settings['max_depth']})" + (f" and the repetition penalty it decodes with by default "
-                                       f"({settings['generation']['repetition_penalty']})"
-                                       if settings.get("generation") else "") + ".", "",
-        "## Data", "",
+        f"{settings['max_depth']})"
+        + (
+            f" and the repetition penalty it decodes with by default ({settings['generation']['repetition_penalty']})"
+            if settings.get("generation")
+            else ""
+        )
+        + ".",
+        "",
+        "## Data",
+        "",
         f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
         f"examples used ({data['invalid']} invalid and {data['too_long']} too long skipped), "
         f"{data['tokens']:,} tokens, {data['targets']:,} labelled.",
         "- Layout: the prompt (chat template: " + ("yes" if settings.get("chat") else "no") + ") then the "
         "annotated response, with the attention mask and position ids of the runtime; one label per position "
-        "(a child's opening `<async>` is force-fed at run time and is not a target).", "",
-        "## Recipe", "",
+        "(a child's opening `<async>` is force-fed at run time and is not a target).",
+        "",
+        "## Recipe",
+        "",
         f"- LoRA rank {o['rank']}, alpha {o['alpha']}, dropout {o['dropout']} on "
         f"{', '.join(log['target_modules'])}: {log['trainable_parameters']:,} trainable parameters.",
         f"- AdamW, learning rate {o['lr']} ({o['schedule']}, {o['warmup_steps']} warm-up steps), weight decay "
@@ -339,17 +381,25 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         f"{o['grad_accum']} accumulation; {o['epochs']} epoch(s), each example with a promise "
         f"{o.get('repeat_forking', 1)} time(s) per epoch; {log['steps']} of {log['planned_steps']} "
         f"planned steps; seed {o['seed']}; {o['dtype']} on {o['device']}."
-        + (f" Loss: cross-entropy + {o['kl_weight']:g} x KL(base || adapted) at plain-text positions."
-           if o.get("kl_weight") else ""),
+        + (
+            f" Loss: cross-entropy + {o['kl_weight']:g} x KL(base || adapted) at plain-text positions."
+            if o.get("kl_weight")
+            else ""
+        ),
         f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "
-        f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`.", "",
-        "## Hardware and time", "",
+        f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`.",
+        "",
+        "## Hardware and time",
+        "",
         f"- {device}; torch {hw['torch']}, transformers {hw['transformers']}, peft {hw['peft']}, "
         f"Python {hw['python']}.",
-        f"- {minutes:.1f} minutes of training ({log['tokens']:,} tokens).", "",
-        "## Evaluation", "",
+        f"- {minutes:.1f} minutes of training ({log['tokens']:,} tokens).",
+        "",
+        "## Evaluation",
+        "",
         "Measure it with `pastac eval --prompts PROMPTS.jsonl --adapter DIR`: valid annotations, fork rate, "
-        "speedups and the quality proxies.", "",
+        "speedups and the quality proxies.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -361,34 +411,47 @@ def _loss(value: float | None) -> str:
 # -- training ---------------------------------------------------------------------------------------------------
 
 
-def _losses(peft_model: Any, batch: Batch, dtype: torch.dtype, labelled: int,
-            kl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _losses(
+    peft_model: Any, batch: Batch, dtype: torch.dtype, labelled: int, kl: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The micro-batch's share of the step's mean cross-entropy per labelled position, and (with ``kl``) of
     the mean KL(base || adapted) over those positions, summed over the plain-text ones (``Batch.text``).
     The base model's distribution there is the one it gives reading the answer as plain text (the adapter
     switched off, no tags, every part where its promise stands: ``Example.teacher_ids``): what it would
     write next, seeing what a reader sees, rather than what it makes of tags it never learnt."""
-    logits = peft_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                        attention_mask=batch.additive_mask(dtype).to(batch.input_ids.device),
-                        use_cache=False).logits  # [B, N, V]
-    cross_entropy = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE,
-                                    reduction="sum") / labelled
+    logits = peft_model(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        attention_mask=batch.additive_mask(dtype).to(batch.input_ids.device),
+        use_cache=False,
+    ).logits  # [B, N, V]
+    cross_entropy = (
+        F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        / labelled
+    )
     if not kl or not bool(batch.text.any()):
         return cross_entropy, torch.zeros((), device=logits.device)
     rows, _ = batch.text.nonzero(as_tuple=True)
     with torch.no_grad(), peft_model.disable_adapter():
         plain = peft_model(input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask, use_cache=False).logits
         reference = plain[rows, batch.teacher[batch.text]].float()  # [K, V]
-    divergence = F.kl_div(F.log_softmax(logits[batch.text].float(), dim=-1), F.log_softmax(reference, dim=-1),
-                          log_target=True, reduction="sum") / labelled
+    divergence = (
+        F.kl_div(
+            F.log_softmax(logits[batch.text].float(), dim=-1),
+            F.log_softmax(reference, dim=-1),
+            log_target=True,
+            reduction="sum",
+        )
+        / labelled
+    )
     return cross_entropy, divergence
-
 
 
 @contextmanager
 def _progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
-    with progress_bar("pastac train", total, enabled=enabled, done=done, fields=("loss", "tok/s"),
-                      transient=True) as bar:
+    with progress_bar(
+        "pastac train", total, enabled=enabled, done=done, fields=("loss", "tok/s"), transient=True
+    ) as bar:
 
         def update(step: int, loss: float, speed: float) -> None:
             bar(completed=step, loss=f"{loss:.4f}", **{"tok/s": f"{speed:,.0f}"})
@@ -396,8 +459,14 @@ def _progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
         yield update if enabled else None
 
 
-def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-          options: TrainOptions = TrainOptions(), progress: bool = True) -> TrainResult:
+def train(
+    model: Any,
+    tokenizer: Any,
+    examples_jsonl: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    options: TrainOptions = TrainOptions(),
+    progress: bool = True,
+) -> TrainResult:
     """Fine-tune ``model`` (a Hugging Face causal LM, changed in place: the adapter is injected into it) with a
     LoRA adapter on the annotated responses of ``examples_jsonl``; write the adapter and the logs to
     ``out_dir``, resuming from its checkpoint when it has one (see the module docstring).
@@ -419,22 +488,39 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
     eos = _eos_id(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     max_position = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    data = load_examples(source, tokenizer, options.positions, field=options.field, prompt_field=options.prompt_field,
-                         chat=options.chat, eos_id=eos, max_depth=options.max_depth, max_length=options.max_length,
-                         max_position=max_position)
+    data = load_examples(
+        source,
+        tokenizer,
+        options.positions,
+        field=options.field,
+        prompt_field=options.prompt_field,
+        chat=options.chat,
+        eos_id=eos,
+        max_depth=options.max_depth,
+        max_length=options.max_length,
+        max_position=max_position,
+    )
     if not data.items:
-        raise TrainError(f"no usable examples in '{source}': {data.records} records, {data.invalid} invalid, "
-                         f"{data.too_long} too long" + (f" (first: {data.problems[0]})" if data.problems else ""))
+        raise TrainError(
+            f"no usable examples in '{source}': {data.records} records, {data.invalid} invalid, "
+            f"{data.too_long} too long" + (f" (first: {data.problems[0]})" if data.problems else "")
+        )
     targets = options.target_modules or find_target_modules(model)
     if not targets:
-        raise TrainError(f"{type(model).__name__} has none of the known projection layers "
-                         f"({', '.join(KNOWN_TARGETS)}); name the layers to adapt (target_modules)")
+        raise TrainError(
+            f"{type(model).__name__} has none of the known projection layers "
+            f"({', '.join(KNOWN_TARGETS)}); name the layers to adapt (target_modules)"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise TrainError(f"cannot create the output folder '{out}': {error.strerror or error}") from None
-    record = {"options": _options_record(options), "data": str(source.resolve()), "data_sha256": _digest(source),
-              "examples": len(data)}
+    record = {
+        "options": _options_record(options),
+        "data": str(source.resolve()),
+        "data_sha256": _digest(source),
+        "examples": len(data),
+    }
     plan = _Plan([data.forks(i) for i in range(len(data))], options)
     devices = [device] if device.type == "cuda" else []
 
@@ -442,8 +528,14 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
         torch.manual_seed(options.seed)
         model.to(device=device, dtype=dtype)
         conv1d = any(isinstance(m, Conv1D) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in targets)
-        config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                            target_modules=list(targets), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=options.rank,
+            lora_alpha=options.alpha,
+            lora_dropout=options.dropout,
+            target_modules=list(targets),
+            fan_in_fan_out=conv1d,
+            task_type="CAUSAL_LM",
+        )
         with warnings.catch_warnings():  # peft 0.21 reads an attribute that transformers 5 deprecates
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             peft_model = get_peft_model(model, config)
@@ -481,8 +573,13 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
                 state.pending.append(loss_sum)
                 state.pending_kl.append(kl_sum)
                 if state.step % options.log_every == 0 or state.step == plan.total:
-                    row = {"step": state.step, "loss": sum(state.pending) / len(state.pending), "lr": lr,
-                           "tokens": state.tokens, "seconds": round(state.seconds, 3)}
+                    row = {
+                        "step": state.step,
+                        "loss": sum(state.pending) / len(state.pending),
+                        "lr": lr,
+                        "tokens": state.tokens,
+                        "seconds": round(state.seconds, 3),
+                    }
                     if options.kl_weight > 0:
                         row["kl"] = sum(state.pending_kl) / len(state.pending_kl)
                     state.history.append(row)
@@ -498,9 +595,14 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
         for config in peft_model.peft_config.values():
             config.base_model_name_or_path = options.base_model
     peft_model.save_pretrained(out, save_embedding_layers=False)  # embeddings are never adapted
-    settings = {"policy": str(options.positions.policy), "unit": options.unit,
-                "base_model": options.base_model or getattr(model, "name_or_path", None) or None,
-                "max_depth": options.max_depth, "chat": options.chat, "eos_token_id": eos}
+    settings = {
+        "policy": str(options.positions.policy),
+        "unit": options.unit,
+        "base_model": options.base_model or getattr(model, "name_or_path", None) or None,
+        "max_depth": options.max_depth,
+        "chat": options.chat,
+        "eos_token_id": eos,
+    }
     if options.repetition_penalty is not None:
         settings["generation"] = {"repetition_penalty": options.repetition_penalty}
     (out / ADAPTER_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
@@ -509,9 +611,17 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
     log = {
         "options": _options_record(options),
         "target_modules": list(targets),
-        "data": {"path": record["data"], "sha256": record["data_sha256"], "records": data.records,
-                 "examples": len(data), "invalid": data.invalid, "too_long": data.too_long,
-                 "tokens": data.tokens, "targets": data.targets, "problems": data.problems},
+        "data": {
+            "path": record["data"],
+            "sha256": record["data_sha256"],
+            "records": data.records,
+            "examples": len(data),
+            "invalid": data.invalid,
+            "too_long": data.too_long,
+            "tokens": data.tokens,
+            "targets": data.targets,
+            "problems": data.problems,
+        },
         "steps": state.step,
         "planned_steps": plan.planned,
         "resumed_from": resumed_from,
@@ -527,6 +637,13 @@ def train(model: Any, tokenizer: Any, examples_jsonl: str | os.PathLike[str], ou
     (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(model_card(log, settings, name=out.name), encoding="utf-8")
     peft_model.eval()
-    return TrainResult(model=peft_model, out_dir=out, steps=state.step, planned_steps=plan.planned,
-                       losses=list(state.losses), data=data, resumed_from=resumed_from, seconds=seconds)
-
+    return TrainResult(
+        model=peft_model,
+        out_dir=out,
+        steps=state.step,
+        planned_steps=plan.planned,
+        losses=list(state.losses),
+        data=data,
+        resumed_from=resumed_from,
+        seconds=seconds,
+    )

@@ -59,8 +59,9 @@ def nesting(graph: ThreadGraph) -> Iterator[tuple[int, bool]]:
             stack.extend((c, True) for c in reversed(children[thread]))
 
 
-def cluster_lines(graph: ThreadGraph, header: Callable[[int], list[str]], node_line: Callable[[int, Op], str],
-                  close: str) -> Iterator[str]:
+def cluster_lines(
+    graph: ThreadGraph, header: Callable[[int], list[str]], node_line: Callable[[int, Op], str], close: str
+) -> Iterator[str]:
     """One nested group of lines per thread: its ``header`` lines, a ``node_line`` per node, then ``close``;
     indented two spaces per level (shared by the DOT and Mermaid writers)."""
     depth = 0
@@ -79,21 +80,32 @@ def cluster_lines(graph: ThreadGraph, header: Callable[[int], list[str]], node_l
 
 def _dot_node(node: int, op: Op) -> str:
     kind = kind_name(op)
-    look = ('shape=diamond, fillcolor="#DDDDDD", fontcolor=black' if isinstance(op, Join)
-            else f'fillcolor="{KIND_COLORS[kind]}"')
+    look = (
+        'shape=diamond, fillcolor="#DDDDDD", fontcolor=black'
+        if isinstance(op, Join)
+        else f'fillcolor="{KIND_COLORS[kind]}"'
+    )
     return f"n{node} [label={_label(node_label(node, op))}, {look}, tooltip={_string(kind)}];"
 
 
 def to_dot(graph: ThreadGraph, name: str = "pasta") -> str:
-    lines = [f"digraph {_string(name)} {{",
-             '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, compound=true, newrank=true];',
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, fontcolor=white];',
-             '  edge [fontname="Helvetica", fontsize=9, arrowsize=0.7];']
-    lines.extend(cluster_lines(
-        graph,
-        lambda t: [f"subgraph cluster_t{t} {{",
-                   f'label={_string(thread_title(graph, t))}; style="rounded"; color="#999999";'],
-        _dot_node, "}"))
+    lines = [
+        f"digraph {_string(name)} {{",
+        '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, compound=true, newrank=true];',
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, fontcolor=white];',
+        '  edge [fontname="Helvetica", fontsize=9, arrowsize=0.7];',
+    ]
+    lines.extend(
+        cluster_lines(
+            graph,
+            lambda t: [
+                f"subgraph cluster_t{t} {{",
+                f'label={_string(thread_title(graph, t))}; style="rounded"; color="#999999";',
+            ],
+            _dot_node,
+            "}",
+        )
+    )
     for u, v, kind in sorted(graph.g.edges(data="kind")):
         lines.append(f"  n{u} -> n{v} [{_EDGE_STYLE[EdgeKind(kind)]}];")
     lines.append("}")
@@ -109,8 +121,9 @@ def render_dot(source: str, fmt: str, output: str) -> None:
     program = dot_program()
     if program is None:
         raise GraphvizMissing("Graphviz 'dot' is not installed; install graphviz or use --format dot")
-    done = subprocess.run([program, f"-T{fmt}", "-o", output], input=source.encode("utf-8"),
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        [program, f"-T{fmt}", "-o", output], input=source.encode("utf-8"), capture_output=True, check=False
+    )
     if done.returncode != 0:
         message = done.stderr.decode("utf-8", "replace").strip() or f"exit status {done.returncode}"
         raise RuntimeError(f"Graphviz 'dot' failed: {message}")

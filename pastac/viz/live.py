@@ -31,9 +31,16 @@ class LiveView:
         panels = []
         for thread, status in event.status.items():
             topic = event.topics.get(thread) or "main"
-            tail = self.texts.get(thread, "")[-self.width * self.lines:]
-            panels.append(Panel(Text(tail), title=f"t{thread} {topic}", subtitle=status, width=self.width,
-                                border_style=_STYLE.get(status, "white")))
+            tail = self.texts.get(thread, "")[-self.width * self.lines :]
+            panels.append(
+                Panel(
+                    Text(tail),
+                    title=f"t{thread} {topic}",
+                    subtitle=status,
+                    width=self.width,
+                    border_style=_STYLE.get(status, "white"),
+                )
+            )
         self.live.update(Columns(panels), refresh=False)
 
     def stop(self) -> None:

@@ -31,8 +31,11 @@ def _node(node: int, op: Op) -> str:
 
 def to_mermaid(graph: ThreadGraph) -> str:
     lines = ["flowchart TD"]
-    lines.extend(cluster_lines(
-        graph, lambda t: [f'subgraph t{t} ["{_escape(thread_title(graph, t))}"]', "direction TB"], _node, "end"))
+    lines.extend(
+        cluster_lines(
+            graph, lambda t: [f'subgraph t{t} ["{_escape(thread_title(graph, t))}"]', "direction TB"], _node, "end"
+        )
+    )
     for u, v, kind in sorted(graph.g.edges(data="kind")):
         lines.append(f"  n{u} {_ARROWS[EdgeKind(kind)]} n{v}")
     for kind, color in KIND_COLORS.items():

@@ -32,8 +32,9 @@ def console(file: TextIO, *, width: int | None = None) -> Console:
     """A console on ``file``: rich colours on a terminal; plain text, ``PLAIN_WIDTH`` wide, elsewhere."""
     if _isatty(file):
         return Console(file=file, width=width, highlight=False)
-    return Console(file=file, force_terminal=False, no_color=True, width=width or PLAIN_WIDTH,
-                   highlight=False, emoji=False)
+    return Console(
+        file=file, force_terminal=False, no_color=True, width=width or PLAIN_WIDTH, highlight=False, emoji=False
+    )
 
 
 def show(file: TextIO, renderable: RenderableType) -> None:
@@ -88,8 +89,9 @@ def thread_tree(graph: ThreadGraph) -> Tree:
             op = graph.op(node)
             kind = kind_name(op)
             head, *rest = node_label(node, op, text_limit=60)
-            label = Text.assemble((head, f"bold {KIND_COLORS[kind]}"), f"  len {op.length}",
-                                  *(("  " + line) for line in rest[1:]))
+            label = Text.assemble(
+                (head, f"bold {KIND_COLORS[kind]}"), f"  len {op.length}", *(("  " + line) for line in rest[1:])
+            )
             leaf = branch.add(label)
             if isinstance(op, Fork):
                 branches[op.child] = leaf.add(title(op.child))
@@ -99,23 +101,44 @@ def thread_tree(graph: ThreadGraph) -> Tree:
 def plan_view(p: Plan, *, label: str, length: str) -> RenderableType:
     options = p.options
     cap = "no width cap" if options.max_width is None else f"max width {options.max_width}"
-    header = Text(f"plan of {label}: policy {options.policy}, order {options.order}, {cap}, "
-                  f"lengths in {length} (unit {options.unit})")
-    threads = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left",
-                    caption="tokens own: of the thread's nodes; subtree: with its descendants; promised: "
-                            "tokens= x unit; steps from 0, last inclusive; positions a..b: [a, b)")
-    for name, justify in (("thread", "left"), ("parent", "left"), ("depth", "right"), ("topic", "left"),
-                          ("promised", "right"), ("tokens own", "right"), ("subtree", "right"),
-                          ("first step", "right"), ("last step", "right")):
+    header = Text(
+        f"plan of {label}: policy {options.policy}, order {options.order}, {cap}, "
+        f"lengths in {length} (unit {options.unit})"
+    )
+    threads = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption_justify="left",
+        caption="tokens own: of the thread's nodes; subtree: with its descendants; promised: "
+        "tokens= x unit; steps from 0, last inclusive; positions a..b: [a, b)",
+    )
+    for name, justify in (
+        ("thread", "left"),
+        ("parent", "left"),
+        ("depth", "right"),
+        ("topic", "left"),
+        ("promised", "right"),
+        ("tokens own", "right"),
+        ("subtree", "right"),
+        ("first step", "right"),
+        ("last step", "right"),
+    ):
         threads.add_column(name, justify=justify, no_wrap=name != "topic")  # type: ignore[arg-type]
     threads.add_column("positions", overflow="fold", min_width=16)
     for r in p.threads:
         positions = " ".join(f"{_int(a)}..{_int(b)}" for a, b in r.positions)
-        threads.add_row(f"t{r.thread}", "-" if r.parent is None else f"t{r.parent}", str(r.depth),
-                        "-" if r.topic is None else excerpt(r.topic, 32),
-                        "-" if r.predicted is None else _int(r.predicted * options.unit),
-                        str(r.own_tokens), str(r.subtree_tokens), int_text(r.start_step), int_text(r.end_step),
-                        excerpt(positions, 80))
+        threads.add_row(
+            f"t{r.thread}",
+            "-" if r.parent is None else f"t{r.parent}",
+            str(r.depth),
+            "-" if r.topic is None else excerpt(r.topic, 32),
+            "-" if r.predicted is None else _int(r.predicted * options.unit),
+            str(r.own_tokens),
+            str(r.subtree_tokens),
+            int_text(r.start_step),
+            int_text(r.end_step),
+            excerpt(positions, 80),
+        )
     figures = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=True)
     figures.add_column("figure")
     figures.add_column("value", justify="right")
@@ -129,9 +152,11 @@ def plan_view(p: Plan, *, label: str, length: str) -> RenderableType:
 
 
 def stats_view(stats: Stats, *, label: str, length: str, mode: str, max_invalid: int = 10) -> RenderableType:
-    header = Text(f"stats of {label}: {_plural(stats.records, 'record')}, "
-                  f"{_plural(len(stats.documents), 'document')} analysed, {len(stats.invalid)} invalid ({mode}); "
-                  f"lengths in {length}; no width cap")
+    header = Text(
+        f"stats of {label}: {_plural(stats.records, 'record')}, "
+        f"{_plural(len(stats.documents), 'document')} analysed, {len(stats.invalid)} invalid ({mode}); "
+        f"lengths in {length}; no width cap"
+    )
     columns = ("count", "mean", "geo mean", "min", "p50", "p90", "max")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("metric")
@@ -141,10 +166,18 @@ def stats_view(stats: Stats, *, label: str, length: str, mode: str, max_invalid:
     for name, d in stats.metrics.items():
         geo = "" if d.geometric_mean is None else _number(d.geometric_mean)
         count = name in COUNTS
-        table.add_row(name, str(d.count), _number(d.mean, count=count), geo,
-                      *(_number(v, count=count) for v in (d.min, d.p50, d.p90, d.max)), METRICS[name])
-    pooled = Text(f"pooled over all documents: {stats.tokens} tokens, theoretical speedup "
-                  f"{stats.pooled_speedup:.3f}, async token share {stats.pooled_async_token_share:.3f}")
+        table.add_row(
+            name,
+            str(d.count),
+            _number(d.mean, count=count),
+            geo,
+            *(_number(v, count=count) for v in (d.min, d.p50, d.p90, d.max)),
+            METRICS[name],
+        )
+    pooled = Text(
+        f"pooled over all documents: {stats.tokens} tokens, theoretical speedup "
+        f"{stats.pooled_speedup:.3f}, async token share {stats.pooled_async_token_share:.3f}"
+    )
     parts: list[RenderableType] = [header, table, pooled]
     if stats.invalid:
         parts.append(Text(f"invalid records ({len(stats.invalid)}):"))

@@ -81,13 +81,23 @@ def timeline(graph: ThreadGraph, plan: Schedule) -> Timeline:
 def _title(label: str, figures: CriticalPath, plan: Schedule, max_width: int) -> str:
     cap = plan.options.max_width
     capped = "no width cap" if cap is None else f"width cap {cap}"
-    return (f"{label}\n{figures.tokens} tokens in {figures.steps} steps: theoretical speedup "
-            f"{figures.theoretical_speedup:.2f}× (critical path {figures.critical_path} steps, "
-            f"max {figures.max_speedup:.2f}×) · max width {max_width} · {capped}, order {plan.options.order}")
+    return (
+        f"{label}\n{figures.tokens} tokens in {figures.steps} steps: theoretical speedup "
+        f"{figures.theoretical_speedup:.2f}× (critical path {figures.critical_path} steps, "
+        f"max {figures.max_speedup:.2f}×) · max width {max_width} · {capped}, order {plan.options.order}"
+    )
 
 
-def draw_timeline(graph: ThreadGraph, plan: Schedule, figures: CriticalPath, output: str, *,
-                  label: str = "", fmt: str | None = None, dpi: int = 150) -> None:
+def draw_timeline(
+    graph: ThreadGraph,
+    plan: Schedule,
+    figures: CriticalPath,
+    output: str,
+    *,
+    label: str = "",
+    fmt: str | None = None,
+    dpi: int = 150,
+) -> None:
     """Draw the timeline of ``plan`` into the file ``output`` (``fmt``: png, svg, pdf; default: its suffix)."""
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure  # the Agg canvas, no pyplot: no global state, no display
@@ -99,21 +109,24 @@ def draw_timeline(graph: ThreadGraph, plan: Schedule, figures: CriticalPath, out
     steps = max(1, line.steps)
     plot_height = min(0.42 * len(threads) + 0.6, 30.0)
     fig = Figure(figsize=(13, plot_height + 2.6), layout="constrained")
-    axes, width_axes = fig.subplots(2, 1, sharex=True,
-                                    gridspec_kw={"height_ratios": [plot_height, 1.1]})
+    axes, width_axes = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [plot_height, 1.1]})
 
     # One collection per kind: a document may have thousands of nodes.
     for reason, hatch in (("join", "////"), ("slot", "....")):
         waits = [(row[w.thread], w.start, w.end) for w in line.waits if w.reason == reason]
         if waits:
-            axes.add_collection(PolyCollection(_rectangles(waits, 0.5), facecolors="white", edgecolors=WAIT_COLOR,
-                                               hatch=hatch, linewidths=0.6))
+            axes.add_collection(
+                PolyCollection(
+                    _rectangles(waits, 0.5), facecolors="white", edgecolors=WAIT_COLOR, hatch=hatch, linewidths=0.6
+                )
+            )
     edge = 0.8 if steps <= 300 else 0.0  # white gaps between nodes, while they are wider than the gaps
     for kind, color in KIND_COLORS.items():
         bars = [(row[b.thread], b.start, b.end) for b in line.bars if b.kind == kind]
         if bars:
-            axes.add_collection(PolyCollection(_rectangles(bars, 0.72), facecolors=color, edgecolors="white",
-                                               linewidths=edge))
+            axes.add_collection(
+                PolyCollection(_rectangles(bars, 0.72), facecolors=color, edgecolors="white", linewidths=edge)
+            )
 
     # The text of a segment inside its bar, where there is room (pixels per step over pixels per character).
     fig_px = 13 * dpi * 0.86
@@ -125,8 +138,16 @@ def draw_timeline(graph: ThreadGraph, plan: Schedule, figures: CriticalPath, out
             if isinstance(op, Segment) and room >= 4:
                 text = " ".join(op.text.split())
                 text = text if len(text) <= room else text[: room - 1] + "…"
-                axes.text(bar.start + 0.3, row[bar.thread], text, va="center", ha="left", fontsize=7.5,
-                          color="white", clip_on=True)
+                axes.text(
+                    bar.start + 0.3,
+                    row[bar.thread],
+                    text,
+                    va="center",
+                    ha="left",
+                    fontsize=7.5,
+                    color="white",
+                    clip_on=True,
+                )
 
     # Fork and join arrows between rows, for graphs small enough to read them.
     if len(threads) <= 40:
@@ -137,16 +158,32 @@ def draw_timeline(graph: ThreadGraph, plan: Schedule, figures: CriticalPath, out
             if not bars:
                 continue
             at = plan.last_step[info.fork] + 1
-            axes.annotate("", xy=(at, row[info.id] - 0.36), xytext=(at, row[info.parent] + 0.36),
-                          arrowprops={"arrowstyle": "->", "color": KIND_COLORS["promise"], "lw": 0.9,
-                                      "shrinkA": 0, "shrinkB": 0})
-            joins = [n for n in graph.thread_nodes(info.parent)
-                     if isinstance(op := graph.op(n), Join) and info.id in op.children]
+            axes.annotate(
+                "",
+                xy=(at, row[info.id] - 0.36),
+                xytext=(at, row[info.parent] + 0.36),
+                arrowprops={"arrowstyle": "->", "color": KIND_COLORS["promise"], "lw": 0.9, "shrinkA": 0, "shrinkB": 0},
+            )
+            joins = [
+                n
+                for n in graph.thread_nodes(info.parent)
+                if isinstance(op := graph.op(n), Join) and info.id in op.children
+            ]
             if joins:
                 resume = plan.last_step[joins[0]] + 1
-                axes.annotate("", xy=(resume, row[info.parent] + 0.36), xytext=(bars[-1].end, row[info.id] - 0.36),
-                              arrowprops={"arrowstyle": "->", "color": KIND_COLORS["sync"], "lw": 0.9,
-                                          "linestyle": "--", "shrinkA": 0, "shrinkB": 0})
+                axes.annotate(
+                    "",
+                    xy=(resume, row[info.parent] + 0.36),
+                    xytext=(bars[-1].end, row[info.id] - 0.36),
+                    arrowprops={
+                        "arrowstyle": "->",
+                        "color": KIND_COLORS["sync"],
+                        "lw": 0.9,
+                        "linestyle": "--",
+                        "shrinkA": 0,
+                        "shrinkB": 0,
+                    },
+                )
 
     every = max(1, math.ceil(len(threads) / 60))  # at most 60 thread names
     shown = range(0, len(threads), every)
@@ -172,9 +209,11 @@ def draw_timeline(graph: ThreadGraph, plan: Schedule, figures: CriticalPath, out
     kinds = [k for k in KIND_COLORS if k != "join"]
     handles = [Patch(color=KIND_COLORS[k], label=k) for k in kinds]
     reasons = {w.reason for w in line.waits}
-    handles += [Patch(facecolor="white", edgecolor=WAIT_COLOR, hatch=hatch, label=f"waiting {what}")
-                for reason, hatch, what in (("join", "////", "at a join"), ("slot", "....", "for a slot"))
-                if reason in reasons]
+    handles += [
+        Patch(facecolor="white", edgecolor=WAIT_COLOR, hatch=hatch, label=f"waiting {what}")
+        for reason, hatch, what in (("join", "////", "at a join"), ("slot", "....", "for a slot"))
+        if reason in reasons
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8.5, frameon=False)
     fig.suptitle(_title(label or "timeline", figures, plan, max(line.width, default=0)), fontsize=10.5)
     with warnings.catch_warnings():
