@@ -51,6 +51,8 @@ def int_text(n: int | None) -> str:
 
 @dataclass(frozen=True)
 class PlanOptions:
+    """How to plan a document: positions policy and unit, width cap, thread order, step-cost model."""
+
     policy: Policy = Policy.PREDICTED
     unit: int = 10  # tokens="N" predicts N x unit tokens
     max_width: int | None = None  # threads decoding per step, the main one included; None: no cap
@@ -64,6 +66,8 @@ class PlanOptions:
 
 @dataclass(frozen=True)
 class ThreadRow:
+    """One thread of a plan: its place in the tree, its tokens, steps and positions."""
+
     thread: int
     parent: int | None
     depth: int
@@ -78,6 +82,8 @@ class ThreadRow:
 
 @dataclass(frozen=True)
 class Plan:
+    """One document planned: the graph, the pass results under ``options``, a row per thread, the dumps asked for."""
+
     graph: ThreadGraph
     options: PlanOptions
     positions: Positions
@@ -115,6 +121,7 @@ def plan(graph: ThreadGraph, options: PlanOptions = PlanOptions(), dump_after: S
 
 
 def thread_rows(graph: ThreadGraph, positions: Positions, plan_: Schedule) -> tuple[ThreadRow, ...]:
+    """A row per thread, in id order; a row's position ranges are its nodes', adjacent ones merged."""
     subtree = subtree_lengths(graph)
     rows = []
     for thread in graph.threads.values():
@@ -159,6 +166,7 @@ FIGURES: dict[str, str] = {
 
 
 def plan_figures(p: Plan) -> dict[str, int | float]:
+    """The plan's figures under their names, in the order of ``FIGURES``."""
     f = p.figures
     return {
         "tokens": f.tokens,
@@ -238,10 +246,12 @@ class DocumentFigures:
 
     @property
     def async_token_share(self) -> float:
+        """Tokens of forked threads / all tokens (0 for an empty document)."""
         return self.async_tokens / self.tokens if self.tokens else 0.0
 
 
 def document_figures(graph: ThreadGraph) -> DocumentFigures:
+    """The dataset figures of ``graph``, scheduled with no width cap."""
     plan_ = schedule(graph, ScheduleOptions())
     figures = critical_path(graph, plan_)
     return DocumentFigures(
@@ -257,6 +267,8 @@ def document_figures(graph: ThreadGraph) -> DocumentFigures:
 
 @dataclass(frozen=True)
 class Distribution:
+    """The spread of one metric over a dataset (``distribution``): NaN figures when it has no values."""
+
     count: int
     mean: float
     min: float
@@ -324,6 +336,8 @@ COUNTS = frozenset({"max_width", "promises_per_response", "depth", "tokens", "cr
 
 @dataclass(frozen=True)
 class Stats:
+    """A dataset's figures: each metric of ``METRICS``'s distribution, the documents, the invalid records."""
+
     records: int  # documents and invalid records
     documents: tuple[DocumentFigures, ...]
     invalid: tuple[InvalidRecord, ...]
@@ -331,6 +345,7 @@ class Stats:
 
     @property
     def tokens(self) -> int:
+        """Tokens of all documents together."""
         return sum(d.tokens for d in self.documents)
 
     @property
@@ -341,9 +356,11 @@ class Stats:
 
     @property
     def pooled_async_token_share(self) -> float:
+        """Tokens of forked threads / all tokens, over the whole dataset (0 with no tokens)."""
         return sum(d.async_tokens for d in self.documents) / self.tokens if self.tokens else 0.0
 
     def to_json(self) -> dict[str, Any]:
+        """Counts, each metric's distribution, the pooled figures and the invalid records, under their names."""
         return {
             "records": self.records,
             "documents": len(self.documents),
@@ -360,6 +377,7 @@ class Stats:
 
 
 def summarize(documents: Sequence[DocumentFigures], invalid: Sequence[InvalidRecord] = ()) -> Stats:
+    """The statistics of a dataset from its documents' figures and its invalid records."""
     metrics = {
         "theoretical_speedup": distribution((d.theoretical_speedup for d in documents), geometric=True),
         "max_width": distribution(d.max_width for d in documents),

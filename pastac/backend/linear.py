@@ -158,6 +158,7 @@ class LinearKernels:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
+        """Apply the tuned choices to the forward passes run inside; the previous state comes back on exit."""
         was, self.on = self.on, True
         try:
             yield
@@ -165,9 +166,12 @@ class LinearKernels:
             self.on = was
 
     def packed_bytes(self) -> int:
+        """Bytes held by the packed copies of the weights."""
         return sum(t.nbytes for t in self.packed.values())
 
     def summary(self) -> dict[str, Any]:
+        """The choices and timings per group and row count, packed MiB, tuning seconds, whether cached: the form
+        the cache file holds."""
         return {
             "groups": {g.key: {str(r): g.choice[r] for r in sorted(g.choice)} for g in self.groups},
             "ms": {g.key: {str(r): g.ms[r] for r in sorted(g.ms)} for g in self.groups},

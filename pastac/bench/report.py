@@ -25,6 +25,7 @@ def _mib(n: float) -> str:
 
 
 def tables(report: dict[str, Any]) -> list[Table]:
+    """The report's tables: per response, the speedup summary, throughput and memory, the step cost."""
     results, summary = report["results"], report["summary"]
     strategies = report["options"]["strategies"]
     m = report["machine"]
@@ -102,6 +103,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
+    """Print the report's ``tables`` on ``console``."""
     for table in tables(report):
         console.print(table)
 

@@ -16,6 +16,8 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class Response:
+    """One response of the suite: its id, its shape (the kind of answer), the prompt, the annotated text."""
+
     id: str
     shape: str
     prompt: str

@@ -14,6 +14,7 @@ _WORD = re.compile(r"\w+")
 
 
 def ngrams(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    """The word n-grams of ``text``, lower-cased."""
     words = _WORD.findall(text.lower())
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
@@ -40,6 +41,7 @@ def sibling_groups(parents: dict[int, int | None], texts: dict[int, str]) -> lis
 
 
 def mean_redundancy(groups: Sequence[Sequence[str]], n: int = 3) -> float | None:
+    """Mean ``redundancy`` of the groups that have one (None if none has)."""
     values = [r for r in (redundancy(g, n) for g in groups) if r is not None]
     return statistics.fmean(values) if values else None
 

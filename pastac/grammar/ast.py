@@ -18,6 +18,8 @@ from typing import assert_never
 
 @dataclass(frozen=True, order=True)
 class Position:
+    """A point in the source: 0-based offset, 1-based line and column (code points); ordered by offset."""
+
     offset: int
     line: int
     column: int
@@ -39,15 +41,19 @@ START = Position(0, 1, 1)
 
 @dataclass(frozen=True)
 class Span:
+    """The stretch ``[start, end)`` of the source a node or diagnostic covers."""
+
     start: Position
     end: Position
 
     @staticmethod
     def point(at: Position) -> Span:
+        """The empty span at ``at``."""
         return Span(at, at)
 
     @staticmethod
     def of(start: Position, text: str) -> Span:
+        """The span of ``text`` written from ``start``."""
         return Span(start, start.advance(text))
 
     def __str__(self) -> str:
@@ -59,6 +65,8 @@ _NOWHERE = Span(START, START)
 
 @dataclass(frozen=True)
 class Text:
+    """Text of a body, verbatim."""
+
     value: str
     span: Span = field(default=_NOWHERE, compare=False, repr=False)
 
@@ -99,6 +107,8 @@ Node = Text | Promise | Async | Sync
 
 @dataclass(frozen=True)
 class Document:
+    """A whole document: its top-level body."""
+
     body: tuple[Node, ...]
     span: Span = field(default=_NOWHERE, compare=False, repr=False)
 

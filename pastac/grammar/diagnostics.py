@@ -18,12 +18,16 @@ from pastac.grammar.ast import Span
 
 
 class Severity(StrEnum):
+    """How a diagnostic counts: an error in strict mode, a warning in lenient mode."""
+
     ERROR = "error"
     WARNING = "warning"
 
 
 @dataclass(frozen=True)
 class Code:
+    """One error code (``E101``): its short name, the rule a document breaks, and how lenient mode recovers."""
+
     code: str
     name: str
     rule: str
@@ -127,12 +131,16 @@ CODES: dict[str, Code] = {
 
 @dataclass(frozen=True)
 class Note:
+    """A place related to a diagnostic (``promise declared here``)."""
+
     message: str
     span: Span
 
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One located problem with its notes; ``code`` must be one of ``CODES`` (else ``ValueError``)."""
+
     code: str
     message: str
     span: Span
@@ -144,6 +152,7 @@ class Diagnostic:
             raise ValueError(f"unknown diagnostic code {self.code!r}")
 
     def with_severity(self, severity: Severity) -> Diagnostic:
+        """This diagnostic at ``severity``."""
         return replace(self, severity=severity)
 
 
@@ -188,6 +197,8 @@ def format_text(diagnostics: tuple[Diagnostic, ...] | list[Diagnostic], source: 
 
 
 def to_json(d: Diagnostic, filename: str) -> dict[str, object]:
+    """The JSON record of ``d``: file, code and name, severity, message, its span's start and end, its notes."""
+
     def loc(span: Span) -> dict[str, int]:
         return {
             "line": span.start.line,
@@ -229,4 +240,5 @@ def format_github(d: Diagnostic, filename: str, line: int | None = None, prefix:
 
 
 def format_json(records: list[dict[str, object]]) -> str:
+    """The records as one indented JSON array, non-ASCII kept."""
     return json.dumps(records, indent=2, ensure_ascii=False)

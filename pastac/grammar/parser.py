@@ -43,6 +43,8 @@ def tokenize(text: str) -> list[Lexeme]:
 
 @dataclass(frozen=True)
 class ParseResult:
+    """A document and every diagnostic found in it, in source order, at the severity of the parsing mode."""
+
     document: Document
     diagnostics: tuple[Diagnostic, ...]
     source: str
@@ -50,10 +52,12 @@ class ParseResult:
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
+        """The diagnostics that are errors (none in lenient mode)."""
         return tuple(d for d in self.diagnostics if d.severity is Severity.ERROR)
 
     @property
     def ok(self) -> bool:
+        """No diagnostic is an error (always so in lenient mode)."""
         return not self.errors
 
 

@@ -68,6 +68,7 @@ class TagContext:
     markup: bool = False  # its text (or its prompt's) opened markup, ``<div>``: closing markup is text then
 
     def allows(self, kind: TagKind) -> bool:
+        """May the thread write a tag of ``kind`` here?  Never an ``<async>``: the runtime writes those."""
         if kind is TagKind.PROMISE:
             return self.promise
         if kind is TagKind.SYNC:

@@ -38,6 +38,7 @@ def _body(body: tuple[Node, ...], out: list[str]) -> None:
 
 
 def to_source(document: Document) -> str:
+    """The canonical source of ``document``: text verbatim, tags normalised."""
     out: list[str] = []
     _body(document.body, out)
     return "".join(out)

@@ -51,6 +51,7 @@ def _body(body: tuple[Node, ...], out: list[str]) -> None:
 
 
 def render(document: Document) -> str:
+    """The text a reader sees: each promise replaced by the block that fulfils it, the tags removed."""
     out: list[str] = []
     _body(document.body, out)
     return "".join(out)

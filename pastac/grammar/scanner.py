@@ -44,6 +44,7 @@ class Scanner:
 
     @property
     def held(self) -> str:
+        """The text held back: a possible tag start or an unfinished tag."""
         return self._held
 
     @property
@@ -52,12 +53,14 @@ class Scanner:
         return self._at
 
     def feed(self, chunk: str) -> list[Lexeme]:
+        """Take the next chunk; the lexemes that became certain.  ``ValueError`` after ``close``."""
         if self._closed:
             raise ValueError("feed() after close()")
         self._held += chunk
         return self._drain(final=False)
 
     def close(self) -> list[Lexeme]:
+        """End the stream: the held text as lexemes (an unfinished tag as an unterminated one); [] if already closed."""
         if self._closed:
             return []
         out = self._drain(final=True)

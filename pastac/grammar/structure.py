@@ -31,10 +31,12 @@ class Binding:
 
     @property
     def fulfilled_by(self) -> dict[int, int]:
+        """Promise index -> the index of the async that fulfils it."""
         return {p: a for a, p in self.fulfils.items()}
 
 
 def bind(body: tuple[Node, ...]) -> Binding:
+    """The pairings of one body by the rule of spec §4 (its nested bodies are bound separately)."""
     fulfils: dict[int, int] = {}
     orphans: list[int] = []
     unfulfilled: list[tuple[int, int | None]] = []

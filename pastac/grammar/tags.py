@@ -26,6 +26,8 @@ from pastac.grammar.diagnostics import Diagnostic, Note
 
 
 class TagKind(StrEnum):
+    """The four tags, named as the grammar's terminals for them."""
+
     PROMISE = "PROMISE"
     ASYNC_OPEN = "ASYNC_OPEN"
     ASYNC_CLOSE = "ASYNC_CLOSE"
@@ -52,13 +54,15 @@ WHITESPACE = " \t\r\n"
 
 @dataclass(frozen=True)
 class AsyncOpen:
+    """An ``<async>`` tag: its optional repeated topic; ``self_closed`` for ``<async/>`` (E107)."""
+
     topic: str | None
     self_closed: bool = False
 
 
 @dataclass(frozen=True)
 class AsyncClose:
-    pass
+    """An ``</async>`` tag."""
 
 
 TagValue = Promise | AsyncOpen | AsyncClose | Sync
@@ -66,6 +70,8 @@ TagValue = Promise | AsyncOpen | AsyncClose | Sync
 
 @dataclass(frozen=True)
 class TextToken:
+    """A run of text between tags."""
+
     value: str
     span: Span
 
@@ -86,11 +92,13 @@ Lexeme = TextToken | TagToken
 
 @functools.cache
 def grammar_source() -> str:
+    """The text of ``pasta.lark``, the grammar shipped in the package."""
     return resources.files("pastac.grammar").joinpath("pasta.lark").read_text(encoding="utf-8")
 
 
 @functools.cache
 def lark_parser(start: str) -> Lark:
+    """The grammar's LALR parser from rule ``start`` (cached): the basic lexer for ``document``, else the contextual."""
     lexer = "basic" if start == "document" else "contextual"
     return Lark(grammar_source(), start=start, parser="lalr", lexer=lexer, propagate_positions=False)
 
@@ -108,10 +116,12 @@ _ENTITY = re.compile(r"&(?:quot|amp|lt|gt);")
 
 
 def unescape(value: str) -> str:
+    """An attribute value with ``&quot; &amp; &lt; &gt;`` decoded; any other ``&`` is kept."""
     return _ENTITY.sub(lambda m: _ENTITIES[m.group(0)], value)
 
 
 def escape(value: str) -> str:
+    """``value`` for a double-quoted attribute: ``& " < >`` as entities (``unescape`` reverses it)."""
     return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 

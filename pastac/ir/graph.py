@@ -44,6 +44,8 @@ MAIN = 0
 
 
 class EdgeKind(StrEnum):
+    """What an edge stands for: the next node of a thread, a fork to a child, or a child's end to its join."""
+
     SEQ = "seq"
     FORK = "fork"
     JOIN = "join"
@@ -51,6 +53,8 @@ class EdgeKind(StrEnum):
 
 @dataclass(frozen=True)
 class Segment:
+    """Text the thread writes."""
+
     thread: int
     text: str
     length: int
@@ -58,6 +62,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class Fork:
+    """The promise tag by which ``thread`` starts thread ``child`` on ``topic``."""
+
     thread: int
     child: int
     topic: str
@@ -68,6 +74,8 @@ class Fork:
 
 @dataclass(frozen=True)
 class Open:
+    """A forked thread's ``<async>`` tag: its first node."""
+
     thread: int
     text: str
     length: int
@@ -75,6 +83,8 @@ class Open:
 
 @dataclass(frozen=True)
 class Close:
+    """A forked thread's ``</async>`` tag: only its implicit Join may follow it."""
+
     thread: int
     text: str
     length: int
@@ -82,6 +92,8 @@ class Close:
 
 @dataclass(frozen=True)
 class SyncTag:
+    """The ``<sync/>`` tag a thread writes (the Join that waits for its children is a node of its own)."""
+
     thread: int
     text: str
     length: int
@@ -89,6 +101,8 @@ class SyncTag:
 
 @dataclass(frozen=True)
 class Join:
+    """The point, with no tokens, after which ``thread`` sees the content of ``children``."""
+
     thread: int
     children: tuple[int, ...]
     explicit: bool  # after a <sync/>; else the implicit join at the end of a body
@@ -101,6 +115,8 @@ Op = Segment | Fork | Open | Close | SyncTag | Join
 
 @dataclass(frozen=True)
 class Thread:
+    """One thread: its parent and depth (None and 0 for the main one), the topic and Fork of its promise."""
+
     id: int
     parent: int | None
     depth: int
@@ -135,6 +151,7 @@ class ThreadGraph:
         return self.g.number_of_nodes()
 
     def op(self, node: int) -> Op:
+        """The operation at ``node``."""
         return self.g.nodes[node]["op"]
 
     def ops(self) -> list[tuple[int, Op]]:
@@ -142,18 +159,23 @@ class ThreadGraph:
         return [(n, self.g.nodes[n]["op"]) for n in sorted(self.g.nodes)]
 
     def thread_nodes(self, thread: int) -> tuple[int, ...]:
+        """The nodes of ``thread``, in order."""
         return tuple(self._state[thread].nodes)
 
     def children(self, thread: int) -> tuple[int, ...]:
+        """The threads ``thread`` forked, in id order."""
         return tuple(t.id for t in self.threads.values() if t.parent == thread)
 
     def unjoined(self, thread: int) -> tuple[int, ...]:
+        """The children of ``thread`` not yet joined, oldest first."""
         return tuple(self._state[thread].unjoined)
 
     def ended(self, thread: int) -> bool:
+        """Whether ``thread``'s body has ended: it takes no more appends."""
         return self._state[thread].ended
 
     def tokens(self) -> int:
+        """Tokens of every node, all threads together."""
         return sum(op.length for _, op in self.ops())
 
     # -- appends ---------------------------------------------------------------
@@ -191,6 +213,7 @@ class ThreadGraph:
         return node
 
     def segment(self, thread: int, text: str, length: int) -> int:
+        """Append text to ``thread``; returns the node.  ``IRError`` if the thread cannot take it."""
         return self._append(Segment(thread, text, length))
 
     def fork(self, thread: int, topic: str, predicted: int | None, text: str, length: int) -> tuple[int, int]:
@@ -203,14 +226,17 @@ class ThreadGraph:
         return node, child
 
     def open(self, thread: int, text: str, length: int) -> int:
+        """Append the ``<async>`` that starts forked thread ``thread``; ``IRError`` anywhere else."""
         if self._live(thread).nodes or self.threads[thread].fork is None:
             raise IRError(f"<async> must start a forked thread (t{thread})")
         return self._append(Open(thread, text, length))
 
     def close(self, thread: int, text: str, length: int) -> int:
+        """Append forked thread ``thread``'s ``</async>`` (``IRError`` in the main thread); only its end may follow."""
         return self._append(Close(thread, text, length))
 
     def sync(self, thread: int, text: str, length: int) -> int:
+        """Append a ``<sync/>`` tag to ``thread``; ``join`` appends the Join that waits for its children."""
         return self._append(SyncTag(thread, text, length))
 
     def join(self, thread: int, *, explicit: bool) -> int | None:

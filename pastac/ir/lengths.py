@@ -43,6 +43,7 @@ LENGTHS: dict[str, LengthFn] = {"chars": chars, "words": words}
 
 
 def by_name(name: str) -> LengthFn:
+    """The length function called ``name`` in ``LENGTHS``; ``ValueError`` naming the choices if there is none."""
     try:
         return LENGTHS[name]
     except KeyError:

@@ -29,6 +29,7 @@ def _tag(node: Promise | Async) -> str:
 
 
 def lower(document: Document, length: LengthFn = chars) -> ThreadGraph:
+    """The IR of ``document``, every thread ended; ``length`` measures each node's text."""
     graph = ThreadGraph()
     # An explicit stack of bodies, not recursion: lenient documents may nest to any depth.
     stack: list[_Body] = [_Body(document.body, MAIN, None)]

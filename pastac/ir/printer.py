@@ -29,6 +29,7 @@ def _int(value: int | str | None) -> int | None:
 
 
 def dump(graph: ThreadGraph, annotations: Mapping[int, str] | None = None) -> str:
+    """The text dump: the threads, then a line per node in id order, ``annotations[node]`` at its end."""
     lines = []
     for thread in graph.threads.values():
         parent = "" if thread.parent is None else f" parent=t{thread.parent} fork=%{thread.fork}"
@@ -121,4 +122,5 @@ def from_json(data: Mapping[str, Any]) -> ThreadGraph:
 
 
 def dumps_json(graph: ThreadGraph) -> str:
+    """``to_json`` as indented JSON text."""
     return json.dumps(to_json(graph), indent=2, ensure_ascii=False)

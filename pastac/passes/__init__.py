@@ -19,6 +19,7 @@ def standard_pipeline(
     plan: ScheduleOptions = ScheduleOptions(),
     cost: StepCost = DEFAULT_STEP_COST,
 ) -> list[Pass]:
+    """The standard passes, in order, with these options."""
     return [PositionsPass(positions), VisibilityPass(), ResolutionOrderPass(plan), WidthPass(), CriticalPathPass(cost)]
 
 

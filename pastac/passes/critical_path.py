@@ -43,6 +43,7 @@ class StepCost:
             object.__setattr__(self, name, points)
 
     def __call__(self, threads: int, context: int = 0) -> float:
+        """Milliseconds of one step of ``threads`` threads with ``context`` tokens in the cache (never negative)."""
         ms = _interpolate(self.table, threads)
         if self.per_context and context:
             ms += _interpolate(self.per_context, threads) * context / 1000
@@ -66,6 +67,8 @@ DEFAULT_STEP_COST = StepCost(
 
 @dataclass(frozen=True)
 class CriticalPath:
+    """The figures of one schedule (see the module docstring); the milliseconds by the model ``cost_model``."""
+
     tokens: int
     steps: int
     critical_path: int
@@ -81,6 +84,7 @@ class CriticalPath:
 def critical_path(
     graph: ThreadGraph, plan: Schedule, cost: StepCost = DEFAULT_STEP_COST, *, context: int = 0
 ) -> CriticalPath:
+    """The figures of ``plan``, its steps costed by ``cost`` with ``context`` tokens in the cache first."""
     tokens = graph.tokens()
     unbounded = plan if plan.options.max_width is None else schedule(graph, ScheduleOptions(None, plan.options.order))
     steps = plan.steps
@@ -109,11 +113,14 @@ def critical_path(
 
 @dataclass(frozen=True)
 class CriticalPathPass:
+    """The ``critical-path`` pass (an analysis: the graph is not changed)."""
+
     cost: StepCost = DEFAULT_STEP_COST
     name: ClassVar[str] = "critical-path"
     requires: ClassVar[tuple[str, ...]] = ("resolution-order",)
 
     def run(self, graph: ThreadGraph, results: dict[str, object]) -> CriticalPath:
+        """The figures of the ``resolution-order`` schedule under this pass's step cost."""
         plan = results["resolution-order"]
         assert isinstance(plan, Schedule)
         return critical_path(graph, plan, self.cost)

@@ -18,18 +18,25 @@ from pastac.ir.printer import dump
 
 
 class Pass(Protocol):
+    """A pass: its ``name``, the passes whose results it ``requires``, and ``run``; optionally a static
+    ``annotate(result)`` giving notes per node for ``dump_after``."""
+
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]]
 
-    def run(self, graph: ThreadGraph, results: dict[str, object]) -> Any: ...
+    def run(self, graph: ThreadGraph, results: dict[str, object]) -> Any:
+        """The pass's result over ``graph``; ``results``: those of the passes before it, by name."""
 
 
 class PassError(RuntimeError):
-    pass
+    """A pipeline that cannot run (a pass before one it requires, an unknown ``dump_after``), a pass that
+    failed, or the IR found invalid between passes; the message names the pass and those run before it."""
 
 
 @dataclass(frozen=True)
 class PassResults:
+    """Each pass's result by pass name (``results[name]``), and the annotated dumps ``dump_after`` asked for."""
+
     results: dict[str, Any]
     dumps: dict[str, str] = field(default_factory=dict)
 
@@ -39,6 +46,9 @@ class PassResults:
 
 @dataclass(frozen=True)
 class PassManager:
+    """The passes, in order; ``PassError`` when built if a pass requires one that does not come before it,
+    or ``dump_after`` names an unknown pass."""
+
     passes: Sequence[Pass]
     verify_each: bool = False
     max_depth: int | None = None
@@ -59,6 +69,7 @@ class PassManager:
             raise PassError(f"cannot dump after unknown pass {unknown[0]!r}; passes: {', '.join(seen)}")
 
     def run(self, graph: ThreadGraph) -> PassResults:
+        """Run every pass over ``graph``, in order; ``PassError`` naming the pass that failed and those before it."""
         results: dict[str, Any] = {}
         dumps: dict[str, str] = {}
         ran: list[str] = []

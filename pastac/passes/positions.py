@@ -30,6 +30,8 @@ from pastac.ir.graph import MAIN, Close, Fork, Join, Open, Segment, SyncTag, Thr
 
 
 class Policy(StrEnum):
+    """Where a parent goes on after a promise and after a join (see the module docstring)."""
+
     PREDICTED = "predicted"
     ORACLE = "oracle"
     SEQUENTIAL = "sequential"
@@ -39,6 +41,8 @@ class Policy(StrEnum):
 
 @dataclass(frozen=True)
 class PositionOptions:
+    """The policy and its settings; ``unit`` and ``missing`` must be >= 0 (else ``ValueError``)."""
+
     policy: Policy = Policy.PREDICTED
     unit: int = 10  # tokens="N" predicts N x unit tokens
     missing: int = 0  # predicted length (in units) of a promise without tokens=".."
@@ -51,11 +55,14 @@ class PositionOptions:
 
 @dataclass(frozen=True)
 class Positions:
+    """Per node id, the position of its first token and its length."""
+
     policy: Policy
     start: tuple[int, ...]  # per node id: the position of its first token
     length: tuple[int, ...]  # per node id
 
     def of(self, node: int) -> range:
+        """The positions of ``node``'s tokens."""
         return range(self.start[node], self.start[node] + self.length[node])
 
 
@@ -179,6 +186,7 @@ def _reserving(graph: ThreadGraph, options: PositionOptions) -> list[int]:
 
 
 def assign_positions(graph: ThreadGraph, options: PositionOptions = PositionOptions()) -> Positions:
+    """A position for every token of ``graph`` under the policy of ``options``."""
     start = _sequential(graph) if options.policy is Policy.SEQUENTIAL else _reserving(graph, options)
     return Positions(options.policy, tuple(start), tuple(op.length for _, op in graph.ops()))
 
@@ -192,10 +200,12 @@ class PositionsPass:
     requires: ClassVar[tuple[str, ...]] = ()
 
     def run(self, graph: ThreadGraph, results: dict[str, object]) -> Positions:
+        """The positions of ``graph``'s tokens under this pass's options."""
         return assign_positions(graph, self.options)
 
     @staticmethod
     def annotate(result: Positions) -> dict[int, str]:
+        """A note per node with tokens: the range ``[start, end)`` of its positions."""
         return {
             n: f"pos [{s}, {s + length})"
             for n, (s, length) in enumerate(zip(result.start, result.length, strict=True))

@@ -21,6 +21,8 @@ from pastac.ir.graph import MAIN, Fork, Join, ThreadGraph
 
 
 class Order(StrEnum):
+    """The order in which pending children take free slots."""
+
     FIFO = "fifo"
     LONGEST_FIRST = "longest-first"
     SHORTEST_FIRST = "shortest-first"
@@ -28,6 +30,8 @@ class Order(StrEnum):
 
 @dataclass(frozen=True)
 class ScheduleOptions:
+    """The width cap (None: no cap; else >= 1, or ``ValueError``) and the order of pending children."""
+
     max_width: int | None = None
     order: Order = Order.FIFO
 
@@ -53,10 +57,11 @@ class Schedule:
 
 
 class ScheduleError(RuntimeError):
-    pass
+    """No thread can decode though some have not ended: the graph is incomplete or deadlocked."""
 
 
 def schedule(graph: ThreadGraph, options: ScheduleOptions = ScheduleOptions()) -> Schedule:
+    """The list schedule of ``graph`` under ``options``; ``ScheduleError`` if decoding cannot go on."""
     n = len(graph)
     first, last = [-1] * n, [-1] * n
     cursor = {t: 0 for t in graph.threads}  # index into the thread's nodes
@@ -166,15 +171,19 @@ def schedule(graph: ThreadGraph, options: ScheduleOptions = ScheduleOptions()) -
 
 @dataclass(frozen=True)
 class ResolutionOrderPass:
+    """The ``resolution-order`` pass (an analysis: the graph is not changed)."""
+
     options: ScheduleOptions = ScheduleOptions()
     name: ClassVar[str] = "resolution-order"
     requires: ClassVar[tuple[str, ...]] = ()
 
     def run(self, graph: ThreadGraph, results: dict[str, object]) -> Schedule:
+        """The schedule of ``graph`` under this pass's options."""
         return schedule(graph, self.options)
 
     @staticmethod
     def annotate(result: Schedule) -> dict[int, str]:
+        """A note per node: the steps of its first and last token."""
         return {
             n: f"steps [{f}, {la}]" for n, (f, la) in enumerate(zip(result.first_step, result.last_step, strict=True))
         }

@@ -16,6 +16,8 @@ from pastac.passes.resolution_order import Schedule
 
 @dataclass(frozen=True)
 class Width:
+    """Per step, the threads decoding and how many could (``demand``); their maxima and the mean width."""
+
     per_step: tuple[int, ...]
     demand: tuple[int, ...]
     max_width: int
@@ -25,6 +27,7 @@ class Width:
 
 
 def width(graph: ThreadGraph, plan: Schedule) -> Width:
+    """The width figures of ``plan``."""
     per_step = tuple(len(d) for d in plan.decoding)
     steps = max(1, len(per_step))
     return Width(
@@ -39,10 +42,13 @@ def width(graph: ThreadGraph, plan: Schedule) -> Width:
 
 @dataclass(frozen=True)
 class WidthPass:
+    """The ``width`` pass (an analysis: the graph is not changed)."""
+
     name: ClassVar[str] = "width"
     requires: ClassVar[tuple[str, ...]] = ("resolution-order",)
 
     def run(self, graph: ThreadGraph, results: dict[str, object]) -> Width:
+        """The width figures of the ``resolution-order`` schedule."""
         plan = results["resolution-order"]
         assert isinstance(plan, Schedule)
         return width(graph, plan)

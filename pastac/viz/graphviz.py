@@ -39,6 +39,7 @@ def _label(lines: tuple[str, ...]) -> str:
 
 
 def thread_title(graph: ThreadGraph, thread: int, limit: int = 40) -> str:
+    """A thread's caption: ``t0 main``, or its id and its topic cut to ``limit`` characters."""
     topic = graph.threads[thread].topic
     return "t0 main" if thread == MAIN else f"t{thread} · {excerpt(topic or '', limit)}"
 
@@ -89,6 +90,7 @@ def _dot_node(node: int, op: Op) -> str:
 
 
 def to_dot(graph: ThreadGraph, name: str = "pasta") -> str:
+    """The DOT source of ``graph``, a digraph called ``name``."""
     lines = [
         f"digraph {_string(name)} {{",
         '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, compound=true, newrank=true];',
@@ -113,6 +115,7 @@ def to_dot(graph: ThreadGraph, name: str = "pasta") -> str:
 
 
 def dot_program() -> str | None:
+    """The path of Graphviz's ``dot``, or None if it is not installed."""
     return shutil.which("dot")
 
 

@@ -26,6 +26,7 @@ class LiveView:
         self.live.start()
 
     def update(self, event: StepEvent) -> None:
+        """Add the step's new text to its threads and redraw a panel per live thread with its state."""
         for thread, text in event.new_text.items():
             self.texts[thread] = self.texts.get(thread, "") + text
         panels = []
@@ -44,4 +45,5 @@ class LiveView:
         self.live.update(Columns(panels), refresh=False)
 
     def stop(self) -> None:
+        """Stop the display; the last frame stays on the terminal."""
         self.live.stop()

@@ -30,6 +30,7 @@ def _node(node: int, op: Op) -> str:
 
 
 def to_mermaid(graph: ThreadGraph) -> str:
+    """The Mermaid flowchart of ``graph``, its nodes coloured by kind."""
     lines = ["flowchart TD"]
     lines.extend(
         cluster_lines(

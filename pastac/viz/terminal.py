@@ -99,6 +99,7 @@ def thread_tree(graph: ThreadGraph) -> Tree:
 
 
 def plan_view(p: Plan, *, label: str, length: str) -> RenderableType:
+    """The plan: a header with its settings, a table of its threads, a table of its figures and what they mean."""
     options = p.options
     cap = "no width cap" if options.max_width is None else f"max width {options.max_width}"
     header = Text(
@@ -152,6 +153,7 @@ def plan_view(p: Plan, *, label: str, length: str) -> RenderableType:
 
 
 def stats_view(stats: Stats, *, label: str, length: str, mode: str, max_invalid: int = 10) -> RenderableType:
+    """The statistics: a header, a table of metrics, the pooled figures, at most ``max_invalid`` invalid records."""
     header = Text(
         f"stats of {label}: {_plural(stats.records, 'record')}, "
         f"{_plural(len(stats.documents), 'document')} analysed, {len(stats.invalid)} invalid ({mode}); "

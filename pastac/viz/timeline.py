@@ -49,6 +49,8 @@ class Wait:
 
 @dataclass(frozen=True)
 class Timeline:
+    """The intervals of a schedule: the bars and waits, and the width per step."""
+
     steps: int
     bars: tuple[Bar, ...]
     waits: tuple[Wait, ...]
@@ -56,6 +58,7 @@ class Timeline:
 
 
 def timeline(graph: ThreadGraph, plan: Schedule) -> Timeline:
+    """The bars and waits of each thread under ``plan``."""
     bars: list[Bar] = []
     waits: list[Wait] = []
     for info in graph.threads.values():
