@@ -38,7 +38,7 @@ from pastac.passes import (
     standard_pipeline,
     width,
 )
-from pastac.passes.layout import node_visibility, token_mask, training_layout
+from pastac.passes.layout import training_layout
 from pastac.passes.positions import subtree_length, subtree_lengths
 from pastac.passes.resolution_order import ScheduleError
 
@@ -520,11 +520,29 @@ def test_layout_positions(layout_graph: ThreadGraph, options: PositionOptions, p
     assert torch.equal(layout.mask, training_layout(layout_graph).mask)
 
 
-def test_layout_takes_computed_positions_and_visibility(layout_graph: ThreadGraph) -> None:
+def test_layout_takes_computed_positions(layout_graph: ThreadGraph) -> None:
     positions = assign_positions(layout_graph, PositionOptions(Policy.SEQUENTIAL))
-    layout = training_layout(layout_graph, positions, ancestors(layout_graph))
+    layout = training_layout(layout_graph, positions)
     assert layout.position_ids.tolist() == list(range(15))
     assert torch.equal(layout.mask, training_layout(layout_graph).mask)
+
+
+def ancestor_mask(graph: ThreadGraph, node_ids: torch.Tensor) -> torch.Tensor:
+    """The IR's visibility relation as a token mask, computed independently of ``Views``: a token sees the
+    tokens of its node's ancestors, and those of its own node up to itself."""
+    vis = ancestors(graph)
+    n = node_ids.numel()
+    out = torch.zeros((n, n), dtype=torch.bool)
+    for i in range(n):
+        for j in range(i + 1):
+            a, b = int(node_ids[i]), int(node_ids[j])
+            out[i, j] = a == b or vis.sees(a, b)
+    return out
+
+
+def test_the_layout_mask_is_the_ir_visibility_relation(layout_graph: ThreadGraph) -> None:
+    layout = training_layout(layout_graph)
+    assert torch.equal(layout.mask, ancestor_mask(layout_graph, layout.node_ids))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -537,23 +555,6 @@ def test_additive_mask(layout_graph: ThreadGraph, dtype: torch.dtype) -> None:
     assert torch.all(additive[0, 0][~layout.mask] == blocked)
     assert additive[0, 0, 12, 3].item() == blocked and additive[0, 0, 13, 3].item() == 0.0
     assert layout.additive_mask().dtype == torch.float32
-
-
-def test_token_mask_for_runtime_queries(layout_graph: ThreadGraph) -> None:
-    """The runtime asks for a few query tokens (the ones decoded this step) against every key so far."""
-    full = training_layout(layout_graph)
-    vis = node_visibility(layout_graph)
-    offsets = torch.tensor([0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1])
-    queries = torch.tensor([6, 9, 13])  # t1's </async>, t2's "y1", the first token after the join
-    mask = token_mask(full.node_ids[queries], offsets[queries], vis, full.node_ids, offsets)
-    assert torch.equal(mask, full.mask[queries])
-
-
-def test_node_visibility(layout_graph: ThreadGraph) -> None:
-    vis = node_visibility(layout_graph)
-    assert vis.shape == (13, 13) and vis.dtype == torch.bool
-    assert torch.nonzero(vis[6]).flatten().tolist() == [0, 1, 5]
-    assert not vis.diagonal().any()  # a node's own tokens are the token mask's business
 
 
 def test_layout_of_an_empty_document() -> None:

@@ -14,7 +14,7 @@ import functools
 import pytest
 import torch
 
-from pastac.runtime.engine import RunOptions
+from pastac.runtime.options import RunOptions
 from pastac.runtime.rows import RowRunner
 from tests.test_runtime import (
     ATOL,
@@ -55,11 +55,11 @@ class Recording(RowRunner):
         self.before_join: int | None = None
         self.sampled = 0
 
-    def step(self, plan, sampler):
+    def step(self, plan, views, sampler):
         if plan.joins and self.before_join is None:
             self.before_join = self.sampled
         self.sampled += len(plan.sample)
-        return super().step(plan, sampler)
+        return super().step(plan, views, sampler)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from pastac.backend.visibility import Views
 from pastac.passes.critical_path import StepCost
+from pastac.runtime.options import SamplingOptions
 from pastac.runtime.runner import Runner, StepPlan
-from pastac.runtime.sampling import Sampler, SamplingOptions
+from pastac.runtime.sampling import Sampler
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,11 @@ def calibrate(
     sampler = Sampler(SamplingOptions())
     table: list[list[float]] = [[] for _ in threads]
     for context in contexts:
-        runner = Runner(model, capacity=context + max(threads) + 1, threads=max(threads))
+        capacity = context + max(threads) + 1
+        runner = Runner(model, capacity=capacity)
+        views = Views(capacity, threads=max(threads), device=runner.device)
         prompt = torch.randint(vocab, (context,), generator=generator).tolist()
+        views.place(0, 0, context)
         runner.step(
             StepPlan(
                 tokens=prompt,
@@ -74,9 +79,13 @@ def calibrate(
                 threads=[0] * context,
                 sample=[context - 1],
             ),
+            views,
             sampler,
         )
-        runner.views[: max(threads), :context] = True  # every thread sees the whole prefix
+        for thread in range(1, max(threads)):  # every thread sees the whole prefix, and its own slot
+            views.fork(0, thread, context)
+        for thread in range(max(threads)):
+            views.place(thread, context + thread, 1)
         for i, n in enumerate(threads):
             tokens = torch.randint(vocab, (n,), generator=generator).tolist()
             plan = StepPlan(
@@ -86,11 +95,11 @@ def calibrate(
                 threads=list(range(n)),
                 sample=list(range(n)),
             )
-            runner.step(plan, sampler)  # warm-up
+            runner.step(plan, views, sampler)  # warm-up
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                runner.step(plan, sampler)  # one host sync: the sampled tokens
+                runner.step(plan, views, sampler)  # one host sync: the sampled tokens
                 times.append((time.perf_counter() - start) * 1000)
             table[i].append(statistics.median(times))
     fits = [_fit(contexts, tuple(row)) for row in table]

@@ -2,8 +2,10 @@
 
 The standard pipeline, in order: ``positions``, ``visibility``,
 ``resolution-order`` (the schedule), ``width``, ``critical-path``.
-``training_layout`` turns positions and visibility into the tensors the
-trainer and the runtime use (``Layout.mask``, ``Layout.position_ids``).
+``training_layout`` turns an annotated document's positions and visibility
+into the trainer's tensors (``Layout.mask``, ``Layout.position_ids``), with
+the position arithmetic (``PositionRule``) and the visibility owner
+(``pastac.backend.visibility.Views``) the runtime decodes with.
 """
 
 from pastac.passes.critical_path import DEFAULT_STEP_COST, CriticalPath, CriticalPathPass, StepCost, critical_path
@@ -48,16 +50,15 @@ __all__ = [
     "ancestors",
     "assign_positions",
     "critical_path",
-    "node_visibility",
     "schedule",
     "standard_pipeline",
-    "token_mask",
     "training_layout",
+    "visibility_mask",
     "width",
 ]
 
 
-_LAYOUT = ("Layout", "node_visibility", "token_mask", "training_layout")
+_LAYOUT = ("Layout", "training_layout", "visibility_mask")
 
 
 def __getattr__(name: str) -> object:

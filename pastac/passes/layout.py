@@ -1,16 +1,18 @@
-"""The training layout as tensors: attention mask and position ids.
+"""The training layout as tensors: attention mask and position ids of an annotated document.
 
-This is the one place where visibility and positions become tensors, for the
-trainer (an annotated document, tokens in the order written) and the runtime
-(tokens in the order they were decoded) alike: both describe tokens by the IR
-node they belong to, and ask here what each may see and where it sits.
+The tokens of the layout are the IR nodes' tokens in node id order (the order of the annotated text, each
+async block right after its promise).  Positions come from the positions pass (``PositionRule``, shared with
+the runtime); the mask comes from replaying the graph through ``pastac.backend.visibility.Views``, the same
+object the runtime's scheduler drives while decoding: a node's tokens are placed in the next slots, a promise
+forks its child after its own tokens, a join joins.  So the trainer's mask and the runtime's are one
+computation, fed in two orders (``tests/test_runtime.py`` checks the logits agree), and the IR's visibility
+pass (a token sees the tokens of its node's ancestors) is the property both must have (tested over random
+documents in ``tests/test_ir_properties.py``).
 
     layout = training_layout(lower(parse(text), length), PositionOptions(policy="predicted"))
     layout.mask          # bool [T, T]: mask[i, j] is True when token i may attend to token j
     layout.position_ids  # long [T]
     layout.additive_mask(torch.bfloat16)  # float [1, 1, T, T]: 0 where allowed, dtype's min elsewhere
-
-The tokens of the training layout are the nodes' tokens in node id order.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pastac.ir.graph import ThreadGraph
+from pastac.backend.visibility import Views
+from pastac.ir.graph import Fork, Join, ThreadGraph
 from pastac.passes.positions import PositionOptions, Positions, assign_positions
-from pastac.passes.visibility import Visibility, ancestors
 
 _INT64_MAX = 2**63 - 1
 
@@ -41,39 +43,32 @@ class Layout:
         return out[None, None]
 
 
-def node_visibility(graph: ThreadGraph, visibility: Visibility | None = None) -> torch.Tensor:
-    """bool [N, N]: [a, b] is True when node a's tokens see all of node b's (b an ancestor of a)."""
-    vis = visibility or ancestors(graph)
-    n = len(graph)
-    out = torch.zeros((n, n), dtype=torch.bool)
-    for node, anc in enumerate(vis.ancestors):
-        if anc:
-            out[node, list(anc)] = True
-    return out
+def visibility_mask(graph: ThreadGraph, lengths: Sequence[int]) -> torch.Tensor:
+    """bool [T, T] over the graph's tokens in node order (``lengths`` per node): which each token may attend
+    to, from the graph replayed through ``Views``."""
+    total = sum(lengths)
+    views = Views(total, threads=max(len(graph.threads), 1))
+    mask = torch.zeros((total, total), dtype=torch.bool)
+    order = torch.arange(total)
+    first = 0
+    for node, op in graph.ops():
+        n = lengths[node]
+        if isinstance(op, Join):
+            for child in op.children:
+                views.join(op.thread, child)
+        if n:
+            views.place(op.thread, first, n)
+            own = order[first : first + n]
+            mask[first : first + n] = views.rows[op.thread, :total][None, :] & (order[None, :] <= own[:, None])
+        if isinstance(op, Fork):  # the child sees its parent up to and including the promise
+            views.fork(op.thread, op.child, first + n)
+        first += n
+    return mask
 
 
-def token_mask(
-    node_ids: torch.Tensor,
-    offsets: torch.Tensor,
-    nodes_vis: torch.Tensor,
-    key_node_ids: torch.Tensor | None = None,
-    key_offsets: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """bool [Q, K] mask for query tokens (node, offset in node) against key tokens.
-
-    A query sees a key of an ancestor node, or a key of its own node at an offset <= its own.
-    Keys default to the queries (a square mask).
-    """
-    kn = node_ids if key_node_ids is None else key_node_ids  # [K]
-    ko = offsets if key_offsets is None else key_offsets  # [K]
-    across = nodes_vis[node_ids][:, kn]  # [Q, K]
-    within = (node_ids[:, None] == kn[None, :]) & (ko[None, :] <= offsets[:, None])  # [Q, K]
-    return across | within
-
-
-def training_layout(
-    graph: ThreadGraph, options: PositionOptions | Positions = PositionOptions(), visibility: Visibility | None = None
-) -> Layout:
+def training_layout(graph: ThreadGraph, options: PositionOptions | Positions = PositionOptions()) -> Layout:
+    """The tokens of ``graph`` in node order with their positions (``options``, or positions already
+    assigned) and their visibility mask."""
     positions = options if isinstance(options, Positions) else assign_positions(graph, options)
     lengths: Sequence[int] = positions.length
     furthest = max((s + n for s, n in zip(positions.start, lengths, strict=True) if n), default=0)
@@ -87,5 +82,5 @@ def training_layout(
     first_token = torch.cumsum(torch.tensor([0, *lengths], dtype=torch.long), 0)[:-1]
     offsets = torch.arange(node_ids.numel()) - first_token[node_ids]  # offset of each token in its node
     threads = torch.tensor([op.thread for _, op in graph.ops()], dtype=torch.long)
-    mask = token_mask(node_ids, offsets, node_visibility(graph, visibility))
+    mask = visibility_mask(graph, lengths)
     return Layout(node_ids, threads[node_ids], starts[node_ids] + offsets, mask)

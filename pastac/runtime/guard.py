@@ -137,12 +137,14 @@ def allowed_rows(
     bans = [[t for t in b if t < vocab] for b in banned]
     if not any(a is not None for a in allowed) and not any(bans):
         return None
+    device = torch.device(device)
     every = torch.ones(vocab, dtype=torch.bool, device=device)
     rows = torch.stack([every if a is None else a.mask(vocab, device) for a in allowed])
-    for i, ids in enumerate(bans):
-        if ids:
-            row = rows[i].clone()
-            row[ids] = False
-            if bool(row.any()):
-                rows[i] = row
+    if any(bans):
+        ban = torch.zeros(rows.shape, dtype=torch.bool)  # made on the host, copied without waiting
+        for i, ids in enumerate(bans):
+            ban[i, ids] = True
+        ban = ban if device.type == "cpu" else ban.to(device, non_blocking=True)
+        kept = rows & ~ban
+        rows = torch.where(kept.any(dim=-1, keepdim=True), kept, rows)  # a row the bans would empty stays
     return rows

@@ -35,6 +35,7 @@ from transformers.cache_utils import Cache
 from pastac.backend.attention import packed_attention
 from pastac.backend.cache import PreallocatedLayer
 from pastac.backend.linear import kernels_active
+from pastac.backend.visibility import Views
 from pastac.runtime.guard import allowed_rows
 from pastac.runtime.runner import StepPlan
 from pastac.runtime.sampling import Sampler
@@ -133,7 +134,6 @@ class Row:
     slots: list[int] = field(default_factory=lambda: [-1])  # the plan's slot of each entry (-1: the sink)
     tokens: list[int] = field(default_factory=lambda: [0])
     positions: list[int] = field(default_factory=lambda: [0])
-    inherited: int = 1  # entries copied or re-encoded from the parent (sink included)
 
 
 class RowRunner:
@@ -155,7 +155,7 @@ class RowRunner:
         self.plans: list[tuple[list[int], list[int], list[int]]] = []
         self.forwards = 0
 
-    def reserve(self, slots: int, threads: int) -> None:
+    def reserve(self, slots: int) -> None:
         """Rows are sized as they fill (see ``_room``); nothing to do ahead."""
 
     # -- rows -------------------------------------------------------------------
@@ -280,13 +280,15 @@ class RowRunner:
         return self._prefill(dst_thread, context + own, wanted)
 
     @torch.inference_mode()
-    def step(self, plan: StepPlan, sampler: Sampler) -> list[int]:
-        """Run the plan; return the sampled token of each ``plan.sample`` query."""
+    def step(self, plan: StepPlan, views: Views, sampler: Sampler) -> list[int]:
+        """Run the plan; return the sampled token of each ``plan.sample`` query.  Which entries a fork or a
+        join copies (or re-encodes) is what ``views`` says the receiving thread now sees and its row lacks."""
         wanted = set(plan.sample)
         logits: dict[int, torch.Tensor] = {}
         for parent, child in plan.joins:  # the parent's queries this step see the child's text
             src, dst = self.row_of[child], self.row_of[parent]
-            picks = list(range(self.rows[src].inherited, len(self.rows[src].slots)))
+            seen, held = set(views.slots(parent)), set(self.rows[dst].slots)
+            picks = [i for i, s in enumerate(self.rows[src].slots) if s in seen and s not in held]
             if self.fork == "copy":
                 self._copy(src, dst, picks)
             else:
@@ -297,22 +299,22 @@ class RowRunner:
             zip(plan.threads, plan.slots, plan.tokens, plan.positions, strict=True)
         ):
             groups.setdefault(thread, []).append((q, slot, token, position))
-        children = {child for _, child, _ in plan.forks}
+        children = {child for _, child in plan.forks}
         for thread in groups:
             if thread not in self.row_of and thread not in children:
                 self._new_row(thread)
         first = {t: g for t, g in groups.items() if t not in children}
         logits.update(self._run(first, wanted))
-        for parent, child, upto in plan.forks:
+        for parent, child in plan.forks:
             src = self.rows[self.row_of[parent]]
-            picks = [i for i, s in enumerate(src.slots) if 0 <= s < upto]
-            row = self._new_row(child)
+            seen = set(views.slots(child))
+            picks = [i for i, s in enumerate(src.slots) if s in seen]
+            self._new_row(child)
             dst = self.row_of[child]
             if self.fork == "copy":
                 self._copy(self.row_of[parent], dst, picks)
             else:
                 logits.update(self._reencode(self.row_of[parent], dst, picks, groups.pop(child, []), wanted))
-            row.inherited = len(row.slots) if self.fork == "copy" else 1 + len(picks)
         rest = {t: g for t, g in groups.items() if t in children}
         logits.update(self._run(rest, wanted))
         if not plan.sample:

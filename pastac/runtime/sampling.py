@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
+from pastac.runtime.options import SamplingOptions
 
 # Pasta-Lang in the contexts a model writes it in.  The tokens that fall inside its tags (the topic's text
 # aside) are never penalised for repeating: a thread's second promise repeats its first one's syntax by
@@ -22,63 +21,8 @@ TAG_SAMPLES = (
     '- <promise topic="k" tokens="20"/>\n<async>l.\n\n</async>\n<sync/>',
     "<async>m</async>",
 )
-PENALTY_SCOPES = ("answer", "thread")  # what the repetition penalty counts as seen (SamplingOptions)
 _TAG = re.compile(r"<[^<>]*>")
 _TOPIC = re.compile(r'topic="[^"]*"')
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """``temperature`` 0 is greedy (argmax); otherwise softmax(logits / temperature) cut to the
-    smallest set of tokens whose probability reaches ``top_p``.  ``seed`` makes sampling repeatable.
-
-    ``repetition_penalty`` is Hugging Face's (``RepetitionPenaltyLogitsProcessor``): the logit of every token
-    already in the context is divided by it when positive and multiplied by it when negative, the context
-    being what the thread sees (the prompt, its ancestors' text up to its promise, its own text and, after a
-    sync, its children's).  ``None`` takes the model's own setting (the adapter's ``pastac.json``), else 1,
-    which is none.
-
-    ``penalty_scope`` says which tokens count as already in the context: ``"thread"`` (the default) what the
-    thread sees, as above; ``"answer"`` every token of the prompt and of the answer written so far, in
-    whichever thread, as when one thread writes the whole answer and each part is penalised for what the
-    parts before it hold (threads that cannot see each other are then kept from repeating each other's
-    words, but also from the words any answer repeats).
-
-    ``sibling_ngram`` n (0: off) bans a thread from writing a token that repeats an n-gram of tokens written
-    by a thread it cannot see, a sibling say (``pastac.runtime.repeats``)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    repetition_penalty: float | None = None
-    penalty_scope: str = "thread"
-    sibling_ngram: int = DEFAULT_SIBLING_NGRAM
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
-        if self.sibling_ngram != 0 and self.sibling_ngram < 2:
-            raise ValueError(f"sibling_ngram must be 0 (off) or at least 2, not {self.sibling_ngram}")
-        if self.penalty_scope not in PENALTY_SCOPES:
-            raise ValueError(f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, not {self.penalty_scope!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def penalty(self) -> float:
-        return 1.0 if self.repetition_penalty is None else self.repetition_penalty
-
-    def resolved(self, repetition_penalty: float | None) -> SamplingOptions:
-        """These options with an unset repetition penalty taken from a model's setting."""
-        if self.repetition_penalty is not None or repetition_penalty is None:
-            return self
-        return replace(self, repetition_penalty=repetition_penalty)
 
 
 def tag_token_ids(tokenizer: Any) -> list[int]:
@@ -110,10 +54,14 @@ def penalty_exempt_ids(tokenizer: Any, eos: Iterable[int] = ()) -> list[int]:
     return sorted({*tag_token_ids(tokenizer), *getattr(tokenizer, "all_special_ids", ()), *eos})
 
 
-def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """``logits`` [N, vocab] with the penalty applied where ``seen`` [N, vocab] (bool) is set."""
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float, *, dense: bool | None = None) -> torch.Tensor:
+    """``logits`` [N, vocab] with the penalty applied where ``seen`` [N, vocab] (bool) is set.  ``dense``
+    (default: off the CPU) computes every entry instead of gathering the seen ones, which on a GPU would make
+    the host wait for the device; on the CPU the sparse form is the faster."""
     if penalty == 1:
         return logits
+    if logits.device.type != "cpu" if dense is None else dense:
+        return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
     rows, ids = seen.nonzero(as_tuple=True)  # a few hundred ids a row: only they are touched
     out = logits.clone()
     hit = out[rows, ids]
@@ -122,9 +70,20 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
 
 
 def seen_tokens(
-    tokens: torch.Tensor, visible: torch.Tensor, vocab: int, exempt: torch.Tensor | None = None
+    tokens: torch.Tensor,
+    visible: torch.Tensor,
+    vocab: int,
+    exempt: torch.Tensor | None = None,
+    *,
+    dense: bool | None = None,
 ) -> torch.Tensor:
-    """[N, vocab] bool: which ids occur among ``tokens`` [S] where ``visible`` [N, S] is set, less ``exempt``."""
+    """[N, vocab] bool: which ids occur among ``tokens`` [S] where ``visible`` [N, S] is set, less ``exempt``.
+    ``dense`` (default: off the CPU) scatters counts per row instead of gathering the visible slots."""
+    if visible.device.type != "cpu" if dense is None else dense:
+        counts = torch.zeros((visible.shape[0], vocab), dtype=torch.int32, device=visible.device)
+        counts.scatter_add_(1, tokens[None, :].expand(visible.shape[0], -1), visible.to(torch.int32))
+        seen = counts > 0
+        return seen & ~exempt if exempt is not None else seen
     rows, slots = visible.nonzero(as_tuple=True)
     ids = tokens[slots]
     if exempt is not None:
