@@ -1,9 +1,18 @@
 """pastac: learned asynchronous decoding with Pasta-Lang.
 
-The library entry points are re-exported here: for the language ``parse``,
-``check``, ``render``, ``to_source``, ``Scanner``; for the IR ``lower`` and
-``ThreadGraph``; for the attention layout ``training_layout`` and
-``PositionOptions`` (more in ``pastac.ir`` and ``pastac.passes``).
+The library's public API, importable from here:
+
+- the language: ``parse``, ``check``, ``render``, ``to_source``, ``dump``, ``Scanner`` and the AST
+  (``Document``, ``Text``, ``Promise``, ``Async``, ``Sync``), diagnostics (``Diagnostic``, ``ParseError``,
+  ``ParseResult``, ``CODES``);
+- the IR and its layout: ``lower``, ``ThreadGraph``, ``Policy``, ``PositionOptions``, ``training_layout``,
+  ``Layout``;
+- decoding: ``Engine`` and what it takes and gives (``RunOptions``, ``Limits``, ``SamplingOptions``,
+  ``Mode``, ``Generation``, ``ThreadResult``, ``Stats``, ``StepEvent``, ``DoneEvent``, ``FinishReason``),
+  an adapter's ``AdapterSettings``, and the errors ``InputError`` and ``ModelError``.
+
+The names that need torch (the layout and decoding) are imported on first use, so that the language
+tools start quickly.
 """
 
 from pastac.grammar import (
@@ -28,21 +37,54 @@ from pastac.passes import Policy, PositionOptions
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Layout": "pastac.passes.layout",
+    "training_layout": "pastac.passes.layout",
+    "AdapterSettings": "pastac.adapters.settings",
+    "Engine": "pastac.runtime.engine",
+    "ModelError": "pastac.runtime.models",
+    "DoneEvent": "pastac.runtime.results",
+    "Generation": "pastac.runtime.results",
+    "Stats": "pastac.runtime.results",
+    "StepEvent": "pastac.runtime.results",
+    "ThreadResult": "pastac.runtime.results",
+    "InputError": "pastac.runtime.templates",
+    "Limits": "pastac.runtime.threads",
+    "FinishReason": "pastac.runtime.threads",
+    "Mode": "pastac.runtime.options",
+    "RunOptions": "pastac.runtime.options",
+    "SamplingOptions": "pastac.runtime.options",
+}
+
 __all__ = [
     "CODES",
+    "AdapterSettings",
     "Async",
     "Diagnostic",
     "Document",
+    "DoneEvent",
+    "Engine",
+    "FinishReason",
+    "Generation",
+    "InputError",
     "Layout",
+    "Limits",
+    "Mode",
+    "ModelError",
     "ParseError",
     "ParseResult",
     "Policy",
     "PositionOptions",
     "Promise",
+    "RunOptions",
+    "SamplingOptions",
     "Scanner",
+    "Stats",
+    "StepEvent",
     "Sync",
     "Text",
     "ThreadGraph",
+    "ThreadResult",
     "__version__",
     "check",
     "dump",
@@ -55,12 +97,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name in ("Layout", "training_layout"):  # need torch: imported on first use
-        from pastac.passes import layout
+    if name in _LAZY:
+        import importlib
 
-        return getattr(layout, name)
-    if name in ("Engine", "RunOptions", "Generation"):  # need torch and transformers
-        from pastac.runtime import engine
-
-        return getattr(engine, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pastac' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -15,11 +15,12 @@ from pastac.grammar import Scanner, check
 from pastac.grammar.ast import START
 from pastac.grammar.prefix import CANONICAL, TOPIC_LIMIT, TagContext, committed, lookalike, state_key, viable
 from pastac.grammar.tags import TagKind, TagToken, read_tag
-from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.engine import Engine
 from pastac.runtime.guard import TagGuard
 from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.options import RunOptions
 from pastac.runtime.sampling import Sampler, SamplingOptions
-from pastac.runtime.scheduler import Limits
+from pastac.runtime.threads import Limits
 
 EVERYWHERE = TagContext(sync=True, close=True)
 canonical_tags = st.sampled_from(sorted(CANONICAL)).flatmap(
@@ -249,13 +250,13 @@ def biased(shape: str, text: str) -> Engine:
 @pytest.mark.parametrize("mode", ["async", "sequential"])
 def test_a_model_bent_on_broken_tags_writes_only_well_formed_ones_under_the_guard(text, mode):
     e = biased("tiny-llama", text)
-    limits = Limits(max_new_tokens=40, max_total_tokens=200)
+    limits = Limits(max_thread_tokens=40, max_new_tokens=200)
     free = e.generate("Tips?", RunOptions(mode=mode, limits=limits, tag_guard=False))
     assert free.warnings or check(free.annotated, mode="lenient").diagnostics  # the test can fail
     guarded = e.generate("Tips?", RunOptions(mode=mode, limits=limits))
     assert guarded.stats.generated > 0
     # the model never stops, so a budget may still cut a thread inside a tag it was writing: that is all
-    cut = ("--max-new-tokens", "its total of", "ended inside this tag")
+    cut = ("max_thread_tokens", "max_new_tokens", "ended inside this tag")
     assert all(any(c in w for c in cut) for w in guarded.warnings), guarded.warnings
     assert not check(guarded.annotated, mode="lenient").diagnostics
     written = [
@@ -304,16 +305,16 @@ def test_the_guard_masks_exactly_the_tokens_that_are_not_viable(held, context):
 
 def test_a_tag_cut_short_by_the_budget_is_dropped_with_a_warning_that_quotes_it():
     e = biased("tiny-llama", '<promise topic="a topic that takes a while to write" tokens="30"/>')
-    result = e.generate("Tips?", RunOptions(limits=Limits(max_new_tokens=6)))
+    result = e.generate("Tips?", RunOptions(limits=Limits(max_thread_tokens=6, max_new_tokens=4096)))
     assert "<promise" not in result.text and not check(result.annotated, mode="strict").errors
     dropped = [w for w in result.warnings if "ended inside this tag" in w]
-    assert len(dropped) == 1 and "<promise topic=" in dropped[0] and "--max-new-tokens" in dropped[0]
+    assert len(dropped) == 1 and "<promise topic=" in dropped[0] and "max_thread_tokens (6)" in dropped[0]
 
 
 @pytest.mark.parametrize("mode", ["async", "sequential"])
 def test_no_promise_nests_deeper_than_the_language_allows(mode):
     e = biased("tiny-llama", '<promise topic="a" tokens="9"/>')
-    limits = Limits(max_new_tokens=60, max_total_tokens=600)
+    limits = Limits(max_thread_tokens=60, max_new_tokens=600)
     free = e.generate("Tips?", RunOptions(mode=mode, limits=limits, tag_guard=False))
     assert "E305" in {d.code for d in check(free.annotated, mode="lenient").diagnostics}  # the test can fail
     guarded = e.generate("Tips?", RunOptions(mode=mode, limits=limits))
@@ -323,7 +324,7 @@ def test_no_promise_nests_deeper_than_the_language_allows(mode):
 
 def test_a_thread_writes_closing_markup_only_once_it_or_its_prompt_opened_some():
     e = biased("tiny-llama", "step</b>")
-    limits = Limits(max_new_tokens=30, max_total_tokens=100)
+    limits = Limits(max_thread_tokens=30, max_new_tokens=100)
     free = e.generate("Tips?", RunOptions(limits=limits, tag_guard=False))
     assert "</" in free.text  # the test can fail
     assert "</" not in e.generate("Tips?", RunOptions(limits=limits)).text

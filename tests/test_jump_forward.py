@@ -13,9 +13,10 @@ from test_runtime import DOC, PROMPT, check_replay_logits, replay, runtime_logit
 
 from pastac.grammar.prefix import forced, viable
 from pastac.grammar.scanner import opening
-from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.engine import Engine
 from pastac.runtime.models import random_model, tiny_tokenizer
-from pastac.runtime.scheduler import Limits
+from pastac.runtime.options import RunOptions
+from pastac.runtime.threads import Limits
 
 
 def writer(text: str) -> Engine:
@@ -102,7 +103,7 @@ def test_a_replay_that_jumps_computes_the_same_logits_in_fewer_steps():
 def test_a_sampled_run_writes_the_same_answer_in_fewer_steps(mode):
     e = writer('Tips <promise topic="rest well" tokens="3"/>')
     # per-thread budgets only: what each thread writes then does not depend on when the others write
-    limits = Limits(max_new_tokens=40, max_total_tokens=10_000)
+    limits = Limits(max_thread_tokens=40, max_new_tokens=10_000)
     stepped = e.generate(PROMPT, RunOptions(mode=mode, limits=limits, jump_forward=False))
     jumped = e.generate(PROMPT, RunOptions(mode=mode, limits=limits))
     assert jumped.annotated.count('<promise topic="rest well" tokens="3"/>') >= 2

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from pastac.backend import linear
 from pastac.backend.linear import KERNELS, ONE_ROW_ONLY, PACKERS, ROWS, check_kernels, kernels_active, tune_linears
-from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.engine import Engine
 from pastac.runtime.models import random_model, tiny_tokenizer
-from pastac.runtime.scheduler import Limits
+from pastac.runtime.options import RunOptions
+from pastac.runtime.threads import Limits
 
 
 def model(shape: str = "tiny-llama", seed: int = 1) -> torch.nn.Module:
@@ -105,7 +106,7 @@ def test_a_tuned_engine_decodes_what_a_stock_one_does(monkeypatch: pytest.Monkey
     for x, y in zip(stock.last_run.runner.logits, tuned.last_run.runner.logits, strict=True):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=0)
     assert list((tmp_path / "kernels").glob("linears-*.json"))
-    options = RunOptions(limits=Limits(max_new_tokens=12))
+    options = RunOptions(limits=Limits(max_thread_tokens=12, max_new_tokens=4096))
     assert stock.generate("Hello", options).text == tuned.generate("Hello", options).text
 
 

@@ -7,11 +7,12 @@ import functools
 import pytest
 
 from pastac import PositionOptions
-from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.engine import Engine
 from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.options import RunOptions
 from pastac.runtime.repeats import UnseenNgrams
 from pastac.runtime.sampling import SamplingOptions
-from pastac.runtime.scheduler import Limits
+from pastac.runtime.threads import Limits
 
 PROMPT = "Give me tips."
 TEMPLATE = (
@@ -82,7 +83,7 @@ def test_siblings_do_not_copy_each_others_ngrams(shape, n):
     results = {}
     for ban in (0, n):
         options = RunOptions(
-            limits=Limits(max_new_tokens=24),
+            limits=Limits(max_thread_tokens=24, max_new_tokens=4096),
             positions=PositionOptions(policy="restart"),
             template_tags=True,
             child_stop="",
@@ -101,7 +102,11 @@ def test_one_thread_is_never_banned():
     texts = [
         e.generate(
             PROMPT,
-            RunOptions(mode="sequential", limits=Limits(max_new_tokens=30), sampling=SamplingOptions(sibling_ngram=n)),
+            RunOptions(
+                mode="sequential",
+                limits=Limits(max_thread_tokens=30, max_new_tokens=4096),
+                sampling=SamplingOptions(sibling_ngram=n),
+            ),
         ).text
         for n in (0, 2)
     ]

@@ -10,9 +10,11 @@ import torch
 from transformers import LogitsProcessorList
 
 from pastac import PositionOptions
+from pastac.adapters.settings import AdapterSettings
 from pastac.runtime import sampling
-from pastac.runtime.engine import Engine, RunOptions
+from pastac.runtime.engine import Engine
 from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.runtime.options import RunOptions
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.sampling import (
     RepetitionPenalty,
@@ -23,7 +25,7 @@ from pastac.runtime.sampling import (
     seen_tokens,
     tag_token_ids,
 )
-from pastac.runtime.scheduler import Limits
+from pastac.runtime.threads import Limits
 
 SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
 PROMPT = "Give me tips."
@@ -52,7 +54,7 @@ def hf_generate(e: Engine, ids: list[int], n: int, penalty: float, exempt: list[
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_text_without_tags_equals_hf_generate_with_the_same_penalty(shape):
     e = engine(shape)
-    limits = Limits(max_new_tokens=30)
+    limits = Limits(max_thread_tokens=30, max_new_tokens=4096)
     penalized = RunOptions(limits=limits, sampling=SamplingOptions(repetition_penalty=PENALTY))
     a = e.generate(PROMPT, penalized)
     s = e.generate(PROMPT, RunOptions(mode="sequential", limits=limits, sampling=penalized.sampling))
@@ -86,7 +88,7 @@ def test_in_the_thread_scope_each_child_is_penalised_for_its_own_context_only(sh
     e = engine(shape)
     budget = 12
     options = RunOptions(
-        limits=Limits(max_new_tokens=budget),
+        limits=Limits(max_thread_tokens=budget, max_new_tokens=4096),
         positions=PositionOptions(policy="restart"),
         template_tags=True,
         child_stop="",
@@ -125,7 +127,7 @@ def test_in_the_answer_scope_every_thread_is_penalised_for_all_that_was_written(
     for scope in ("answer", "thread"):
         calls.clear()
         options = RunOptions(
-            limits=Limits(max_new_tokens=budget),
+            limits=Limits(max_thread_tokens=budget, max_new_tokens=4096),
             positions=PositionOptions(policy="restart"),
             template_tags=True,
             child_stop="",
@@ -148,7 +150,7 @@ def test_in_the_answer_scope_every_thread_is_penalised_for_all_that_was_written(
             PROMPT,
             RunOptions(
                 mode="sequential",
-                limits=Limits(max_new_tokens=30),
+                limits=Limits(max_thread_tokens=30, max_new_tokens=4096),
                 sampling=SamplingOptions(repetition_penalty=PENALTY, penalty_scope=scope),
             ),
         ).text
@@ -191,7 +193,10 @@ def test_special_tokens_are_exempt_so_that_a_chat_prompt_does_not_keep_an_answer
     model.register_forward_hook(hook, with_kwargs=True)
     ending = Engine(model, tok, name="ending")
     result = ending.generate(
-        PROMPT, RunOptions(limits=Limits(max_new_tokens=20), sampling=SamplingOptions(repetition_penalty=4.0))
+        PROMPT,
+        RunOptions(
+            limits=Limits(max_thread_tokens=20, max_new_tokens=4096), sampling=SamplingOptions(repetition_penalty=4.0)
+        ),
     )
     assert result.stats.generated == 0 and result.text == ""
     ids = ending.prompt_ids(PROMPT)
@@ -206,13 +211,10 @@ def test_unset_penalty_takes_the_models_setting():
     with pytest.raises(ValueError, match="repetition_penalty"):
         SamplingOptions(repetition_penalty=0)
     e = engine("tiny-llama")
-    limits = Limits(max_new_tokens=20)
+    limits = Limits(max_thread_tokens=20, max_new_tokens=4096)
     explicit = e.generate(PROMPT, RunOptions(limits=limits, sampling=SamplingOptions(repetition_penalty=PENALTY)))
-    e.repetition_penalty = PENALTY
-    try:
-        assert e.generate(PROMPT, RunOptions(limits=limits)).text == explicit.text
-    finally:
-        e.repetition_penalty = None
+    adapted = Engine(e.model, e.tokenizer, name="adapted", settings=AdapterSettings(repetition_penalty=PENALTY))
+    assert adapted.generate(PROMPT, RunOptions(limits=limits)).text == explicit.text
 
 
 def test_a_runner_that_cannot_penalise_says_so():
@@ -222,7 +224,10 @@ def test_a_runner_that_cannot_penalise_says_so():
     with pytest.raises(ValueError, match="repetition penalty"):
         e.generate(
             PROMPT,
-            RunOptions(limits=Limits(max_new_tokens=4), sampling=SamplingOptions(repetition_penalty=1.3)),
+            RunOptions(
+                limits=Limits(max_thread_tokens=4, max_new_tokens=4096),
+                sampling=SamplingOptions(repetition_penalty=1.3),
+            ),
             runner=lambda model, capacity: RowRunner(model, capacity, fork="copy"),
         )
 
@@ -243,4 +248,7 @@ def test_the_penalty_touches_exactly_the_seen_ids_as_the_dense_formula_would(see
     logits = torch.randn(rows, vocab, generator=g)
     dense = torch.where(want, torch.where(logits > 0, logits / 1.3, logits * 1.3), logits)
     assert torch.equal(penalize(logits, seen, 1.3), dense)
+    # the forms a GPU takes, which make the host wait for nothing, give the same
+    assert torch.equal(seen_tokens(tokens, visible, vocab, exempt, dense=True), want)
+    assert torch.equal(penalize(logits, seen, 1.3, dense=True), dense)
     assert torch.equal(penalize(logits, seen.expand(rows, -1), 1.3), dense)

@@ -17,10 +17,10 @@ import torch
 
 from pastac import PositionOptions
 from pastac.grammar import check
-from pastac.runtime.engine import Engine, Generation, InputError, RunOptions
+from pastac.runtime import Engine, Generation, InputError, RunOptions
 from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.sampling import SamplingOptions
-from pastac.runtime.scheduler import Limits
+from pastac.runtime.threads import Limits
 from pastac.train.data import encode_example
 
 ATOL = 1e-4
@@ -155,9 +155,9 @@ def test_kv_memory_of_a_forked_run_equals_the_sequential_run():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_text_without_tags_gives_the_same_tokens_in_every_mode_and_hf_generate(shape):
     e = engine(shape)
-    options = RunOptions(limits=Limits(max_new_tokens=24))
+    options = RunOptions(limits=Limits(max_thread_tokens=24, max_new_tokens=4096))
     a = e.generate(PROMPT, options)
-    s = e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_new_tokens=24)))
+    s = e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_thread_tokens=24, max_new_tokens=4096)))
     ids = torch.tensor([e.prompt_ids(PROMPT)])
     with torch.inference_mode():
         hf = e.model.generate(
@@ -184,7 +184,7 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
     e = engine(shape)
     budget = 10
     options = RunOptions(
-        limits=Limits(max_new_tokens=budget),
+        limits=Limits(max_thread_tokens=budget, max_new_tokens=4096),
         positions=PositionOptions(policy="restart"),
         template_tags=tags,
         child_stop="",
@@ -219,7 +219,7 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
 
 def test_a_child_ends_where_it_writes_the_stop_text():
     e = engine("tiny-llama")
-    limits = Limits(max_new_tokens=16)
+    limits = Limits(max_thread_tokens=16, max_new_tokens=4096)
     free = e.generate(PROMPT, RunOptions(limits=limits, child_stop=""), template=TEMPLATE)
     written = "".join(v for k, v in e.last_run.sched.threads[1].pieces if k == "text")
     stop = written.strip()[len(written.strip()) // 2 :][:2]  # text the child does write, after some content
@@ -231,14 +231,14 @@ def test_a_child_ends_where_it_writes_the_stop_text():
 
 def test_template_children_stop_at_a_line_break_by_default():
     e = engine("tiny-llama")
-    result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=40)), template=TEMPLATE)
-    assert e.last_run.sched.child_stop == "\n"
+    result = e.generate(PROMPT, RunOptions(limits=Limits(max_thread_tokens=40, max_new_tokens=4096)), template=TEMPLATE)
+    assert e.last_run.sched.interp.child_stop == "\n"
     assert result.text.startswith("Three tips:\n") and result.text.endswith("\nThat is all.")
 
 
 def test_budget_and_eos_close_children_with_a_warning_and_a_valid_document():
     e = engine("tiny-llama")
-    result = e.generate(PROMPT, RunOptions(limits=Limits(max_new_tokens=3)), template=TEMPLATE)
+    result = e.generate(PROMPT, RunOptions(limits=Limits(max_thread_tokens=3, max_new_tokens=4096)), template=TEMPLATE)
     assert any("closed" in w for w in result.warnings)
     assert not check(result.annotated, mode="strict").errors
     assert result.text.startswith("Three tips:\n") and result.text.endswith("\nThat is all.")
@@ -256,19 +256,25 @@ def test_bad_template_and_replay_are_input_errors():
 
 def test_stream_yields_steps_then_the_result():
     e = engine("tiny-llama")
-    events = list(e.stream(PROMPT, RunOptions(limits=Limits(max_new_tokens=5)), template=TEMPLATE))
+    events = list(
+        e.stream(PROMPT, RunOptions(limits=Limits(max_thread_tokens=5, max_new_tokens=4096)), template=TEMPLATE)
+    )
     assert events[-1].result.stats.steps == len(events) - 2  # the prompt's forward is not a step
-    written = "".join(ev.new_text.get(0, "") for ev in events[:-1])
+    written = "".join(ev.deltas.get(0, "") for ev in events[:-1])
     assert written == "".join(v for k, v in e.last_run.sched.threads[0].pieces if k == "text")
+    # each event's text is the stitched answer so far: children's text where their promises stand
+    assert events[-2].text == events[-1].result.text
+    for thread in events[-1].result.threads:
+        assert "".join(ev.deltas.get(thread, "") for ev in events[:-1]) == events[-1].result.threads[thread].text
 
 
 def test_a_reservation_is_no_larger_than_what_the_child_may_write():
     doc = 'A <promise topic="x" tokens="40000"/><async>b</async> c<sync/> d'
     e = engine("tiny-llama")
-    limits = Limits(max_new_tokens=200, max_total_tokens=300)
+    limits = Limits(max_thread_tokens=200, max_new_tokens=300)
     result = e.generate(PROMPT, RunOptions(limits=limits), replay=doc)
     assert result.annotated == doc and not result.warnings
     main = e.last_run.sched.threads[0]
-    tags = len(e.last_run.sched.open_ids) + len(e.last_run.sched.close_ids)
+    tags = len(e.last_run.sched.interp.open_ids) + len(e.last_run.sched.interp.close_ids)
     # the prompt's and the main thread's tokens, then a skip of what the child may write, not of 40,000
     assert main.pos == main.fed + tags + 200

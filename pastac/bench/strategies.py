@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from pastac.bench import STRATEGIES
-from pastac.runtime.engine import Engine, Generation, RunnerFactory, RunOptions
+from pastac.runtime.engine import Engine, RunnerFactory
+from pastac.runtime.options import RunOptions, SamplingOptions
+from pastac.runtime.results import Generation
 from pastac.runtime.rows import RowRunner
-from pastac.runtime.sampling import SamplingOptions
 
 # Replays force every token: no repetition penalty (whatever the model's own setting), so that no strategy
 # pays for one and hf-generate, which has none, is compared on the same work.  Nor jump-forward: the suite's

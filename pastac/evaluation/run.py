@@ -20,10 +20,12 @@ from pastac.data.prompts import FORKABLE
 from pastac.evaluation.metrics import log_likelihood, mean_redundancy, redundancy, sibling_groups
 from pastac.grammar import check, parse, render
 from pastac.grammar.ast import Async, Document, Node
-from pastac.runtime.engine import Engine, InputError, RunOptions
+from pastac.runtime.engine import Engine
+from pastac.runtime.options import RunOptions, SamplingOptions
 from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
-from pastac.runtime.sampling import RepetitionPenalty, SamplingOptions
-from pastac.runtime.scheduler import Limits
+from pastac.runtime.sampling import RepetitionPenalty
+from pastac.runtime.templates import InputError
+from pastac.runtime.threads import Limits
 
 #: categories of the prompt set whose answers should fork, and the short ones that should not
 LIST_LIKE = tuple(sorted(category for category, forks in FORKABLE.items() if forks))
@@ -142,7 +144,7 @@ def evaluate_one(
     record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions, rng: random.Random
 ) -> dict[str, Any]:
     prompt = str(record["prompt"])
-    limits = Limits(max_new_tokens=options.max_new_tokens, max_total_tokens=options.max_new_tokens)
+    limits = Limits(max_new_tokens=options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
     sampling = SamplingOptions(
         repetition_penalty=penalty or 1.0, penalty_scope=options.penalty_scope, sibling_ngram=options.sibling_ngram
@@ -208,7 +210,9 @@ def evaluate_one(
         out.update(
             loglik_sampled=log_likelihood(base.model, ids, sampled), sampled_cut=len(sampled) >= options.max_new_tokens
         )
-    out["redundancy_threads"] = mean_redundancy(sibling_groups(pasta.parents, pasta.thread_text))
+    out["redundancy_threads"] = mean_redundancy(
+        sibling_groups({t: r.parent for t, r in pasta.threads.items()}, {t: r.text for t, r in pasta.threads.items()})
+    )
     out["redundancy_sequential"] = item_redundancy(baseline)
     if options.judge is not None:
         out["judge"] = judge_pair(options.judge, prompt, pasta.text, baseline, rng)

@@ -27,7 +27,7 @@ class LiveView:
 
     def update(self, event: StepEvent) -> None:
         """Add the step's new text to its threads and redraw a panel per live thread with its state."""
-        for thread, text in event.new_text.items():
+        for thread, text in event.deltas.items():
             self.texts[thread] = self.texts.get(thread, "") + text
         panels = []
         for thread, status in event.status.items():
