@@ -1,5 +1,5 @@
 import sys
 
-from pastac.cli import main
+from pastac.cli.main import main
 
 sys.exit(main())

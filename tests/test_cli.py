@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from pastac.cli import main
+from pastac.cli.main import main
 
 VALID = 'Tips: <promise topic="sleep" tokens="3"/><async>Sleep.</async><sync/> Done.'
 INVALID = "a <promise topic=x/> b\n<async>c"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    """Run ``pastac argv``; its exit status (argparse's own usage errors included), stdout and stderr."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit:  # argparse rejected an argument
+        code = exit.code if isinstance(exit.code, int) else 2
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

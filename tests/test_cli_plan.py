@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cli import run
 
-from pastac.cli import main
+from pastac.cli.main import main
 from pastac.grammar import check
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ def test_run_json_with_a_template_forks_three_threads(capsys, tmp_path, model_di
         model_dir,
         "--template",
         str(template),
-        "--max-new-tokens",
+        "--max-thread-tokens",
         "6",
         "--json",
         "--trace",
@@ -44,7 +44,7 @@ def test_run_json_with_a_template_forks_three_threads(capsys, tmp_path, model_di
     )
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) >= {"text", "annotated", "stats", "warnings"}
+    assert set(result) >= {"text", "annotated", "token_ids", "finish_reason", "threads", "stats", "warnings"}
     assert result["stats"]["threads"] == 4 and result["stats"]["steps"] >= 1
     assert result["text"].startswith("Tips:\n") and result["text"].endswith("\nEnd.")
     events = json.loads(trace.read_text())["traceEvents"]
@@ -87,7 +87,9 @@ def test_run_replay(capsys, tmp_path, model_dir):
         (["run", "hi", "--model", "{tmp}/nope"], 2, "nope"),
         (["run", "hi", "--model", "{model}", "--template", "{tmp}/bad.pasta"], 1, "E102"),
         (["run", "hi", "--model", "{model}", "--template", "{tmp}/none.pasta"], 2, "no such file"),
-        (["run", "hi", "--model", "{model}", "--top-p", "0"], 2, "top_p"),
+        (["run", "hi", "--model", "{model}", "--top-p", "0"], 2, "--top-p: must be in (0, 1]"),
+        (["run", "hi", "--model", "{model}", "--temperature", "nan"], 2, "--temperature: must be a finite number"),
+        (["run", "hi", "--model", "{model}", "--max-thread-tokens", "0"], 2, "--max-thread-tokens: must be >= 1"),
     ],
 )
 def test_run_errors(capsys, tmp_path, model_dir, argv, code, message):

@@ -9,6 +9,8 @@
   status 0, or N after ``<!-- example: run, exit N -->``; a python block with ``exec`` in a fresh
   namespace. Mark only cheap examples that write nothing in the repository (a test checks the
   checkout is unchanged). No shell runs them: no globs, pipes or redirections in a marked block.
+- A python block after ``<!-- example: run, model -->`` decodes with the embedded default model: it runs
+  too, in a test of its own (the front page's library example is the script a new user writes first).
 
 The decoding commands (run, bench, data, train, eval) are parsed, never run, here.
 """
@@ -26,12 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from pastac.cli import build_parser, main
+from pastac.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
-MARKER = re.compile(r"^<!--\s*example:\s*run(?:\s*,\s*exit\s+(\d+))?\s*-->$")
+MARKER = re.compile(r"^<!--\s*example:\s*run(?:\s*,\s*(?:exit\s+(\d+)|(model)))?\s*-->$")
 SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ";;", ">", ">>", "<", "<<", "(", ")"})
 OTHER_SHELL_LANGUAGES = frozenset({"bash", "shell", "console", "zsh"})  # write ```sh: only it is read
 
@@ -44,6 +46,7 @@ class Block:
     lines: tuple[str, ...]
     run: bool  # marked <!-- example: run -->
     exit_status: int
+    model: bool = False  # marked <!-- example: run, model -->: it loads the default model
 
     @property
     def where(self) -> str:
@@ -85,6 +88,7 @@ def blocks(page: Path) -> list[Block]:
                 lines=tuple(lines[start + 1 : i]),
                 run=marker is not None,
                 exit_status=int(marker.group(1) or 0) if marker else 0,
+                model=bool(marker and marker.group(2)),
             )
         )
         i += 1
@@ -129,7 +133,8 @@ def commands(block: Block) -> list[Command]:
 
 ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
 SH_COMMANDS = [command for block in ALL_BLOCKS if block.language == "sh" for command in commands(block)]
-RUN_BLOCKS = [block for block in ALL_BLOCKS if block.run]
+RUN_BLOCKS = [block for block in ALL_BLOCKS if block.run and not block.model]
+MODEL_BLOCKS = [block for block in ALL_BLOCKS if block.model]
 
 
 def test_the_pages_show_commands_and_runnable_examples() -> None:
@@ -144,6 +149,8 @@ def test_shell_blocks_are_sh_and_markers_precede_runnable_blocks(block: Block) -
     assert block.language not in OTHER_SHELL_LANGUAGES, f"{block.where}: write ```sh, the language this test reads"
     if block.run:
         assert block.language in ("sh", "python"), f"{block.where}: only sh and python blocks can be run"
+    if block.model:
+        assert block.language == "python", f"{block.where}: a model example is a python block"
 
 
 def test_every_marker_is_followed_by_a_block() -> None:
@@ -212,3 +219,20 @@ def test_marked_example_runs(block: Block, capsys: pytest.CaptureFixture[str], m
                 f"{output.out[-2000:]}{output.err[-2000:]}"
             )
     assert _checkout_state() == before, f"{block.where}: the example wrote into the checkout"
+
+
+@pytest.mark.parametrize("block", MODEL_BLOCKS, ids=lambda b: b.where)
+def test_marked_model_example_runs(block: Block, monkeypatch) -> None:
+    """The front page's library example, as a new user would paste it: the default model and its adapter."""
+    monkeypatch.chdir(ROOT)
+    before = _checkout_state()
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    exec(compile("\n".join(block.lines) + "\n", block.where, "exec"), namespace)
+    assert _checkout_state() == before, f"{block.where}: the example wrote into the checkout"
+    if "result" in namespace:  # what the example says it gives
+        result = namespace["result"]
+        assert result.text and result.token_ids and result.finish_reason in ("stop", "length")
+
+
+def test_the_front_page_has_a_model_example() -> None:
+    assert any(block.page == ROOT / "README.md" for block in MODEL_BLOCKS)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from pastac.cli.common import EXIT_OK, UsageError, positive
+from pastac.cli.options import kernel_options, model_options
 
-def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` to the command line."""
     from pastac.bench import STRATEGIES
-    from pastac.runtime.command import kernel_arguments, model_arguments
 
     p = sub.add_parser(
         "bench",
@@ -43,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     )
     model = p.add_argument_group("model")
     source = model.add_mutually_exclusive_group()
-    model_arguments(model, source)
-    kernel_arguments(model)
+    model_options(model, source)
+    kernel_options(model)
     source.add_argument(
         "--shape",
         metavar="NAME",
@@ -72,7 +74,6 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from pastac.cli import UsageError
     from pastac.runtime.engine import Engine
     from pastac.runtime.models import ModelError, load_model, random_model
 
@@ -108,7 +109,6 @@ def bench_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.bench.report import plot, print_report
     from pastac.bench.run import QUICK, BenchOptions, run_bench
     from pastac.bench.suite import SuiteError, load_suite, quick_selection, spread_selection
-    from pastac.cli import EXIT_OK, UsageError
 
     try:
         responses = load_suite(args.suite)

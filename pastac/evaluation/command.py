@@ -8,21 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from pastac.cli.common import EXIT_OK, UsageError, number, positive
+from pastac.cli.options import (
+    adapter_options,
+    budget_options,
+    guard_options,
+    kernel_options,
+    model_options,
+    penalty_options,
+)
 
-def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
-    from pastac.cli import number
-    from pastac.runtime.command import (
-        adapter_arguments,
-        guard_arguments,
-        kernel_arguments,
-        model_arguments,
-        penalty_arguments,
-    )
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``eval`` to the command line."""
     p = sub.add_parser(
         "eval",
         help="evaluate a Pasta-equipped model: valid annotations, forks, speedups, quality proxies",
@@ -57,19 +58,17 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
         "in the order given) and summarise them",
     )
     model = p.add_argument_group("model")
-    model_arguments(model)
-    adapter_arguments(model)
-    kernel_arguments(model)
-    p.add_argument(
-        "--max-new-tokens",
-        type=positive,
-        default=512,
-        metavar="N",
-        help="the answer's budget, the same for both models: the base model's generate writes at most "
-        "N new tokens, the adapted model's threads at most N together, tags included (default 512)",
+    model_options(model)
+    adapter_options(model)
+    kernel_options(model)
+    budget_options(
+        p,
+        per_thread=False,
+        help="the answer's budget, the same for both models: the base model's generate writes at most N new "
+        "tokens, the adapted model's threads at most N together, tags included",
     )
-    penalty_arguments(p)
-    guard_arguments(p)
+    penalty_options(p)
+    guard_options(p)
     p.add_argument(
         "--sampled-reference",
         type=number(lambda v: v > 0, "> 0"),
@@ -97,7 +96,6 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _merge(paths: list[str]) -> dict[str, Any]:
     """One report from the reports of an evaluation's shards: their results, summarised again."""
-    from pastac.cli import UsageError
     from pastac.evaluation.run import RUN_SETTINGS, summarize
     from pastac.files import InputFileError, read_text
 
@@ -123,7 +121,6 @@ def _merge(paths: list[str]) -> dict[str, Any]:
 
 
 def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from pastac.cli import UsageError
     from pastac.data.pipeline import PipelineError, read_records, round_robin
 
     try:
@@ -165,12 +162,10 @@ def _print(report: dict[str, Any], as_json: bool, out: TextIO) -> None:
 
 
 def eval_command(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.cli import EXIT_OK, UsageError
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
     from pastac.progress import progress_bar
     from pastac.runtime.engine import Engine
     from pastac.runtime.models import ModelError, resolve_adapter
-    from pastac.runtime.sampling import SamplingOptions
 
     if args.merge:
         if args.prompts:
@@ -182,12 +177,6 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     records = _records(args)
     if bool(args.judge_url) != bool(args.judge_model):
         raise UsageError("--judge-url and --judge-model go together")
-    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
-        raise UsageError(f"--repetition-penalty must be > 0, not {args.repetition_penalty}")
-    try:  # the decoding options every prompt's run will take, checked once before the models load
-        SamplingOptions(penalty_scope=args.penalty_scope, sibling_ngram=args.sibling_ngram)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     judge = None
     if args.judge_url:
         from pastac.data.annotate import openai_generate

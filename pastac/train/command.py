@@ -10,20 +10,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from pastac.cli import number
+from pastac.cli.common import EXIT_OK, UsageError, count, number, positive
+from pastac.cli.options import chat_option, depth_option, model_options, position_options, repetition_penalty_option
+from pastac.passes.positions import PositionOptions
 
 _probability = number(lambda v: 0 <= v < 1, "in [0, 1)")
 _rate = number(lambda v: v > 0, "> 0")
 
 
-def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) -> None:
-    """Add ``train`` to the CLI; ``positive`` parses integers >= 1 (the CLI's own)."""
-    from pastac.cli import _max_depth as _count  # integers >= 0
-    from pastac.grammar import DEFAULT_MAX_DEPTH
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` to the command line."""
     from pastac.train.options import TrainOptions
 
     d = TrainOptions()
@@ -51,15 +50,8 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
         metavar="NAME",
         help=f"the field of the prompt (default: {d.prompt_field})",
     )
-    p.add_argument("--no-chat", action="store_true", help="feed prompts as is, without the chat template")
     model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        metavar="PATH",
-        help="a Hugging Face model folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)",
-    )
-    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    model.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    model_options(model)
     lora = p.add_argument_group("adapter")
     lora.add_argument("--rank", type=positive, default=d.rank, metavar="N", help=f"LoRA rank (default {d.rank})")
     lora.add_argument("--alpha", type=positive, default=d.alpha, metavar="N", help=f"LoRA alpha (default {d.alpha})")
@@ -104,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
         default=d.schedule,
         help="linear (default): decay to 0 over the epochs; constant",
     )
-    how.add_argument("--warmup-steps", type=_count, default=d.warmup_steps, metavar="N")
+    how.add_argument("--warmup-steps", type=count, default=d.warmup_steps, metavar="N")
     how.add_argument(
         "--batch-size",
         type=positive,
@@ -128,33 +120,17 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
     )
     how.add_argument("--seed", type=int, default=d.seed, metavar="N", help=f"default {d.seed}")
     layout = p.add_argument_group("layout (recorded in pastac.json for the runtime)")
-    layout.add_argument(
-        "--policy",
-        choices=("predicted", "restart", "lockstep"),
-        default=d.policy,
-        help=f"position ids after a promise (default {d.policy})",
+    chat_option(layout)
+    position_options(layout, default=PositionOptions(policy=d.policy, unit=d.unit))
+    depth_option(
+        layout,
+        default=d.max_depth,
+        help=f"deepest <async> nesting accepted (default {d.max_depth}); deeper records are invalid",
     )
-    layout.add_argument(
-        "--unit",
-        type=_count,
-        default=d.unit,
-        metavar="N",
-        help=f'tokens="K" predicts K x N tokens (default {d.unit}: the data\'s values are token counts)',
-    )
-    layout.add_argument(
-        "--max-depth",
-        type=_count,
-        default=DEFAULT_MAX_DEPTH,
-        metavar="N",
-        help=f"deepest <async> nesting accepted (default {DEFAULT_MAX_DEPTH}); deeper records are invalid",
-    )
-    layout.add_argument(
-        "--repetition-penalty",
-        type=float,
+    repetition_penalty_option(
+        layout,
         default=None,
-        metavar="X",
-        help="a repetition penalty for the runtime to decode with by default, recorded in "
-        "pastac.json (default: none recorded)",
+        help="a repetition penalty for the runtime to decode with by default (default: none recorded)",
     )
     output = p.add_argument_group("output")
     output.add_argument(
@@ -172,7 +148,6 @@ def add_parser(sub: argparse._SubParsersAction, positive: Callable[[str], int]) 
 
 
 def _check_out(path: Path) -> None:
-    from pastac.cli import UsageError
 
     if path.exists():
         if not path.is_dir():
@@ -188,7 +163,6 @@ def _check_out(path: Path) -> None:
 
 
 def train_command(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.cli import EXIT_OK, UsageError
     from pastac.runtime.models import ModelError, check_architecture, load_model
     from pastac.train.data import DataError
     from pastac.train.options import TrainError, TrainOptions
@@ -230,7 +204,7 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
             max_depth=args.max_depth,
             field=args.field,
             prompt_field=args.prompt_field,
-            chat=not args.no_chat,
+            chat=args.chat is not False,
             base_model=args.model,
             repetition_penalty=args.repetition_penalty,
         )

@@ -1,9 +1,7 @@
-"""The ``pastac`` command line: argument parsing only; the work is in the library
-(``pastac.report`` for figures, ``pastac.viz`` for pictures and tables).
+"""The language commands: ``check``, ``render``, ``fmt``, ``plan``, ``graph`` and ``stats``.
 
-Exit codes: 0 success (warnings allowed), 1 the input has errors (or ``fmt
---check`` would reformat), 2 usage or input/output error.  ``stats`` counts
-invalid records instead of failing on them.
+Argument parsing only; the work is in the library (``pastac.grammar``, ``pastac.report`` for figures,
+``pastac.viz`` for pictures and tables).  ``stats`` counts invalid records instead of failing on them.
 """
 
 from __future__ import annotations
@@ -11,25 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pastac import __version__, jsonl
-from pastac.files import InputFileError, read_text
+from pastac import jsonl
+from pastac.cli.common import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, UsageError, read_input
+from pastac.cli.options import depth_option, position_options, width_options
 from pastac.grammar import DEFAULT_MAX_DEPTH, ParseResult, Severity, check, render, to_source
 from pastac.grammar.diagnostics import format_github, format_text, to_json
 from pastac.ir.graph import ThreadGraph
 from pastac.ir.lengths import LENGTHS, by_name
 from pastac.ir.lower import lower
-from pastac.passes import Order, Policy
-
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A bad argument or an unreadable input: exit status 2."""
+from pastac.passes import Policy, PositionOptions
 
 
 @dataclass(frozen=True)
@@ -43,14 +36,6 @@ class Source:
     field: str | None = None
 
 
-def _read(path: str) -> str:
-    """The file's text, line endings untouched (columns and fmt depend on them)."""
-    try:
-        return read_text(path, stdin=True)
-    except InputFileError as error:
-        raise UsageError(str(error)) from None
-
-
 @dataclass(frozen=True)
 class RecordError:
     """A JSONL line that holds no document (bad JSON, no such field)."""
@@ -61,7 +46,7 @@ class RecordError:
 
 
 def _sources(path: str, field: str) -> Iterator[Source | RecordError]:
-    text = _read(path)
+    text = read_input(path)
     if not path.endswith(".jsonl"):
         yield Source(path if path != "-" else "<stdin>", text, path)
         return
@@ -74,16 +59,6 @@ def _sources(path: str, field: str) -> Iterator[Source | RecordError]:
             yield RecordError(path, number, f"field '{field}' is not a string")
         else:
             yield Source(f"{path}[{number}].{field}", record[field], path, number, field)
-
-
-def _max_depth(value: str) -> int:
-    try:
-        depth = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if depth < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {depth}")
-    return depth
 
 
 def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
@@ -164,7 +139,7 @@ def _emit(result: ParseResult, item: Source, fmt: str, out: TextIO, records: lis
 
 def _single(args: argparse.Namespace, *, mode: str) -> tuple[ParseResult, str] | int:
     try:
-        text = _read(args.file)
+        text = read_input(args.file)
     except UsageError as error:
         print(f"pastac: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -220,28 +195,6 @@ def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
         else:
             out.write(canonical)
     return status
-
-
-def number(ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
-    """An argparse type: a float for which ``ok`` holds, else an error that says ``requirement``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, not {value}")
-        return value
-
-    return parse
-
-
-def _positive(value: str) -> int:
-    number = _max_depth(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {number}")
-    return number
 
 
 def _document(args: argparse.Namespace) -> tuple[ThreadGraph, str] | int:
@@ -402,20 +355,11 @@ def _progress(items: list[Source | RecordError], what: str) -> Iterator[Source |
     yield from track(items, description=what, console=Console(file=sys.stderr), transient=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pastac", description="Pasta-Lang toolchain for learned asynchronous decoding."
-    )
-    parser.add_argument("--version", action="version", version=f"pastac {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the language commands to the command line."""
     depth = argparse.ArgumentParser(add_help=False)
-    depth.add_argument(
-        "--max-depth",
-        type=_max_depth,
-        default=DEFAULT_MAX_DEPTH,
-        metavar="N",
-        help=f"deepest allowed <async> nesting (default {DEFAULT_MAX_DEPTH})",
+    depth_option(
+        depth, default=DEFAULT_MAX_DEPTH, help=f"deepest allowed <async> nesting (default {DEFAULT_MAX_DEPTH})"
     )
 
     p = sub.add_parser(
@@ -471,20 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default a document with errors prints them and exits 1",
     )
     width = argparse.ArgumentParser(add_help=False)
-    width.add_argument(
-        "--max-width",
-        type=_positive,
-        default=None,
-        metavar="N",
-        help="at most N threads decode per step, the main one included (default: no cap)",
-    )
-    width.add_argument(
-        "--order",
-        choices=[str(o) for o in Order],
-        default=str(Order.FIFO),
-        help="which waiting thread gets a free slot first: the first promised (fifo, default), "
-        "or by the promises' predicted lengths",
-    )
+    width_options(width)
 
     from pastac.report import pass_names
 
@@ -497,19 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         "width. Exit 0, 1 if the document has errors, 2 on usage errors.",
     )
     p.add_argument("file", metavar="FILE", help="a Pasta-Lang file ('-': standard input)")
-    p.add_argument(
-        "--policy",
-        choices=[str(x) for x in Policy],
-        default=str(Policy.PREDICTED),
-        help="position ids: where a parent goes on after a promise (default: predicted)",
-    )
-    p.add_argument(
-        "--unit",
-        type=_max_depth,
-        default=10,
-        metavar="N",
-        help='a promise\'s tokens="K" predicts K x N tokens (default 10)',
-    )
+    position_options(p, policies=tuple(Policy), default=PositionOptions())
     p.add_argument(
         "--json",
         action="store_true",
@@ -569,34 +488,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="one JSON object: the distributions under their names")
     p.set_defaults(run=_cmd_stats)
-
-    from pastac.runtime.command import add_parser
-
-    add_parser(sub, _positive, _max_depth)
-    from pastac.bench.command import add_parser as add_bench
-
-    add_bench(sub, _positive)
-    from pastac.data.command import add_parser as add_data
-
-    add_data(sub, _positive)
-    from pastac.train.command import add_parser as add_train
-
-    add_train(sub, _positive)
-    from pastac.evaluation.command import add_parser as add_eval
-
-    add_eval(sub, _positive)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args, sys.stdout))
-    except UsageError as error:
-        print(f"pastac: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

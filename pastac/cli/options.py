@@ -1,0 +1,255 @@
+"""The option groups of the ``pastac`` command line, each declared once.
+
+A command adds the groups it takes; a group's names, types, choices and defaults are defined here and
+nowhere else, and its defaults are those of the library's option dataclasses (``Limits``,
+``SamplingOptions``, ``PositionOptions``), so that the command line and the library decode alike.  Nothing
+here imports torch: building the parser stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from pastac.cli.common import count, escaped, number, positive
+from pastac.passes.positions import Policy, PositionOptions
+from pastac.passes.resolution_order import Order
+from pastac.runtime.options import PENALTY_SCOPES, SamplingOptions
+from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
+from pastac.runtime.threads import Limits
+
+Group = argparse._ActionsContainer  # a parser, an argument group or a mutually exclusive group
+
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
+KERNELS = ("tuned", "stock")
+DECODABLE_POLICIES = (Policy.PREDICTED, Policy.RESTART, Policy.LOCKSTEP)  # the runtime's (no lengths ahead)
+
+temperature = number(lambda v: v >= 0, ">= 0")
+probability_mass = number(lambda v: 0 < v <= 1, "in (0, 1]")
+penalty_factor = number(lambda v: v > 0, "> 0")
+
+
+def model_options(group: Group, source: Group | None = None) -> None:
+    """--model (in ``source`` when given, e.g. a group exclusive with --shape), --device and --dtype."""
+    (source or group).add_argument(
+        "--model",
+        metavar="PATH",
+        help="a Hugging Face model folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    device_options(group)
+
+
+def device_options(group: Group, *, what: str = "the model") -> None:
+    """--device and --dtype: where ``what`` runs, and its weights' type."""
+    group.add_argument("--device", choices=DEVICES, default="cpu", help=f"where {what} runs (default cpu)")
+    group.add_argument("--dtype", choices=DTYPES, default="float32", help=f"{what}'s weights' type (default float32)")
+
+
+def adapter_options(group: Group) -> None:
+    """--adapter DIR or --no-adapter; neither: pastac's Pasta-Lang adapter with the default model."""
+    from pastac.adapters import DEFAULT_ADAPTER
+
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--adapter",
+        metavar="DIR",
+        default=DEFAULT_ADAPTER,
+        help="a PEFT adapter folder, merged into the model (default: the Pasta-Lang adapter shipped with pastac "
+        "for the default model; none for a --model of your own)",
+    )
+    choice.add_argument("--no-adapter", dest="adapter", action="store_const", const=None, help="the base model alone")
+
+
+def kernel_options(group: Group) -> None:
+    """--kernels: the linear layers' kernels, tuned on this machine or stock ``F.linear``."""
+    group.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default="tuned",
+        help="tuned (default): decode steps use the fastest of several matrix-product calls per weight shape and "
+        "row count, timed once on this machine and cached; stock: F.linear",
+    )
+
+
+def chat_option(group: Group) -> None:
+    """--no-chat: prompts as plain text, without the chat template (``args.chat`` is False, else None)."""
+    group.add_argument(
+        "--no-chat",
+        dest="chat",
+        action="store_const",
+        const=False,
+        default=None,
+        help="feed prompts as they are, without the chat template (default: the template; a decode takes the "
+        "adapter's setting)",
+    )
+
+
+def budget_options(
+    group: Group, *, per_thread: bool = True, help: str | None = None, default: int = Limits().max_new_tokens
+) -> None:
+    """--max-new-tokens (an answer's budget, all threads together, tags included) and, ``per_thread``,
+    --max-thread-tokens (each thread's); ``help`` and ``default`` where a command budgets something else
+    (a base model's answer for a dataset, say)."""
+    group.add_argument(
+        "--max-new-tokens",
+        type=positive,
+        default=default,
+        metavar="N",
+        help=(help or "the answer's budget: tokens all threads write together, tags included")
+        + f" (default {default})",
+    )
+    if not per_thread:
+        return
+    group.add_argument(
+        "--max-thread-tokens",
+        type=positive,
+        default=Limits().max_thread_tokens,
+        metavar="N",
+        help="a cap on each thread's own tokens (default: none besides the answer's budget)",
+    )
+
+
+def depth_option(group: Group, *, default: int | None, help: str) -> None:
+    """--max-depth N: the deepest <async> nesting (what it governs, and its default, are the command's)."""
+    group.add_argument("--max-depth", type=count, default=default, metavar="N", help=help)
+
+
+def width_options(group: Group) -> None:
+    """--max-width and --order: how many threads decode at once, and which waiting one starts first."""
+    group.add_argument(
+        "--max-width",
+        type=positive,
+        default=Limits().max_width,
+        metavar="N",
+        help="at most N threads decode at once, the main one included; later promises wait (default: no cap)",
+    )
+    group.add_argument(
+        "--order",
+        choices=[str(o) for o in Order],
+        default=str(Limits().order),
+        help="which waiting promise starts first when a place frees: the first promised (fifo, default), or by "
+        "the promises' predicted lengths",
+    )
+
+
+def position_options(
+    group: Group, *, policies: Sequence[Policy] = DECODABLE_POLICIES, default: PositionOptions | None = None
+) -> None:
+    """--policy and --unit: the position ids after a promise.  ``default`` None: unset (the adapter's)."""
+    group.add_argument(
+        "--policy",
+        choices=[str(p) for p in policies],
+        default=None if default is None else str(default.policy),
+        help="where a parent goes on after a promise: predicted skips tokens= x --unit positions, restart none, "
+        "lockstep none and after a join goes past its children"
+        + (" (default: the adapter's, else predicted)" if default is None else f" (default {default.policy})"),
+    )
+    group.add_argument(
+        "--unit",
+        type=count,
+        default=None if default is None else default.unit,
+        metavar="N",
+        help='a promise\'s tokens="K" predicts K x N tokens'
+        + (
+            f" (default: the adapter's, else {PositionOptions().unit})"
+            if default is None
+            else f" (default {default.unit})"
+        ),
+    )
+
+
+def sampling_options(group: Group) -> None:
+    """--temperature, --top-p and --seed."""
+    d = SamplingOptions()
+    temperature_option(group)
+    group.add_argument(
+        "--top-p",
+        type=probability_mass,
+        default=d.top_p,
+        metavar="P",
+        help="sample from the smallest set of tokens whose probability reaches P (default 1: all)",
+    )
+    group.add_argument("--seed", type=int, default=d.seed, metavar="S", help="makes sampling repeatable")
+
+
+def temperature_option(group: Group) -> None:
+    """--temperature T: 0 is greedy."""
+    group.add_argument(
+        "--temperature",
+        type=temperature,
+        default=SamplingOptions().temperature,
+        metavar="T",
+        help="0 (default) is greedy; otherwise the logits are divided by T before sampling",
+    )
+
+
+def stop_option(group: Group) -> None:
+    """--stop TEXT, repeatable: a thread ends where it writes one."""
+    group.add_argument(
+        "--stop",
+        action="append",
+        type=escaped,
+        default=[],
+        metavar="TEXT",
+        help="a thread's text ends where it writes TEXT, which is left out (backslash escapes such as \\n are "
+        "read); repeatable",
+    )
+
+
+def repetition_penalty_option(group: Group, *, default: float | None, help: str) -> None:
+    """--repetition-penalty X: Hugging Face's repetition_penalty (what it applies to is the command's)."""
+    group.add_argument("--repetition-penalty", type=penalty_factor, default=default, metavar="X", help=help)
+
+
+def penalty_options(group: Group) -> None:
+    """--repetition-penalty, --penalty-scope and --sibling-ngram: keeping threads from repeating."""
+    repetition_penalty_option(
+        group,
+        default=None,
+        help="divide the logit of every token already in a thread's context by X (Hugging Face's "
+        "repetition_penalty; the tags' own tokens are exempt). Default: the adapter's setting, else 1, which is none",
+    )
+    group.add_argument(
+        "--penalty-scope",
+        choices=PENALTY_SCOPES,
+        default=SamplingOptions().penalty_scope,
+        help="what the repetition penalty counts as already written: thread (default) what the thread sees; "
+        "answer: the prompt and every token any thread has written so far, as when one thread writes the whole "
+        "answer",
+    )
+    group.add_argument(
+        "--sibling-ngram",
+        type=_ngram,
+        default=DEFAULT_SIBLING_NGRAM,
+        metavar="N",
+        help="a thread may not write a token that repeats an N-gram of tokens written by a thread it cannot see (a "
+        "sibling, say); N-grams through a tag's tokens do not count. 0 turns it off. "
+        f"Default: {DEFAULT_SIBLING_NGRAM}",
+    )
+
+
+def _ngram(text: str) -> int:
+    value = count(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("must be 0 (off) or at least 2, not 1")
+    return value
+
+
+def guard_options(group: Group) -> None:
+    """--no-tag-guard and --no-jump-forward."""
+    group.add_argument(
+        "--no-tag-guard",
+        dest="tag_guard",
+        action="store_false",
+        help="do not constrain the model's tags to well-formed ones allowed where it writes them (a <sync/> needs "
+        "a promise to wait for, a </async> a block to close); malformed tags are then recovered from, with a "
+        "warning",
+    )
+    group.add_argument(
+        "--no-jump-forward",
+        dest="jump_forward",
+        action="store_false",
+        help='sample every token of a tag, even the text its canonical form forces (topic=", tokens=", />), which '
+        "by default is fed in one step with the token before it",
+    )
