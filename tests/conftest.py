@@ -1,13 +1,71 @@
-"""Shared pytest options.
+"""What the tests share: pytest options, hypothesis profiles, and tiny engines.
 
 ``--update-goldens`` makes the conformance runner rewrite the expected-output
 sidecars under specs/conformance/ instead of comparing against them; review the
 diff by hand before keeping it.
+
+Hypothesis profiles, chosen with the environment variable ``PASTAC_HYPOTHESIS_PROFILE``:
+
+- ``ci`` (default): derandomized (the same examples on every run, so CI is reproducible), no example
+  database; the property tests run 10,000 examples each;
+- ``dev``: random, with the example database; the property tests run 500 each;
+- ``long``: random, with the database; the property tests run 200,000 each (an occasional deep search,
+  e.g. ``PASTAC_HYPOTHESIS_PROFILE=long scripts/test tests/test_properties.py -k scanner``).
+
+The chosen profile applies to every test; the property modules take their example counts from the profile
+``properties`` (``settings.get_profile("properties")``), which is the chosen one with those counts.  Tests
+that need fewer examples say so with ``@settings(max_examples=...)``.
+
+``tiny_engine(shape, seed)`` (a fixture) gives an ``Engine`` over a randomly initialised model of a tiny
+shape and the tiny in-process tokenizer, made once per shape and seed in a test session.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pytest
+from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from pastac.runtime import Engine
+
+_SLOW_OK = [HealthCheck.too_slow]
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, database=None, print_blob=True, suppress_health_check=_SLOW_OK
+)
+settings.register_profile("dev", deadline=None)
+settings.register_profile("long", deadline=None, suppress_health_check=_SLOW_OK)
+PROFILE = os.environ.get("PASTAC_HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in ("ci", "dev", "long"):
+    raise pytest.UsageError(f"PASTAC_HYPOTHESIS_PROFILE must be ci, dev or long, not {PROFILE!r}")
+settings.load_profile(PROFILE)
+settings.register_profile(
+    "properties", settings.get_profile(PROFILE), max_examples={"ci": 10_000, "dev": 500, "long": 200_000}[PROFILE]
+)
+
+
+@functools.cache
+def _engine(shape: str, seed: int) -> Engine:
+    from pastac.runtime import Engine
+    from pastac.runtime.models import random_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = random_model(shape, vocab_size=len(tokenizer), seed=seed, eos_token_id=tokenizer.eos_token_id)
+    return Engine(model, tokenizer, name=shape)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine() -> Callable[..., Engine]:
+    """``tiny_engine(shape="tiny-llama", seed=1)``: an engine over a tiny random model (shared in a session)."""
+
+    def make(shape: str = "tiny-llama", seed: int = 1) -> Engine:
+        return _engine(shape, seed)
+
+    return make
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -6,8 +6,8 @@ nodes without tokens, tags included, occur).  The expectations are computed here
 ``pastac.passes``: ancestors with networkx, the longest weighted path with a dynamic program over
 networkx's topological order, each node's steps by replaying the schedule's per-step threads.
 
-Profiles (the environment variable PASTAC_HYPOTHESIS_PROFILE, as in test_properties.py): ``ci``
-(default: 10,000 examples, derandomized, no database), ``dev`` (500), ``long`` (200,000).
+The example counts derive from the hypothesis profile ``properties`` (tests/conftest.py: 10,000 under
+``ci``, the default; 500 under ``dev``; 200,000 under ``long``).
 
 Budget: ``documents()`` costs about 7 ms an example to generate (10,000 examples: ~70 s before any
 check), so the profile's count cannot run within the ~90 s this file may take under ``ci``.  The cheap
@@ -19,7 +19,6 @@ properties share one test (generation is paid once) that runs half the profile's
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from itertools import pairwise
 import networkx as nx
 import pytest
 import torch
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from strategies import documents
 
@@ -51,19 +50,7 @@ from pastac.passes import (
 )
 from pastac.passes.layout import training_layout
 
-_PROFILES = {
-    "ci": settings(
-        max_examples=10_000,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow],
-    ),
-    "dev": settings(max_examples=500, deadline=None),
-    "long": settings(max_examples=200_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
-}
-PROFILE = _PROFILES[os.environ.get("PASTAC_HYPOTHESIS_PROFILE", "ci")]
+PROFILE = settings.get_profile("properties")  # tests/conftest.py
 # Counts below the profile's, to keep this file under ~90 s under ``ci`` (see the module docstring):
 # half the profile's examples for the test of the cheap properties (generation dominates it), a tenth
 # for the tensor properties, which build T x T masks and check them pairwise.

@@ -1,21 +1,12 @@
 """Property tests of the Pasta-Lang front end (hypothesis).
 
-Profiles (select with the environment variable PASTAC_HYPOTHESIS_PROFILE):
-
-- ``ci`` (default): 10,000 examples per property, derandomized (the same
-  examples on every run, so CI is reproducible), no example database.
-- ``dev``: 500 examples per property, random, with the example database.
-- ``long``: 200,000 examples per property, random, with the example database
-  (an occasional deep search; e.g. ``PASTAC_HYPOTHESIS_PROFILE=long pytest
-  tests/test_properties.py -k scanner``).
-
-The profiles are applied to the tests of this module only (as decorators), so
-importing it does not change the settings of other test modules.
+Each property runs the example count of the hypothesis profile ``properties``
+(tests/conftest.py: 10,000 under ``ci``, the default; 500 under ``dev``; 200,000
+under ``long``).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from bisect import bisect_right
 from collections import Counter
@@ -25,7 +16,7 @@ from dataclasses import replace
 from itertools import pairwise
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from strategies import OPENERS, Lines, documents, line_column, messy_texts, split_texts
 
@@ -35,23 +26,7 @@ from pastac.grammar.ast import Node, Position, Span
 from pastac.grammar.diagnostics import format_github, format_text, to_json
 from pastac.grammar.scanner import coalesce, scan
 
-settings.register_profile(
-    "ci",
-    max_examples=10_000,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile("dev", max_examples=500, deadline=None)
-settings.register_profile(
-    "long",
-    max_examples=200_000,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-PROFILE = settings.get_profile(os.environ.get("PASTAC_HYPOTHESIS_PROFILE", "ci"))
+PROFILE = settings.get_profile("properties")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ helpers
