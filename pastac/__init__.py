@@ -42,7 +42,7 @@ _LAZY = {
     "training_layout": "pastac.passes.layout",
     "AdapterSettings": "pastac.adapters.settings",
     "Engine": "pastac.runtime.engine",
-    "ModelError": "pastac.runtime.models",
+    "ModelError": "pastac.models",
     "DoneEvent": "pastac.runtime.results",
     "Generation": "pastac.runtime.results",
     "Stats": "pastac.runtime.results",

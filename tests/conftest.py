@@ -50,8 +50,8 @@ settings.register_profile(
 
 @functools.cache
 def _engine(shape: str, seed: int) -> Engine:
+    from pastac.models import random_model, tiny_tokenizer
     from pastac.runtime import Engine
-    from pastac.runtime.models import random_model, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     model = random_model(shape, vocab_size=len(tokenizer), seed=seed, eos_token_id=tokenizer.eos_token_id)

@@ -8,8 +8,8 @@ import pytest
 
 import pastac
 from pastac.adapters.settings import AdapterSettings
+from pastac.models import prompt_ids, random_model, tiny_tokenizer
 from pastac.runtime import Engine, FinishReason, Generation, InputError, Limits, RunOptions, StepEvent
-from pastac.runtime.models import prompt_ids, random_model, tiny_tokenizer
 
 PROMPT = "Give me tips."
 DOC = (

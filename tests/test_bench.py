@@ -16,8 +16,8 @@ from pastac.bench.run import BenchOptions
 from pastac.bench.strategies import Bench, kv_bytes_per_token
 from pastac.bench.suite import SUITE, Response, SuiteError, load_suite, quick_selection, spread_selection
 from pastac.grammar import check
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
-from pastac.runtime.models import random_model, tiny_tokenizer
 
 SMALL = BenchOptions(repeats=2, threads=(1, 2, 4), contexts=(16, 64), calibration_repeats=1, warmup=False)
 FORKED = Response(

@@ -7,7 +7,7 @@ import json
 import pytest
 from test_cli import run
 
-from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.models import random_model, tiny_tokenizer
 
 TEMPLATE = (
     'Tips:\n<promise topic="a" tokens="1"/>\n<promise topic="b" tokens="1"/>\n<promise topic="c"/>\n<sync/>\nEnd.'

@@ -32,7 +32,7 @@ from pastac.data.pipeline import (
     write_responses,
 )
 from pastac.ir.lengths import tokenizer_length
-from pastac.runtime.models import random_model, tiny_tokenizer
+from pastac.models import random_model, tiny_tokenizer
 
 PROMPTS = [
     "Hi",

@@ -22,8 +22,8 @@ from pastac.evaluation.run import (
     sampled_answer,
     summarize,
 )
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
-from pastac.runtime.models import random_model, tiny_tokenizer
 
 
 def test_overlap_and_redundancy():

@@ -15,9 +15,9 @@ from pastac.grammar import Scanner, check
 from pastac.grammar.ast import START
 from pastac.grammar.prefix import CANONICAL, TOPIC_LIMIT, TagContext, committed, lookalike, state_key, viable
 from pastac.grammar.tags import TagKind, TagToken, read_tag
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
 from pastac.runtime.guard import TagGuard
-from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.options import RunOptions
 from pastac.runtime.sampling import Sampler, SamplingOptions
 from pastac.runtime.threads import Limits

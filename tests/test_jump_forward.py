@@ -13,8 +13,8 @@ from test_runtime import DOC, PROMPT, check_replay_logits, replay, runtime_logit
 
 from pastac.grammar.prefix import forced, viable
 from pastac.grammar.scanner import opening
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
-from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.options import RunOptions
 from pastac.runtime.threads import Limits
 

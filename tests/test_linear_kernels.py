@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from pastac.backend import linear
 from pastac.backend.linear import KERNELS, ONE_ROW_ONLY, PACKERS, ROWS, check_kernels, kernels_active, tune_linears
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
-from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.options import RunOptions
 from pastac.runtime.threads import Limits
 

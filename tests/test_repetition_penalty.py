@@ -11,9 +11,9 @@ from transformers import LogitsProcessorList
 
 from pastac import PositionOptions
 from pastac.adapters.settings import AdapterSettings
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime import sampling
 from pastac.runtime.engine import Engine
-from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.options import RunOptions
 from pastac.runtime.rows import RowRunner
 from pastac.runtime.sampling import (

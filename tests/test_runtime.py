@@ -17,8 +17,8 @@ import torch
 
 from pastac import PositionOptions
 from pastac.grammar import check
+from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime import Engine, Generation, InputError, RunOptions
-from pastac.runtime.models import random_model, tiny_tokenizer
 from pastac.runtime.sampling import SamplingOptions
 from pastac.runtime.threads import Limits
 from pastac.train.data import encode_example

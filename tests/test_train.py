@@ -18,8 +18,8 @@ from test_runtime import DOC, PROMPT, runtime_logits
 from pastac import PositionOptions, lower, parse, render, training_layout
 from pastac.ir.graph import SyncTag
 from pastac.ir.lengths import tokenizer_length
+from pastac.models import load_model, random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
-from pastac.runtime.models import load_model, random_model, tiny_tokenizer
 from pastac.runtime.options import RunOptions
 from pastac.train.command import add_parser
 from pastac.train.data import CHILD_HEAD, IGNORE, collate, encode_example

@@ -74,8 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine(args: argparse.Namespace) -> Any:
+    from pastac.models import ModelError, load_model, random_model
     from pastac.runtime.engine import Engine
-    from pastac.runtime.models import ModelError, load_model, random_model
 
     try:
         if args.shape is None:

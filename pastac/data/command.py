@@ -27,7 +27,7 @@ from pastac.cli.options import (
 
 if TYPE_CHECKING:
     from pastac.data.annotate import Annotator
-    from pastac.runtime.models import LoadedModel
+    from pastac.models import LoadedModel
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -228,7 +228,7 @@ def _handled(step: Handler) -> Handler:
 
 
 def _load(path: str | None, args: argparse.Namespace) -> LoadedModel:
-    from pastac.runtime.models import ModelError, load_model
+    from pastac.models import ModelError, load_model
 
     try:
         return load_model(

@@ -292,7 +292,7 @@ class HFResponder:
         self.pad = int(pad) if isinstance(pad, int) else min(self.eos)
 
     def encode(self, prompt: str) -> list[int]:
-        from pastac.runtime.models import prompt_ids
+        from pastac.models import prompt_ids
 
         return prompt_ids(self.tokenizer, prompt, chat=self.chat)
 

@@ -163,9 +163,9 @@ def _print(report: dict[str, Any], as_json: bool, out: TextIO) -> None:
 
 def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
+    from pastac.models import ModelError, resolve_adapter
     from pastac.progress import progress_bar
     from pastac.runtime.engine import Engine
-    from pastac.runtime.models import ModelError, resolve_adapter
 
     if args.merge:
         if args.prompts:

@@ -155,8 +155,8 @@ def run_options(args: argparse.Namespace) -> dict[str, object]:
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     """``pastac run``: decode, print the stitched answer (or ``--json``) and the stats line."""
+    from pastac.models import ModelError
     from pastac.runtime.engine import Engine
-    from pastac.runtime.models import ModelError
     from pastac.runtime.options import RunOptions, with_options
     from pastac.runtime.results import DoneEvent
     from pastac.runtime.templates import InputError

@@ -34,9 +34,9 @@ from pastac.backend.visibility import Views
 from pastac.grammar import check
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.prefix import writes_markup
+from pastac.models import ModelError, cache_dir, check_architecture, load_model, prompt_ids
 from pastac.passes import critical_path, schedule
 from pastac.runtime.guard import TagGuard
-from pastac.runtime.models import ModelError, cache_dir, check_architecture, load_model, prompt_ids
 from pastac.runtime.options import RunOptions, with_options
 from pastac.runtime.repeats import UnseenNgrams
 from pastac.runtime.replay import Replay

@@ -163,7 +163,7 @@ def _check_out(path: Path) -> None:
 
 
 def train_command(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.runtime.models import ModelError, check_architecture, load_model
+    from pastac.models import ModelError, check_architecture, load_model
     from pastac.train.data import DataError
     from pastac.train.options import TrainError, TrainOptions
     from pastac.train.trainer import CHECKPOINT, train

@@ -50,9 +50,9 @@ from pastac.grammar import DEFAULT_MAX_DEPTH, Async, Document, Node, Promise, ch
 from pastac.ir.graph import MAIN, Open, Segment, ThreadGraph
 from pastac.ir.lengths import tokenizer_length
 from pastac.ir.lower import lower
+from pastac.models import prompt_ids
 from pastac.passes.layout import Layout, training_layout
 from pastac.passes.positions import PositionOptions
-from pastac.runtime.models import prompt_ids
 from pastac.runtime.replay import node_token_ids
 
 __all__ = [
@@ -195,7 +195,7 @@ def encode_example(
 
     ``annotated`` is Pasta-Lang text (parsed strictly; ``ParseError`` if invalid) or a parsed document;
     ``options`` are the position options the runtime will decode with; ``chat`` formats the prompt with the
-    tokenizer's chat template (``pastac.runtime.models.prompt_ids``). ``eos_id`` (default: the tokenizer's)
+    tokenizer's chat template (``pastac.models.prompt_ids``). ``eos_id`` (default: the tokenizer's)
     labels the main thread's last token.
     """
     eos = tokenizer.eos_token_id if eos_id is None else eos_id

@@ -18,7 +18,7 @@ Output folder:
   replaced atomically. Training again into the same folder resumes from it (with the same data and
   options; ``max_steps``, ``save_every``, ``log_every`` and ``device`` may change).
 - ``adapter_config.json``, ``adapter_model.safetensors``: the trained adapter (PEFT ``save_pretrained``),
-  which ``pastac.runtime.models.load_model(..., adapter=DIR)`` merges into the base model;
+  which ``pastac.models.load_model(..., adapter=DIR)`` merges into the base model;
 - ``pastac.json``: the settings the runtime must decode with (position policy and unit, depth, chat);
 - ``loss.csv`` (step, loss, lr, tokens, seconds), ``loss.png``, ``train_log.json`` (options, counts,
   times, hardware);
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from pastac.machine import cpu_name
+from pastac.models import ADAPTER_SETTINGS, DTYPES
 from pastac.progress import progress_bar
-from pastac.runtime.models import ADAPTER_SETTINGS, DTYPES
 from pastac.train.data import IGNORE, Batch, Dataset, collate, load_examples
 from pastac.train.options import TrainError, TrainOptions
 

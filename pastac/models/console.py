@@ -1,0 +1,70 @@
+"""What loading a model shows on the terminal: progress on standard error, transformers' own output kept quiet.
+
+Standard output is never written to: it belongs to the commands' results. A disabled reporter shows nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+import time
+from collections.abc import Iterator
+
+from rich.console import Console
+from transformers.utils import logging as hf_logging
+
+#: What tqdm progress bars look like: ``45%|████  | 9/20 [...]``, ``0it [00:00, ?it/s]``.
+_PROGRESS_BAR = re.compile(r"\d+%\||\d+it \[|\d+/\d+ \[|it/s\]|s/it\]")
+
+
+class Reporter:
+    """Progress on stderr with rich: a spinner while a step runs, then one line with its duration.
+
+    Disabled, it shows nothing. Standard output is never written to.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        # Bound to the stderr of this moment, so that output redirected while a step runs does not capture
+        # the spinner's own frames.
+        self.console = Console(file=sys.stderr, highlight=False) if enabled else None
+
+    @contextlib.contextmanager
+    def step(self, message: str) -> Iterator[None]:
+        """Show ``message`` with a spinner while the block runs, then the time it took."""
+        if self.console is None:
+            yield
+            return
+        start = time.perf_counter()
+        with self.console.status(f"{message}…"):
+            yield
+        self.console.print(f"{message}: done in {time.perf_counter() - start:.1f} s", soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        """Print one line."""
+        if self.console is not None:
+            self.console.print(message, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Keep transformers' progress bars (and anything else it prints) off the terminal while it loads.
+
+    transformers' own bars are switched off; the GGUF reader draws one with tqdm directly, so standard
+    output and error are also captured, and what they received apart from progress bars (warnings) is
+    passed on to standard error afterwards.
+    """
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+        kept = [line for line in re.split(r"[\r\n]+", captured.getvalue()) if line.strip()]
+        kept = [line for line in kept if not _PROGRESS_BAR.search(line)]
+        if kept:
+            print("\n".join(kept), file=sys.stderr)
