@@ -18,20 +18,15 @@ import torch
 
 from pastac.cli import UsageError, _positive
 from pastac.data import assign_split
+from pastac.data.annotate import annotate_file
+from pastac.data.card import card_file
 from pastac.data.command import add_parser
-from pastac.data.pipeline import (
-    HFResponder,
-    PipelineError,
-    annotate_file,
-    card_file,
-    filter_file,
-    import_pairs,
-    read_records,
-    resume,
-    round_robin,
-    write_responses,
-)
+from pastac.data.filtering import filter_file
+from pastac.data.importing import import_pairs
+from pastac.data.responses import HFResponder, round_robin, write_responses
+from pastac.data.step import PipelineError
 from pastac.ir.lengths import tokenizer_length
+from pastac.jsonl import read_records, resume
 from pastac.models import random_model, tiny_tokenizer
 
 PROMPTS = [

@@ -1,9 +1,15 @@
-"""Dataset tools: a reproducible instruction set and annotators that turn plain responses into Pasta-Lang.
+"""Dataset tools: a reproducible instruction set, annotators that turn plain responses into Pasta-Lang, and
+the steps of ``pastac data`` that build training data from them.
 
 ``prompts`` builds the prompts (with a fixed train/validation/test split); ``annotate`` rewrites a response
 with promise/async/sync tags, by structure (``StructuralAnnotator``) or with a language model
 (``LLMAnnotator``), and ``validate`` checks that an annotation is strict Pasta-Lang that renders back to
 the response.
+
+The pipeline's steps, one module each, all reading and writing JSONL through ``pastac.jsonl``:
+``prompts.write_prompts``, ``responses`` (the base model's answers), ``importing`` (pairs of one's own),
+``annotate.records``, ``filtering``, ``card`` (the data card) and ``build`` (all of them into one folder);
+``step`` holds what they share (``StepResult``, ``PipelineError``).
 """
 
 from pastac.data.annotate import (

@@ -97,7 +97,7 @@ def _annotator_arguments(p: argparse.ArgumentParser, *, tokenizer: bool) -> None
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``data`` and its steps to the command line."""
-    from pastac.data.pipeline import BUILD_FILES
+    from pastac.data.build import BUILD_FILES
 
     p = sub.add_parser(
         "data",
@@ -214,7 +214,7 @@ def _handled(step: Handler) -> Handler:
     """``step`` with the pipeline's errors turned into usage errors, and Ctrl-C into exit status 130."""
 
     def handler(args: argparse.Namespace, out: TextIO) -> int:
-        from pastac.data.pipeline import PipelineError
+        from pastac.data.step import PipelineError
 
         try:
             return step(args, out)
@@ -271,7 +271,7 @@ def _annotator(args: argparse.Namespace, tokenizer: Callable[[], Any]) -> Annota
         return StructuralAnnotator(count_tokens=tokenizer_length(tokenizer()))
     if args.url:
         return LLMAnnotator(openai_generate(args.url, args.llm_model, api_key=os.environ.get("OPENAI_API_KEY")))
-    from pastac.data.pipeline import local_generate
+    from pastac.data.responses import local_generate
 
     loaded = _load(args.llm_local, args)
     return LLMAnnotator(local_generate(loaded.model, loaded.tokenizer, max_new_tokens=args.llm_max_new_tokens))
@@ -280,7 +280,7 @@ def _annotator(args: argparse.Namespace, tokenizer: Callable[[], Any]) -> Annota
 def _responder(args: argparse.Namespace) -> tuple[Any, LoadedModel]:
     import torch
 
-    from pastac.data.pipeline import HFResponder
+    from pastac.data.responses import HFResponder
 
     loaded = _load(args.model, args)
     if args.temperature > 0:
@@ -296,14 +296,15 @@ def _responder(args: argparse.Namespace) -> tuple[Any, LoadedModel]:
 
 
 def _cmd_prompts(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.data.pipeline import DEFAULT_SEED, write_prompts
+    from pastac.data.prompts import DEFAULT_SEED, write_prompts
 
     out.write(write_prompts(args.out, DEFAULT_SEED if args.seed is None else args.seed).line() + "\n")
     return 0
 
 
 def _cmd_responses(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.data.pipeline import read_records, write_responses
+    from pastac.data.responses import write_responses
+    from pastac.jsonl import read_records
 
     prompts = read_records(args.prompts, required=("id", "prompt"))
     responder, loaded = _responder(args)
@@ -322,7 +323,7 @@ def _cmd_responses(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_import(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.data.pipeline import import_pairs
+    from pastac.data.importing import import_pairs
 
     result = import_pairs(
         args.file,
@@ -336,7 +337,8 @@ def _cmd_import(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_annotate(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.data.pipeline import annotate_records, read_records
+    from pastac.data.annotate import annotate_records
+    from pastac.jsonl import read_records
 
     _check_annotator_options(args)
     records = read_records(args.responses, required=("id", "prompt", "response"))
@@ -347,7 +349,7 @@ def _cmd_annotate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_filter(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.data.pipeline import filter_file, filter_log_path, filter_summary
+    from pastac.data.filtering import filter_file, filter_log_path, filter_summary
 
     result = filter_file(args.annotated, args.out, split_dir=args.split_dir)
     for line in filter_summary(result.log):
@@ -360,7 +362,7 @@ def _cmd_filter(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_card(args: argparse.Namespace, out: TextIO) -> int:
-    from pastac.data.pipeline import card_file
+    from pastac.data.card import card_file
 
     card = card_file(args.data, args.out, filter_log=args.filter_log)
     out.write(f"wrote {args.out}\n" if args.out else card)
@@ -392,7 +394,8 @@ def _build_command(args: argparse.Namespace) -> str:
 
 def _cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     from pastac import __version__
-    from pastac.data.pipeline import DEFAULT_SEED, build_dataset
+    from pastac.data.build import build_dataset
+    from pastac.data.prompts import DEFAULT_SEED
 
     _check_annotator_options(args)
     responder, loaded = _responder(args)

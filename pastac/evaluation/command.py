@@ -121,7 +121,9 @@ def _merge(paths: list[str]) -> dict[str, Any]:
 
 
 def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from pastac.data.pipeline import PipelineError, read_records, round_robin
+    from pastac.data.responses import round_robin
+    from pastac.data.step import PipelineError
+    from pastac.jsonl import read_records
 
     try:
         records = read_records(args.prompts, required=("prompt",))
