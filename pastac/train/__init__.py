@@ -3,7 +3,9 @@
 - ``data``: one example = the prompt plus the training layout of an annotated response, with the mask,
   position ids and labels of exactly the forward the runtime computes (``encode_example``);
 - ``options``: ``TrainOptions`` (no torch: the command line reads its defaults);
-- ``trainer``: ``train`` (LoRA, AdamW, checkpoints and resume, logs);
+- ``trainer``: ``train`` (LoRA, AdamW, the adapter and its settings), with ``schedule`` (which examples each
+  step takes, the learning rate), ``loss`` (cross-entropy and the KL term), ``checkpoint`` (saving and
+  resuming) and ``report`` (the loss log and plot, the model card);
 - ``command``: the ``pastac train`` command line.
 
 The names below are imported on first use: they need torch and transformers, which the command line's

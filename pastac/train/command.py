@@ -163,10 +163,13 @@ def _check_out(path: Path) -> None:
 
 
 def train_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``pastac train``: load and check the model, train the adapter, and print one line of what was done;
+    bad options and unusable inputs are usage errors, and Ctrl-C leaves the last checkpoint to resume from."""
     from pastac.models import ModelError, check_architecture, load_model
+    from pastac.train.checkpoint import CHECKPOINT
     from pastac.train.data import DataError
     from pastac.train.options import TrainError, TrainOptions
-    from pastac.train.trainer import CHECKPOINT, train
+    from pastac.train.trainer import train
 
     data = Path(args.data)
     if not data.exists():

@@ -81,6 +81,9 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
+    """One training sequence: the prompt, then the layout of its annotated response, with the mask, position
+    ids and labels of the forward the runtime computes."""
+
     input_ids: torch.Tensor  # long [N]: the prompt's tokens, then the layout's
     position_ids: torch.Tensor  # long [N]
     mask: torch.Tensor  # bool [N, N]: mask[i, j] is True when position i may attend to position j
@@ -263,6 +266,7 @@ class Dataset:
         return len(self.items)
 
     def example(self, index: int) -> Example:
+        """Example ``index`` encoded (encoded again on each call: the dataset keeps documents, not tensors)."""
         item = self.items[index]
         return encode_example(
             self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat, eos_id=self.eos_id
@@ -273,15 +277,18 @@ class Dataset:
         return any(isinstance(node, Promise) for node in self.items[index].document.body)
 
     def note(self, line: int, message: str) -> None:
+        """Keep why the record on ``line`` was left out, for the log (the first 20 reasons only)."""
         if len(self.problems) < 20:
             self.problems.append(f"line {line}: {message}")
 
     @property
     def tokens(self) -> int:
+        """The tokens of all usable examples."""
         return sum(i.length for i in self.items)
 
     @property
     def targets(self) -> int:
+        """The labelled positions of all usable examples."""
         return sum(i.targets for i in self.items)
 
 
@@ -349,6 +356,8 @@ def load_examples(
 
 @dataclass(frozen=True)
 class Batch:
+    """Examples padded to one length and stacked (``collate``), ready for one forward."""
+
     input_ids: torch.Tensor  # long [B, N]
     position_ids: torch.Tensor  # long [B, N]
     mask: torch.Tensor  # bool [B, N, N]
@@ -370,6 +379,7 @@ class Batch:
         return out[:, None]
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch with its tensors on ``device``."""
         return replace(
             self,
             input_ids=self.input_ids.to(device),

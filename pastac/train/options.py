@@ -16,6 +16,8 @@ class TrainError(ValueError):
 
 @dataclass(frozen=True)
 class TrainOptions:
+    """The settings of a training run: the adapter, the optimisation, the data and the layout; checked when made."""
+
     # the adapter
     rank: int = 8
     alpha: int = 16
@@ -96,4 +98,5 @@ class TrainOptions:
 
     @property
     def positions(self) -> PositionOptions:
+        """The position options of the training layout, which the runtime must decode with."""
         return PositionOptions(policy=self.policy, unit=self.unit)

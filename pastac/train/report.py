@@ -1,0 +1,132 @@
+"""What a training run leaves beside its adapter for people to read: the loss log and plot, the hardware
+record and the model card.
+
+``loss.csv`` has a row every ``log_every`` steps (step, loss, lr, tokens, seconds, and kl when the KL term
+is on); ``loss.png`` plots it; ``README.md`` is a model card drawn from ``train_log.json`` and ``pastac.json``
+alone, in place of PEFT's blank template. The plot is drawn without pyplot (no global state, no display), and
+a missing matplotlib skips it: a plot is not worth failing a finished run for.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pastac.machine import cpu_name
+
+
+def write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
+    """Write the loss rows to ``out/loss.csv`` and plot them in ``out/loss.png``."""
+    with (out / "loss.csv").open("w", newline="", encoding="utf-8") as f:
+        fields = ["step", "loss", "lr", "tokens", "seconds"] + (["kl"] if any("kl" in r for r in history) else [])
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in history:
+            writer.writerow(row)
+    try:
+        from matplotlib.figure import Figure  # the Agg canvas, no pyplot: no global state, no display
+    except ImportError:  # matplotlib is a dependency, but a plot is not worth failing a finished run for
+        return
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    axes = fig.subplots()
+    axes.plot([r["step"] for r in history], [r["loss"] for r in history], color="#1f77b4", linewidth=1.2)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (mean cross-entropy per labelled token)")
+    axes.set_title("pastac train")
+    axes.grid(alpha=0.3)
+    fig.savefig(out / "loss.png", dpi=120)
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """The machine and the library versions a run trained with, for ``train_log.json``."""
+    import peft
+    import transformers
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "adapter") -> str:
+    """A Markdown model card for an adapter, from its ``train_log.json`` record and ``pastac.json`` settings."""
+    o, data, hw = log["options"], log["data"], log["hardware"]
+    minutes = log["train_seconds"] / 60
+    device = hw.get("device_name") or f"{hw['cpu']} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch threads"
+    lines = [
+        f"# {name}",
+        "",
+        "A LoRA adapter that teaches its base model to write Pasta-Lang: to mark the independent parts of its "
+        "answers with `<promise/>`, `<async>` and `<sync/>`, so that pastac decodes them in parallel.",
+        "",
+        f"- Base model: {settings.get('base_model') or 'not recorded'}",
+        "- Use: `pastac run PROMPT --adapter DIR`, DIR being this folder; `pastac.json` gives the runtime the "
+        f"position settings it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
+        f"{settings['max_depth']})"
+        + (
+            f" and the repetition penalty it decodes with by default ({settings['generation']['repetition_penalty']})"
+            if settings.get("generation")
+            else ""
+        )
+        + ".",
+        "",
+        "## Data",
+        "",
+        f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
+        f"examples used ({data['invalid']} invalid and {data['too_long']} too long skipped), "
+        f"{data['tokens']:,} tokens, {data['targets']:,} labelled.",
+        "- Layout: the prompt (chat template: " + ("yes" if settings.get("chat") else "no") + ") then the "
+        "annotated response, with the attention mask and position ids of the runtime; one label per position "
+        "(a child's opening `<async>` is force-fed at run time and is not a target).",
+        "",
+        "## Recipe",
+        "",
+        f"- LoRA rank {o['rank']}, alpha {o['alpha']}, dropout {o['dropout']} on "
+        f"{', '.join(log['target_modules'])}: {log['trainable_parameters']:,} trainable parameters.",
+        f"- AdamW, learning rate {o['lr']} ({o['schedule']}, {o['warmup_steps']} warm-up steps), weight decay "
+        f"{o['weight_decay']}, gradient clipping {o['max_grad_norm']}; batch {o['batch_size']} x "
+        f"{o['grad_accum']} accumulation; {o['epochs']} epoch(s), each example with a promise "
+        f"{o.get('repeat_forking', 1)} time(s) per epoch; {log['steps']} of {log['planned_steps']} "
+        f"planned steps; seed {o['seed']}; {o['dtype']} on {o['device']}."
+        + (
+            f" Loss: cross-entropy + {o['kl_weight']:g} x KL(base || adapted) at plain-text positions."
+            if o.get("kl_weight")
+            else ""
+        ),
+        f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "
+        f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`.",
+        "",
+        "## Hardware and time",
+        "",
+        f"- {device}; torch {hw['torch']}, transformers {hw['transformers']}, peft {hw['peft']}, "
+        f"Python {hw['python']}.",
+        f"- {minutes:.1f} minutes of training ({log['tokens']:,} tokens).",
+        "",
+        "## Evaluation",
+        "",
+        "Measure it with `pastac eval --prompts PROMPTS.jsonl --adapter DIR`: valid annotations, fork rate, "
+        "speedups and the quality proxies.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
