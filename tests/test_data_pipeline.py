@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from pastac.cli import UsageError, _positive
+from pastac.cli.common import UsageError
 from pastac.data import assign_split
 from pastac.data.annotate import annotate_file
 from pastac.data.card import card_file
@@ -49,7 +49,7 @@ LIST_RESPONSE = (
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run ``pastac data ...`` as ``pastac.cli.main`` would: usage errors print and exit 2."""
     parser = argparse.ArgumentParser(prog="pastac")
-    add_parser(parser.add_subparsers(dest="command", required=True), _positive)
+    add_parser(parser.add_subparsers(dest="command", required=True))
     try:
         args = parser.parse_args(list(argv))
         code = args.run(args, sys.stdout)
