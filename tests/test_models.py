@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from pastac import models
+from pastac.adapters.settings import SETTINGS_FILE
 from pastac.models import (
     PACKED_ATTENTION_ARCHITECTURES,
     SHAPES,
@@ -375,7 +376,7 @@ def test_the_default_adapter_goes_with_the_default_model_only(tmp_path: Path, mo
     assert models.resolve_adapter(adapters.DEFAULT_ADAPTER, model=tmp_path) is None  # trained for one model only
     shipped = adapters.packaged_adapter()
     assert shipped is not None and shipped.name == adapters.PACKAGED_ADAPTER_NAME
-    assert (shipped / "adapter_config.json").is_file() and (shipped / models.ADAPTER_SETTINGS).is_file()
+    assert (shipped / "adapter_config.json").is_file() and (shipped / SETTINGS_FILE).is_file()
     assert (shipped / "README.md").is_file()  # its model card
     # A copy of pastac without the folder runs the default model alone.
     monkeypatch.setattr(adapters, "__file__", str(tmp_path / "__init__.py"))
@@ -438,7 +439,7 @@ def test_load_model_merges_an_adapter(tmp_path: Path, saved_tiny_model: Path) ->
         logits = loaded.model(ids).logits
     assert torch.allclose(logits, expected, atol=1e-5)
     assert not torch.allclose(logits, unadapted, atol=1e-3)
-    assert loaded.settings == {}  # no pastac.json: the runtime's defaults
+    assert loaded.settings is None  # no pastac.json: the runtime's defaults
 
     (adapter / "pastac.json").write_text('{"policy": "restart", "unit": 1, "max_depth": 2}')
     engine = Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
@@ -447,15 +448,22 @@ def test_load_model_merges_an_adapter(tmp_path: Path, saved_tiny_model: Path) ->
     (adapter / "pastac.json").write_text('{"unit": 1, "generation": {"repetition_penalty": 1.2}}')
     engine = Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
     assert engine.repetition_penalty == 1.2  # runs that leave the penalty unset decode with the adapter's
-    (adapter / "pastac.json").write_text('{"generation": {"repetition_penalty": "high"}}')
-    with pytest.raises(ModelError, match=r"bad generation\.repetition_penalty"):
-        Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
-    (adapter / "pastac.json").write_text('{"unit": "many"}')
-    with pytest.raises(ModelError, match="bad position settings"):
-        Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
-    (adapter / "pastac.json").write_text("[1]")
-    with pytest.raises(ModelError, match="must hold a JSON object"):
-        load_model(saved_tiny_model, adapter=adapter, progress=False)
+    (adapter / "pastac.json").write_text('{"unit": 1, "repetition_penalty": 1.3, "max_depth": 3, "chat": false}')
+    engine = Engine.from_pretrained(str(saved_tiny_model), adapter=str(adapter), progress=False)
+    assert engine.repetition_penalty == 1.3 and engine.defaults.max_depth == 3 and not engine.defaults.chat
+    for bad, why in (
+        ('{"generation": {"repetition_penalty": "high"}}', "repetition_penalty must be a number > 0"),
+        ('{"unit": "many"}', "unit must be an integer >= 0"),
+        ('{"policy": "oracle"}', "policy must be one of predicted, restart, lockstep"),
+        ('{"max_depth": -1}', "max_depth must be an integer >= 0"),
+        ('{"chat": "yes"}', "chat must be true or false"),
+        ('{"units": 1}', "unknown setting units"),
+        ("[1]", "must be a JSON object"),
+        ("{", "cannot read"),
+    ):
+        (adapter / "pastac.json").write_text(bad)
+        with pytest.raises(ModelError, match=why):
+            load_model(saved_tiny_model, adapter=adapter, progress=False)
 
 
 def _write_gguf(path: Path, *, chat_template: str | None) -> None:

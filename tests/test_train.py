@@ -3,7 +3,6 @@ follow the rule of ``pastac.train.data``, training lowers the loss, resumes exac
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import warnings
@@ -16,12 +15,12 @@ from test_cli import run
 from test_runtime import DOC, PROMPT, runtime_logits
 
 from pastac import PositionOptions, lower, parse, render, training_layout
+from pastac.adapters.settings import AdapterSettings
 from pastac.ir.graph import SyncTag
 from pastac.ir.lengths import tokenizer_length
-from pastac.models import load_model, random_model, tiny_tokenizer
+from pastac.models import load_model, prompt_ids, random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
 from pastac.runtime.options import RunOptions
-from pastac.train.command import add_parser
 from pastac.train.data import CHILD_HEAD, IGNORE, collate, encode_example
 from pastac.train.trainer import TrainError, TrainOptions, train
 
@@ -360,11 +359,11 @@ def test_the_adapter_loads_with_its_position_settings(tmp_path, data, model_dir)
     assert settings == {
         "policy": "predicted",
         "unit": 3,
-        "base_model": model_dir,
         "max_depth": 2,
         "chat": True,
+        "repetition_penalty": 1.15,
+        "base_model": model_dir,
         "eos_token_id": base.tokenizer.eos_token_id,
-        "generation": {"repetition_penalty": 1.15},
     }
     adapter_config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == model_dir
@@ -373,7 +372,7 @@ def test_the_adapter_loads_with_its_position_settings(tmp_path, data, model_dir)
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert f"{log['trainable_parameters']:,} trainable parameters" in card and "3 of " in card
     loaded = load_model(model_dir, adapter=tmp_path / "out", progress=False)
-    assert loaded.settings == settings
+    assert loaded.settings == AdapterSettings.from_json(settings)
     ids = torch.tensor([base.tokenizer.encode("Tips: sleep well.")])
     result.model.eval()
     with torch.inference_mode():
@@ -386,20 +385,40 @@ def test_the_adapter_loads_with_its_position_settings(tmp_path, data, model_dir)
     assert engine.positions == PositionOptions(policy="predicted", unit=3)
 
 
+DEEP = (
+    'A <promise topic="x"/><async>b <promise topic="y"/><async>c <promise topic="z"/><async>d</async>'
+    "<sync/> e</async><sync/> f</async><sync/> g"
+)
+
+
+def test_an_adapter_decodes_with_the_depth_and_the_prompt_layout_it_was_trained_with(
+    capsys, monkeypatch, tmp_path, data, model_dir
+):
+    adapter = tmp_path / "deep"
+    argv = (str(data), "--out", str(adapter), "--model", model_dir, "--max-depth", "3", "--no-chat", "--max-steps", "1")
+    code, _, err = run_train(capsys, monkeypatch, *argv, "-q")
+    assert code == 0, err
+    settings = AdapterSettings.read(adapter)
+    assert settings is not None and settings.max_depth == 3 and settings.chat is False
+    engine = Engine.from_pretrained(model_dir, adapter=str(adapter), kernels="stock", progress=False)
+    result = engine.generate("Hi", replay=DEEP)
+    assert result.annotated == DEEP and not result.warnings
+    assert len(result.threads) == 4  # the third level forks too, as the adapter learnt
+    run = engine.last_run
+    assert run is not None and run.sched.max_nesting == 3  # and the guard allows a block that deep
+    assert run.prompt_tokens == len(prompt_ids(engine.tokenizer, "Hi", chat=False))  # no chat template
+    # the base model alone: the language's default depth (a third-level promise decoded inline), the template
+    base = Engine.from_pretrained(model_dir, adapter=None, kernels="stock", progress=False)
+    plain = base.generate("Hi", replay=DEEP)
+    assert len(plain.threads) == 3 and base.last_run.prompt_tokens == len(prompt_ids(base.tokenizer, "Hi"))
+    # an option that says otherwise wins, and says which setting it overrides
+    overridden = engine.generate("Hi", replay=DEEP, max_depth=2, chat=True)
+    assert len(overridden.threads) == 3
+    assert {w.split("=")[0].split()[-1] for w in overridden.warnings} == {"max_depth", "chat"}
+
+
 def run_train(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str, str]:
-    """``pastac train ...`` through ``pastac.cli.main``, with ``train`` added to its parser if it is not there."""
-    import pastac.cli as cli
-
-    build = cli.build_parser
-
-    def with_train() -> argparse.ArgumentParser:
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "train" not in sub.choices:
-            add_parser(sub, cli._positive)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_train)
+    """``pastac train ...`` through the command line's entry point."""
     return run(capsys, "train", *argv)
 
 

@@ -9,7 +9,7 @@ of its own holds the keys and values. This package provides the models it works 
 - ``gguf``: ``convert_gguf`` converts a GGUF file once into a safetensors folder under ``cache_dir()``
   (transformers reads a GGUF file in tens of seconds, and the converted folder in about a second);
 - ``adapter``: which PEFT adapter ``load_model`` merges (``resolve_adapter``) and the settings ``pastac train``
-  wrote beside it (``ADAPTER_SETTINGS``);
+  wrote beside it (``adapter_settings``, typed by ``pastac.adapters.settings``);
 - ``architecture``: ``check_architecture`` refuses models whose attention the runtime cannot drive that way,
   and ``verify_packed_attention`` is the numerical check behind its allowlist;
 - ``tiny``: ``random_model`` and ``SHAPES`` build randomly initialised models, for tests (tiny shapes) and for
@@ -22,22 +22,22 @@ import each other in one direction only: ``errors`` and ``console`` first, then 
 then ``loading``, then ``tiny``.
 """
 
-from pastac.models.adapter import ADAPTER_SETTINGS, adapter_settings, resolve_adapter
+from pastac.models.adapter import adapter_settings, resolve_adapter
 from pastac.models.architecture import PACKED_ATTENTION_ARCHITECTURES, check_architecture, verify_packed_attention
-from pastac.models.chat import prompt_ids
+from pastac.models.chat import PromptError, messages_ids, prompt_ids
 from pastac.models.errors import ModelError
 from pastac.models.gguf import cache_dir, convert_gguf, default_gguf, gguf_chat_template
 from pastac.models.loading import DTYPES, LoadedModel, load_model
 from pastac.models.tiny import SHAPES, TINY_CHAT_TEMPLATE, random_model, tiny_tokenizer
 
 __all__ = [
-    "ADAPTER_SETTINGS",
     "DTYPES",
     "PACKED_ATTENTION_ARCHITECTURES",
     "SHAPES",
     "TINY_CHAT_TEMPLATE",
     "LoadedModel",
     "ModelError",
+    "PromptError",
     "adapter_settings",
     "cache_dir",
     "check_architecture",
@@ -45,6 +45,7 @@ __all__ = [
     "default_gguf",
     "gguf_chat_template",
     "load_model",
+    "messages_ids",
     "prompt_ids",
     "random_model",
     "resolve_adapter",

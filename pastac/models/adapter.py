@@ -5,42 +5,31 @@ Invariants:
 - The packaged adapter (``DEFAULT_ADAPTER``) goes with the default model only: asked for with any other model,
   it resolves to no adapter.
 - A merged adapter leaves a plain transformers model: the runtime never sees a PEFT wrapper.
-- ``ADAPTER_SETTINGS`` (``pastac.json``) is written by ``pastac train``: the position policy, unit and depth
-  the runtime must decode with, so that positions at run time are those of training. ``adapter_settings``
-  only reads it as a JSON object (``LoadedModel.settings``); ``pastac.adapters.settings.AdapterSettings``
-  gives its fields their meaning.
+- ``pastac.json`` is written by ``pastac train``: the layout the runtime must decode with (position policy
+  and unit, depth, chat template, repetition penalty). ``pastac.adapters.settings.AdapterSettings`` is its one
+  definition; ``adapter_settings`` reads it for ``LoadedModel.settings``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from transformers import PreTrainedModel
 
 from pastac.adapters import DEFAULT_ADAPTER, packaged_adapter
+from pastac.adapters.settings import AdapterSettings, SettingsError
 from pastac.models.console import quiet_transformers
 from pastac.models.errors import ModelError
 
-#: Written by ``pastac train`` next to an adapter: the settings the runtime must decode with (position policy
-#: and unit, depth), so that positions at run time are those of training.
-ADAPTER_SETTINGS = "pastac.json"
 
-
-def adapter_settings(folder: Path) -> dict[str, Any]:
-    """The settings in an adapter folder's ``pastac.json``, or none when it has no such file."""
-    path = folder / ADAPTER_SETTINGS
-    if not path.is_file():
-        return {}
+def adapter_settings(folder: Path) -> AdapterSettings | None:
+    """The settings ``pastac train`` left in an adapter folder (``pastac.json``); None when it has none.
+    A file that cannot be read, or holds a value the runtime cannot decode with, is a ``ModelError``."""
     try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ModelError(f"cannot read {path}: {error}") from error
-    if not isinstance(settings, dict):
-        raise ModelError(f"{path} must hold a JSON object")
-    return settings
+        return AdapterSettings.read(folder)
+    except SettingsError as error:
+        raise ModelError(f"the adapter's settings cannot be used: {error}") from None
 
 
 def resolve_adapter(adapter: str | os.PathLike[str] | None, model: str | os.PathLike[str] | None = None) -> Path | None:

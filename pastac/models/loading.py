@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from pastac.adapters.settings import AdapterSettings
 from pastac.models.adapter import adapter_settings, merge_adapter, resolve_adapter
 from pastac.models.console import Reporter, quiet_transformers
 from pastac.models.errors import ModelError, require_all_weights
@@ -47,7 +48,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
     name: str
     source: str
-    settings: dict[str, Any] = field(default_factory=dict)  # the adapter's pastac.json: how it was trained
+    settings: AdapterSettings | None = None  # the adapter's pastac.json: how it was trained (None: no settings)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -138,5 +139,5 @@ def load_model(
             loaded = merge_adapter(loaded, adapter_folder)
         name = f"{name}+{adapter_folder.name}"
     loaded.eval()
-    settings = adapter_settings(adapter_folder) if adapter_folder is not None else {}
+    settings = adapter_settings(adapter_folder) if adapter_folder is not None else None
     return LoadedModel(model=loaded, tokenizer=tokenizer, name=name, source=str(source), settings=settings)

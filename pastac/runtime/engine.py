@@ -28,13 +28,13 @@ from typing import Any
 import torch
 
 from pastac.adapters import DEFAULT_ADAPTER
-from pastac.adapters.settings import AdapterSettings, SettingsError
+from pastac.adapters.settings import AdapterSettings
 from pastac.backend.linear import tune_linears
 from pastac.backend.visibility import Views
 from pastac.grammar import check
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.prefix import writes_markup
-from pastac.models import ModelError, cache_dir, check_architecture, load_model, prompt_ids
+from pastac.models import PromptError, cache_dir, check_architecture, load_model, messages_ids, prompt_ids
 from pastac.passes import critical_path, schedule
 from pastac.runtime.guard import TagGuard
 from pastac.runtime.options import RunOptions, with_options
@@ -50,7 +50,6 @@ from pastac.runtime.threads import FinishReason, Status
 
 RunnerFactory = Callable[[torch.nn.Module, int], Any]
 KERNEL_MODES = ("tuned", "stock")  # pastac.backend.linear.KERNELS are the kernels themselves
-ROLES = ("system", "user", "assistant")
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
@@ -90,19 +89,6 @@ def _stop_prefix(text: str, stops: Sequence[str]) -> int:
                 longest = n
                 break
     return longest
-
-
-def _checked_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
-    out = []
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES or not isinstance(content, str) or set(message) - {"role", "content"}:
-            raise InputError(
-                f"message {i}: a chat message is {{'role': 'system'|'user'|'assistant', 'content': str}}, "
-                f"not {dict(message)!r}"
-            )
-        out.append({"role": role, "content": content})
-    return out
 
 
 class Engine:
@@ -169,12 +155,13 @@ class Engine:
         ``torch.dtype`` or its name.  The linear layers' kernels are tuned on the CPU (``kernels="stock"``: not).
         Raises ``ModelError`` for a model or adapter that cannot be used."""
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
-        try:
-            settings = AdapterSettings.from_json(loaded.settings) if loaded.settings else None
-        except SettingsError as error:
-            raise ModelError(f"the adapter's settings cannot be used: {error}") from None
         return cls(
-            loaded.model, loaded.tokenizer, name=loaded.name, settings=settings, kernels=kernels, progress=progress
+            loaded.model,
+            loaded.tokenizer,
+            name=loaded.name,
+            settings=loaded.settings,
+            kernels=kernels,
+            progress=progress,
         )
 
     def prompt_ids(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
@@ -183,13 +170,12 @@ class Engine:
         chat = self.defaults.chat if chat is None else chat
         if isinstance(prompt, str):
             return prompt_ids(self.tokenizer, prompt, chat=chat)
-        messages = _checked_messages(prompt)
         if not chat:
             raise InputError("chat messages are laid out by the chat template; chat=False takes a text prompt")
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InputError(f"{self.name}'s tokenizer has no chat template: pass the prompt as text")
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return [int(t) for t in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        try:
+            return messages_ids(self.tokenizer, prompt)
+        except PromptError as error:
+            raise InputError(f"{self.name}: {error}") from None
 
     # -- decoding --------------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pastac.adapters.settings import AdapterSettings
 from pastac.grammar import DEFAULT_MAX_DEPTH
 from pastac.passes.positions import Policy, PositionOptions
 
@@ -100,3 +101,15 @@ class TrainOptions:
     def positions(self) -> PositionOptions:
         """The position options of the training layout, which the runtime must decode with."""
         return PositionOptions(policy=self.policy, unit=self.unit)
+
+    def settings(self, *, base_model: str | None, eos: int | list[int] | None) -> AdapterSettings:
+        """The adapter's settings this run trains it with, for ``pastac.json`` (the runtime decodes with them)."""
+        return AdapterSettings(
+            policy=self.policy,
+            unit=self.unit,
+            max_depth=self.max_depth,
+            chat=self.chat,
+            repetition_penalty=self.repetition_penalty,
+            base_model=base_model,
+            eos_token_id=eos,
+        )

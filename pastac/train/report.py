@@ -14,11 +14,14 @@ import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pastac.machine import cpu_name
+
+if TYPE_CHECKING:
+    from pastac.adapters.settings import AdapterSettings
 
 
 def write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
@@ -65,7 +68,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "adapter") -> str:
+def model_card(log: dict[str, Any], settings: AdapterSettings, *, name: str = "adapter") -> str:
     """A Markdown model card for an adapter, from its ``train_log.json`` record and ``pastac.json`` settings."""
     o, data, hw = log["options"], log["data"], log["hardware"]
     minutes = log["train_seconds"] / 60
@@ -76,13 +79,13 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         "A LoRA adapter that teaches its base model to write Pasta-Lang: to mark the independent parts of its "
         "answers with `<promise/>`, `<async>` and `<sync/>`, so that pastac decodes them in parallel.",
         "",
-        f"- Base model: {settings.get('base_model') or 'not recorded'}",
+        f"- Base model: {settings.base_model or 'not recorded'}",
         "- Use: `pastac run PROMPT --adapter DIR`, DIR being this folder; `pastac.json` gives the runtime the "
-        f"position settings it was trained with (policy {settings['policy']}, unit {settings['unit']}, depth up to "
-        f"{settings['max_depth']})"
+        f"settings it was trained with (policy {settings.policy}, unit {settings.unit}, depth up to "
+        f"{settings.max_depth}, chat template {'on' if settings.chat else 'off'})"
         + (
-            f" and the repetition penalty it decodes with by default ({settings['generation']['repetition_penalty']})"
-            if settings.get("generation")
+            f" and the repetition penalty it decodes with by default ({settings.repetition_penalty})"
+            if settings.repetition_penalty is not None
             else ""
         )
         + ".",
@@ -92,7 +95,7 @@ def model_card(log: dict[str, Any], settings: dict[str, Any], *, name: str = "ad
         f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
         f"examples used ({data['invalid']} invalid and {data['too_long']} too long skipped), "
         f"{data['tokens']:,} tokens, {data['targets']:,} labelled.",
-        "- Layout: the prompt (chat template: " + ("yes" if settings.get("chat") else "no") + ") then the "
+        "- Layout: the prompt (chat template: " + ("yes" if settings.chat else "no") + ") then the "
         "annotated response, with the attention mask and position ids of the runtime; one label per position "
         "(a child's opening `<async>` is force-fed at run time and is not a target).",
         "",

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from pastac.models import ADAPTER_SETTINGS, DTYPES
+from pastac.models import DTYPES
 from pastac.progress import progress_bar
 from pastac.train.checkpoint import CHECKPOINT, State, checkpoint_folder, load_checkpoint, save_checkpoint
 from pastac.train.data import IGNORE, Dataset, collate, load_examples
@@ -279,17 +279,8 @@ def train(
         for config in peft_model.peft_config.values():
             config.base_model_name_or_path = options.base_model
     peft_model.save_pretrained(out, save_embedding_layers=False)  # embeddings are never adapted
-    settings = {
-        "policy": str(options.positions.policy),
-        "unit": options.unit,
-        "base_model": options.base_model or getattr(model, "name_or_path", None) or None,
-        "max_depth": options.max_depth,
-        "chat": options.chat,
-        "eos_token_id": eos,
-    }
-    if options.repetition_penalty is not None:
-        settings["generation"] = {"repetition_penalty": options.repetition_penalty}
-    (out / ADAPTER_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    settings = options.settings(base_model=options.base_model or getattr(model, "name_or_path", None) or None, eos=eos)
+    settings.write(out)
     write_loss(out, state.history)
     seconds = time.perf_counter() - started
     log = {
