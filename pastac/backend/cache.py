@@ -31,15 +31,19 @@ class PreallocatedLayer(CacheLayerMixin):
         self._cache = cache
 
     def get_mask_sizes(self, query_length: int, *args: object) -> tuple[int, int]:
+        """Return ``(used, 0)``: the mask spans the first ``used`` slots, this step's included."""
         return self._cache.used, 0
 
     def get_seq_length(self) -> int:
+        """Return the cache's ``used``: the slots attention reads, not one thread's length."""
         return self._cache.used
 
     def get_max_length(self) -> int:
+        """Return the cache's current ``capacity`` in slots."""
         return self._cache.capacity
 
     def nbytes(self) -> int:
+        """Bytes held by this layer's key and value buffers; 0 before the first write."""
         if not self.is_initialized:
             return 0
         assert self.keys is not None and self.values is not None
@@ -50,6 +54,10 @@ class SlotLayer(PreallocatedLayer):
     """One layer's keys and values, ``[1, kv_heads, capacity, head_dim]``."""
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate zeroed buffers at full capacity, taking heads, head size, dtype and device from the states.
+
+        Raises ``ValueError`` unless the batch is one packed row.
+        """
         batch, heads = key_states.shape[:2]
         if batch != 1:
             raise ValueError(f"the slot cache holds one packed row, not a batch of {batch}")
@@ -62,6 +70,10 @@ class SlotLayer(PreallocatedLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the step's keys and values at ``write_slots`` and return views of the first ``used`` slots.
+
+        Allocates on the first call; raises ``RuntimeError`` if ``write_slots`` is unset.
+        """
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         slots = self._cache.write_slots
@@ -74,6 +86,7 @@ class SlotLayer(PreallocatedLayer):
         return self.keys[:, :, :used], self.values[:, :, :used]
 
     def grow(self, capacity: int) -> None:
+        """Copy the buffers into new ones of ``capacity`` slots; a no-op before the first write."""
         if not self.is_initialized:
             return
         assert self.keys is not None and self.values is not None
@@ -105,6 +118,7 @@ class SlotCache(Cache):
         self.growths += 1
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Return ``used``, the same for every layer."""
         return self.used
 
     def nbytes(self) -> int:

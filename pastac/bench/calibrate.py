@@ -24,12 +24,15 @@ from pastac.runtime.sampling import Sampler
 
 @dataclass(frozen=True)
 class Calibration:
+    """The measured step times over the grid of thread counts and cache lengths, and the cost fitted to them."""
+
     threads: tuple[int, ...]
     contexts: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]  # ms[i][j]: median ms per step, threads[i] at contexts[j]
     cost: StepCost
 
     def to_json(self) -> dict[str, object]:
+        """The grid, the median ms per step, and the fit's base and slope per thread count, under their names."""
         return {
             "threads": list(self.threads),
             "contexts": list(self.contexts),

@@ -103,6 +103,8 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def bench_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``pastac bench``: run the selected responses through the strategies and print (and write) the report;
+    an unknown id or strategy, an unreadable suite, an unusable model or an unwritable folder is a usage error."""
     import torch
     from rich.console import Console
 

@@ -24,6 +24,9 @@ from pastac.runtime.engine import Engine
 
 @dataclass(frozen=True)
 class BenchOptions:
+    """Which strategies run, how often, and the calibration grid; raises ``ValueError`` for an unknown
+    strategy, none at all, or fewer than one repeat."""
+
     strategies: tuple[str, ...] = STRATEGIES
     repeats: int = 2  # runs of each strategy on each response
     threads: tuple[int, ...] = (1, 2, 4, 8, 12, 16)  # calibration grid
@@ -81,6 +84,7 @@ def machine(engine: Engine) -> dict[str, Any]:
 
 
 def geomean(values: Sequence[float]) -> float:
+    """The geometric mean of positive ``values``; NaN if there are none."""
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
 
 

@@ -37,6 +37,8 @@ REPLAY = SamplingOptions(repetition_penalty=1.0)
 
 @dataclass(frozen=True)
 class Measurement:
+    """One strategy's run of one response: wall time, tokens and steps, cache and accelerator memory."""
+
     strategy: str
     wall_s: float
     tokens: int  # tokens placed after the prompt
@@ -48,9 +50,11 @@ class Measurement:
 
     @property
     def tokens_per_s(self) -> float:
+        """Tokens placed per second of wall time; 0 for a run that took no time."""
         return self.tokens / self.wall_s if self.wall_s else 0.0
 
     def to_json(self) -> dict[str, object]:
+        """The figures under their names (not the strategy, nor the generation)."""
         return {
             "wall_s": self.wall_s,
             "tokens": self.tokens,
@@ -97,6 +101,9 @@ class Bench:
         return out, wall, torch.cuda.max_memory_allocated() if self.cuda else None
 
     def run(self, strategy: str, prompt: str, text: str) -> Measurement:
+        """Replay ``text`` after ``prompt`` with ``strategy`` and measure it; raises ``ValueError`` for an
+        unknown strategy.  ``hf-generate`` writes as many tokens as ``sequential`` places (running it if it has
+        not yet run on this response)."""
         if strategy == "hf-generate":
             return self._hf_generate(prompt, text)
         if strategy not in self._runners:

@@ -164,6 +164,8 @@ def _print(report: dict[str, Any], as_json: bool, out: TextIO) -> None:
 
 
 def eval_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``pastac eval``: evaluate the prompts (or ``--merge`` finished reports) and print the report; bad
+    options, unreadable or disagreeing inputs, an unusable model and a judge that cannot be asked are usage errors."""
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
     from pastac.models import ModelError, resolve_adapter
     from pastac.progress import progress_bar

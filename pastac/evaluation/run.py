@@ -40,6 +40,8 @@ class JudgeError(RuntimeError):
 
 @dataclass(frozen=True)
 class EvalOptions:
+    """How ``evaluate`` decodes and scores: the budget, the adapted model's decoding settings, the judge."""
+
     # the answer's budget, the same for both: the base model's generate writes at most this many new tokens,
     # and the adapted model's threads at most this many together (tags included)
     max_new_tokens: int = 512
@@ -143,6 +145,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def evaluate_one(
     record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions, rng: random.Random
 ) -> dict[str, Any]:
+    """Decode ``record``'s prompt with the adapted model, replay its answer with one thread, and let the base
+    model answer with ``generate``; the result row: validity, threads, speedups, log-likelihoods, redundancy
+    and (with a judge) the verdict.  Raises ``JudgeError`` if the judge cannot be asked."""
     prompt = str(record["prompt"])
     limits = Limits(max_new_tokens=options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
@@ -249,6 +254,10 @@ def _rate_vs_hf(result: dict[str, Any]) -> float | None:
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of ``evaluate_one``'s rows: valid and fork rates, geometric-mean speedups, mean
+    log-likelihoods and redundancies, overall and for the list-like and short categories, and the judge's
+    verdict shares; a figure with no rows to count is None."""
+
     def of(categories: Sequence[str]) -> list[dict[str, Any]]:
         return [r for r in results if r.get("category") in categories]
 

@@ -31,6 +31,8 @@ _INT64_MAX = 2**63 - 1
 
 @dataclass(frozen=True)
 class Layout:
+    """The tokens of a graph in node order: each one's node, thread and position id, and which it may see."""
+
     node_ids: torch.Tensor  # long [T]: the IR node of each token
     thread_ids: torch.Tensor  # long [T]
     position_ids: torch.Tensor  # long [T]

@@ -17,6 +17,8 @@ from pastac.ir.graph import ThreadGraph
 
 @dataclass(frozen=True)
 class Visibility:
+    """Each node's ancestors: the nodes whose tokens all of its tokens may attend to."""
+
     ancestors: tuple[frozenset[int], ...]  # per node id
 
     def sees(self, node: int, other: int) -> bool:
@@ -38,14 +40,18 @@ def ancestors(graph: ThreadGraph) -> Visibility:
 
 @dataclass(frozen=True)
 class VisibilityPass:
+    """The ``visibility`` pass (an analysis: the graph is not changed)."""
+
     name: ClassVar[str] = "visibility"
     requires: ClassVar[tuple[str, ...]] = ()
 
     def run(self, graph: ThreadGraph, results: dict[str, object]) -> Visibility:
+        """The ancestor set of every node of ``graph``."""
         return ancestors(graph)
 
     @staticmethod
     def annotate(result: Visibility) -> dict[int, str]:
+        """A note per node: the nodes it sees, or "nothing"."""
         return {
             n: "sees " + (", ".join(f"%{a}" for a in sorted(anc)) or "nothing")
             for n, anc in enumerate(result.ancestors)

@@ -37,6 +37,7 @@ class Allowed:
         self._on: dict[tuple[int, str], torch.Tensor] = {}
 
     def mask(self, vocab: int, device: torch.device | str) -> torch.Tensor:
+        """bool [vocab] on ``device``, made once per vocabulary size and device, then kept."""
         key = (vocab, str(device))
         if key not in self._on:
             mask = torch.full((vocab,), self.rest, dtype=torch.bool)
@@ -46,10 +47,14 @@ class Allowed:
         return self._on[key]
 
     def ids(self) -> list[int]:
+        """The allowed ids of the tokenizer, ascending (ids past it not included)."""
         return self.ok.nonzero().flatten().tolist()
 
 
 class TagGuard:
+    """The tag constraint for one tokenizer: what a thread may write next, given the text its scanner holds
+    back and where it is; masks are computed the first time a state is met, then kept."""
+
     def __init__(self, tokenizer: Any, eos: Sequence[int]) -> None:
         self.tokenizer = tokenizer
         self.eos = sorted(set(eos))

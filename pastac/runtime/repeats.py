@@ -23,6 +23,9 @@ DEFAULT_SIBLING_NGRAM = 4  # SamplingOptions.sibling_ngram, pastac run/eval --si
 
 
 class UnseenNgrams:
+    """Every thread's tokens and, per run of ``n - 1`` of them, the tokens that followed (runs and followers
+    holding an ``exempt`` token left out); raises ``ValueError`` for ``n < 2``."""
+
     def __init__(self, n: int, exempt: Iterable[int] = ()) -> None:
         if n < 2:
             raise ValueError(f"an n-gram to ban needs n >= 2, not {n}")

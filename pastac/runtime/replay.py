@@ -29,6 +29,9 @@ def node_token_ids(graph: ThreadGraph, tokenizer: Any) -> list[list[int]]:
 
 
 class Replay:
+    """An annotated response lowered to its IR with each node's token ids; threads deeper than ``max_depth``
+    are replayed inline by their parents."""
+
     def __init__(self, document: Document, tokenizer: Any, *, max_depth: int) -> None:
         self.graph = lower(document, tokenizer_length(tokenizer))
         self.ids = node_token_ids(self.graph, tokenizer)
@@ -44,6 +47,8 @@ class Replay:
         return fork.child
 
     def script(self, thread: int) -> deque[int]:
+        """The token ids ``thread`` writes, in order: its nodes' ids without the ``<async>`` ones, each child
+        past ``max_depth`` spliced in right after its promise."""
         out: deque[int] = deque()
         stack = [iter(self.graph.thread_nodes(thread))]
         while stack:
@@ -60,4 +65,5 @@ class Replay:
         return out
 
     def tokens(self) -> int:
+        """The number of token ids over all nodes, ``<async>`` ones included."""
         return sum(len(ids) for ids in self.ids)

@@ -47,6 +47,8 @@ class RowLayer(PreallocatedLayer):
     """One layer's keys and values, ``[rows, kv_heads, capacity, head_dim]``."""
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate zeroed buffers of the cache's ``rows`` and ``capacity``, taking heads, head size, dtype and
+        device from the states."""
         c = self._cache
         self.keys = key_states.new_zeros((c.rows, key_states.shape[1], c.capacity, key_states.shape[-1]))
         self.values = value_states.new_zeros((c.rows, value_states.shape[1], c.capacity, value_states.shape[-1]))
@@ -56,6 +58,8 @@ class RowLayer(PreallocatedLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each batch row's keys and values at the entries the cache's ``write`` names, in rows ``first``
+        onward, and return views of the first ``used`` entries of those rows; allocates on the first call."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         c = self._cache
@@ -75,6 +79,8 @@ class RowLayer(PreallocatedLayer):
             store[dst].index_copy_(1, dst_index, store[src].index_select(1, src_index))
 
     def grow(self, rows: int, capacity: int) -> None:
+        """Copy the buffers into new ones of ``rows`` rows and ``capacity`` entries; a no-op before the first
+        write."""
         if not self.is_initialized:
             return
         assert self.keys is not None and self.values is not None
@@ -100,6 +106,8 @@ class RowCache(Cache):
         super().__init__(layers=[RowLayer(self) for _ in range(num_layers)])
 
     def reserve(self, rows: int, capacity: int) -> None:
+        """Make room for ``rows`` rows of ``capacity`` entries (each dimension that grows grows by at least
+        half; one copy)."""
         if rows <= self.rows and capacity <= self.capacity:
             return
         self.rows = max(rows, self.rows + (self.rows + 1) // 2) if rows > self.rows else self.rows
@@ -111,9 +119,11 @@ class RowCache(Cache):
         self.growths += 1
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Return ``used``, the same for every layer and every row of the forward."""
         return self.used
 
     def nbytes(self) -> int:
+        """Bytes held by the keys and values of all layers (every row at full capacity)."""
         return sum(layer.nbytes() for layer in self.layers if isinstance(layer, RowLayer))
 
     def _entry_bytes(self) -> int:
@@ -131,6 +141,8 @@ class RowCache(Cache):
 
 @dataclass
 class Row:
+    """One row's entries in order, each its plan slot, token and position; entry 0 is the sink."""
+
     slots: list[int] = field(default_factory=lambda: [-1])  # the plan's slot of each entry (-1: the sink)
     tokens: list[int] = field(default_factory=lambda: [0])
     positions: list[int] = field(default_factory=lambda: [0])

@@ -122,6 +122,7 @@ class RepetitionPenalty:
         self.exempt = TokenSet(exempt)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` [B, vocab] penalised at the ids ``input_ids`` [B, S] holds, the exempt ones aside."""
         if self.penalty == 1:
             return scores
         seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
@@ -133,6 +134,8 @@ class RepetitionPenalty:
 
 
 class Sampler:
+    """Chooses each row's next token under ``SamplingOptions``, with its own seeded generator when it samples."""
+
     def __init__(
         self, options: SamplingOptions, device: torch.device | str = "cpu", exempt: Iterable[int] = ()
     ) -> None:
@@ -146,6 +149,7 @@ class Sampler:
 
     @property
     def penalizes(self) -> bool:
+        """Whether the options set a repetition penalty (one other than 1)."""
         return self.options.penalty != 1
 
     @property
@@ -154,6 +158,7 @@ class Sampler:
         return self.options.penalty_scope == "answer"
 
     def exempt(self, vocab: int, device: torch.device) -> torch.Tensor | None:
+        """[vocab] bool: the ids the penalty leaves alone; None when there are none."""
         return self.exempt_tokens.mask(vocab, device)
 
     def __call__(

@@ -20,6 +20,8 @@ class Detokenizer:
         self._read = 0  # tokens whose text has been emitted
 
     def add(self, token: int) -> str:
+        """Append ``token`` and return the text that became complete with it (often "", while a character
+        waits for its last bytes)."""
         self.ids.append(token)
         decode = self.tokenizer.decode
         before = decode(self.ids[self._prefix : self._read], skip_special_tokens=False)
