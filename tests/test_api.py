@@ -4,11 +4,13 @@ stream's stitched text, and the adapter's settings as the engine's defaults (tin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import pastac
 from pastac.adapters.settings import AdapterSettings
-from pastac.models import prompt_ids, random_model, tiny_tokenizer
+from pastac.models import prompt_ids
 from pastac.runtime import Engine, FinishReason, Generation, InputError, Limits, RunOptions, StepEvent
 
 PROMPT = "Give me tips."
@@ -18,11 +20,9 @@ DOC = (
 )
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    tokenizer = tiny_tokenizer()
-    model = random_model("tiny-llama", vocab_size=len(tokenizer), seed=1, eos_token_id=tokenizer.eos_token_id)
-    return Engine(model, tokenizer, name="tiny")
+@pytest.fixture
+def engine(tiny_engine: Callable[..., Engine]) -> Engine:
+    return tiny_engine("tiny-llama", 1)
 
 
 def test_generate_takes_the_keywords_people_know(engine: Engine) -> None:

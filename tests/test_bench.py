@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,6 @@ from pastac.bench.run import BenchOptions
 from pastac.bench.strategies import Bench, kv_bytes_per_token
 from pastac.bench.suite import SUITE, Response, SuiteError, load_suite, quick_selection, spread_selection
 from pastac.grammar import check
-from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
 
 SMALL = BenchOptions(repeats=2, threads=(1, 2, 4), contexts=(16, 64), calibration_repeats=1, warmup=False)
@@ -32,13 +32,8 @@ PLAIN = Response("plain", "none", "What is the capital of France?", "The capital
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    tokenizer = tiny_tokenizer()
-    return Engine(
-        random_model("tiny-llama", vocab_size=len(tokenizer), seed=2, eos_token_id=tokenizer.eos_token_id),
-        tokenizer,
-        name="tiny-llama",
-    )
+def engine(tiny_engine: Callable[..., Engine]) -> Engine:
+    return tiny_engine("tiny-llama", 2)
 
 
 @pytest.fixture(scope="module")

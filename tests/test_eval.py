@@ -23,7 +23,6 @@ from pastac.evaluation.run import (
     summarize,
 )
 from pastac.models import random_model, tiny_tokenizer
-from pastac.runtime.engine import Engine
 
 
 def test_overlap_and_redundancy():
@@ -81,13 +80,8 @@ def test_judge_sees_both_orders_and_reports_for_ours():
         judge_pair(down, "q", "x", "y", rng)
 
 
-def test_evaluate_on_a_tiny_model():
-    tokenizer = tiny_tokenizer()
-    engine = Engine(
-        random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
-        tokenizer,
-        name="tiny",
-    )
+def test_evaluate_on_a_tiny_model(tiny_engine):
+    engine = tiny_engine("tiny-llama", 5)
     records = [
         {"id": "a", "category": "list", "prompt": "Give me three tips."},
         {"id": "b", "category": "factual", "prompt": "What is the capital of France?"},
@@ -107,13 +101,8 @@ def test_evaluate_on_a_tiny_model():
     json.dumps(report)
 
 
-def test_a_sampled_reference_answer_is_seeded_and_scored():
-    tokenizer = tiny_tokenizer()
-    engine = Engine(
-        random_model("tiny-llama", vocab_size=len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id),
-        tokenizer,
-        name="tiny",
-    )
+def test_a_sampled_reference_answer_is_seeded_and_scored(tiny_engine):
+    engine = tiny_engine("tiny-llama", 5)
     ids = engine.prompt_ids("Give me three tips.")
     state = torch.random.get_rng_state()
     draws = [sampled_answer(engine, ids, LogitsProcessorList(), 12, 1.0, seed) for seed in (1, 1, 2)]

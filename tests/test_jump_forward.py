@@ -85,10 +85,10 @@ def test_the_forced_text_is_how_every_canonical_tag_goes_on(tag):
         assert jumped >= 3  # within topic=", after the topic's quote and after the estimate's
 
 
-def test_a_replay_that_jumps_computes_the_same_logits_in_fewer_steps():
-    e, stepped = replay("tiny-llama", jump_forward=False)
+def test_a_replay_that_jumps_computes_the_same_logits_in_fewer_steps(tiny_engine):
+    e, stepped = replay(tiny_engine, "tiny-llama", jump_forward=False)
     sampled = len(runtime_logits(e))
-    _, jumped = replay("tiny-llama")
+    _, jumped = replay(tiny_engine, "tiny-llama")
     assert jumped.annotated == stepped.annotated == DOC and not jumped.warnings
     # two canonical promises: '="', ' tokens="' and '>' (the tiny tokenizer writes '"/' then '>'), 4 tokens each;
     # the third has no estimate, so only its '="' is forced; the syncs' '<sync' is not yet decided

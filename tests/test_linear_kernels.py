@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from pastac.runtime.threads import Limits
 
 
 def model(shape: str = "tiny-llama", seed: int = 1) -> torch.nn.Module:
-    return random_model(shape, vocab_size=len(tiny_tokenizer()), seed=seed)
+    """A fresh model with the weights of ``tiny_engine(shape, seed)``'s, for kernels to be tuned on."""
+    tokenizer = tiny_tokenizer()
+    return random_model(shape, vocab_size=len(tokenizer), seed=seed, eos_token_id=tokenizer.eos_token_id)
 
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
@@ -93,11 +96,13 @@ def test_the_choices_apply_only_inside_kernels_active(monkeypatch: pytest.Monkey
     assert calls == [3]
 
 
-def test_a_tuned_engine_decodes_what_a_stock_one_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_tuned_engine_decodes_what_a_stock_one_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_engine: Callable[..., Engine]
+) -> None:
     monkeypatch.setenv("PASTAC_CACHE", str(tmp_path))
-    tokenizer = tiny_tokenizer()
-    stock = Engine(model(), tokenizer)
-    tuned = Engine(model(), tokenizer, kernels="tuned")
+    stock = tiny_engine("tiny-llama", 1)
+    # the same weights in a model of its own: tuning installs the chosen kernels on the model it tunes
+    tuned = Engine(model("tiny-llama", 1), stock.tokenizer, kernels="tuned")
     doc = 'Tips: <promise topic="a" tokens="1"/><async>one two</async><promise topic="b"/><async>three</async><sync/> x'
     a = stock.generate("Hi.", replay=doc, keep_logits=True)
     b = tuned.generate("Hi.", replay=doc, keep_logits=True)

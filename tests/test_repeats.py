@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
 from pastac import PositionOptions
-from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime.engine import Engine
 from pastac.runtime.options import RunOptions
 from pastac.runtime.repeats import UnseenNgrams
@@ -19,6 +16,7 @@ TEMPLATE = (
     'Tips:\n<promise topic="a" tokens="1"/>\n<promise topic="a" tokens="1"/>\n'
     '<promise topic="a" tokens="1"/>\n<sync/>\nDone.'
 )
+SEED = 3  # the tiny models' weights (``tiny_engine(shape, SEED)``)
 
 
 def test_an_ngram_is_banned_after_its_prefix_in_an_unseen_thread_only():
@@ -40,12 +38,6 @@ def test_an_ngram_is_banned_after_its_prefix_in_an_unseen_thread_only():
     assert ngrams.banned(5, [4]) == {7}  # (5, 8) is text: its copy is banned
     with pytest.raises(ValueError, match="n >= 2"):
         UnseenNgrams(1)
-
-
-@functools.cache
-def engine(shape: str) -> Engine:
-    tokenizer = tiny_tokenizer()
-    return Engine(random_model(shape, vocab_size=len(tokenizer), seed=3), tokenizer, name=shape)
 
 
 def copies(e: Engine, n: int) -> int:
@@ -78,8 +70,8 @@ def copies(e: Engine, n: int) -> int:
 
 @pytest.mark.parametrize("shape", ["tiny-llama", "tiny-qwen2"])
 @pytest.mark.parametrize("n", [2, 3])
-def test_siblings_do_not_copy_each_others_ngrams(shape, n):
-    e = engine(shape)
+def test_siblings_do_not_copy_each_others_ngrams(shape, n, tiny_engine):
+    e = tiny_engine(shape, SEED)
     results = {}
     for ban in (0, n):
         options = RunOptions(
@@ -97,8 +89,8 @@ def test_siblings_do_not_copy_each_others_ngrams(shape, n):
     assert results[n][1] != results[0][1]
 
 
-def test_one_thread_is_never_banned():
-    e = engine("tiny-llama")
+def test_one_thread_is_never_banned(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
     texts = [
         e.generate(
             PROMPT,

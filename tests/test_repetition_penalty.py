@@ -3,8 +3,6 @@ default scope) or over the tokens the whole answer holds so far."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from transformers import LogitsProcessorList
@@ -30,12 +28,7 @@ from pastac.runtime.threads import Limits
 SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
 PROMPT = "Give me tips."
 PENALTY = 1.8
-
-
-@functools.cache
-def engine(shape: str) -> Engine:
-    tokenizer = tiny_tokenizer()
-    return Engine(random_model(shape, vocab_size=len(tokenizer), seed=1), tokenizer, name=shape)
+SEED = 1  # the tiny models' weights (``tiny_engine(shape, SEED)``)
 
 
 def hf_generate(e: Engine, ids: list[int], n: int, penalty: float, exempt: list[int]) -> str:
@@ -52,8 +45,8 @@ def hf_generate(e: Engine, ids: list[int], n: int, penalty: float, exempt: list[
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_a_text_without_tags_equals_hf_generate_with_the_same_penalty(shape):
-    e = engine(shape)
+def test_a_text_without_tags_equals_hf_generate_with_the_same_penalty(shape, tiny_engine):
+    e = tiny_engine(shape, SEED)
     limits = Limits(max_thread_tokens=30, max_new_tokens=4096)
     penalized = RunOptions(limits=limits, sampling=SamplingOptions(repetition_penalty=PENALTY))
     a = e.generate(PROMPT, penalized)
@@ -82,10 +75,10 @@ TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="fo
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_in_the_thread_scope_each_child_is_penalised_for_its_own_context_only(shape):
+def test_in_the_thread_scope_each_child_is_penalised_for_its_own_context_only(shape, tiny_engine):
     """A child, decoded among its siblings, writes what penalised greedy decoding of its context alone
     writes: its siblings' tokens, which it cannot see, do not count."""
-    e = engine(shape)
+    e = tiny_engine(shape, SEED)
     budget = 12
     options = RunOptions(
         limits=Limits(max_thread_tokens=budget, max_new_tokens=4096),
@@ -110,7 +103,9 @@ def test_in_the_thread_scope_each_child_is_penalised_for_its_own_context_only(sh
 def test_in_the_answer_scope_every_thread_is_penalised_for_all_that_was_written(shape, monkeypatch):
     """The answer scope: each sampled token is penalised for every token in the cache so far (prompt, parent,
     siblings), less the exempt ones, as one thread writing the whole answer would be for the parts before."""
-    e = engine(shape)
+    tok = tiny_tokenizer()
+    # no eos_token_id, unlike tiny_engine's: with it tiny-llama's children write the same text in both scopes
+    e = Engine(random_model(shape, vocab_size=len(tok), seed=SEED), tok, name=shape)
     budget = 12
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -178,11 +173,11 @@ def test_the_tags_tokens_are_exempt():
     assert penalize(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, 1.0]]
 
 
-def test_special_tokens_are_exempt_so_that_a_chat_prompt_does_not_keep_an_answer_from_ending():
+def test_special_tokens_are_exempt_so_that_a_chat_prompt_does_not_keep_an_answer_from_ending(tiny_engine):
     tok = tiny_tokenizer()
     exempt = penalty_exempt_ids(tok, [tok.eos_token_id])
     assert set(tok.all_special_ids) | {tok.eos_token_id} <= set(exempt) and set(tag_token_ids(tok)) <= set(exempt)
-    e = engine("tiny-llama")
+    e = tiny_engine("tiny-llama", SEED)
     assert tok.eos_token_id in e.prompt_ids(PROMPT) and tok.eos_token_id in e.exempt_tokens  # the chat turn's end
     # a model that wants to end at once: the end of sequence, seen in the prompt, is not pushed below the rest
     model = random_model("tiny-llama", vocab_size=len(tok), seed=1, eos_token_id=tok.eos_token_id)
@@ -204,23 +199,23 @@ def test_special_tokens_are_exempt_so_that_a_chat_prompt_does_not_keep_an_answer
     assert hf_generate(ending, ids, 20, 4.0, tag_token_ids(tok)) != ""  # the test can fail: penalised, it goes on
 
 
-def test_unset_penalty_takes_the_models_setting():
+def test_unset_penalty_takes_the_models_setting(tiny_engine):
     assert SamplingOptions().penalty == 1
     assert SamplingOptions().resolved(1.2).penalty == 1.2
     assert SamplingOptions(repetition_penalty=1.0).resolved(1.2).penalty == 1.0  # an explicit one stays
     with pytest.raises(ValueError, match="repetition_penalty"):
         SamplingOptions(repetition_penalty=0)
-    e = engine("tiny-llama")
+    e = tiny_engine("tiny-llama", SEED)
     limits = Limits(max_thread_tokens=20, max_new_tokens=4096)
     explicit = e.generate(PROMPT, RunOptions(limits=limits, sampling=SamplingOptions(repetition_penalty=PENALTY)))
     adapted = Engine(e.model, e.tokenizer, name="adapted", settings=AdapterSettings(repetition_penalty=PENALTY))
     assert adapted.generate(PROMPT, RunOptions(limits=limits)).text == explicit.text
 
 
-def test_a_runner_that_cannot_penalise_says_so():
+def test_a_runner_that_cannot_penalise_says_so(tiny_engine):
     with pytest.raises(ValueError, match="repetition penalty"):
         Sampler(SamplingOptions(repetition_penalty=1.3))(torch.zeros(1, 4))
-    e = engine("tiny-llama")
+    e = tiny_engine("tiny-llama", SEED)
     with pytest.raises(ValueError, match="repetition penalty"):
         e.generate(
             PROMPT,

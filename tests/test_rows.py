@@ -20,9 +20,9 @@ from tests.test_runtime import (
     ATOL,
     DOC,
     PROMPT,
+    SEED,
     SHAPES,
     check_replay_logits,
-    engine,
     forward,
     reference,
     runtime_logits,
@@ -34,8 +34,8 @@ def rows(fork: str):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_batched_copy_gives_the_logits_of_one_forward_over_the_training_layout(shape):
-    e = engine(shape)
+def test_batched_copy_gives_the_logits_of_one_forward_over_the_training_layout(shape, tiny_engine):
+    e = tiny_engine(shape, SEED)
     packed = e.generate(PROMPT, RunOptions(), replay=DOC, keep_logits=True)
     result = e.generate(PROMPT, RunOptions(), replay=DOC, keep_logits=True, runner=rows("copy"))
     assert result.annotated == packed.annotated == DOC
@@ -63,8 +63,8 @@ class Recording(RowRunner):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_refork_reencodes_each_childs_context(shape):
-    e = engine(shape)
+def test_refork_reencodes_each_childs_context(shape, tiny_engine):
+    e = tiny_engine(shape, SEED)
     packed = e.generate(PROMPT, RunOptions(), replay=DOC, keep_logits=True)
     result = e.generate(
         PROMPT, RunOptions(), replay=DOC, keep_logits=True, runner=functools.partial(Recording, fork="reencode")
@@ -80,8 +80,8 @@ def test_refork_reencodes_each_childs_context(shape):
     assert runner.forwards > result.stats.steps  # the prefills of the children's contexts
 
 
-def test_sequential_runs_are_the_same_in_every_runner():
-    e = engine("tiny-llama")
+def test_sequential_runs_are_the_same_in_every_runner(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
     texts = {
         e.generate(PROMPT, RunOptions(mode="sequential"), replay=DOC, runner=factory).annotated
         for factory in (None, rows("copy"), rows("reencode"))
@@ -89,6 +89,6 @@ def test_sequential_runs_are_the_same_in_every_runner():
     assert texts == {DOC}
 
 
-def test_row_runner_refuses_an_unknown_fork():
+def test_row_runner_refuses_an_unknown_fork(tiny_engine):
     with pytest.raises(ValueError, match="copy"):
-        RowRunner(engine("tiny-llama").model, 64, fork="share")
+        RowRunner(tiny_engine("tiny-llama", SEED).model, 64, fork="share")

@@ -10,14 +10,13 @@ only differences are summation orders).
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from pastac import PositionOptions
 from pastac.grammar import check
-from pastac.models import random_model, tiny_tokenizer
 from pastac.runtime import Engine, Generation, InputError, RunOptions
 from pastac.runtime.sampling import SamplingOptions
 from pastac.runtime.threads import Limits
@@ -25,6 +24,7 @@ from pastac.train.data import encode_example
 
 ATOL = 1e-4
 SHAPES = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
+SEED = 1  # the tiny models' weights (``tiny_engine(shape, SEED)``)
 PROMPT = "Give me tips."
 DOC = (
     'Tips: <promise topic="sleep" tokens="2"/><async>Sleep well at night, every night.</async>'
@@ -33,14 +33,11 @@ DOC = (
 )
 
 
-@functools.cache
-def engine(shape: str) -> Engine:
-    tokenizer = tiny_tokenizer()
-    return Engine(random_model(shape, vocab_size=len(tokenizer), seed=1), tokenizer, name=shape)
-
-
-def replay(shape: str, doc: str = DOC, **options: object) -> tuple[Engine, Generation]:
-    e = engine(shape)
+def replay(
+    tiny_engine: Callable[..., Engine], shape: str, doc: str = DOC, **options: object
+) -> tuple[Engine, Generation]:
+    """The shared engine of ``shape`` and its replay of ``doc`` with the logits it sampled kept."""
+    e = tiny_engine(shape, SEED)
     result = e.generate(PROMPT, RunOptions(**options), replay=doc, keep_logits=True)  # type: ignore[arg-type]
     return e, result
 
@@ -94,16 +91,16 @@ def check_replay_logits(e: Engine, doc: str = DOC, policy: str = "predicted") ->
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("policy", ["predicted", "restart", "lockstep"])
-def test_replay_logits_equal_one_forward_over_the_training_layout(shape, policy):
-    e, result = replay(shape, positions=PositionOptions(policy=policy))
+def test_replay_logits_equal_one_forward_over_the_training_layout(shape, policy, tiny_engine):
+    e, result = replay(tiny_engine, shape, positions=PositionOptions(policy=policy))
     assert result.stats.threads == 4 and not result.warnings
     checked = check_replay_logits(e, DOC, policy)
     assert checked >= result.stats.generated - result.stats.threads  # (nearly) every token the threads chose
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_each_token_sees_exactly_what_a_plain_forward_over_its_visible_tokens_sees(shape):
-    e, _ = replay(shape)
+def test_each_token_sees_exactly_what_a_plain_forward_over_its_visible_tokens_sees(shape, tiny_engine):
+    e, _ = replay(tiny_engine, shape)
     tokens, positions, mask, order = reference(e, DOC)
     ir_of = {t: th.ir_thread for t, th in e.last_run.sched.threads.items()}
     for n, (thread, index, logits) in enumerate(runtime_logits(e)):
@@ -116,8 +113,8 @@ def test_each_token_sees_exactly_what_a_plain_forward_over_its_visible_tokens_se
         torch.testing.assert_close(logits, alone[-1], atol=ATOL, rtol=0)
 
 
-def test_sequential_replay_is_one_causal_thread():
-    e, result = replay("tiny-llama", mode="sequential")
+def test_sequential_replay_is_one_causal_thread(tiny_engine):
+    e, result = replay(tiny_engine, "tiny-llama", mode="sequential")
     assert result.stats.threads == 1 and not result.warnings
     tokens, positions, _, _ = reference(e, DOC, "sequential")
     order = sorted(range(tokens.numel()), key=lambda i: positions[i].item())  # the sequential layout
@@ -132,29 +129,29 @@ def test_sequential_replay_is_one_causal_thread():
     assert seen == len(got)
 
 
-def test_replay_reproduces_the_document_under_any_width_and_depth():
+def test_replay_reproduces_the_document_under_any_width_and_depth(tiny_engine):
     for limits in (Limits(), Limits(max_width=2), Limits(max_width=1), Limits(max_depth=1), Limits(max_depth=0)):
-        _, result = replay("tiny-llama", limits=limits)
+        _, result = replay(tiny_engine, "tiny-llama", limits=limits)
         assert result.annotated == DOC, limits
         assert result.text == (
             "Tips: Sleep well at night, every night.Eat greens and beans daily. and  Done, that is all."
         )
         if limits.max_width is not None:
             assert result.stats.max_width <= limits.max_width
-    _, capped = replay("tiny-llama", limits=Limits(max_width=1))
+    _, capped = replay(tiny_engine, "tiny-llama", limits=Limits(max_width=1))
     assert capped.stats.parallelism == pytest.approx(capped.stats.tokens / capped.stats.steps)
 
 
-def test_kv_memory_of_a_forked_run_equals_the_sequential_run():
-    _, forked = replay("tiny-llama")
-    _, sequential = replay("tiny-llama", mode="sequential")
+def test_kv_memory_of_a_forked_run_equals_the_sequential_run(tiny_engine):
+    _, forked = replay(tiny_engine, "tiny-llama")
+    _, sequential = replay(tiny_engine, "tiny-llama", mode="sequential")
     assert forked.stats.kv_bytes == sequential.stats.kv_bytes
     assert forked.stats.steps < sequential.stats.steps
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_text_without_tags_gives_the_same_tokens_in_every_mode_and_hf_generate(shape):
-    e = engine(shape)
+def test_text_without_tags_gives_the_same_tokens_in_every_mode_and_hf_generate(shape, tiny_engine):
+    e = tiny_engine(shape, SEED)
     options = RunOptions(limits=Limits(max_thread_tokens=24, max_new_tokens=4096))
     a = e.generate(PROMPT, options)
     s = e.generate(PROMPT, RunOptions(mode="sequential", limits=Limits(max_thread_tokens=24, max_new_tokens=4096)))
@@ -177,11 +174,11 @@ TEMPLATE = 'Three tips:\n<promise topic="sleep" tokens="1"/>\n<promise topic="fo
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("tags", [True, False])
-def test_template_children_equal_decoding_each_thread_alone(shape, tags):
+def test_template_children_equal_decoding_each_thread_alone(shape, tags, tiny_engine):
     """Each child, decoded among the others, writes what greedy decoding of its context alone writes.
     (The restart policy keeps the context's positions contiguous, so a plain ``generate`` can compare; the
     ban on copying a sibling's n-grams, which decoding alone has no sibling for, is off.)"""
-    e = engine(shape)
+    e = tiny_engine(shape, SEED)
     budget = 10
     options = RunOptions(
         limits=Limits(max_thread_tokens=budget, max_new_tokens=4096),
@@ -217,8 +214,8 @@ def test_template_children_equal_decoding_each_thread_alone(shape, tags):
         assert written == alone
 
 
-def test_a_child_ends_where_it_writes_the_stop_text():
-    e = engine("tiny-llama")
+def test_a_child_ends_where_it_writes_the_stop_text(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
     limits = Limits(max_thread_tokens=16, max_new_tokens=4096)
     free = e.generate(PROMPT, RunOptions(limits=limits, child_stop=""), template=TEMPLATE)
     written = "".join(v for k, v in e.last_run.sched.threads[1].pieces if k == "text")
@@ -229,23 +226,23 @@ def test_a_child_ends_where_it_writes_the_stop_text():
     assert stopped == written[: written.index(stop, len(written) - len(written.lstrip()) + 1)]
 
 
-def test_template_children_stop_at_a_line_break_by_default():
-    e = engine("tiny-llama")
+def test_template_children_stop_at_a_line_break_by_default(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
     result = e.generate(PROMPT, RunOptions(limits=Limits(max_thread_tokens=40, max_new_tokens=4096)), template=TEMPLATE)
     assert e.last_run.sched.interp.child_stop == "\n"
     assert result.text.startswith("Three tips:\n") and result.text.endswith("\nThat is all.")
 
 
-def test_budget_and_eos_close_children_with_a_warning_and_a_valid_document():
-    e = engine("tiny-llama")
+def test_budget_and_eos_close_children_with_a_warning_and_a_valid_document(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
     result = e.generate(PROMPT, RunOptions(limits=Limits(max_thread_tokens=3, max_new_tokens=4096)), template=TEMPLATE)
     assert any("closed" in w for w in result.warnings)
     assert not check(result.annotated, mode="strict").errors
     assert result.text.startswith("Three tips:\n") and result.text.endswith("\nThat is all.")
 
 
-def test_bad_template_and_replay_are_input_errors():
-    e = engine("tiny-llama")
+def test_bad_template_and_replay_are_input_errors(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
     with pytest.raises(InputError, match="E102"):
         e.generate(PROMPT, template="a <promise topic=x/>")
     with pytest.raises(InputError, match="fulfilled by the model"):
@@ -254,8 +251,8 @@ def test_bad_template_and_replay_are_input_errors():
         e.generate(PROMPT, replay='a <promise topic="x"/><async>b')
 
 
-def test_stream_yields_steps_then_the_result():
-    e = engine("tiny-llama")
+def test_stream_yields_steps_then_the_result(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
     events = list(
         e.stream(PROMPT, RunOptions(limits=Limits(max_thread_tokens=5, max_new_tokens=4096)), template=TEMPLATE)
     )
@@ -268,9 +265,9 @@ def test_stream_yields_steps_then_the_result():
         assert "".join(ev.deltas.get(thread, "") for ev in events[:-1]) == events[-1].result.threads[thread].text
 
 
-def test_a_reservation_is_no_larger_than_what_the_child_may_write():
+def test_a_reservation_is_no_larger_than_what_the_child_may_write(tiny_engine):
     doc = 'A <promise topic="x" tokens="40000"/><async>b</async> c<sync/> d'
-    e = engine("tiny-llama")
+    e = tiny_engine("tiny-llama", SEED)
     limits = Limits(max_thread_tokens=200, max_new_tokens=300)
     result = e.generate(PROMPT, RunOptions(limits=limits), replay=doc)
     assert result.annotated == doc and not result.warnings

@@ -70,10 +70,9 @@ def data(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_training_forward_equals_the_runtime_replaying_the_document(shape):
-    tok = tiny_tokenizer()
-    model = tiny(shape)
-    e = Engine(model, tok, name=shape)
+def test_training_forward_equals_the_runtime_replaying_the_document(shape, tiny_engine):
+    e = tiny_engine(shape, 1)  # the model tiny(shape) makes
+    tok, model = e.tokenizer, e.model
     # every token sampled, even those a tag forces (jump-forward feeds them unsampled, with the same logits)
     result = e.generate(PROMPT, RunOptions(positions=POSITIONS, jump_forward=False), replay=DOC, keep_logits=True)
     assert result.stats.threads == 4 and not result.warnings
