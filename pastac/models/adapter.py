@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from transformers import PreTrainedModel
@@ -52,7 +53,11 @@ def merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
     from peft import PeftModel
 
     try:
-        with quiet_transformers():
+        with quiet_transformers(), warnings.catch_warnings():
+            # PEFT asks transformers a deprecated question while it loads; the warning is theirs, not the user's
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
             peft_model = PeftModel.from_pretrained(model, str(adapter))
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelError(f"cannot apply the adapter {adapter}: {error}") from error
