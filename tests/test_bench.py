@@ -13,7 +13,7 @@ from test_cli import run
 from pastac.bench import STRATEGIES, geomean, run_bench
 from pastac.bench.calibrate import _fit, calibrate
 from pastac.bench.report import plot, tables
-from pastac.bench.run import BenchOptions
+from pastac.bench.run import QUICK, BenchOptions, ratio_figure
 from pastac.bench.strategies import Bench, kv_bytes_per_token
 from pastac.bench.suite import SUITE, Response, SuiteError, load_suite, quick_selection, spread_selection
 from pastac.grammar import check
@@ -81,10 +81,18 @@ def test_report_figures_are_consistent(report: dict):
             runs = r["strategies"][s]["runs_s"]
             assert len(runs) == 2 and r["strategies"][s]["wall_s"] == pytest.approx(sum(runs) / 2)  # the median
         speed = r["speedup"]
-        assert speed["pasta_vs_sequential"] == pytest.approx(
-            r["strategies"]["sequential"]["wall_s"] / r["strategies"]["pasta"]["wall_s"]
-        )
-        assert speed["pasta_vs_sequential"] * speed["sequential_vs_pasta"] == pytest.approx(1.0)
+        # a ratio is the median of the ratios of the runs made in the same repeat (neighbours in time)
+        pairs = [
+            seq / pasta
+            for seq, pasta in zip(
+                r["strategies"]["sequential"]["runs_s"], r["strategies"]["pasta"]["runs_s"], strict=True
+            )
+        ]
+        assert speed["pasta_vs_sequential"] == pytest.approx(sum(pairs) / 2)
+        paired = r["speedup_runs"]["pasta_vs_sequential"]
+        assert paired["spread"] == pytest.approx(max(pairs) - min(pairs))
+        assert paired["noisy"] == (paired["spread"] > abs(paired["median"] - 1))
+        assert r["efficiency_noise"] == (r["efficiency"] > 1.1)
         assert r["efficiency"] == pytest.approx(speed["pasta_vs_sequential"] / r["bound"])
     assert summary["forked_responses"] == 1
     assert summary["efficiency"] == pytest.approx(forked["efficiency"])
@@ -95,6 +103,15 @@ def test_report_figures_are_consistent(report: dict):
     assert report["calibration"]["threads"] == [1, 2, 4] and len(report["calibration"]["ms_per_step"]) == 3
     assert report["machine"]["model"] == "tiny-llama" and report["machine"]["cpu_count"] >= 1
     json.dumps(report)  # JSON-able as it is
+
+
+def test_a_ratio_whose_spread_exceeds_its_effect_is_flagged():
+    assert ratio_figure([1.30, 1.32, 1.31]) == pytest.approx(
+        {"median": 1.31, "min": 1.30, "max": 1.32, "spread": 0.02, "noisy": False}
+    )
+    assert ratio_figure([0.9, 1.2, 1.05])["noisy"]  # either side of 1: another run may tell the other story
+    assert not ratio_figure([1.05])["noisy"]  # one run has no spread to judge by
+    assert QUICK.repeats >= 3  # --quick: a median and a spread
 
 
 def test_report_tables_and_plots(report: dict, tmp_path: Path):

@@ -20,6 +20,13 @@ SHOWN = (
 )
 
 
+def _ratio(value: float, paired: dict[str, Any] | None) -> str:
+    """A ratio with the spread of its repeats, and a mark when the spread is larger than the effect."""
+    if paired is None or paired["spread"] == 0:
+        return f"{value:.2f}"
+    return f"{value:.2f} ±{paired['spread'] / 2:.2f}" + (" ?" if paired["noisy"] else "")
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
@@ -48,6 +55,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
     per.add_column("pasta/seq", justify="right")
     per.add_column("efficiency", justify="right")
     for r in results:
+        paired = r.get("speedup_runs", {}).get("pasta_vs_sequential")
         speed = r["speedup"].get("pasta_vs_sequential")
         per.add_row(
             r["id"],
@@ -57,8 +65,8 @@ def tables(report: dict[str, Any]) -> list[Table]:
             f"{r.get('theoretical_speedup', float('nan')):.2f}",
             f"{r.get('bound', float('nan')):.2f}",
             *(f"{r['strategies'][s]['wall_s']:.2f}" for s in strategies),
-            "" if speed is None else f"{speed:.2f}",
-            f"{r['efficiency']:.2f}" if "efficiency" in r else "",
+            "" if speed is None else _ratio(speed, paired),
+            (f"{r['efficiency']:.2f}" + (" noise" if r.get("efficiency_noise") else "")) if "efficiency" in r else "",
         )
     agg = Table(
         title=f"summary over {summary['responses']} responses ({summary['forked_responses']} fork)",
@@ -67,10 +75,12 @@ def tables(report: dict[str, Any]) -> list[Table]:
     agg.add_column("speedup (geometric mean)")
     agg.add_column("value", justify="right")
     agg.add_column("min – max", justify="right")
+    agg.add_column("")
     for key in SHOWN:
         spread = summary["speedup_spread"].get(key)
         if spread is not None:
-            agg.add_row(key, f"{spread['geomean']:.2f}", f"{spread['min']:.2f} – {spread['max']:.2f}")
+            noisy = "noisy: spread > effect" if summary.get("speedup_noisy", {}).get(key) else ""
+            agg.add_row(key, f"{spread['geomean']:.2f}", f"{spread['min']:.2f} – {spread['max']:.2f}", noisy)
     for key, label in (
         ("theoretical_speedup", "theoretical speedup"),
         ("bound", "cost-model bound"),
@@ -81,7 +91,12 @@ def tables(report: dict[str, Any]) -> list[Table]:
             agg.add_row(label, f"{summary[key]:.2f}", "")
     if "efficiency" in summary:
         e = summary["efficiency_spread"]
-        agg.add_row("efficiency (forked responses)", f"{summary['efficiency']:.2f}", f"{e['min']:.2f} – {e['max']:.2f}")
+        agg.add_row(
+            "efficiency (forked responses)",
+            f"{summary['efficiency']:.2f}",
+            f"{e['min']:.2f} – {e['max']:.2f}",
+            "noise, not a result" if summary.get("efficiency_noise") else "",
+        )
     mem = Table(title="throughput and memory", title_justify="left")
     for name in ("strategy", "tokens/s", "peak KV MiB (largest)", "peak KV vs pasta"):
         mem.add_column(name, justify="left" if name == "strategy" else "right")

@@ -1,4 +1,13 @@
-"""Running the benchmark: calibration, the strategies interleaved on every response, the report."""
+"""Running the benchmark: calibration, the strategies interleaved on every response, the report.
+
+Each response runs every strategy ``repeats`` times, the order reversed on every other repeat, so that the
+runs compared are neighbours in time.  A strategy's figure is the median of its runs; a ratio between two
+strategies is the median of the ratios of the runs made in the same repeat, with their spread (the largest
+minus the smallest).  A ratio whose spread is larger than its effect (its distance from 1) is flagged
+``noisy``: another run may well give the other answer.  An efficiency above ``PLAUSIBLE_EFFICIENCY`` (pasta
+faster than the step cost allows) is flagged as noise too: what it measures is the machine's drift, not
+pastac.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +52,9 @@ class BenchOptions:
 
 
 # The calibration has warmed the model up; the strategies' own first calls are a small part of a quick run.
-QUICK = BenchOptions(repeats=1, threads=(1, 2, 4, 8), contexts=(64, 512), calibration_repeats=3, warmup=False)
+# Three interleaved repeats: a median, and a spread to judge it by.
+QUICK = BenchOptions(repeats=3, threads=(1, 2, 4, 8), contexts=(64, 512), calibration_repeats=3, warmup=False)
+PLAUSIBLE_EFFICIENCY = 1.1  # above it, an efficiency says more of the machine's noise than of pastac
 
 WARMUP = Response(
     "warm-up",
@@ -144,6 +155,20 @@ def run_bench(
     }
 
 
+def ratio_figure(ratios: Sequence[float]) -> dict[str, Any]:
+    """A ratio measured once per repeat: its median, its spread (largest minus smallest), and whether the
+    spread is larger than the effect (the median's distance from 1)."""
+    median = statistics.median(ratios)
+    spread = max(ratios) - min(ratios)
+    return {
+        "median": median,
+        "min": min(ratios),
+        "max": max(ratios),
+        "spread": spread,
+        "noisy": len(ratios) > 1 and spread > abs(median - 1),
+    }
+
+
 def _result(response: Response, runs: dict[str, list[Measurement]], cal: Calibration) -> dict[str, Any]:
     median = {s: statistics.median(m.wall_s for m in ms) for s, ms in runs.items()}
     out: dict[str, Any] = {"id": response.id, "shape": response.shape}
@@ -155,6 +180,7 @@ def _result(response: Response, runs: dict[str, list[Measurement]], cal: Calibra
             "wall_s": median[s],
             "tokens_per_s": last.tokens / median[s],
             "runs_s": [m.wall_s for m in ms],
+            "spread_s": max(m.wall_s for m in ms) - min(m.wall_s for m in ms),
         }
     reference = runs.get("pasta") or runs.get("sequential") or next(iter(runs.values()))
     generation = reference[-1].generation
@@ -170,9 +196,16 @@ def _result(response: Response, runs: dict[str, list[Measurement]], cal: Calibra
             schedule_steps=figures.steps,
         )
     out["strategies"] = strategies
-    out["speedup"] = {f"{a}_vs_{b}": median[b] / median[a] for a, b in _pairs(list(runs))}
+    # a ratio per repeat, of the two runs made in it (neighbours in time): its median is the figure
+    paired = {
+        f"{a}_vs_{b}": ratio_figure([rb.wall_s / ra.wall_s for ra, rb in zip(runs[a], runs[b], strict=True)])
+        for a, b in _pairs(list(runs))
+    }
+    out["speedup"] = {key: figure["median"] for key, figure in paired.items()}
+    out["speedup_runs"] = paired
     if "pasta" in runs and "sequential" in runs and "bound" in out:
         out["efficiency"] = out["speedup"]["pasta_vs_sequential"] / out["bound"]
+        out["efficiency_noise"] = out["efficiency"] > PLAUSIBLE_EFFICIENCY
     return out
 
 
@@ -183,9 +216,17 @@ def _summary(results: list[dict[str, Any]], strategies: Sequence[str]) -> dict[s
     spreads = {key: _spread([r["speedup"][key] for r in results]) for key in results[0]["speedup"]} if results else {}
     summary["speedup"] = {key: s["geomean"] for key, s in spreads.items()}
     summary["speedup_spread"] = spreads
+    # a summary ratio is noisy when a response's is, or when the responses disagree on which side of 1 it lies
+    summary["speedup_noisy"] = {
+        key: any(r["speedup_runs"][key]["noisy"] for r in results) or (s["min"] < 1 < s["max"])
+        for key, s in spreads.items()
+    }
     if forked and "efficiency" in forked[0]:
         summary["efficiency"] = geomean([r["efficiency"] for r in forked])
         summary["efficiency_spread"] = _spread([r["efficiency"] for r in forked])
+        summary["efficiency_noise"] = summary["efficiency"] > PLAUSIBLE_EFFICIENCY or any(
+            r["speedup_runs"]["pasta_vs_sequential"]["noisy"] for r in forked
+        )
         summary["efficiency_all"] = geomean([r["efficiency"] for r in results])
         summary["pasta_vs_sequential_forked"] = geomean([r["speedup"]["pasta_vs_sequential"] for r in forked])
     if results and "bound" in results[0]:
