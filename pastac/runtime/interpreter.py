@@ -92,6 +92,9 @@ class Interpreter:
         if token in self.eos and thread.script is None:
             self.end_body(thread, "wrote the end-of-sequence token", FinishReason.STOP)
             return
+        if self.chosen >= self.limits.max_new_tokens:  # threads of the same step spent the budget before it
+            self.end_body(thread, self._spent(), FinishReason.LENGTH)
+            return
         thread.chosen += 1
         self.chosen += 1
         thread.inputs.append(token)
@@ -109,11 +112,10 @@ class Interpreter:
         if limits.max_thread_tokens is not None and thread.chosen >= limits.max_thread_tokens:
             self.end_body(thread, f"reached max_thread_tokens ({limits.max_thread_tokens})", FinishReason.LENGTH)
         elif self.chosen >= limits.max_new_tokens:
-            self.end_body(
-                thread,
-                f"was cut when the answer reached max_new_tokens ({limits.max_new_tokens})",
-                FinishReason.LENGTH,
-            )
+            self.end_body(thread, self._spent(), FinishReason.LENGTH)
+
+    def _spent(self) -> str:
+        return f"was cut when the answer reached max_new_tokens ({self.limits.max_new_tokens})"
 
     def next_scripted(self, thread: Thread) -> None:
         """A replayed thread's next token, or its end."""
