@@ -167,6 +167,10 @@ class Interpreter:
                 self._on_lexeme(thread, lexeme)
 
     def _on_lexeme(self, thread: Thread, lexeme: TextToken | TagToken) -> None:
+        if isinstance(lexeme, TextToken) and thread.status in (Status.CLOSING, Status.DONE):
+            # the rest of the token that held the thread's </async>: the thread has ended
+            self._warn(thread, f"dropped {quote(lexeme.value)} written after the thread's end")
+            return
         if isinstance(lexeme, TextToken):
             thread.markup = thread.markup or writes_markup(lexeme.value)
             thread.segment.append(lexeme.value)
@@ -227,6 +231,9 @@ class Interpreter:
                     thread.pieces.append(("tag", lexeme.raw))
                 elif thread.id != MAIN:
                     length = self._tag_node(thread, lexeme)
+                    # A token that ends after the tag (``><``) is the thread's last: its node is the </async>.
+                    length += self._tokens_until(thread, thread.text_len)
+                    thread.node_start = thread.text_len
                     self.graph.close(thread.id, lexeme.raw, length)
                     thread.pieces.append(("tag", lexeme.raw))
                     thread.status = Status.CLOSING
