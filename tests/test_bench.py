@@ -12,7 +12,7 @@ from test_cli import run
 
 from pastac.bench import STRATEGIES, geomean, run_bench
 from pastac.bench.calibrate import _fit, calibrate
-from pastac.bench.report import plot, tables
+from pastac.bench.report import REPORT_FILES, check_report_folder, is_report_folder, plot, tables, write_report
 from pastac.bench.run import QUICK, BenchOptions, ratio_figure
 from pastac.bench.strategies import Bench, kv_bytes_per_token
 from pastac.bench.suite import SUITE, Response, SuiteError, load_suite, quick_selection, spread_selection
@@ -119,6 +119,24 @@ def test_report_tables_and_plots(report: dict, tmp_path: Path):
     paths = plot(report, tmp_path / "plots")
     assert [p.name for p in paths] == ["measured_vs_theoretical.png", "step_cost.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    folder = tmp_path / "report"
+    assert [p.name for p in write_report(report, folder)] == list(REPORT_FILES)
+    assert json.loads((folder / "report.json").read_text()) == report and is_report_folder(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)  # no temporary file is left
+    check_report_folder(folder)  # a report may replace it
+
+
+def test_cli_refuses_an_out_folder_that_is_not_a_report_folder(capsys, tmp_path: Path):
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "README.md").write_text("# project\n")
+    code, _, err = run(capsys, "bench", "--out", str(checkout), "--ids", "no-such-response")  # before anything runs
+    assert code == 2 and f"--out '{checkout}' holds files and is not a report folder of pastac bench" in err
+    assert "--force" in err and [p.name for p in checkout.iterdir()] == ["README.md"]
+    code, _, err = run(capsys, "bench", "--out", str(checkout), "--force", "--ids", "no-such-response")
+    assert code == 2 and "no-such-response" in err  # accepted: the next problem is reported
+    code, _, err = run(capsys, "bench", "--suite", str(tmp_path / "r" / "report.json"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "which this command reads" in err
 
 
 def test_calibration_fit(engine: Engine):

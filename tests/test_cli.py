@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +173,74 @@ def test_console_script_reads_stdin():
     )
     assert done.returncode == 1
     assert done.stdout.startswith("<stdin>:1:41: error[E106]: <sync/> must be self-closing")
+
+
+# -- writing files ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a file size limit stands in for a full disk")
+def test_fmt_write_replaces_a_file_whole_or_not_at_all(tmp_path):
+    import resource
+
+    small = tmp_path / "small.pasta"
+    small.write_text('x <promise  topic="a"/><async>y</async><sync/>')
+    big = tmp_path / "big.pasta"
+    text = "".join(f'<promise  topic="t{i}" tokens="3"/><async>part {i}</async>' for i in range(200)) + "<sync/>\n"
+    big.write_text(text)
+    limit = len(text) // 2
+
+    def cut_writes_at_the_limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pastac", "fmt", "--write", str(small), str(big)],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=cut_writes_at_the_limit,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"pastac: error: cannot write '{big}': File too large; it is left as it was" in done.stderr
+    assert big.read_text() == text  # not cut mid-tag
+    assert small.read_text() == 'x <promise topic="a"/><async>y</async><sync/>'  # the other file is done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pasta", "small.pasta"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes read-only files")
+def test_fmt_write_to_a_read_only_file_is_an_error(capsys, files):
+    files["messy"].chmod(0o444)
+    before = files["messy"].read_text()
+    code, _, err = run(capsys, "fmt", "--write", str(files["messy"]))
+    assert code == 2 and f"pastac: error: cannot write '{files['messy']}': the file is read-only" in err
+    assert files["messy"].read_text() == before
+
+
+def test_fmt_write_into_a_folder_it_may_not_write_is_an_error(capsys, files, monkeypatch):
+    # A folder that refuses new files (read-only, for a user who is not root): the temporary file is refused.
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(path).parent == files["messy"].parent:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    before = files["messy"].read_text()
+    code, _, err = run(capsys, "fmt", "--write", str(files["messy"]))
+    assert code == 2
+    assert err == f"pastac: error: cannot write '{files['messy']}': permission denied; it is left as it was\n"
+    assert files["messy"].read_text() == before
+
+
+def test_graph_never_writes_over_the_document_it_reads(capsys, files, tmp_path):
+    source = files["valid"]
+    (tmp_path / "link.pasta").symlink_to(source)
+    for target in (str(source), str(tmp_path / "sub" / ".." / "valid.pasta"), str(tmp_path / "link.pasta")):
+        for fmt in ("dot", "png"):
+            code, out, err = run(capsys, "graph", str(source), "--format", fmt, "-o", target)
+            assert source.read_text() == VALID
+            assert (code, out) == (2, "")
+            assert f"--output '{target}' is FILE '{source}', which this command reads; name another file" in err
+    code, _, err = run(capsys, "graph", str(source), "--format", "dot", "-o", str(tmp_path / "missing" / "g.dot"))
+    assert code == 2 and "no such folder" in err

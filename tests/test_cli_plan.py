@@ -298,14 +298,14 @@ def test_view_graph_without_graphviz(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.name != "posix", reason="a shell script stands in for dot")
 def test_view_graph_runs_dot(capsys, tmp_path, monkeypatch):
-    # A stand-in 'dot' that records its arguments and copies its input (the DOT source) to -o FILE.
+    # A stand-in 'dot' that records its arguments and copies its input (the DOT source) to its output.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "dot"
     fake.write_text(
         f"#!{sys.executable}\nimport sys\n"
         f"open({str(tmp_path / 'args')!r}, 'w').write(' '.join(sys.argv[1:]))\n"
-        "open(sys.argv[3], 'wb').write(sys.stdin.buffer.read())\n"
+        "sys.stdout.buffer.write(sys.stdin.buffer.read())\n"
     )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", str(bin_dir))
@@ -314,7 +314,7 @@ def test_view_graph_runs_dot(capsys, tmp_path, monkeypatch):
         capsys, "graph", write(tmp_path, "one.pasta", ONE), "--format", "svg", "-o", str(out), "--view", "graph"
     )
     assert code == 0, err
-    assert (tmp_path / "args").read_text().split() == ["-Tsvg", "-o", str(out)]
+    assert (tmp_path / "args").read_text().split() == ["-Tsvg"]  # its output is written by pastac, atomically
     assert out.read_text().startswith("digraph ")
 
 

@@ -135,3 +135,14 @@ def test_the_default_model_forks_with_its_shipped_adapter(capsys):
     code, out, err = run(capsys, "run", prompt, "--json", "--max-new-tokens", "40", "--no-adapter")
     assert code == 0, err
     assert json.loads(out)["stats"]["threads"] == 1
+
+
+@pytest.mark.parametrize("option", ["--replay", "--template"])
+def test_trace_never_writes_over_an_input(capsys, tmp_path, option):
+    document = tmp_path / "answer.pasta"
+    document.write_text(TEMPLATE)
+    argv = ["run", "hi", option, str(document), "--trace", str(document), "--model", str(tmp_path / "no-model")]
+    code, out, err = run(capsys, *argv)  # refused before the model loads
+    assert (code, out) == (2, "")
+    assert f"--trace '{document}' is {option} '{document}', which this command reads; name another file" in err
+    assert document.read_text() == TEMPLATE

@@ -8,11 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from pastac import jsonl
 from pastac.data import (
     CATEGORIES,
     DEFAULT_FEW_SHOT,
@@ -117,6 +121,67 @@ def test_jsonl_round_trip(records: list[PromptRecord], tmp_path: Path) -> None:
     assert len(lines) == len(records)
     assert set(json.loads(lines[0])) == {"id", "prompt", "category", "forkable", "split"}
     assert read_jsonl(path) == records
+
+
+# ---------------------------------------------------------------------------------------------------- JSONL
+
+# Characters str.splitlines (and so many readers) takes for line breaks, that JSON leaves as they are or escapes.
+LINE_BREAKS = "\x85\u2028\u2029\r\n\x0b\x0c\x1c\x1d\x1e"
+
+
+def test_jsonl_that_pastac_writes_reads_back_whatever_its_text_holds(tmp_path):
+    records = [{"id": f"r{i}", "text": f"a{c}b", c: "key"} for i, c in enumerate(LINE_BREAKS)]
+    written = "".join(jsonl.line(r) for r in records)
+    assert len(written.splitlines()) == len(records)  # a reader that splits on any line break sees one per record
+    assert [r for _, r in jsonl.parse(written)] == records
+    path = tmp_path / "r.jsonl"
+    jsonl.write_records(path, records)
+    assert jsonl.read_records(path) == records
+    with jsonl.appending(path) as write:
+        write({"id": "last", "text": "\u2028"})
+    assert list(jsonl.resume(path, jsonl.Kind("test", ("id", "text")))) == [*(r["id"] for r in records), "last"]
+
+
+def test_jsonl_lines_end_at_line_feeds_only():
+    # Written by another tool with raw separators inside strings: still one record a line.
+    text = '{"a": "x\u2028y"}\r\n\n{"a": "\x85"}\n'
+    assert list(jsonl.parse(text)) == [(1, {"a": "x\u2028y"}), (3, {"a": "\x85"})]
+
+
+# Any text: every code point, lone surrogates (what json.loads makes of "\ud800") included, and often those
+# that readers split lines on or that UTF-8 cannot encode.
+ANY_TEXT = st.text(st.characters(exclude_categories=()) | st.sampled_from(LINE_BREAKS + "\ud800\udfff"), max_size=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(records=st.lists(st.dictionaries(ANY_TEXT, JSON_VALUES, max_size=4), max_size=4))
+@example(records=[{"\ud800": ["\udfff\u2028"], "id": "\x85"}, {}])  # every time, whatever is drawn
+def test_jsonl_reads_back_what_it_writes_for_any_text(records):
+    written = "".join(jsonl.line(record) for record in records)
+    assert len(written.splitlines()) == written.count("\n") == len(records)  # one line a record, for any reader
+    assert [record for _, record in jsonl.parse(written)] == records
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "r.jsonl"
+        jsonl.write_records(path, records)  # UTF-8: a lone surrogate would not encode
+        assert jsonl.read_records(path, required=()) == records
+
+
+def test_resume_reads_back_only_records_of_its_kind(tmp_path):
+    kind = jsonl.Kind("response", ("id", "response"), excluded=("text",))
+    path = tmp_path / "out.jsonl"
+    path.write_text(json.dumps({"id": "a", "response": "r", "text": "t"}) + "\n")
+    with pytest.raises(jsonl.RecordsError, match=r"out\.jsonl:1: the record has field 'text', which response"):
+        jsonl.resume(path, kind)
+    path.write_text(json.dumps({"id": 1, "response": "r"}) + "\n")
+    with pytest.raises(jsonl.RecordsError, match=r"out\.jsonl:1: the record's id is not a string"):
+        jsonl.resume(path, kind)
+    cut = json.dumps({"id": "a", "response": "r"}) + "\n" + '{"id": "b", "resp'
+    path.write_text(cut)
+    assert list(jsonl.resume(path, kind)) == ["a"] and path.read_text() == cut[: cut.index("\n") + 1]
 
 
 def test_record_rejects_unknown_split() -> None:

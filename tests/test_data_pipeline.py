@@ -24,7 +24,7 @@ from pastac.data.command import add_parser
 from pastac.data.filtering import filter_file
 from pastac.data.importing import import_pairs
 from pastac.data.responses import HFResponder, round_robin, write_responses
-from pastac.data.step import PipelineError
+from pastac.data.step import RESPONSE_RECORDS, PipelineError
 from pastac.ir.lengths import tokenizer_length
 from pastac.jsonl import read_records, resume
 from pastac.models import random_model, tiny_tokenizer
@@ -204,11 +204,61 @@ def read_records_text(text: str) -> list[dict[str, Any]]:
 
 def test_resume_drops_a_line_cut_short_by_a_crash(tmp_path):
     out = tmp_path / "r.jsonl"
-    out.write_text('{"id": "a", "response": "x"}\n{"id": "b", "resp')
-    assert list(resume(out)) == ["a"]
-    assert out.read_text() == '{"id": "a", "response": "x"}\n'
-    out.write_text('{"id": "a"}\n{"id": "b"}')  # whole, only the line feed is missing
-    assert list(resume(out)) == ["a", "b"] and out.read_text().endswith("}\n")
+    a = '{"id": "a", "prompt": "p", "response": "x", "finished": true}\n'
+    out.write_text(a + '{"id": "b", "resp')
+    assert list(resume(out, RESPONSE_RECORDS)) == ["a"]
+    assert out.read_text() == a
+    out.write_text(a + a.replace('"a"', '"b"').rstrip("\n"))  # whole, only the line feed is missing
+    assert list(resume(out, RESPONSE_RECORDS)) == ["a", "b"] and out.read_text().endswith("}\n")
+
+
+NOTES = b"Notes for Monday:\n- call Ana\n- fix the bike!"  # 44 bytes, the last line unterminated
+
+
+@pytest.mark.parametrize("step", ["prompts", "responses", "import", "annotate"])
+def test_a_step_never_truncates_a_file_that_is_not_its_own(capsys, tmp_path, model_dir, step):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_records(2))
+    responses = write_jsonl(
+        tmp_path / "responses.jsonl",
+        [{"id": "a", "prompt": "p", "response": LIST_RESPONSE, "model": "m", "finished": True}],
+    )
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"instruction": "Say hi.", "output": "Hi."}])
+    argv = {
+        "prompts": [],
+        "responses": ["--prompts", str(prompts), "--model", model_dir, "--max-new-tokens", "2"],
+        "import": [str(pairs)],
+        "annotate": ["--responses", str(responses), "--tokenizer-model", model_dir],
+    }[step]
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(NOTES)
+    code, stdout, err = cli(capsys, "data", step, *argv, "--out", str(notes), "-q")
+    assert notes.read_bytes() == NOTES
+    assert (code, stdout) == (2, ""), err
+    assert f"{notes}:1: invalid JSON" in err and "name another file (it is left as it was)" in err
+    notes.write_bytes(NOTES.replace(b"\n", b" "))  # one unterminated line: no record cut short either
+    code, _, err = cli(capsys, "data", step, *argv, "--out", str(notes), "-q")
+    assert notes.read_bytes() == NOTES.replace(b"\n", b" ")
+    assert code == 2 and f"{notes}:1: not a JSON record" in err
+
+
+def test_a_step_goes_on_only_with_records_of_its_kind(capsys, tmp_path, model_dir):
+    responses = write_jsonl(
+        tmp_path / "responses.jsonl",
+        [{"id": "a", "prompt": "p", "response": LIST_RESPONSE, "model": "m", "finished": True}],
+    )
+    other = tmp_path / "other-responses.jsonl"
+    other.write_bytes(responses.read_bytes())
+    before = other.read_bytes()
+    code, _, err = cli(
+        capsys, "data", "annotate", "--responses", str(responses), "--out", str(other), "--tokenizer-model", model_dir
+    )
+    assert code == 2 and f"{other}:1: the record has no field 'text', 'annotator'" in err
+    assert "is not a file of annotated records" in err and other.read_bytes() == before
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_records(2))
+    before = prompts.read_bytes()
+    code, _, err = cli(capsys, "data", "responses", "--prompts", str(prompts), "--out", str(prompts), "-q")
+    assert code == 2 and f"--out '{prompts}' is --prompts '{prompts}', which this command reads" in err
+    assert prompts.read_bytes() == before
 
 
 def test_responses_command_resumes(capsys, tmp_path, model_dir):
@@ -280,6 +330,17 @@ def test_import_alpaca_and_sharegpt_records(capsys, tmp_path):
     code, stdout, _ = cli(capsys, "data", "import", str(source), "--out", str(out))
     assert code == 0 and "0 written, 3 already done" in stdout
     assert len(read_records(out)) == 3
+
+
+def test_imported_text_with_line_separators_reads_back(tmp_path):
+    source = tmp_path / "pairs.jsonl"
+    pair = {"instruction": "Say\u2028hi.", "output": "Hi\x85there\u2029."}
+    source.write_text(json.dumps(pair, ensure_ascii=False) + "\n", encoding="utf-8")  # raw separators
+    out = tmp_path / "r.jsonl"
+    assert import_pairs(source, out).written == 1
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 1  # escaped: one line for any reader
+    [record] = read_records(out)
+    assert (record["prompt"], record["response"]) == ("Say\u2028hi.", "Hi\x85there\u2029.")
 
 
 def test_import_with_named_fields(tmp_path):
@@ -445,6 +506,65 @@ def test_filter_and_card_commands(capsys, annotated, tmp_path):
     assert code == 0 and stdout == card
 
 
+def test_filter_never_writes_over_its_input(capsys, annotated, tmp_path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    train = splits / "train.jsonl"
+    train.write_bytes(annotated.read_bytes())  # the annotated file, kept where its split will go
+    before = train.read_bytes()
+    code, stdout, err = cli(
+        capsys,
+        "data",
+        "filter",
+        "--annotated",
+        str(train),
+        "--out",
+        str(tmp_path / "d.jsonl"),
+        "--split-dir",
+        str(splits),
+    )
+    assert train.read_bytes() == before and not (tmp_path / "d.jsonl").exists()  # refused before writing anything
+    assert (code, stdout) == (2, "")
+    assert f"--split-dir's train.jsonl '{train}' is --annotated '{train}', which this command reads" in err
+    code, _, err = cli(capsys, "data", "filter", "--annotated", str(annotated), "--out", str(annotated))
+    assert code == 2 and "which this command reads" in err
+    code, _, err = cli(
+        capsys,
+        "data",
+        "filter",
+        "--annotated",
+        str(annotated),
+        "--out",
+        str(splits / "test.jsonl"),
+        "--split-dir",
+        str(splits),
+    )
+    assert code == 2 and "are one file" in err
+
+
+def test_filter_and_card_replace_their_own_outputs_only(capsys, annotated, tmp_path):
+    data, notes = tmp_path / "data.jsonl", tmp_path / "notes.jsonl"
+    notes.write_text('{"my": "notes"}\n')
+    filter_ = ["data", "filter", "--annotated", str(annotated), "--split-dir", str(tmp_path)]
+    assert cli(capsys, *filter_, "--out", str(data))[0] == 0
+    assert cli(capsys, *filter_, "--out", str(data))[0] == 0  # its own outputs: replaced
+    code, _, err = cli(capsys, *filter_, "--out", str(notes))
+    assert code == 2 and f"--out '{notes}' exists and is not a dataset of pastac data filter" in err
+    assert "--force" in err and notes.read_text() == '{"my": "notes"}\n'
+    assert cli(capsys, *filter_, "--out", str(notes), "--force")[0] == 0
+    assert len(read_records(notes)) == 3
+    readme = tmp_path / "README.md"
+    readme.write_text("# My dataset\n\nNotes I wrote by hand.\n")
+    code, _, err = cli(capsys, "data", "card", "--data", str(data), "--out", str(readme))
+    assert code == 2 and f"--out '{readme}' exists and is not a data card" in err and "--force" in err
+    assert readme.read_text().startswith("# My dataset")
+    assert cli(capsys, "data", "card", "--data", str(data), "--out", str(readme), "--force")[0] == 0
+    assert readme.read_text().startswith("# Data card: ")
+    assert cli(capsys, "data", "card", "--data", str(data), "--out", str(readme))[0] == 0  # now a card: replaced
+    code, _, err = cli(capsys, "data", "card", "--data", str(data), "--out", str(data))
+    assert code == 2 and "which this command reads" in err and len(read_records(data)) == 3
+
+
 def test_structural_annotator_counts_tokens_with_the_callable(tmp_path):
     responses = write_jsonl(tmp_path / "r.jsonl", [{"id": "a", "prompt": "p", "response": LIST_RESPONSE}])
     calls: list[str] = []
@@ -497,7 +617,9 @@ def test_structural_annotator_counts_tokens_with_the_callable(tmp_path):
         ),
         (["build", "--out", "{tmp}/d", "--annotator", "llm"], "--annotator llm needs --url"),
         (["responses", "--prompts", "{tmp}/bad.jsonl", "--out", "{tmp}/r.jsonl"], "invalid JSON"),
-        (["filter", "--annotated", "{tmp}/r.jsonl", "--out", "{tmp}/r.jsonl"], "is the input file"),
+        (["filter", "--annotated", "{tmp}/r.jsonl", "--out", "{tmp}/r.jsonl"], "which this command reads"),
+        (["import", "{tmp}/r.jsonl", "--out", "{tmp}/./r.jsonl"], "which this command reads"),
+        (["annotate", "--responses", "{tmp}/r.jsonl", "--out", "{tmp}/r.jsonl"], "which this command reads"),
         (["responses", "--prompts", "{tmp}/r.jsonl", "--out", "{tmp}/x.jsonl", "--batch-size", "0"], "must be"),
     ],
 )
@@ -576,6 +698,18 @@ def test_build_runs_every_step_and_resumes(capsys, tmp_path, model_dir):
     assert code == 0, err
     assert "responses: 0 written, 4 already done" in stdout and "annotate: 0 written, 4 already done" in stdout
     assert (folder / "responses.jsonl").read_text() == responses
+
+
+def test_build_writes_only_into_a_folder_of_its_own(capsys, tmp_path):
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "README.md").write_text("# project\n")
+    argv = ["data", "build", "--out", str(checkout), "--model", str(tmp_path / "no-model"), "-q"]
+    code, _, err = cli(capsys, *argv)  # refused before the model loads
+    assert code == 2 and f"--out '{checkout}' holds files and is not a dataset folder of pastac data build" in err
+    assert "--force" in err and [p.name for p in checkout.iterdir()] == ["README.md"]
+    code, _, err = cli(capsys, *argv, "--force")  # accepted: the model is the next problem
+    assert code == 2 and "no-model" in err and "holds files" not in err
 
 
 def test_card_without_a_filter_log(tmp_path):

@@ -451,3 +451,39 @@ def test_cli_errors(capsys, monkeypatch, tmp_path, data, model_dir, argv, messag
     assert code == 2 and out == ""
     assert err.startswith("pastac: error: ") and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_training_writes_only_into_an_adapter_folder(capsys, monkeypatch, tmp_path, data):
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "README.md").write_text("# project\n")
+    options = TrainOptions(max_steps=1, target_modules=LEARNABLE)
+    with pytest.raises(TrainError, match=f"--out '{checkout}' holds files and is not an adapter folder.*--force"):
+        train(tiny(), tiny_tokenizer(), data, checkout, options, progress=False)
+    assert [p.name for p in checkout.iterdir()] == ["README.md"] and (
+        checkout / "README.md"
+    ).read_text() == "# project\n"
+    argv = [str(data), "--out", str(checkout), "--model", str(tmp_path / "no-model"), "-q"]
+    code, out, err = run_train(capsys, monkeypatch, *argv)  # refused before the model loads
+    assert (code, out) == (2, "") and "holds files and is not an adapter folder" in err and "--force" in err
+    code, _, err = run_train(capsys, monkeypatch, *argv, "--force")  # accepted: the model is the next problem
+    assert code == 2 and "no-model" in err and "holds files" not in err
+    train(tiny(), tiny_tokenizer(), data, checkout, options, progress=False, force=True)
+    assert (checkout / "pastac.json").is_file() and (checkout / "README.md").read_text().startswith("# checkout")
+    again = train(tiny(), tiny_tokenizer(), data, checkout, options, progress=False)  # its own folder now
+    assert again.resumed_from == 1
+
+
+def test_a_final_file_that_cannot_be_written_is_an_error_and_the_checkpoint_stays(tmp_path, data):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pastac.json").write_text("{}")  # the folder of an earlier run
+    (out / "README.md").mkdir()  # in the way of the model card
+    options = TrainOptions(max_steps=1, target_modules=LEARNABLE)
+    with pytest.raises(TrainError, match=r"cannot write '.*README\.md': it is a folder \(the checkpoint is kept"):
+        train(tiny(), tiny_tokenizer(), data, out, options, progress=False)
+    assert (out / "checkpoint" / "state.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file is left
+    (out / "README.md").rmdir()
+    assert train(tiny(), tiny_tokenizer(), data, out, options, progress=False).resumed_from == 1
+    assert (out / "README.md").read_text().startswith("# out")

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pastac.grammar.parser import DEFAULT_MAX_DEPTH
+from pastac.output import write_text
 from pastac.passes.positions import Policy, PositionOptions
 
 SETTINGS_FILE = "pastac.json"
@@ -113,14 +113,8 @@ class AdapterSettings:
             raise SettingsError(f"{path}: {error}") from None
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
-        """Write the settings file into ``folder`` (atomically: a reader never sees half of it)."""
+        """Write the settings file into ``folder`` (atomically: a reader never sees half of it; ``pastac.output``'s
+        ``OutputError`` when it cannot be written)."""
         path = Path(folder) / SETTINGS_FILE
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{SETTINGS_FILE}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(json.dumps(self.to_json(), indent=2) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
         return path

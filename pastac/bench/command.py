@@ -1,8 +1,11 @@
 """``pastac bench``: the strategies side by side on the replay suite, with the calibrated bound.
 
 Prints tables (or ``--json``); ``--plot DIR`` draws the pictures; ``--out DIR``
-writes report.json, report.txt and the pictures there.  Exit status: 0 done,
-2 usage error, unreadable suite or a model that cannot be used.
+writes report.json, report.txt and the pictures there, each file atomically.
+``--out`` must be new, empty or a report folder of pastac bench (``--force``
+for another), checked before anything runs.  Exit status: 0 done, 2 usage
+error, unreadable suite, an output that may not or cannot be written, or a
+model that cannot be used.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, positive
-from pastac.cli.options import kernel_options, model_options
+from pastac.cli.options import force_option, kernel_options, model_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as one JSON object instead of tables")
     out.add_argument("--plot", metavar="DIR", help="write measured_vs_theoretical.png and step_cost.png here")
-    out.add_argument("--out", metavar="DIR", help="write report.json, report.txt and the pictures here")
+    out.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write report.json, report.txt and the pictures here: a new or empty folder, or one of an earlier "
+        "report (replaced)",
+    )
+    force_option(out, outputs="into --out")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=bench_command)
 
@@ -108,10 +117,22 @@ def bench_command(args: argparse.Namespace, out: TextIO) -> int:
     import torch
     from rich.console import Console
 
-    from pastac.bench.report import plot, print_report
+    from pastac.bench.report import PICTURES, REPORT_FILES, check_report_folder, plot, print_report, write_report
     from pastac.bench.run import QUICK, BenchOptions, run_bench
-    from pastac.bench.suite import SuiteError, load_suite, quick_selection, spread_selection
+    from pastac.bench.suite import SUITE, SuiteError, load_suite, quick_selection, spread_selection
+    from pastac.output import OutputError, refuse_input
 
+    try:  # before anything runs: a refused folder costs nothing
+        for option, folder, names in (
+            ("--out", args.out, REPORT_FILES),
+            ("--plot", args.plot, PICTURES),
+        ):
+            for name in names if folder else ():
+                refuse_input(Path(folder) / name, [("--suite", args.suite or SUITE)], what=f"{option}'s {name}")
+        if args.out:
+            check_report_folder(args.out, force=args.force)
+    except OutputError as error:
+        raise UsageError(str(error)) from None
     try:
         responses = load_suite(args.suite)
     except SuiteError as error:
@@ -161,17 +182,12 @@ def bench_command(args: argparse.Namespace, out: TextIO) -> int:
         out.write(json.dumps(report, indent=2) + "\n")
     else:
         print_report(report, Console(file=out, width=200))
-    folders = [Path(d) for d in (args.plot, args.out) if d]
     try:
-        for folder in folders:
-            paths = plot(report, folder)
-            if not args.quiet:
-                print(f"pastac: wrote {', '.join(map(str, paths))}", file=sys.stderr)
-        if args.out:
-            folder = Path(args.out)
-            (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            with (folder / "report.txt").open("w", encoding="utf-8") as text:
-                print_report(report, Console(file=text, width=200, color_system=None))
-    except OSError as error:
+        written = write_report(report, args.out) if args.out else []
+        if args.plot:
+            written += plot(report, args.plot)
+    except OutputError as error:
         raise UsageError(f"cannot write the report: {error}") from None
+    if written and not args.quiet:
+        print(f"pastac: wrote {', '.join(map(str, written))}", file=sys.stderr)
     return EXIT_OK

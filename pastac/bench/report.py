@@ -1,12 +1,27 @@
-"""The benchmark report as tables (rich) and pictures (matplotlib)."""
+"""The benchmark report as tables (rich) and pictures (matplotlib), and its folder.
+
+A report folder holds ``REPORT_FILES``; ``report.json`` is written first, so that a folder holding it is one
+(``is_report_folder``) that a later report may replace. Every file is written atomically (``pastac.output``).
+"""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from pastac.output import atomic, check_folder, make_folder, write_text
+
+#: the report's JSON, first of the files of a report folder
+REPORT = "report.json"
+#: the pictures ``plot`` draws
+PICTURES = ("measured_vs_theoretical.png", "step_cost.png")
+#: the files ``write_report`` writes into its folder
+REPORT_FILES = (REPORT, "report.txt", *PICTURES)
 
 #: the ratios the tables show (all of them are in the JSON)
 SHOWN = (
@@ -123,15 +138,41 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         console.print(table)
 
 
+def is_report_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a report of ``write_report``: a ``report.json`` with its machine and results."""
+    try:
+        report = json.loads((folder / REPORT).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"machine", "results"} <= report.keys()
+
+
+def check_report_folder(folder: str | Path, *, force: bool = False) -> None:
+    """Refuse a ``folder`` that holds files and is not a report folder (``is_report_folder``), unless ``force``
+    (``pastac.output.OutputError``)."""
+    check_folder(folder, ours=is_report_folder, what="a report folder of pastac bench", force=force, name="--out")
+
+
+def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
+    """Write ``REPORT_FILES`` into ``folder`` (created): the JSON, the tables as text, the pictures; return
+    their paths."""
+    folder = make_folder(folder)
+    write_text(folder / REPORT, json.dumps(report, indent=2) + "\n")
+    text = io.StringIO()
+    print_report(report, Console(file=text, width=200, color_system=None))
+    write_text(folder / "report.txt", text.getvalue())
+    return [folder / REPORT, folder / "report.txt", *plot(report, folder)]
+
+
 def plot(report: dict[str, Any], folder: str | Path) -> list[Path]:
-    """Write measured_vs_theoretical.png and step_cost.png into ``folder``; return their paths."""
+    """Write measured_vs_theoretical.png and step_cost.png (``PICTURES``) into ``folder`` (created), each
+    replaced atomically; return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder)
     results = [r for r in report["results"] if "bound" in r and "pasta_vs_sequential" in r["speedup"]]
     m = report["machine"]
     label = f"{m['model']}, {m['dtype']}, {m['device']}"
@@ -156,7 +197,7 @@ def plot(report: dict[str, Any], folder: str | Path) -> list[Path]:
             "theoretical speedup (tokens / steps)",
             "speedup",
             f"measured vs theoretical speedup per response\n{label}",
-            folder / "measured_vs_theoretical.png",
+            folder / PICTURES[0],
         )
     )
     cal = report["calibration"]
@@ -171,7 +212,7 @@ def plot(report: dict[str, Any], folder: str | Path) -> list[Path]:
             "threads decoding in the step",
             "ms per step",
             f"step cost vs threads\n{label}",
-            folder / "step_cost.png",
+            folder / PICTURES[1],
         )
     )
     return paths
@@ -185,6 +226,9 @@ def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic(path, binary=True) as file:
+            fig.savefig(file, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return path

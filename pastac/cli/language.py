@@ -1,20 +1,22 @@
 """The language commands: ``check``, ``render``, ``fmt``, ``plan``, ``graph`` and ``stats``.
 
 Argument parsing only; the work is in the library (``pastac.grammar``, ``pastac.report`` for figures,
-``pastac.viz`` for pictures and tables).  ``stats`` counts invalid records instead of failing on them.
+``pastac.viz`` for pictures and tables).  ``stats`` counts invalid records instead of failing on them.  Files
+are written through ``pastac.output``: ``fmt --write`` and ``graph -o`` replace their file atomically, and
+``graph -o`` refuses to write over the document it reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
-from pastac import jsonl
+from pastac import jsonl, output
 from pastac.cli.common import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, UsageError, read_input
 from pastac.cli.options import depth_option, position_options, width_options
 from pastac.grammar import DEFAULT_MAX_DEPTH, ParseResult, Severity, check, render, to_source
@@ -187,11 +189,16 @@ def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"would reformat {path}", file=sys.stderr)
                 status = max(status, EXIT_ERRORS)
         elif args.write:
-            if canonical != text and path != "-":
-                Path(path).write_bytes(canonical.encode("utf-8"))
-                print(f"reformatted {path}", file=sys.stderr)
-            elif path == "-":
+            if path == "-":
                 out.write(canonical)
+            elif canonical != text:
+                try:
+                    output.write_bytes(path, canonical.encode("utf-8"))
+                except output.OutputError as error:
+                    print(f"pastac: error: {error}", file=sys.stderr)
+                    status = max(status, EXIT_USAGE)
+                    continue
+                print(f"reformatted {path}", file=sys.stderr)
         else:
             out.write(canonical)
     return status
@@ -238,6 +245,11 @@ def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"--format {args.format} writes a picture: name the file with --output FILE")
     if args.view is not None and not picture:
         raise UsageError("--view applies to --format png and svg")
+    if args.output:
+        try:
+            output.refuse_input(args.output, [("FILE", args.file)], what="--output")
+        except output.OutputError as error:
+            raise UsageError(str(error)) from None
     got = _document(args)
     if isinstance(got, int):
         return got
@@ -245,7 +257,7 @@ def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
     if picture and args.view == "graph":
         try:
             render_dot(to_dot(graph, label), args.format, args.output)
-        except GraphvizMissing as error:
+        except (GraphvizMissing, RuntimeError, output.OutputError) as error:
             raise UsageError(str(error)) from None
         return EXIT_OK
     if picture:
@@ -254,8 +266,9 @@ def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
         from pastac.viz.terminal import show, thread_tree
 
         if args.output:
-            with _open_output(args.output) as file:
-                show(file, thread_tree(graph))
+            buffer = io.StringIO()
+            show(buffer, thread_tree(graph))
+            _write_output(args.output, buffer.getvalue())
         else:
             show(out, thread_tree(graph))
         return EXIT_OK
@@ -271,18 +284,17 @@ def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
         case _:
             raise AssertionError(args.format)
     if args.output:
-        with _open_output(args.output) as file:
-            file.write(text)
+        _write_output(args.output, text)
     else:
         out.write(text)
     return EXIT_OK
 
 
-def _open_output(path: str) -> TextIO:
+def _write_output(path: str, text: str) -> None:
     try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"cannot write '{path}': {error.strerror}") from None
+        output.write_text(path, text)
+    except output.OutputError as error:
+        raise UsageError(str(error)) from None
 
 
 def _timeline(args: argparse.Namespace, graph: ThreadGraph, label: str) -> int:
@@ -297,8 +309,8 @@ def _timeline(args: argparse.Namespace, graph: ThreadGraph, label: str) -> int:
         if error.name != "matplotlib" and not (error.name or "").startswith("matplotlib."):
             raise
         raise UsageError("the timeline needs matplotlib: pip install matplotlib") from None
-    except OSError as error:
-        raise UsageError(f"cannot write '{args.output}': {error.strerror}") from None
+    except output.OutputError as error:
+        raise UsageError(str(error)) from None
     return EXIT_OK
 
 

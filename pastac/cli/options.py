@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from pastac.cli.common import count, escaped, number, positive
+from pastac.output import FORCE
 from pastac.passes.positions import Policy, PositionOptions
 from pastac.passes.resolution_order import Order
 from pastac.runtime.options import PENALTY_SCOPES, SamplingOptions
@@ -107,6 +108,17 @@ def budget_options(
         default=Limits().max_thread_tokens,
         metavar="N",
         help="a cap on each thread's own tokens (default: none besides the answer's budget)",
+    )
+
+
+def force_option(group: Group, *, outputs: str) -> None:
+    """--force (``pastac.output.FORCE``): write ``outputs`` (in the command's words: "into --out") even where a
+    file or folder there is not pastac's own output of that kind, which is refused by default."""
+    group.add_argument(
+        FORCE,
+        action="store_true",
+        help=f"write {outputs} even where a file or folder there is not pastac's own output of that kind "
+        "(refused by default; only files of the names pastac writes are replaced)",
     )
 
 

@@ -17,12 +17,14 @@ Every step reads and writes JSONL (``pastac.jsonl``) and is keyed by the records
 
 The generating steps resume: records of the output file whose id is done are kept and skipped, and a line
 cut short by a crash is dropped, so re-running a command after an interruption loses at most one batch.
-``filter`` and ``card`` are cheap and rewrite their output.  Problems with the inputs raise
+``filter`` and ``card`` are cheap and rewrite their output.  ``build_dataset`` writes only into a new or empty
+folder or one it built before (``is_build_folder``), unless forced.  Problems with the inputs and outputs raise
 ``PipelineError`` (``pastac.data.step``; the command line reports them as usage errors).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,8 +35,9 @@ from pastac.data.card import BUILD_SETTINGS, card_file
 from pastac.data.filtering import FilterResult, filter_file, filter_summary
 from pastac.data.prompts import DEFAULT_SEED, write_prompts
 from pastac.data.responses import Responder, write_responses
-from pastac.data.step import PipelineError
-from pastac.jsonl import read_records
+from pastac.data.step import PROMPT_RECORDS, writing
+from pastac.jsonl import holds, read_records
+from pastac.output import check_folder, make_folder, write_text
 
 #: The files ``build_dataset`` writes in its folder.
 BUILD_FILES = {
@@ -45,6 +48,24 @@ BUILD_FILES = {
     "card": "CARD.md",
     "settings": BUILD_SETTINGS,
 }
+
+
+def is_build_folder(folder: Path) -> bool:
+    """Whether ``folder`` is one that ``build_dataset`` wrote into: it holds its settings or its prompts."""
+    settings = folder / BUILD_FILES["settings"]
+    with contextlib.suppress(OSError, ValueError):
+        if isinstance(json.loads(settings.read_bytes()), dict):
+            return True
+    prompts = folder / BUILD_FILES["prompts"]
+    return prompts.is_file() and holds(prompts, PROMPT_RECORDS)
+
+
+def check_build_folder(folder: str | Path, *, force: bool = False) -> None:
+    """Refuse a ``folder`` that holds files and is not one ``build_dataset`` wrote into, unless ``force``."""
+    with writing():
+        check_folder(
+            folder, ours=is_build_folder, what="a dataset folder of pastac data build", force=force, name="--out"
+        )
 
 
 def build_dataset(
@@ -59,18 +80,20 @@ def build_dataset(
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
     report: Callable[[str], None] = lambda line: None,
+    force: bool = False,
 ) -> FilterResult:
     """All steps into ``folder`` (the files of ``BUILD_FILES``, the filter log and one file per split), each
-    resuming from what the folder already holds; ``report`` receives a line per step."""
+    resuming from what the folder already holds; ``report`` receives a line per step.  A folder that holds
+    files and is not one built before is refused (``check_build_folder``) unless ``force``, which also lets the
+    filter and the card replace files of their names."""
     folder = Path(folder)
+    check_build_folder(folder, force=force)
     files = {key: folder / name for key, name in BUILD_FILES.items()}
     if settings is not None:
         write_settings = dict(settings) | {"seed": seed, "batch_size": batch_size, "limit": limit}
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            files["settings"].write_text(json.dumps(write_settings, indent=2) + "\n", encoding="utf-8")
-        except OSError as error:
-            raise PipelineError(f"cannot write '{files['settings']}': {error.strerror or error}") from None
+        with writing():
+            make_folder(folder)
+            write_text(files["settings"], json.dumps(write_settings, indent=2) + "\n")
     report(write_prompts(files["prompts"], seed).line())
     prompts = read_records(files["prompts"], required=("id", "prompt"))
     report(
@@ -91,9 +114,9 @@ def build_dataset(
             responses, files["annotated"], annotator, progress=progress, source=str(files["responses"])
         ).line()
     )
-    result = filter_file(files["annotated"], files["data"], split_dir=folder)
+    result = filter_file(files["annotated"], files["data"], split_dir=folder, force=force)
     for line in filter_summary(result.log):
         report(f"filter: {line.strip()}")
-    card_file(files["data"], files["card"])
+    card_file(files["data"], files["card"], force=force)
     report(f"card: -> {files['card']}")
     return result

@@ -3,7 +3,8 @@
 The card is drawn from the records themselves (sizes per split and category, fork rates, the figures of
 ``pastac stats``), from the filter log when there is one (what was dropped and why, who generated and
 annotated the records) and from the build settings beside the data when there are some (how to reproduce
-it). It is cheap and rewritten on every run; the same inputs give the same card.
+it). It is cheap and rewritten on every run, atomically; the same inputs give the same card. An existing file
+is replaced only when it is a data card (``is_data_card``) or when forced.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import Any
 
 from pastac.data.filtering import DROP_REASONS, filter_log_path, percent
 from pastac.data.prompts import CATEGORIES, DEFAULT_SEED, FORKABLE, SPLITS
-from pastac.data.step import PipelineError
+from pastac.data.step import PipelineError, writing
 from pastac.files import problem
 from pastac.grammar import check
 from pastac.jsonl import Record, read_records
+from pastac.output import check_file, make_folder, refuse_input, write_text
 
 #: The build settings the card reads in the data's folder, when present (``build_dataset`` writes them).
 BUILD_SETTINGS = "build.json"
+#: How a card begins.
+CARD_TITLE = "# Data card: "
 
 
 def _number(value: float | None, digits: int = 2) -> str:
@@ -88,7 +92,7 @@ def data_card(
     stats, per_category = _figures(records)
     categories = _ordered_categories(records)
     builtin = [c for c in categories if c in FORKABLE]
-    lines = [f"# Data card: {name}", ""]
+    lines = [f"{CARD_TITLE}{name}", ""]
     lines += [
         f"Pasta-Lang training data for learned asynchronous decoding: {len(records)} prompt/response "
         'pairs whose responses are written with `<promise topic=".." tokens=".."/>`, `<async>…</async>` '
@@ -254,13 +258,32 @@ def data_card(
     return "\n".join(lines)
 
 
-def card_file(data: str | Path, out: str | Path | None = None, *, filter_log: str | Path | None = None) -> str:
+def is_data_card(path: Path) -> bool:
+    """Whether the file ``path`` begins as ``data_card`` writes a card."""
+    try:
+        with path.open("rb") as file:
+            return file.read(len(CARD_TITLE.encode())) == CARD_TITLE.encode()
+    except OSError:
+        return False
+
+
+def card_file(
+    data: str | Path, out: str | Path | None = None, *, filter_log: str | Path | None = None, force: bool = False
+) -> str:
     """The data card of a filtered dataset file: reads the filter log (``filter_log``, else ``D.filter.json``
     beside it when present) and the build settings (``build.json`` in its folder, when present); writes the
-    card to ``out`` when given and returns it."""
+    card to ``out`` when given and returns it. ``out`` may be none of those files, and an existing ``out`` that
+    is not empty is replaced only when it is a data card, or with ``force``."""
     data = Path(data)
-    records = read_records(data, required=("id", "prompt", "text"))
     log_path = Path(filter_log) if filter_log is not None else filter_log_path(data)
+    settings_path = data.parent / BUILD_SETTINGS
+    if out is not None:
+        with writing():
+            log_name = "--filter-log" if filter_log is not None else "the filter log"
+            inputs = [("--data", data), (log_name, log_path), ("the build settings", settings_path)]
+            refuse_input(out, inputs, what="--out")
+            check_file(out, ours=is_data_card, what="a data card of pastac data card", force=force, name="--out")
+    records = read_records(data, required=("id", "prompt", "text"))
     log = None
     if filter_log is not None or log_path.is_file():
         try:
@@ -272,16 +295,13 @@ def card_file(data: str | Path, out: str | Path | None = None, *, filter_log: st
         if not isinstance(log, dict) or not {"records", "kept", "dropped"} <= log.keys():
             raise PipelineError(f"'{log_path}' is not a filter log written by pastac data filter")
     settings = None
-    settings_path = data.parent / BUILD_SETTINGS
     if settings_path.is_file():
         with contextlib.suppress(OSError, ValueError):
             loaded = json.loads(settings_path.read_text(encoding="utf-8"))
             settings = loaded if isinstance(loaded, dict) else None
     card = data_card(records, name=data.parent.name if data.parent.name else data.stem, log=log, settings=settings)
     if out is not None:
-        try:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(card, encoding="utf-8")
-        except OSError as error:
-            raise PipelineError(f"cannot write '{out}': {error.strerror or error}") from None
+        with writing():
+            make_folder(Path(out).parent)
+            write_text(out, card)
     return card

@@ -3,9 +3,11 @@
 Steps: ``prompts`` (the built-in prompt set), ``responses`` (the base model's answers, batched) or
 ``import`` (pairs of one's own), ``annotate`` (Pasta-Lang tags), ``filter`` (valid, finished, non-empty
 records; splits), ``card`` (a Markdown data card); ``build`` runs them all into one folder.  The generating
-steps resume where they stopped (records are keyed by id).  A line per step goes to standard output,
-progress bars to standard error (not with -q).  Exit status: 0 done, 2 usage error, an unreadable input, a
-model that cannot be used or an annotator that fails (what was written is kept), 130 interrupted.
+steps resume where they stopped (records are keyed by id), and go on only with a file of their own records;
+``filter``, ``card`` and ``build`` replace or write into only what is theirs, unless ``--force``.  A line per
+step goes to standard output, progress bars to standard error (not with -q).  Exit status: 0 done, 2 usage
+error, an unreadable input, an output that may not or cannot be written, a model that cannot be used or an
+annotator that fails (what was written is kept), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pastac.cli.common import UsageError, positive
 from pastac.cli.options import (
     budget_options,
     device_options,
+    force_option,
     model_options,
     repetition_penalty_option,
     temperature_option,
@@ -181,6 +185,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--annotated", required=True, metavar="FILE.jsonl")
     s.add_argument("--out", required=True, metavar="FILE.jsonl")
     s.add_argument("--split-dir", metavar="DIR", help="also write train.jsonl, validation.jsonl and test.jsonl here")
+    force_option(s, outputs="--out, its .filter.json and the split files")
     s.set_defaults(run=_handled(_cmd_filter))
 
     s = steps.add_parser(
@@ -194,6 +199,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, metavar="FILE.jsonl")
     s.add_argument("--out", metavar="CARD.md", help="write here (default: standard output)")
     s.add_argument("--filter-log", metavar="FILE.json", help="default: DATA's .filter.json, when there is one")
+    force_option(s, outputs="--out")
     s.set_defaults(run=_handled(_cmd_card))
 
     s = steps.add_parser(
@@ -201,9 +207,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         parents=[quiet],
         help="all steps into one folder (resumable)",
         description="Run prompts, responses, annotate, filter (with the splits) and card into "
-        "DIR. Re-running the same command resumes where it stopped.",
+        "DIR. Re-running the same command resumes where it stopped. DIR must be new, empty or a "
+        "folder this command built (--force to write into another one).",
     )
     s.add_argument("--out", required=True, metavar="DIR")
+    force_option(s, outputs="into --out")
     s.add_argument("--seed", type=int, default=None, metavar="N", help="another prompt set (default: the fixed one)")
     _generation_arguments(s)
     _annotator_arguments(s, tokenizer=False)
@@ -215,10 +223,11 @@ def _handled(step: Handler) -> Handler:
 
     def handler(args: argparse.Namespace, out: TextIO) -> int:
         from pastac.data.step import PipelineError
+        from pastac.output import OutputError
 
         try:
             return step(args, out)
-        except PipelineError as error:
+        except (PipelineError, OutputError) as error:
             raise UsageError(str(error)) from None
         except KeyboardInterrupt:
             print("pastac: interrupted; what was written is kept: run the same command to resume", file=sys.stderr)
@@ -304,8 +313,10 @@ def _cmd_prompts(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_responses(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.data.responses import write_responses
+    from pastac.data.step import distinct
     from pastac.jsonl import read_records
 
+    distinct(Path(args.prompts), Path(args.out), input_option="--prompts")
     prompts = read_records(args.prompts, required=("id", "prompt"))
     responder, loaded = _responder(args)
     result = write_responses(
@@ -338,9 +349,11 @@ def _cmd_import(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_annotate(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.data.annotate import annotate_records
+    from pastac.data.step import distinct
     from pastac.jsonl import read_records
 
     _check_annotator_options(args)
+    distinct(Path(args.responses), Path(args.out), input_option="--responses")
     records = read_records(args.responses, required=("id", "prompt", "response"))
     annotator = _annotator(args, lambda: _load(args.tokenizer_model, args).tokenizer)
     result = annotate_records(records, args.out, annotator, progress=not args.quiet, source=args.responses)
@@ -351,7 +364,7 @@ def _cmd_annotate(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_filter(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.data.filtering import filter_file, filter_log_path, filter_summary
 
-    result = filter_file(args.annotated, args.out, split_dir=args.split_dir)
+    result = filter_file(args.annotated, args.out, split_dir=args.split_dir, force=args.force)
     for line in filter_summary(result.log):
         out.write(line + "\n")
     written = [args.out, str(filter_log_path(args.out))]
@@ -364,7 +377,7 @@ def _cmd_filter(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_card(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.data.card import card_file
 
-    card = card_file(args.data, args.out, filter_log=args.filter_log)
+    card = card_file(args.data, args.out, filter_log=args.filter_log, force=args.force)
     out.write(f"wrote {args.out}\n" if args.out else card)
     return 0
 
@@ -394,10 +407,11 @@ def _build_command(args: argparse.Namespace) -> str:
 
 def _cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     from pastac import __version__
-    from pastac.data.build import build_dataset
+    from pastac.data.build import build_dataset, check_build_folder
     from pastac.data.prompts import DEFAULT_SEED
 
     _check_annotator_options(args)
+    check_build_folder(args.out, force=args.force)  # before the model loads
     responder, loaded = _responder(args)
     annotator = _annotator(args, lambda: loaded.tokenizer)
     settings = {
@@ -427,5 +441,6 @@ def _cmd_build(args: argparse.Namespace, out: TextIO) -> int:
         progress=not args.quiet,
         settings=settings,
         report=report,
+        force=args.force,
     )
     return 0

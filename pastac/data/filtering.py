@@ -4,7 +4,9 @@ A record is dropped for the first reason of ``DROP_REASONS`` that applies: a dup
 unfinished response, no annotation, or one that is not strict Pasta-Lang rendering back to the response.
 Short answers that do not fork are kept: they teach the model when not to fork. Kept records carry the
 dataset fields only (``DATA_FIELDS``), their promises recounted from the text, and keep their prompt's split.
-The step is cheap and rewrites its output, its log (``filter_log_path``) and the split files.
+The step is cheap and rewrites its output, its log (``filter_log_path``) and the split files, each
+atomically; an existing one is replaced only when it is what the step writes (a dataset of ``DATA_RECORDS``, a
+filter log) or when forced, and none may be the input.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from typing import Any
 
 from pastac.data.annotate.annotation import count_promises, validate
 from pastac.data.prompts import SPLITS, assign_split
-from pastac.data.step import PipelineError, distinct
+from pastac.data.step import writing
 from pastac.grammar import check
-from pastac.jsonl import Record, read_records, write_records
+from pastac.jsonl import Kind, Record, holds, read_records, write_records
+from pastac.output import check_file, refuse_input, refuse_overlap, write_text
 
 #: The fields of a record of the final dataset, in this order.
 DATA_FIELDS = ("id", "prompt", "text", "response", "category", "forkable", "split", "forks")
+#: The records ``filter`` writes: those of the final dataset.
+DATA_RECORDS = Kind("dataset", ("id", "prompt", "text"), only=DATA_FIELDS)
 
 #: Why ``filter`` drops a record, in the order the checks are made.
 DROP_REASONS: dict[str, str] = {
@@ -111,11 +116,42 @@ def filter_records(records: Sequence[Record], *, source: str = "") -> FilterResu
     return FilterResult(kept, log)
 
 
-def filter_file(annotated: str | Path, out: str | Path, *, split_dir: str | Path | None = None) -> FilterResult:
+def is_filter_log(path: Path) -> bool:
+    """Whether the file ``path`` is a log that ``filter_file`` wrote."""
+    try:
+        log = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(log, dict) and {"records", "kept", "dropped"} <= log.keys()
+
+
+def filter_file(
+    annotated: str | Path, out: str | Path, *, split_dir: str | Path | None = None, force: bool = False
+) -> FilterResult:
     """``filter_records`` over an annotated file: writes the kept records to ``out``, the log beside it
-    (``filter_log_path``) and, with ``split_dir``, train.jsonl, validation.jsonl and test.jsonl there."""
+    (``filter_log_path``) and, with ``split_dir``, train.jsonl, validation.jsonl and test.jsonl there.
+
+    Before anything is read or written, refuses an output that is the input or another output, and one that
+    exists and is neither empty nor what the step writes, unless ``force``."""
     annotated, out = Path(annotated), Path(out)
-    distinct(annotated, out)
+    outputs = [("--out", out), ("the filter log", filter_log_path(out))]
+    if split_dir is not None:
+        outputs += [(f"--split-dir's {split}.jsonl", Path(split_dir) / f"{split}.jsonl") for split in SPLITS]
+    with writing():
+        for name, path in outputs:
+            refuse_input(path, [("--annotated", annotated)], what=name)
+        refuse_overlap(outputs)
+        for name, path in outputs:
+            if name == "the filter log":
+                check_file(path, ours=is_filter_log, what="a filter log of pastac data filter", force=force, name=name)
+            else:
+                check_file(
+                    path,
+                    ours=lambda p: holds(p, DATA_RECORDS),
+                    what="a dataset of pastac data filter",
+                    force=force,
+                    name=name,
+                )
     result = filter_records(read_records(annotated, required=("id", "prompt", "response")), source=str(annotated))
     write_records(out, result.kept)
     log = result.log | {"output": str(out)}
@@ -124,10 +160,8 @@ def filter_file(annotated: str | Path, out: str | Path, *, split_dir: str | Path
         for split in SPLITS:
             write_records(folder / f"{split}.jsonl", [r for r in result.kept if r["split"] == split])
         log["split_dir"] = str(folder)
-    try:
-        filter_log_path(out).write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as error:
-        raise PipelineError(f"cannot write '{filter_log_path(out)}': {error.strerror or error}") from None
+    with writing():
+        write_text(filter_log_path(out), json.dumps(log, indent=2, ensure_ascii=False) + "\n")
     return FilterResult(result.kept, log)
 
 

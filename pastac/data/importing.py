@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from pastac.data.prompts import assign_split
-from pastac.data.step import PipelineError, StepResult, distinct
+from pastac.data.step import RESPONSE_RECORDS, PipelineError, StepResult, distinct
 from pastac.files import InputFileError, read_text
-from pastac.jsonl import Record, appending, resume
+from pastac.jsonl import Record, appending, lines, resume
 
 _HUMAN_ROLES = frozenset({"human", "user"})
 _MODEL_ROLES = frozenset({"gpt", "assistant", "model", "bot"})
@@ -83,18 +83,18 @@ def import_pairs(
     """Append the prompt/response pairs of a JSONL file as response records ``import-00001``, ... (numbered by
     the file's non-blank lines), category "imported", forkable null, the split by ``assign_split``."""
     path, out = Path(path), Path(out)
-    distinct(path, out)
+    distinct(path, out, input_option="FILE")
     try:
-        lines = [line for line in read_text(path).splitlines() if line.strip()]
+        pairs = [text for _, text in lines(read_text(path))]
     except InputFileError as error:
         raise PipelineError(str(error)) from None
-    done = resume(out)
+    done = resume(out, RESPONSE_RECORDS)
     dropped: Counter[str] = Counter()
     written = already = 0
     with appending(out) as write:
-        for number, line in enumerate(lines, start=1):
+        for number, pair in enumerate(pairs, start=1):
             try:
-                record = json.loads(line)
+                record = json.loads(pair)
             except json.JSONDecodeError:
                 dropped["invalid JSON"] += 1
                 continue

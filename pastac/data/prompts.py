@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from pastac import jsonl
-from pastac.data.step import PipelineError, StepResult
+from pastac.data.step import PROMPT_RECORDS, PipelineError, StepResult
 
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
@@ -389,7 +389,7 @@ def build_prompts(seed: int = DEFAULT_SEED) -> list[PromptRecord]:
 def write_prompts(out: str | Path, seed: int = DEFAULT_SEED) -> StepResult:
     """Append the built-in prompt set's records (``build_prompts(seed)``) that ``out`` does not hold yet."""
     out = Path(out)
-    done = jsonl.resume(out)
+    done = jsonl.resume(out, PROMPT_RECORDS)
     records = build_prompts(seed)
     for record in records:
         if record.id in done and done[record.id].get("prompt") != record.prompt:
@@ -408,10 +408,8 @@ def write_prompts(out: str | Path, seed: int = DEFAULT_SEED) -> StepResult:
 
 
 def write_jsonl(records: Iterable[PromptRecord], path: str | Path) -> None:
-    """Write one JSON object per line (the dataclass fields), UTF-8."""
-    with Path(path).open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(jsonl.line(asdict(record)))
+    """Write one JSON object per line (the dataclass fields), UTF-8, replacing the file atomically."""
+    jsonl.write_records(path, [asdict(record) for record in records])
 
 
 def read_jsonl(path: str | Path) -> list[PromptRecord]:

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pastac.data.prompts import SPLITS, assign_split
-from pastac.data.step import PipelineError, StepResult, check_prompts, first_of_each_id, progress_bar, same_setting
+from pastac.data.step import (
+    RESPONSE_RECORDS,
+    PipelineError,
+    StepResult,
+    check_prompts,
+    first_of_each_id,
+    progress_bar,
+    same_setting,
+)
 from pastac.jsonl import Record, appending, resume
 
 if TYPE_CHECKING:
@@ -165,7 +173,7 @@ def write_responses(
     check_prompts(prompts, source)
     unique = first_of_each_id(prompts)
     wanted = round_robin(unique)[:limit] if limit is not None else round_robin(unique)
-    done = resume(out)
+    done = resume(out, RESPONSE_RECORDS)
     same_setting(done, "model", model_name, out, "--model")
     pending = [r for r in wanted if r["id"] not in done]
     measure: Callable[[str], int] = getattr(responder, "length", len)

@@ -2,8 +2,10 @@
 
 Every step reads and writes JSONL through ``pastac.jsonl`` and is keyed by the records' ``id``. Invariants
 the helpers here keep for all of them: a step never writes over its own input (``distinct``); a generating
-step resumes an output only if it was made with the same model or annotator (``same_setting``); the first
-record of an id wins (``first_of_each_id``).
+step goes on with an output only if all of it is records of the kind the step writes (``PROMPT_RECORDS``,
+``RESPONSE_RECORDS``, ``ANNOTATED_RECORDS``) made with the same model or annotator (``same_setting``); the
+first record of an id wins (``first_of_each_id``); every other file is written through ``pastac.output``
+(``writing`` turns its errors into the pipeline's).
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pastac.jsonl import Record, RecordsError
+from pastac.jsonl import Kind, Record, RecordsError
+from pastac.output import OutputError, refuse_input
 from pastac.progress import progress_bar as bar
 
 #: The error of every step (the command line reports it as a usage error). It is the JSONL layer's error
 #: under the pipeline's name, so that one ``except`` catches an unreadable file and a step's own refusal alike.
 PipelineError = RecordsError
+
+#: What ``prompts`` writes (and ``responses`` reads).
+PROMPT_RECORDS = Kind("prompt", ("id", "prompt", "category", "forkable", "split"), excluded=("response",))
+#: What ``responses`` and ``import`` write.
+RESPONSE_RECORDS = Kind("response", ("id", "prompt", "response", "finished"), excluded=("text", "annotator"))
+#: What ``annotate`` writes: the response records with their annotation.
+ANNOTATED_RECORDS = Kind("annotated", ("id", "prompt", "response", "text", "annotator"))
 
 
 @dataclass(frozen=True)
@@ -42,10 +52,19 @@ class StepResult:
         return f"{self.step}: {', '.join(parts)} -> {self.path}"
 
 
-def distinct(source: Path, out: Path) -> None:
-    """Refuse an output that is the input file."""
-    if source.resolve() == out.resolve():
-        raise PipelineError(f"the output '{out}' is the input file; name another file")
+def distinct(source: Path, out: Path, *, option: str = "--out", input_option: str = "the input") -> None:
+    """Refuse an output that is the input file (the same file, whatever the path that names it)."""
+    with writing():
+        refuse_input(out, [(input_option, source)], what=option)
+
+
+@contextlib.contextmanager
+def writing() -> Iterator[None]:
+    """Errors of ``pastac.output`` (a file that may not or cannot be written) as ``PipelineError``."""
+    try:
+        yield
+    except OutputError as error:
+        raise PipelineError(str(error)) from None
 
 
 def same_setting(done: Mapping[str, Record], key: str, value: object, out: Path, option: str) -> None:

@@ -2,8 +2,10 @@
 
 Prints the stitched answer on standard output and a stats line on standard
 error.  Exit status: 0 done, 1 a template or replayed document has errors,
-2 usage error, unreadable input, or a model that cannot be used.  On Ctrl-C
-what was decoded so far is printed before exiting (130).
+2 usage error, unreadable input, a --trace file that may not or cannot be
+written (an input of the command; checked before decoding), or a model that
+cannot be used.  On Ctrl-C what was decoded so far is printed before exiting
+(130).  The trace replaces its file atomically.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.runtime.results import DoneEvent
     from pastac.runtime.templates import InputError
 
+    if args.trace:
+        _check_trace(args)
     prompt = _prompt(args.prompt)
     template = read_input(args.template) if args.template else None
     replay = read_input(args.replay) if args.replay else None
@@ -250,8 +254,21 @@ def trace_events(result: Generation, name: str) -> dict[str, object]:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-def _write_trace(path: str, result: Generation, name: str) -> None:
+def _check_trace(args: argparse.Namespace) -> None:
+    """Refuse a --trace file that is one of the files the command reads."""
+    from pastac.output import OutputError, refuse_input
+
+    inputs = [("PROMPT", args.prompt), ("--template", args.template), ("--replay", args.replay)]
     try:
-        Path(path).write_text(json.dumps(trace_events(result, name)), encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"cannot write '{path}': {error.strerror}") from None
+        refuse_input(args.trace, inputs, what="--trace")
+    except OutputError as error:
+        raise UsageError(str(error)) from None
+
+
+def _write_trace(path: str, result: Generation, name: str) -> None:
+    from pastac.output import OutputError, write_text
+
+    try:
+        write_text(path, json.dumps(trace_events(result, name)))
+    except OutputError as error:
+        raise UsageError(str(error)) from None

@@ -1,20 +1,27 @@
 """``pastac train``: fine-tune a model with a LoRA adapter on annotated responses.
 
 Prints a summary line on standard output; skipped records are listed on standard error.  Exit status:
-0 done, 2 usage error (a missing or unusable dataset, a bad --out, a model that cannot be used), 130 on
-Ctrl-C (rerun the same command to resume from the last checkpoint).
+0 done, 2 usage error (a missing or unusable dataset, a bad --out: a file, or a folder that holds files and is
+not an adapter folder, without --force; a model that cannot be used; an output that cannot be written), 130
+on Ctrl-C (rerun the same command to resume from the last checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, count, number, positive
-from pastac.cli.options import chat_option, depth_option, model_options, position_options, repetition_penalty_option
+from pastac.cli.options import (
+    chat_option,
+    depth_option,
+    force_option,
+    model_options,
+    position_options,
+    repetition_penalty_option,
+)
 from pastac.passes.positions import PositionOptions
 
 _probability = number(lambda v: 0 <= v < 1, "in [0, 1)")
@@ -39,8 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "data", metavar="DATA.jsonl", help='one JSON object per line with "prompt" and the annotated response (--field)'
     )
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="the output folder (created; resumed if it holds a checkpoint)"
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the output folder: new, empty, or an adapter folder of pastac train (resumed if it holds a "
+        "checkpoint; its files are replaced at the end)",
     )
+    force_option(p, outputs="into --out")
     p.add_argument(
         "--field", default=d.field, metavar="NAME", help=f"the field of the annotated response (default: {d.field})"
     )
@@ -147,29 +159,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=train_command)
 
 
-def _check_out(path: Path) -> None:
-
-    if path.exists():
-        if not path.is_dir():
-            raise UsageError(f"--out '{path}' is a file, not a folder")
-        if not os.access(path, os.W_OK):
-            raise UsageError(f"--out '{path}' is not writable")
-        return
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot create --out '{path}': '{parent}' is not a writable folder")
-
-
 def train_command(args: argparse.Namespace, out: TextIO) -> int:
     """``pastac train``: load and check the model, train the adapter, and print one line of what was done;
     bad options and unusable inputs are usage errors, and Ctrl-C leaves the last checkpoint to resume from."""
     from pastac.models import ModelError, check_architecture, load_model
+    from pastac.output import OutputError
     from pastac.train.checkpoint import CHECKPOINT
     from pastac.train.data import DataError
     from pastac.train.options import TrainError, TrainOptions
-    from pastac.train.trainer import train
+    from pastac.train.trainer import check_output_folder, train
 
     data = Path(args.data)
     if not data.exists():
@@ -177,7 +175,10 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
     if not data.is_file():
         raise UsageError(f"cannot read '{data}': not a file")
     folder = Path(args.out)
-    _check_out(folder)
+    try:  # before the model loads
+        check_output_folder(folder, force=args.force)
+    except OutputError as error:
+        raise UsageError(str(error)) from None
     targets = None
     if args.target_modules:
         targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
@@ -223,7 +224,7 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
 
         options = replace(options, base_model=loaded.name)  # not the path of the package's file
     try:
-        result = train(loaded.model, loaded.tokenizer, data, folder, options, progress=not args.quiet)
+        result = train(loaded.model, loaded.tokenizer, data, folder, options, progress=not args.quiet, force=args.force)
     except (DataError, TrainError) as error:
         raise UsageError(str(error)) from None
     except KeyboardInterrupt:

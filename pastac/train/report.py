@@ -10,6 +10,7 @@ a missing matplotlib skips it: a plot is not worth failing a finished run for.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import platform
 from collections.abc import Sequence
@@ -19,19 +20,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pastac.machine import cpu_name
+from pastac.output import atomic, write_text
 
 if TYPE_CHECKING:
     from pastac.adapters.settings import AdapterSettings
 
 
 def write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
-    """Write the loss rows to ``out/loss.csv`` and plot them in ``out/loss.png``."""
-    with (out / "loss.csv").open("w", newline="", encoding="utf-8") as f:
-        fields = ["step", "loss", "lr", "tokens", "seconds"] + (["kl"] if any("kl" in r for r in history) else [])
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in history:
-            writer.writerow(row)
+    """Write the loss rows to ``out/loss.csv`` and plot them in ``out/loss.png``, each file atomically
+    (``pastac.output``; its ``OutputError`` when one cannot be written)."""
+    table = io.StringIO()
+    fields = ["step", "loss", "lr", "tokens", "seconds"] + (["kl"] if any("kl" in r for r in history) else [])
+    writer = csv.DictWriter(table, fieldnames=fields)
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    write_text(out / "loss.csv", table.getvalue())
     try:
         from matplotlib.figure import Figure  # the Agg canvas, no pyplot: no global state, no display
     except ImportError:  # matplotlib is a dependency, but a plot is not worth failing a finished run for
@@ -43,7 +47,8 @@ def write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
     axes.set_ylabel("loss (mean cross-entropy per labelled token)")
     axes.set_title("pastac train")
     axes.grid(alpha=0.3)
-    fig.savefig(out / "loss.png", dpi=120)
+    with atomic(out / "loss.png", binary=True) as file:
+        fig.savefig(file, format="png", dpi=120)
 
 
 def hardware(device: torch.device) -> dict[str, Any]:

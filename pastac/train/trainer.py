@@ -19,6 +19,11 @@ Output folder:
   times, hardware);
 - ``README.md``: a model card drawn from ``train_log.json`` (base model, data, recipe, hardware, time, loss),
   in place of PEFT's blank template (``pastac.train.report``).
+
+The folder must be new, empty or an adapter folder of a run before (``is_adapter_folder``: it holds
+``pastac.json`` or a checkpoint), unless forced: no other folder's files are replaced. Each final file is
+written atomically (``pastac.output``); a file that cannot be written stops the run with ``TrainError``, the
+checkpoint kept.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,7 +43,9 @@ from typing import Any
 
 import torch
 
+from pastac.adapters.settings import SETTINGS_FILE
 from pastac.models import DTYPES
+from pastac.output import OutputError, check_folder, reason, write_text
 from pastac.progress import progress_bar
 from pastac.train.checkpoint import CHECKPOINT, State, checkpoint_folder, load_checkpoint, save_checkpoint
 from pastac.train.data import IGNORE, Dataset, collate, load_examples
@@ -45,7 +54,16 @@ from pastac.train.options import TrainError, TrainOptions
 from pastac.train.report import hardware, model_card, write_loss
 from pastac.train.schedule import Plan
 
-__all__ = ["KNOWN_TARGETS", "TrainError", "TrainOptions", "TrainResult", "find_target_modules", "train"]
+__all__ = [
+    "KNOWN_TARGETS",
+    "TrainError",
+    "TrainOptions",
+    "TrainResult",
+    "check_output_folder",
+    "find_target_modules",
+    "is_adapter_folder",
+    "train",
+]
 
 #: Linear layers given an adapter by default, by their attribute name: the attention and MLP projections of
 #: Llama-like models (Llama, Qwen2, Mistral, SmolLM, ...) and of GPT-2.
@@ -90,6 +108,22 @@ class TrainResult:
     def too_long(self) -> int:
         """The records skipped as too long (or placed past the model's positions)."""
         return self.data.too_long
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    """Whether ``folder`` is the output of a training run: it holds the runtime's settings (``pastac.json``)
+    or a checkpoint (one being written included)."""
+    return (
+        (folder / SETTINGS_FILE).is_file()
+        or checkpoint_folder(folder) is not None
+        or (folder / f"{CHECKPOINT}.tmp").is_dir()
+    )
+
+
+def check_output_folder(out: str | os.PathLike[str], *, force: bool = False) -> None:
+    """Refuse an output folder that holds files and is not an adapter folder (``is_adapter_folder``), unless
+    ``force``; refuse a file, and a folder that cannot be created (``OutputError``)."""
+    check_folder(out, ours=is_adapter_folder, what="an adapter folder of pastac train", force=force, name="--out")
 
 
 def find_target_modules(model: torch.nn.Module) -> tuple[str, ...]:
@@ -148,6 +182,7 @@ def train(
     out_dir: str | os.PathLike[str],
     options: TrainOptions = TrainOptions(),
     progress: bool = True,
+    force: bool = False,
 ) -> TrainResult:
     """Fine-tune ``model`` (a Hugging Face causal LM, changed in place: the adapter is injected into it) with a
     LoRA adapter on the annotated responses of ``examples_jsonl``; write the adapter and the logs to
@@ -155,15 +190,19 @@ def train(
 
     Records that are not JSON objects with the two string fields, responses that the strict checker rejects,
     and examples longer than ``max_length`` (or placed past the model's positions) are skipped and counted.
-    Raises ``TrainError`` (and ``pastac.train.data.DataError`` for an unreadable file) before any training.
+    Raises ``TrainError`` (and ``pastac.train.data.DataError`` for an unreadable file) before any training, for
+    an ``out_dir`` that holds files and is not an adapter folder too (unless ``force``); ``TrainError`` when an
+    output cannot be written.
     """
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     started = time.perf_counter()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"the output folder '{out}' is a file")
+    try:
+        check_output_folder(out, force=force)
+    except OutputError as error:
+        raise TrainError(str(error)) from None
     source = Path(examples_jsonl)
     device = torch.device(options.device)
     dtype = DTYPES[options.dtype]
@@ -269,19 +308,22 @@ def train(
                     state.history.append(row)
                     state.pending, state.pending_kl = [], []
                 if state.step % options.save_every == 0 or state.step == plan.total:
-                    save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
+                    _save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
                 if update is not None:
                     update(state.step, loss_sum, tokens / max(elapsed, 1e-9))
         if resumed_from == plan.total and checkpoint is not None and checkpoint.name != CHECKPOINT:
-            save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
+            _save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
 
     if options.base_model:  # not the path of a local cache folder: the model the adapter is meant for
         for config in peft_model.peft_config.values():
             config.base_model_name_or_path = options.base_model
-    peft_model.save_pretrained(out, save_embedding_layers=False)  # embeddings are never adapted
     settings = options.settings(base_model=options.base_model or getattr(model, "name_or_path", None) or None, eos=eos)
-    settings.write(out)
-    write_loss(out, state.history)
+    try:
+        _save_adapter(peft_model, out)
+        settings.write(out)
+        write_loss(out, state.history)
+    except OutputError as error:
+        raise TrainError(f"{error} (the checkpoint is kept: run again to write the adapter)") from None
     seconds = time.perf_counter() - started
     log = {
         "options": _options_record(options),
@@ -309,8 +351,11 @@ def train(
         "wall_seconds": round(seconds, 3),
         "hardware": hardware(device),
     }
-    (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(model_card(log, settings, name=out.name), encoding="utf-8")
+    try:
+        write_text(out / "train_log.json", json.dumps(log, indent=2) + "\n")
+        write_text(out / "README.md", model_card(log, settings, name=out.name))
+    except OutputError as error:
+        raise TrainError(f"{error} (the checkpoint is kept: run again to write the adapter)") from None
     peft_model.eval()
     return TrainResult(
         model=peft_model,
@@ -322,3 +367,37 @@ def train(
         resumed_from=resumed_from,
         seconds=seconds,
     )
+
+
+def _save_checkpoint(
+    out: Path,
+    peft_model: Any,
+    optimizer: torch.optim.Optimizer,
+    state: State,
+    plan: Plan,
+    record: dict[str, Any],
+    device: torch.device,
+) -> None:
+    """``save_checkpoint``, with a file that cannot be written as a ``TrainError``."""
+    try:
+        save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
+    except OSError as error:
+        raise TrainError(f"cannot write the checkpoint into '{out}': {reason(error)}") from None
+
+
+def _save_adapter(peft_model: Any, out: Path) -> None:
+    """The adapter's weights and config into ``out``, each file replaced atomically: PEFT writes them into a
+    temporary folder beside them, whence they are renamed (its blank README.md is left: the card replaces it)."""
+    try:
+        temporary = Path(tempfile.mkdtemp(dir=out, prefix=".adapter.", suffix=".tmp"))
+    except OSError as error:
+        raise OutputError(f"cannot write the adapter into '{out}': {reason(error)}") from None
+    try:
+        peft_model.save_pretrained(temporary, save_embedding_layers=False)  # embeddings are never adapted
+        for file in temporary.iterdir():
+            if file.name != "README.md":
+                os.replace(file, out / file.name)
+    except OSError as error:
+        raise OutputError(f"cannot write the adapter into '{out}': {reason(error)}") from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 from pastac.ir.graph import MAIN, EdgeKind, Join, Op, ThreadGraph
+from pastac.output import write_bytes
 from pastac.viz.labels import KIND_COLORS, excerpt, kind_name, node_label
 
 _EDGE_STYLE = {
@@ -120,13 +121,13 @@ def dot_program() -> str | None:
 
 
 def render_dot(source: str, fmt: str, output: str) -> None:
-    """Write ``source`` drawn by Graphviz as ``fmt`` (png, svg, ...) to ``output``."""
+    """Write ``source`` drawn by Graphviz as ``fmt`` (png, svg, ...) to ``output``, replacing it atomically
+    (``pastac.output``; its ``OutputError`` when it cannot be written); ``RuntimeError`` when 'dot' fails."""
     program = dot_program()
     if program is None:
         raise GraphvizMissing("Graphviz 'dot' is not installed; install graphviz or use --format dot")
-    done = subprocess.run(
-        [program, f"-T{fmt}", "-o", output], input=source.encode("utf-8"), capture_output=True, check=False
-    )
+    done = subprocess.run([program, f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True, check=False)
     if done.returncode != 0:
         message = done.stderr.decode("utf-8", "replace").strip() or f"exit status {done.returncode}"
         raise RuntimeError(f"Graphviz 'dot' failed: {message}")
+    write_bytes(output, done.stdout)

@@ -13,11 +13,14 @@ called (matplotlib is an optional dependency: the ``viz`` extra).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pastac.ir.graph import Join, Segment, ThreadGraph
+from pastac.output import atomic
 from pastac.passes import CriticalPath, Schedule
 from pastac.viz.graphviz import thread_title
 from pastac.viz.labels import KIND_COLORS, kind_name
@@ -95,13 +98,14 @@ def draw_timeline(
     graph: ThreadGraph,
     plan: Schedule,
     figures: CriticalPath,
-    output: str,
+    output: str | os.PathLike[str],
     *,
     label: str = "",
     fmt: str | None = None,
     dpi: int = 150,
 ) -> None:
-    """Draw the timeline of ``plan`` into the file ``output`` (``fmt``: png, svg, pdf; default: its suffix)."""
+    """Draw the timeline of ``plan`` into the file ``output`` (``fmt``: png, svg, pdf; default: its suffix),
+    replacing it atomically (``pastac.output``; its ``OutputError`` when it cannot be written)."""
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure  # the Agg canvas, no pyplot: no global state, no display
     from matplotlib.patches import Patch
@@ -222,7 +226,8 @@ def draw_timeline(
     with warnings.catch_warnings():
         # A character the font lacks is drawn as a box; saying so for each one helps no reader.
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
-        fig.savefig(output, format=fmt, dpi=dpi)
+        with atomic(output, binary=True) as file:
+            fig.savefig(file, format=fmt or Path(output).suffix.lstrip(".") or None, dpi=dpi)
 
 
 def _rectangles(spans: list[tuple[int, int, int]], height: float) -> list[list[tuple[float, float]]]:

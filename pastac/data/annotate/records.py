@@ -14,6 +14,7 @@ from pathlib import Path
 from pastac.data.annotate.annotation import Annotation, Annotator
 from pastac.data.annotate.structural import StructuralAnnotator
 from pastac.data.step import (
+    ANNOTATED_RECORDS,
     PipelineError,
     StepResult,
     check_prompts,
@@ -47,7 +48,7 @@ def annotate_records(
     An annotator's failure (an unreachable server) stops the step; what was written stays."""
     out = Path(out)
     check_prompts(records, source)
-    done = resume(out)
+    done = resume(out, ANNOTATED_RECORDS)
     same_setting(done, "annotator", annotator.name, out, "--annotator")
     pending = [r for r in first_of_each_id(records) if r["id"] not in done]
     already = len({r["id"] for r in records} & done.keys())
@@ -90,7 +91,7 @@ def annotate_file(
 ) -> StepResult:
     """``annotate_records`` over a responses file; the default annotator is ``StructuralAnnotator`` counting
     tokens with ``count_tokens`` (a model's tokenizer; words when None)."""
-    distinct(Path(responses), Path(out))
+    distinct(Path(responses), Path(out), input_option="the responses")
     records = read_records(responses, required=("id", "prompt", "response"))
     if annotator is None:
         annotator = StructuralAnnotator() if count_tokens is None else StructuralAnnotator(count_tokens)
