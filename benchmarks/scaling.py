@@ -8,6 +8,7 @@ own, and records the wall time, the peak resident memory of that subprocess and 
     python benchmarks/scaling.py --quick               # the smaller sizes only
     python benchmarks/scaling.py --shape flat --max-size 10000 --commands plan
     python benchmarks/scaling.py --pastac-root ../old  # measure another checkout of pastac (its code, this script)
+    python benchmarks/scaling.py --sizes flat=1000,10000 --sizes text=1,10  # chosen sizes
 
 Shapes (the size is promises, nested blocks, diagnostics or megabytes of text):
 
@@ -300,11 +301,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", nargs="+", choices=tuple(COMMANDS), default=list(COMMANDS))
     parser.add_argument("--quick", action="store_true", help="the smaller sizes only")
     parser.add_argument("--max-size", type=int, default=None, help="skip sizes above this")
+    parser.add_argument(
+        "--sizes",
+        action="append",
+        default=[],
+        metavar="SHAPE=N,N,...",
+        help="the sizes of one shape, instead of its defaults (repeatable)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is killed")
     parser.add_argument("--memory", type=float, default=6.0, help="GiB of address space a run may take")
     parser.add_argument("--pastac-root", type=Path, default=ROOT, help="the checkout of pastac to measure")
     parser.add_argument("--name", default="scaling", help="the report's file name, without extension")
     args = parser.parse_args(argv)
+    sizes: dict[str, tuple[int, ...]] = {}
+    for item in args.sizes:
+        name, _, values = item.partition("=")
+        try:
+            sizes[name] = tuple(int(v) for v in values.split(","))
+        except ValueError:
+            parser.error(f"--sizes {item}: expected SHAPE=N,N,... with integers")
+        if name not in SHAPES or not all(v > 0 for v in sizes[name]):
+            parser.error(f"--sizes {item}: the shape must be one of {', '.join(SHAPES)}, the sizes positive")
 
     env = dict(os.environ, PYTHONPATH=str(args.pastac_root.resolve()), PYTHONHASHSEED="0")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -321,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for shape in (SHAPES[s] for s in (args.shape or SHAPES)):
             failed: set[str] = set()
-            for size in shape.quick if args.quick else shape.sizes:
+            for size in sizes.get(shape.name, shape.quick if args.quick else shape.sizes):
                 if args.max_size is not None and size > args.max_size:
                     continue
                 document = shape.make(size)
