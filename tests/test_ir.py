@@ -622,6 +622,38 @@ def test_lowering_deep_lenient_nesting(depth: int) -> None:
     assert [type(op) for _, op in g.ops()] == [Segment]
 
 
+class CountingThreads(dict):
+    """A thread table that counts how many of its entries are walked (iterations and views)."""
+
+    walked = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for key in super().__iter__():
+            CountingThreads.walked += 1
+            yield key
+
+    def values(self):  # type: ignore[no-untyped-def]
+        return [self[key] for key in self]
+
+    def items(self):  # type: ignore[no-untyped-def]
+        return [(key, self[key]) for key in self]
+
+
+def test_forks_and_children_do_not_walk_every_thread() -> None:
+    """A fork took the largest thread id and ``children`` filtered every thread: lowering n promises
+    walked the thread table n times (quadratic).  Now neither walks it."""
+    g = ThreadGraph()
+    g.threads = CountingThreads(g.threads)
+    CountingThreads.walked = 0
+    for i in range(500):
+        _, child = g.fork(MAIN, f"t{i}", None, "<promise/>", 1)
+        g.open(child, "<async>", 1)
+        g.close(child, "</async>", 1)
+        g.end(child)
+    assert g.children(MAIN) == tuple(range(1, 501))
+    assert CountingThreads.walked == 0
+
+
 def test_library_api_layout_is_importable_from_the_top_and_loads_torch_lazily():
     import subprocess
     import sys

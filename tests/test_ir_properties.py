@@ -4,7 +4,8 @@ Documents come from ``strategies.documents()`` (depth limit 2); each is lowered 
 drawn from: ``words``, a capped ``chars``, and a hash of the text that gives 0 to 3 tokens (so that
 nodes without tokens, tags included, occur).  The expectations are computed here independently of
 ``pastac.passes``: ancestors with networkx, the longest weighted path with a dynamic program over
-networkx's topological order, each node's steps by replaying the schedule's per-step threads.
+networkx's topological order, each node's steps by replaying the schedule's per-step threads; and
+every schedule equals, field by field, that of the reference scheduler (``reference_schedule.py``).
 
 The example counts derive from the hypothesis profile ``properties`` (tests/conftest.py: 10,000 under
 ``ci``, the default; 500 under ``dev``; 200,000 under ``long``).
@@ -30,6 +31,7 @@ import pytest
 import torch
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
+from reference_schedule import reference_schedule
 from strategies import documents
 
 from pastac.grammar.ast import Document
@@ -42,10 +44,10 @@ from pastac.passes import (
     Policy,
     PositionOptions,
     ScheduleOptions,
-    ancestors,
     assign_positions,
     critical_path,
     schedule,
+    visibility,
     width,
 )
 from pastac.passes.layout import training_layout
@@ -147,10 +149,13 @@ def check_graph(graph: ThreadGraph) -> None:
     again = from_json(json.loads(json.dumps(data)))
     verify(again, max_depth=2)
     assert to_json(again) == data and again.threads == graph.threads
-    # Visibility is the ancestor relation of the graph.
-    vis = ancestors(graph)
+    # Visibility is the ancestor relation of the graph: what ``sees`` answers, and the closure of what each
+    # node inherits (which ``plan --dump-after visibility`` prints).
+    vis = visibility(graph)
     for node in graph.g.nodes:
-        assert vis.ancestors[node] == nx.ancestors(graph.g, node)
+        expected = nx.ancestors(graph.g, node)
+        assert set(vis.seen(node)) == expected
+        assert {other for other in graph.g.nodes if vis.sees(node, other)} == expected
 
 
 def check_positions(graph: ThreadGraph, unit: int, missing: int) -> None:
@@ -184,6 +189,9 @@ def check_schedule(graph: ThreadGraph, cap: int | None, order: Order) -> None:
     lengths = lengths_of(graph)
     plan = schedule(graph, ScheduleOptions(cap, order))
     uncapped = plan if cap is None else schedule(graph, ScheduleOptions(None, order))
+    # The event-driven scheduler gives exactly the schedule of the reference (every field, every step).
+    assert plan == reference_schedule(graph, ScheduleOptions(cap, order))
+    assert uncapped == reference_schedule(graph, ScheduleOptions(None, order))
     longest = longest_path(graph)
     longest_thread = max(sum(lengths[n] for n in graph.thread_nodes(t)) for t in graph.threads)
 

@@ -5,7 +5,8 @@ Lengths are kept easy to count with ``toks``: one token per tag, one per word of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import pytest
@@ -31,11 +32,11 @@ from pastac.passes import (
     StepCost,
     VisibilityPass,
     WidthPass,
-    ancestors,
     assign_positions,
     critical_path,
     schedule,
     standard_pipeline,
+    visibility,
     width,
 )
 from pastac.passes.layout import training_layout
@@ -151,17 +152,39 @@ def test_position_options() -> None:
 
 
 def test_visibility(doc: ThreadGraph) -> None:
-    vis = ancestors(doc)
-    assert vis.ancestors[0] == frozenset()
-    assert vis.ancestors[2] == {0, 1}  # t1's <async> sees the main thread up to its promise
-    assert vis.ancestors[5] == {0, 1, 2, 3, 4}  # t2 sees t1 up to its promise and what t1 sees
-    assert vis.ancestors[8] == {0, 1, 2, 3, 4}  # t1 after the fork of t2: not t2 (not joined yet)
-    assert vis.ancestors[13] == {0, 1, 11, 12}  # t3: neither its sibling t1 nor its subtree
-    assert vis.ancestors[16] == {0, 1, 11, 12}  # the <sync/> tag sees no child
-    assert vis.ancestors[18] == set(range(18))  # after the join: everything before
-    assert vis.sees(18, 6) and not vis.sees(16, 6) and not vis.sees(13, 2)
-    assert VisibilityPass.annotate(vis)[0] == "sees nothing"
-    assert VisibilityPass.annotate(vis)[2] == "sees %0, %1"
+    vis = visibility(doc)
+    seen = [set(vis.seen(n)) for n in range(len(doc))]
+    assert seen[0] == set()
+    assert seen[2] == {0, 1}  # t1's <async> sees the main thread up to its promise
+    assert seen[5] == {0, 1, 2, 3, 4}  # t2 sees t1 up to its promise and what t1 sees
+    assert seen[8] == {0, 1, 2, 3, 4}  # t1 after the fork of t2: not t2 (not joined yet)
+    assert seen[13] == {0, 1, 11, 12}  # t3: neither its sibling t1 nor its subtree
+    assert seen[16] == {0, 1, 11, 12}  # the <sync/> tag sees no child
+    assert seen[18] == set(range(18))  # after the join: everything before
+    for node in range(len(doc)):
+        assert {other for other in range(len(doc)) if vis.sees(node, other)} == seen[node], node
+    notes = VisibilityPass.annotate(vis)
+    assert notes[0] == "sees nothing"
+    assert notes[2] == "sees ..%1"  # %1 and everything %1 sees
+    assert notes[17] == "sees ..%10, ..%15, ..%16"  # the join: its thread's <sync/> and its children's ends
+
+
+def test_visibility_takes_linear_space() -> None:
+    """A thousand promises joined at the end: the relation holds a few entries per node, not a set of
+    the nodes before it (which would be ~n**2 / 2 entries)."""
+    text = "".join(f'<promise topic="{i}"/><async>part {i}</async>' for i in range(1000)) + "<sync/>end"
+    graph = lower(parse(text), words)
+    vis = visibility(graph)
+
+    def entries(value: object) -> int:  # the numbers a result holds, however it nests them
+        if isinstance(value, tuple | list | set | frozenset):
+            return sum(entries(v) for v in value)
+        if isinstance(value, dict):
+            return sum(entries(k) + entries(v) for k, v in value.items())
+        return 1
+
+    assert entries([getattr(vis, f.name) for f in fields(vis)]) <= 10 * (len(graph) + len(graph.threads))
+    assert vis.sees(len(graph) - 1, 3) and not vis.sees(len(graph) - 3, 3)  # after the join; its <sync/>
 
 
 # ------------------------------------------------------------------ resolution order (the schedule)
@@ -292,6 +315,40 @@ def test_schedule_of_a_child_with_no_tokens() -> None:
 def test_schedule_annotations(doc: ThreadGraph) -> None:
     notes = ResolutionOrderPass.annotate(schedule(doc))
     assert notes[0] == "steps [0, 1]" and notes[17] == "steps [9, 9]" and len(notes) == len(doc)
+
+
+def queries(graph: ThreadGraph, run: Callable[[ThreadGraph], object]) -> int:
+    """How many times ``run`` asks ``graph`` for a node's op or a thread's nodes."""
+    calls = 0
+
+    def counting(query: Callable[[int], object]) -> Callable[[int], object]:
+        def counted(key: int) -> object:
+            nonlocal calls
+            calls += 1
+            return query(key)
+
+        return counted
+
+    graph.op = counting(graph.op)  # type: ignore[method-assign]
+    graph.thread_nodes = counting(graph.thread_nodes)  # type: ignore[method-assign]
+    run(graph)
+    return calls
+
+
+def promises_then_blocks(n: int) -> ThreadGraph:
+    """``n`` promises, then their ``n`` blocks of two words, then a sync: under a cap most children wait
+    for a slot, without one most decode at once."""
+    return lower(parse('<promise topic="t"/>' * n + "<async>a b</async>" * n + "<sync/>end"), toks)
+
+
+@pytest.mark.parametrize("cap", [None, 2])
+@pytest.mark.parametrize("order", list(Order))
+def test_schedule_cost_is_linear(cap: int | None, order: Order) -> None:
+    """Doubling the promises doubles the scheduler's queries, not more: a step costs the threads it touches
+    (settling every started thread, or sorting every pending one, each step made this quadratic)."""
+    options = ScheduleOptions(cap, order)
+    small, large = (queries(promises_then_blocks(n), lambda g: schedule(g, options)) for n in (300, 600))
+    assert large <= 2.2 * small, (small, large)
 
 
 # ------------------------------------------------------------------ width
@@ -530,7 +587,7 @@ def test_layout_takes_computed_positions(layout_graph: ThreadGraph) -> None:
 def ancestor_mask(graph: ThreadGraph, node_ids: torch.Tensor) -> torch.Tensor:
     """The IR's visibility relation as a token mask, computed independently of ``Views``: a token sees the
     tokens of its node's ancestors, and those of its own node up to itself."""
-    vis = ancestors(graph)
+    vis = visibility(graph)
     n = node_ids.numel()
     out = torch.zeros((n, n), dtype=torch.bool)
     for i in range(n):

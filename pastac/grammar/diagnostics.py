@@ -166,22 +166,42 @@ class ParseError(Exception):
         super().__init__(format_text(diagnostics, source, filename).rstrip("\n"))
 
 
-def _source_line(source: str, line: int) -> str:
-    lines = source.split("\n")
-    return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
+EXCERPT_WIDTH = 160  # the most characters of a source line an excerpt shows; a longer line is cut around the span
 
 
 def _excerpt(source: str, span: Span) -> list[str]:
-    """The span's first source line and carets under it (tabs kept so carets align)."""
-    text = _source_line(source, span.start.line)
-    first = span.start.column - 1
-    if span.end.line == span.start.line:
-        width = max(1, span.end.column - span.start.column)
-    else:
-        width = max(1, len(text) - first)
-    pad = "".join(ch if ch == "\t" else " " for ch in text[:first])
+    """The span's first source line and carets under it (tabs kept so carets align).
+
+    Costs the excerpt's width, not the source's size: the line is found from the span's offset and column
+    (never by splitting the source), and a line longer than ``EXCERPT_WIDTH`` is shown as a window of that
+    many characters around the span's start, its cut ends marked ``…``."""
+    first = span.start.column - 1  # the span's start, as an index into its line
+    line_start = min(max(0, span.start.offset - first), len(source))
+    head = source[line_start : line_start + EXCERPT_WIDTH + 1]
+    newline = head.find("\n")
+    begin, left, right = 0, "", ""
+    if newline != -1 or len(head) <= EXCERPT_WIDTH:  # the whole line
+        text = (head if newline == -1 else head[:newline]).rstrip("\r")
+        end = len(text)
+    else:  # a long line: a window around the span's start
+        begin = max(0, first - EXCERPT_WIDTH // 4)
+        text = source[line_start + begin : line_start + begin + EXCERPT_WIDTH + 1]
+        newline = text.find("\n")
+        text = text if newline == -1 else text[:newline]
+        if len(text) > EXCERPT_WIDTH:
+            text, right = text[:EXCERPT_WIDTH], "…"
+        else:
+            text = text.rstrip("\r")
+        left = "…" if begin else ""
+        end = len(text) + len(right)  # carets may reach the mark of the cut
+    at = first - begin
+    same_line = span.end.line == span.start.line
+    width = max(1, span.end.column - span.start.column if same_line else len(text) - at)
+    if begin or right:
+        width = max(1, min(width, end - at))
+    pad = " " * len(left) + "".join(ch if ch == "\t" else " " for ch in text[:at])
     gutter = f"{span.start.line:>4} | "
-    return [gutter + text, " " * (len(gutter) - 2) + "| " + pad + "^" * width]
+    return [gutter + left + text + right, " " * (len(gutter) - 2) + "| " + pad + "^" * width]
 
 
 def format_text(diagnostics: tuple[Diagnostic, ...] | list[Diagnostic], source: str, filename: str) -> str:

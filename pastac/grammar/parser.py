@@ -97,6 +97,25 @@ def parse(
     return result.document
 
 
+def _joined_text(nodes: list[Node]) -> tuple[Node, ...]:
+    """``nodes`` with each run of adjacent ``Text`` nodes joined into one (joined once per run, not
+    pairwise: a run of n pieces costs its length, not n times it)."""
+    out: list[Node] = []
+    run: list[Text] = []
+    for node in [*nodes, None]:
+        if isinstance(node, Text):
+            run.append(node)
+            continue
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(Text("".join(t.value for t in run), Span(run[0].span.start, run[-1].span.end)))
+        run.clear()
+        if node is not None:
+            out.append(node)
+    return tuple(out)
+
+
 class _Builder:
     """Nests the lexemes into async blocks with the grammar's LALR parser, recovering from its errors."""
 
@@ -174,23 +193,17 @@ class _Builder:
             if child is None:
                 stack.pop()
                 if tree is not None:
-                    stack[-1][2].append(self._async(tree, tuple(out)))
+                    stack[-1][2].append(self._async(tree, _joined_text(out)))
             elif isinstance(child, Tree):
                 stack.append((child, iter(child.children[1:-1]), []))
             else:
                 self._leaf(int(child), out)
-        return tuple(top)
+        return _joined_text(top)
 
     def _leaf(self, i: int, out: list[Node]) -> None:
         lexeme = self.lexemes[i]
         if isinstance(lexeme, TextToken) or i in self.as_text:
-            value = lexeme.value if isinstance(lexeme, TextToken) else lexeme.raw
-            if out and isinstance(out[-1], Text):
-                prev = out.pop()
-                assert isinstance(prev, Text)
-                out.append(Text(prev.value + value, Span(prev.span.start, lexeme.span.end)))
-            else:
-                out.append(Text(value, lexeme.span))
+            out.append(Text(lexeme.value if isinstance(lexeme, TextToken) else lexeme.raw, lexeme.span))
         else:
             assert isinstance(lexeme, TagToken) and isinstance(lexeme.tag, Promise | Sync)
             out.append(lexeme.tag)
@@ -246,12 +259,23 @@ def _check_one_body(body: tuple[Node, ...], parent: Async | None, diagnostics: l
                     notes=(Note("promise declared here", promise.span),),
                 )
             )
+    # Per orphan: the last <sync/> before it, if a promise comes before that sync (one walk of the body).
+    joined_at: dict[int, int] = {}
+    orphans, last_sync, promised, promised_at_sync = set(binding.orphans), None, False, False
+    for i, node in enumerate(body):
+        if isinstance(node, Sync):
+            last_sync, promised_at_sync = i, promised
+        elif isinstance(node, Promise):
+            promised = True
+        elif i in orphans and last_sync is not None and promised_at_sync:
+            joined_at[i] = last_sync
     for a in binding.orphans:
         block = body[a]
         assert isinstance(block, Async)
-        syncs = [i for i in range(a) if isinstance(body[i], Sync)]
-        joined = syncs and any(isinstance(body[i], Promise) for i in range(syncs[-1]))
-        notes = (Note("the promises before this <sync/> were joined here", body[syncs[-1]].span),) if joined else ()
+        sync = joined_at.get(a)
+        notes = (
+            (Note("the promises before this <sync/> were joined here", body[sync].span),) if sync is not None else ()
+        )
         diagnostics.append(
             Diagnostic(
                 "E303",

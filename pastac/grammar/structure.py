@@ -8,6 +8,7 @@ The checker, the renderer and the IR all read pairings from here.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from pastac.grammar.ast import Async, Node, Promise, Sync
@@ -42,7 +43,7 @@ def bind(body: tuple[Node, ...]) -> Binding:
     unfulfilled: list[tuple[int, int | None]] = []
     empty_syncs: list[int] = []
     joined_by: dict[int, int | None] = {}
-    pending: list[int] = []  # promises not yet fulfilled, oldest first
+    pending: deque[int] = deque()  # promises not yet fulfilled, oldest first (popped from the left)
     round_: list[int] = []  # promises since the last sync
 
     def join(at: int | None) -> None:
@@ -58,7 +59,7 @@ def bind(body: tuple[Node, ...]) -> Binding:
                 round_.append(i)
             case Async():
                 if pending:
-                    fulfils[i] = pending.pop(0)
+                    fulfils[i] = pending.popleft()
                 else:
                     orphans.append(i)
             case Sync():

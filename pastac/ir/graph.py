@@ -132,17 +132,23 @@ class IRError(ValueError):
 class _ThreadState:
     nodes: list[int] = field(default_factory=list)
     unjoined: list[int] = field(default_factory=list)  # children forked, not yet joined
+    children: list[int] = field(default_factory=list)  # children forked, in order
     ended: bool = False
     closed: bool = False  # has written its </async>
+    frozen: tuple[int, ...] | None = None  # ``nodes`` as a tuple, until the next append
 
 
 class ThreadGraph:
-    """The IR of one document or one run; appends only."""
+    """The IR of one document or one run; appends only.
+
+    Every query and append costs time independent of the graph's size (``ops`` and ``tokens``: linear),
+    so that building and walking a graph is linear in its nodes."""
 
     def __init__(self) -> None:
         self.g: nx.DiGraph = nx.DiGraph()
         self.threads: dict[int, Thread] = {MAIN: Thread(MAIN, None, 0)}
         self._state: dict[int, _ThreadState] = {MAIN: _ThreadState()}
+        self._next_thread = MAIN + 1  # thread ids are 0, 1, 2, ... in the order of their forks
         self.ends: list[tuple[int, int]] = []  # (thread, node count when it ended), in order
 
     # -- queries ---------------------------------------------------------------
@@ -156,15 +162,19 @@ class ThreadGraph:
 
     def ops(self) -> list[tuple[int, Op]]:
         """Every node in id order (a topological order)."""
-        return [(n, self.g.nodes[n]["op"]) for n in sorted(self.g.nodes)]
+        nodes = self.g.nodes
+        return [(n, nodes[n]["op"]) for n in range(len(nodes))]  # ids are 0 .. len - 1, appended in order
 
     def thread_nodes(self, thread: int) -> tuple[int, ...]:
-        """The nodes of ``thread``, in order."""
-        return tuple(self._state[thread].nodes)
+        """The nodes of ``thread``, in order (the same tuple until the thread's next append)."""
+        state = self._state[thread]
+        if state.frozen is None:
+            state.frozen = tuple(state.nodes)
+        return state.frozen
 
     def children(self, thread: int) -> tuple[int, ...]:
         """The threads ``thread`` forked, in id order."""
-        return tuple(t.id for t in self.threads.values() if t.parent == thread)
+        return tuple(self._state[thread].children)
 
     def unjoined(self, thread: int) -> tuple[int, ...]:
         """The children of ``thread`` not yet joined, oldest first."""
@@ -209,6 +219,7 @@ class ThreadGraph:
             if fork is not None:
                 self.g.add_edge(fork, node, kind=EdgeKind.FORK)
         state.nodes.append(node)
+        state.frozen = None
         state.closed |= isinstance(op, Close)
         return node
 
@@ -218,11 +229,13 @@ class ThreadGraph:
 
     def fork(self, thread: int, topic: str, predicted: int | None, text: str, length: int) -> tuple[int, int]:
         """Append a promise; returns (fork node, new child thread id)."""
-        child = max(self.threads) + 1
+        child = self._next_thread
         node = self._append(Fork(thread, child, topic, predicted, text, length))
+        self._next_thread += 1
         self.threads[child] = Thread(child, thread, self.threads[thread].depth + 1, topic, node)
         self._state[child] = _ThreadState()
         self._state[thread].unjoined.append(child)
+        self._state[thread].children.append(child)
         return node, child
 
     def open(self, thread: int, text: str, length: int) -> int:
@@ -333,7 +346,8 @@ def verify(graph: ThreadGraph, *, max_depth: int | None = None, complete: bool =
                 ok = at == 0 and graph.threads[t].fork == u
             case EdgeKind.JOIN:
                 op = graph.op(v)
-                ok = isinstance(op, Join) and index[u][0] in op.children and graph.thread_nodes(index[u][0])[-1] == u
+                child = index[u][0]  # joined once, by the Join that lists it (checked above)
+                ok = isinstance(op, Join) and joined_by.get(child) == v and graph.thread_nodes(child)[-1] == u
             case _:
                 ok = False
         if not ok:

@@ -12,7 +12,7 @@ from pastac.passes.critical_path import DEFAULT_STEP_COST, CriticalPath, Critica
 from pastac.passes.manager import Pass, PassError, PassManager, PassResults
 from pastac.passes.positions import Policy, PositionOptions, Positions, PositionsPass, assign_positions
 from pastac.passes.resolution_order import Order, ResolutionOrderPass, Schedule, ScheduleOptions, schedule
-from pastac.passes.visibility import Visibility, VisibilityPass, ancestors
+from pastac.passes.visibility import Visibility, VisibilityPass, visibility
 from pastac.passes.width import Width, WidthPass, width
 
 
@@ -47,12 +47,12 @@ __all__ = [
     "VisibilityPass",
     "Width",
     "WidthPass",
-    "ancestors",
     "assign_positions",
     "critical_path",
     "schedule",
     "standard_pipeline",
     "training_layout",
+    "visibility",
     "visibility_mask",
     "width",
 ]

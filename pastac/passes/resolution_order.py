@@ -13,6 +13,7 @@ priority, oldest first; free slots go to pending children in the chosen order:
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
@@ -62,111 +63,226 @@ class ScheduleError(RuntimeError):
 
 def schedule(graph: ThreadGraph, options: ScheduleOptions = ScheduleOptions()) -> Schedule:
     """The list schedule of ``graph`` under ``options``; ``ScheduleError`` if decoding cannot go on."""
-    n = len(graph)
-    first, last = [-1] * n, [-1] * n
-    cursor = {t: 0 for t in graph.threads}  # index into the thread's nodes
-    left: dict[int, int] = {}  # tokens left in the current node, per thread
-    done: set[int] = set()
-    started: list[int] = [MAIN]
-    pending: list[tuple[int, int]] = []  # (thread, arrival) awaiting a slot
-    decoding: list[tuple[int, ...]] = []
-    runnable_counts: list[int] = []
-    arrivals = 0
-    step = 0
+    return _Scheduler(graph, options).run()
 
-    def current(thread: int) -> int | None:
-        nodes = graph.thread_nodes(thread)
-        return nodes[cursor[thread]] if cursor[thread] < len(nodes) else None
 
-    def settle(thread: int) -> bool:
+class _Scheduler:
+    """The list schedule, driven by events so that a step costs the threads it touches, not all of them.
+
+    A started thread is decoding (its current node has tokens left), waiting at a Join, or done.  Only a
+    thread whose state may have changed is settled again: one that finished a node, and the parent of one
+    that ended.  Settling follows the threads' start order (their rank) in passes, as a scan over every
+    started thread would, so that children forked by empty promises arrive in the same order; a Join
+    counts the children it still waits for instead of looking at all of them each time.
+    """
+
+    def __init__(self, graph: ThreadGraph, options: ScheduleOptions) -> None:
+        self.graph = graph
+        self.options = options
+        n = len(graph)
+        self.first, self.last = [-1] * n, [-1] * n
+        self.cursor = {t: 0 for t in graph.threads}  # index into the thread's nodes
+        self.left: dict[int, int] = {}  # tokens left in the current node, per decoding thread
+        self.done: set[int] = set()
+        self.started: list[int] = []
+        self.rank: dict[int, int] = {}  # thread -> its index in ``started``
+        self.decodable: set[int] = set()  # started threads whose current node has tokens left
+        self.queued: list[int] = []  # heap of ranks: every decodable thread's, and stale ones
+        self.in_queue: set[int] = set()
+        self.waiting: dict[int, int] = {}  # thread at a Join -> its children there not yet done
+        self.joined_at: dict[int, int] = {}  # child -> the Join node that joins it
+        for node, op in graph.ops():
+            if isinstance(op, Join):
+                self.joined_at.update((c, node) for c in op.children)
+        self.pending: list[tuple[tuple[int, int], int]] = []  # heap of (key, thread) awaiting a slot
+        self.late: list[int] = []  # children forked while slots are being filled: queued after them
+        self.late_arrival: dict[int, int] = {}
+        self.filling = False
+        self.arrivals = 0
+        self.step = 0
+        self.dirty: list[int] = []  # heap of ranks to settle in this pass
+        self.dirty_next: set[int] = set()  # ranks to settle in the next pass
+        self.settling = -1  # the rank being settled
+
+    # -- threads --------------------------------------------------------------------------------------
+
+    def start(self, thread: int) -> None:
+        self.rank[thread] = len(self.started)
+        self.started.append(thread)
+
+    def arrive(self, child: int) -> None:
+        """A child's promise is complete: it awaits a slot."""
+        self.arrivals += 1
+        if self.filling:
+            self.late.append(child)
+            self.late_arrival[child] = self.arrivals
+        else:
+            heapq.heappush(self.pending, (self.key(child, self.arrivals), child))
+
+    def key(self, thread: int, arrival: int) -> tuple[int, int]:
+        fork = self.graph.threads[thread].fork
+        predicted = self.graph.op(fork).predicted if fork is not None else None  # type: ignore[union-attr]
+        size = predicted if predicted is not None else 0
+        match self.options.order:
+            case Order.FIFO:
+                return (0, arrival)
+            case Order.LONGEST_FIRST:
+                return (-size, arrival)
+            case Order.SHORTEST_FIRST:
+                return (size, arrival)
+        raise AssertionError(self.options.order)
+
+    def mark(self, thread: int) -> None:
+        """``thread``'s state may have changed: settle it later in this pass, or in the next one."""
+        rank = self.rank[thread]
+        if rank > self.settling:
+            heapq.heappush(self.dirty, rank)
+        else:
+            self.dirty_next.add(rank)
+
+    def settle(self, thread: int) -> bool:
         """Pass empty nodes and satisfied joins; True if the thread can decode now."""
+        graph, cursor, step = self.graph, self.cursor, self.step
+        nodes = graph.thread_nodes(thread)
         while True:
-            node = current(thread)
-            if node is None:
-                done.add(thread)
+            if cursor[thread] >= len(nodes):
+                self.decodable.discard(thread)
+                if thread not in self.done:
+                    self.done.add(thread)
+                    parent = graph.threads[thread].parent
+                    # A parent waiting at the Join that joins this thread waits for one child fewer.
+                    if parent in self.waiting and (
+                        self.joined_at.get(thread) == graph.thread_nodes(parent)[cursor[parent]]
+                    ):
+                        self.waiting[parent] -= 1
+                        if self.waiting[parent] == 0:
+                            self.mark(parent)
                 return False
+            node = nodes[cursor[thread]]
             op = graph.op(node)
             if isinstance(op, Join):
-                if not all(c in done for c in op.children):
+                if thread not in self.waiting:
+                    self.waiting[thread] = sum(c not in self.done for c in op.children)
+                if self.waiting[thread]:
+                    self.decodable.discard(thread)
                     return False
-                first[node] = last[node] = step - 1
+                del self.waiting[thread]
+                self.first[node] = self.last[node] = step - 1
                 cursor[thread] += 1
                 continue
             if op.length == 0:
-                first[node] = last[node] = step - 1
+                self.first[node] = self.last[node] = step - 1
                 cursor[thread] += 1
                 if isinstance(op, Fork):
-                    pending.append((op.child, arrival()))
+                    self.arrive(op.child)
                 continue
-            left.setdefault(thread, op.length)
+            self.left.setdefault(thread, op.length)
+            if thread not in self.decodable:
+                self.decodable.add(thread)
+                if thread not in self.in_queue:
+                    self.in_queue.add(thread)
+                    heapq.heappush(self.queued, self.rank[thread])
             return True
 
-    def arrival() -> int:
-        nonlocal arrivals
-        arrivals += 1
-        return arrivals
+    def resolve(self) -> None:
+        """Settle the marked threads in passes by rank until none is left marked."""
+        while self.dirty or self.dirty_next:
+            if not self.dirty:
+                self.dirty, self.dirty_next = sorted(self.dirty_next), set()
+            while self.dirty:
+                rank = heapq.heappop(self.dirty)
+                if rank == self.settling:
+                    continue  # marked twice
+                self.settling = rank
+                thread = self.started[rank]
+                if thread not in self.done:
+                    self.settle(thread)
+            self.settling = -1
 
-    def key(item: tuple[int, int]) -> tuple[int, int]:
-        thread, order = item
-        fork = graph.threads[thread].fork
-        predicted = graph.op(fork).predicted if fork is not None else None  # type: ignore[union-attr]
-        size = predicted if predicted is not None else 0
-        match options.order:
-            case Order.FIFO:
-                return (0, order)
-            case Order.LONGEST_FIRST:
-                return (-size, order)
-            case Order.SHORTEST_FIRST:
-                return (size, order)
-        raise AssertionError(options.order)
+    def ready(self, limit: int | None) -> list[int]:
+        """The first ``limit`` decodable threads by rank (all with None), left queued."""
+        out: list[int] = []
+        queued = self.queued
+        while queued and (limit is None or len(out) < limit):
+            rank = heapq.heappop(queued)
+            thread = self.started[rank]
+            if thread in self.decodable:
+                out.append(rank)
+            else:
+                self.in_queue.discard(thread)
+        for rank in out:
+            heapq.heappush(queued, rank)
+        return [self.started[rank] for rank in out]
 
-    cap = options.max_width
-    while True:
-        # Resolve until stable: settling can finish threads, which satisfies joins of threads settled earlier.
+    # -- the steps -----------------------------------------------------------------------------------
+
+    def run(self) -> Schedule:
+        graph, cap = self.graph, self.options.max_width
+        decoding: list[tuple[int, ...]] = []
+        runnable_counts: list[int] = []
+        self.start(MAIN)
+        heapq.heappush(self.dirty, 0)
         while True:
-            before = (len(done), len(pending), tuple(cursor.values()))
-            ready = [t for t in started if t not in done and settle(t)]
-            if (len(done), len(pending), tuple(cursor.values())) == before:
+            self.resolve()
+            if len(self.done) == len(graph.threads) and not self.pending:
                 break
-        if len(done) == len(graph.threads) and not pending:
-            break
-        active = ready if cap is None else ready[:cap]
-        held_back = len(ready) - len(active)
-        pending.sort(key=key)
-        finished = False
-        while pending and (cap is None or len(active) < cap):
-            thread, _ = pending.pop(0)
-            started.append(thread)
-            if settle(thread):
-                active.append(thread)
-            finished |= thread in done
-        if finished:
-            # A child with no token to write ended as it started: a join waiting for it may pass
-            # now, so resolve this step again (those started stay started).
-            continue
-        # Those decoding, those the cap held back, and the children still pending (a child started now
-        # may have forked others at once, with promises of no tokens).
-        runnable_counts.append(len(active) + held_back + len(pending))
-        if not active:
-            raise ScheduleError(f"no thread can decode at step {step}: the graph is incomplete or deadlocked")
-        forks: list[int] = []
-        for thread in active:
-            node = current(thread)
-            assert node is not None
-            if first[node] < 0:
-                first[node] = step
-            left[thread] -= 1
-            if left[thread] == 0:
-                last[node] = step
-                del left[thread]
-                cursor[thread] += 1
-                op = graph.op(node)
-                if isinstance(op, Fork):
-                    forks.append(op.child)
-        decoding.append(tuple(active))
-        step += 1
-        pending.extend((child, arrival()) for child in forks)
-    return Schedule(options, step, tuple(first), tuple(last), tuple(decoding), tuple(runnable_counts), tuple(started))
+            active = self.ready(cap)
+            held_back = len(self.decodable) - len(active)
+            finished = False
+            self.filling = True
+            while (self.pending or self.late) and (cap is None or len(active) < cap):
+                if self.pending:
+                    _, thread = heapq.heappop(self.pending)
+                else:
+                    thread = self.late.pop(0)
+                    del self.late_arrival[thread]
+                self.start(thread)
+                self.settling = self.rank[thread]  # what it marks is settled in the next resolve
+                if self.settle(thread):
+                    active.append(thread)
+                finished |= thread in self.done
+            self.filling = False
+            self.settling = -1
+            for thread in self.late:
+                heapq.heappush(self.pending, (self.key(thread, self.late_arrival.pop(thread)), thread))
+            self.late.clear()
+            if finished:
+                # A child with no token to write ended as it started: a join waiting for it may pass
+                # now, so resolve this step again (those started stay started).
+                continue
+            # Those decoding, those the cap held back, and the children still pending (a child started now
+            # may have forked others at once, with promises of no tokens).
+            runnable_counts.append(len(active) + held_back + len(self.pending))
+            if not active:
+                raise ScheduleError(f"no thread can decode at step {self.step}: the graph is incomplete or deadlocked")
+            forks: list[int] = []
+            for thread in active:
+                node = graph.thread_nodes(thread)[self.cursor[thread]]
+                if self.first[node] < 0:
+                    self.first[node] = self.step
+                self.left[thread] -= 1
+                if self.left[thread] == 0:
+                    self.last[node] = self.step
+                    del self.left[thread]
+                    self.cursor[thread] += 1
+                    self.decodable.discard(thread)
+                    self.mark(thread)
+                    op = graph.op(node)
+                    if isinstance(op, Fork):
+                        forks.append(op.child)
+            decoding.append(tuple(active))
+            self.step += 1
+            for child in forks:
+                self.arrive(child)
+        return Schedule(
+            self.options,
+            self.step,
+            tuple(self.first),
+            tuple(self.last),
+            tuple(decoding),
+            tuple(runnable_counts),
+            tuple(self.started),
+        )
 
 
 @dataclass(frozen=True)

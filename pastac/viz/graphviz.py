@@ -61,20 +61,24 @@ def nesting(graph: ThreadGraph) -> Iterator[tuple[int, bool]]:
             stack.extend((c, True) for c in reversed(children[thread]))
 
 
+MAX_INDENT = 16  # levels of nesting that indent the lines of ``cluster_lines``
+
+
 def cluster_lines(
     graph: ThreadGraph, header: Callable[[int], list[str]], node_line: Callable[[int, Op], str], close: str
 ) -> Iterator[str]:
     """One nested group of lines per thread: its ``header`` lines, a ``node_line`` per node, then ``close``;
-    indented two spaces per level (shared by the DOT and Mermaid writers)."""
+    indented two spaces per level up to ``MAX_INDENT`` levels (shared by the DOT and Mermaid writers; past
+    that only the braces show the nesting, so that a deep document's output stays linear in its size)."""
     depth = 0
     for thread, opening in nesting(graph):
         if not opening:
             depth -= 1
-            yield "  " * (depth + 1) + close
+            yield "  " * (min(depth, MAX_INDENT) + 1) + close
             continue
         head, *rest = header(thread)
-        pad = "  " * (depth + 2)
-        yield "  " * (depth + 1) + head
+        pad = "  " * (min(depth, MAX_INDENT) + 2)
+        yield "  " * (min(depth, MAX_INDENT) + 1) + head
         yield from (pad + line for line in rest)
         yield from (pad + node_line(node, graph.op(node)) for node in graph.thread_nodes(thread))
         depth += 1

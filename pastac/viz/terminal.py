@@ -70,17 +70,30 @@ def _number(value: float | int, *, count: bool = False) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".") if count else f"{value:.3f}"
 
 
+MAX_TREE_DEPTH = 8  # thread depths the tree indents; deeper threads are shown at this depth
+
+
 def thread_tree(graph: ThreadGraph) -> Tree:
-    """Threads nested under the promise that forked them, each with its nodes in order."""
+    """Threads nested under the promise that forked them, each with its nodes in order.
+
+    A thread deeper than ``MAX_TREE_DEPTH`` is shown after its parent, at its parent's indentation, and its
+    title names its parent: every line's guides are bounded, so that a deeply nested document's tree costs
+    time linear in its size (rich measures each line's guides)."""
     subtree = subtree_lengths(graph)
 
     def title(thread: int) -> Text:
         info = graph.threads[thread]
         name = "t0 main" if info.parent is None else f"t{thread} {quote(info.topic or '')}"
-        return Text.assemble((name, "bold"), f"  depth {info.depth}, {subtree[thread]} tokens with its children")
+        flattened = info.depth > MAX_TREE_DEPTH
+        return Text.assemble(
+            (name, "bold"),
+            f"  forked by t{info.parent}," if flattened else "",
+            f"  depth {info.depth}, {subtree[thread]} tokens with its children",
+        )
 
     root = Tree(title(0), guide_style="dim")
     branches: dict[int, Tree] = {0: root}
+    holders: dict[int, Tree] = {}  # per thread past the first: the tree its title was added to
     for thread, opening in nesting(graph):  # parents open before their children
         if not opening:
             continue
@@ -94,7 +107,9 @@ def thread_tree(graph: ThreadGraph) -> Tree:
             )
             leaf = branch.add(label)
             if isinstance(op, Fork):
-                branches[op.child] = leaf.add(title(op.child))
+                holder = leaf if graph.threads[op.child].depth <= MAX_TREE_DEPTH else holders[thread]
+                holders[op.child] = holder
+                branches[op.child] = holder.add(title(op.child))
     return root
 
 
