@@ -251,3 +251,15 @@ def test_draw_timeline_of_an_empty_document(tmp_path):
     p = plan(g)
     draw_timeline(g, p.schedule, p.figures, str(tmp_path / "e.png"))
     assert (tmp_path / "e.png").stat().st_size > 0
+
+
+def test_the_plan_table_shows_the_first_threads_and_counts_the_rest() -> None:
+    from pastac.viz.terminal import PLAN_ROWS
+
+    many = PLAN_ROWS + 5
+    doc = "".join(f'<promise topic="p{i}" tokens="1"/><async>x</async>' for i in range(many)) + "<sync/>"
+    buffer = io.StringIO()
+    show(buffer, plan_view(plan(graph(doc)), label="d", length="words"))
+    text = buffer.getvalue()
+    assert f"t{PLAN_ROWS - 1} " in text and f"t{PLAN_ROWS + 1} " not in text
+    assert "6 more threads" in text  # the main thread and many children: PLAN_ROWS shown

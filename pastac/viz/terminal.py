@@ -113,6 +113,10 @@ def thread_tree(graph: ThreadGraph) -> Tree:
     return root
 
 
+#: The plan's thread table shows this many threads, the first ones; ``plan --json`` gives every one.
+PLAN_ROWS = 200
+
+
 def plan_view(p: Plan, *, label: str, length: str) -> RenderableType:
     """The plan: a header with its settings, a table of its threads, a table of its figures and what they mean."""
     options = p.options
@@ -141,7 +145,7 @@ def plan_view(p: Plan, *, label: str, length: str) -> RenderableType:
     ):
         threads.add_column(name, justify=justify, no_wrap=name != "topic")  # type: ignore[arg-type]
     threads.add_column("positions", overflow="fold", min_width=16)
-    for r in p.threads:
+    for r in p.threads[:PLAN_ROWS]:
         positions = " ".join(f"{_int(a)}..{_int(b)}" for a, b in r.positions)
         threads.add_row(
             f"t{r.thread}",
@@ -155,6 +159,9 @@ def plan_view(p: Plan, *, label: str, length: str) -> RenderableType:
             int_text(r.end_step),
             excerpt(positions, 80),
         )
+    if len(p.threads) > PLAN_ROWS:
+        more = len(p.threads) - PLAN_ROWS
+        threads.add_row("…", "", "", f"{more:,} more threads (plan --json lists them all)", *([""] * 6))
     figures = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=True)
     figures.add_column("figure")
     figures.add_column("value", justify="right")
