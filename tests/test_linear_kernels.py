@@ -359,3 +359,22 @@ def test_tuning_keeps_to_its_time_budget(monkeypatch: pytest.MonkeyPatch) -> Non
     start = time.perf_counter()
     tune_linears(m, tuning=tuning)
     assert time.perf_counter() - start < 8.0  # 200 rounds would take about a minute
+
+
+def test_the_cli_shows_tuning_shape_by_shape_on_stderr_and_q_keeps_it_quiet(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from test_cli import run
+
+    folder = tmp_path / "tiny"
+    tokenizer = tiny_tokenizer()
+    random_model("tiny-llama", vocab_size=len(tokenizer), seed=3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    monkeypatch.setenv("PASTAC_CACHE", str(tmp_path / "loud"))
+    code, out, err = run(capsys, "run", "Hi", "--model", str(folder), "--max-new-tokens", "3", "--no-adapter")
+    assert code == 0, err
+    assert "tuning the linear layers' kernels for float32" in err and "[1/" in err and "tuned in" in err
+    assert "tuning" not in out
+    monkeypatch.setenv("PASTAC_CACHE", str(tmp_path / "quiet"))  # an empty cache: tuned again, silently
+    code, out, err = run(capsys, "run", "Hi", "--model", str(folder), "--max-new-tokens", "3", "--no-adapter", "-q")
+    assert code == 0 and "tuning" not in err and list((tmp_path / "quiet" / "kernels").glob("linears-*.json"))
