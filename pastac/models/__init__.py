@@ -15,7 +15,9 @@ of its own holds the keys and values. This package provides the models it works 
 - ``tiny``: ``random_model`` and ``SHAPES`` build randomly initialised models, for tests (tiny shapes) and for
   benchmarks that time real shapes without weights; ``tiny_tokenizer`` is a small byte-level BPE tokenizer
   built in-process to go with them;
-- ``chat``: ``prompt_ids`` turns a user prompt into the token ids the model is prefilled with.
+- ``chat``: ``prompt_ids`` turns a user prompt into the token ids the model is prefilled with;
+- ``budget``: ``check_budget`` refuses a run whose token budget the model's context or the machine's memory
+  cannot hold (``BudgetError``, a ``ValueError``).
 
 Every failure raises ``ModelError`` (``errors``); progress goes to standard error (``console``). The modules
 import each other in one direction only: ``errors`` and ``console`` first, then ``gguf`` and ``adapter``,
@@ -24,6 +26,7 @@ then ``loading``, then ``tiny``.
 
 from pastac.models.adapter import adapter_settings, resolve_adapter
 from pastac.models.architecture import PACKED_ATTENTION_ARCHITECTURES, check_architecture, verify_packed_attention
+from pastac.models.budget import BudgetError, check_budget, context_length
 from pastac.models.chat import PromptError, messages_ids, prompt_ids
 from pastac.models.errors import ModelError
 from pastac.models.gguf import cache_dir, convert_gguf, default_gguf, gguf_chat_template
@@ -35,12 +38,15 @@ __all__ = [
     "PACKED_ATTENTION_ARCHITECTURES",
     "SHAPES",
     "TINY_CHAT_TEMPLATE",
+    "BudgetError",
     "LoadedModel",
     "ModelError",
     "PromptError",
     "adapter_settings",
     "cache_dir",
     "check_architecture",
+    "check_budget",
+    "context_length",
     "convert_gguf",
     "default_gguf",
     "gguf_chat_template",

@@ -1,11 +1,14 @@
-"""GGUF files: the default model's, reading their metadata, and converting them once into a transformers folder.
+"""GGUF files: the default model's, checking and reading them, and converting them once into a transformers folder.
 
-transformers reads a GGUF file in tens of seconds, and the safetensors folder converted from it in about a
-second, so ``convert_gguf`` converts each file once into ``cache_dir()/models/<stem>-<hash>/`` and later
-calls return that folder. Invariants:
+transformers reads a GGUF file in tens of seconds (about a minute for the default model on two cores), and
+the safetensors folder converted from it in about a second, so ``convert_gguf`` converts each file once into
+``cache_dir()/models/<stem>-<digest>/`` and later calls return that folder. Invariants:
 
-- The cache folder is named by a hash of the file's path, size and mtime: a changed or replaced file gets a
-  fresh conversion, never a stale one.
+- The cache folder is named by the SHA-256 of the file's content: a changed or replaced file gets a fresh
+  conversion, never a stale one, and the same file in two places (two virtualenvs) shares one conversion.
+  The digest is remembered by the file's path, size and mtime (``digests.json``), so a file is hashed once.
+- A file is checked before transformers reads it (``check_gguf``): one cut short or damaged is a
+  ``ModelError`` naming it and saying where, never a parser's traceback.
 - A conversion is written to a temporary folder beside its cache folder and renamed into place: an
   interrupted conversion leaves no half-written cache, and two that race both end with a complete one.
 - The converted folder knows the end-of-sequence token in its config, its generation config and its
@@ -19,8 +22,11 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import math
+import mmap
 import os
 import shutil
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -89,12 +95,183 @@ def is_gguf(path: Path) -> bool:
         return False
 
 
-def _gguf_cache_folder(path: Path) -> Path:
-    """The cache folder for a GGUF file: named by its stem and a hash of its path, size and mtime, so that
-    a changed or replaced file gets a fresh conversion."""
+_DIGESTS = "digests.json"  # in cache_dir()/models: path -> size, mtime and SHA-256 of the file when hashed
+
+
+def gguf_digest(path: Path) -> str:
+    """The SHA-256 of the file's bytes, remembered in ``cache_dir()/models/digests.json`` by its path, size and
+    mtime: a file is read through once (about 0.1 s per 100 MB), later calls only stat it."""
     stat = path.stat()
-    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{path.stem}-{key}"
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record = cache_dir() / "models" / _DIGESTS
+    known: dict[str, dict[str, object]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(record.read_text(encoding="utf-8"))
+        if isinstance(loaded, dict):
+            known = {k: v for k, v in loaded.items() if isinstance(v, dict)}
+    entry = known.get(str(path), {})
+    if isinstance(entry.get("sha256"), str) and all(entry.get(k) == v for k, v in stamp.items()):
+        return str(entry["sha256"])
+    try:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as error:
+        raise ModelError(f"cannot read the GGUF file {path}: {error}") from error
+    known = {k: v for k, v in known.items() if Path(k).exists()} | {str(path): stamp | {"sha256": digest}}
+    with contextlib.suppress(OSError):  # an unwritable record costs a hash next time, nothing else
+        record.parent.mkdir(parents=True, exist_ok=True)
+        temporary = record.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, indent=1) + "\n", encoding="utf-8")
+        temporary.replace(record)
+    return digest
+
+
+def _gguf_cache_folder(path: Path) -> Path:
+    """The cache folder for a GGUF file: named by its stem and its content's digest; an existing conversion of
+    the same content under another name is used as it is."""
+    digest = gguf_digest(path)[:16]
+    models = cache_dir() / "models"
+    for existing in sorted(models.glob(f"*-{digest}")):
+        if (existing / "config.json").is_file():
+            return existing
+    return models / f"{path.stem}-{digest}"
+
+
+# The layout of a GGUF file (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md): magic, version, tensor
+# and metadata counts, the metadata (key, type, value), the tensors' infos (name, dimensions, type, offset), then
+# their data from the first multiple of the alignment on.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Cursor:
+    """Reads a GGUF file's header from its bytes, raising ``ModelError`` where they run out or make no sense."""
+
+    def __init__(self, data: mmap.mmap | bytes, path: Path, order: str) -> None:
+        self.data, self.path, self.order, self.at = data, path, order, 0
+        self.what = "its header"
+
+    def cut(self) -> ModelError:
+        return ModelError(
+            f"{self.path} is not a complete GGUF file: it ends inside {self.what} (byte {self.at:,} of "
+            f"{len(self.data):,}): it was cut short (perhaps while it was downloaded or copied) or is damaged"
+        )
+
+    def bad(self, why: str) -> ModelError:
+        return ModelError(f"{self.path} is not a valid GGUF file: {why} in {self.what} (byte {self.at:,})")
+
+    def take(self, code: str) -> int | float | bool:
+        size = struct.calcsize(code)
+        if self.at + size > len(self.data):
+            raise self.cut()
+        (value,) = struct.unpack_from(self.order + code, self.data, self.at)
+        self.at += size
+        return value
+
+    def skip(self, size: int) -> None:
+        if self.at + size > len(self.data):
+            raise self.cut()
+        self.at += size
+
+    def string(self) -> bytes:
+        size = int(self.take("Q"))
+        start = self.at
+        self.skip(size)
+        return bytes(self.data[start : self.at])
+
+    def value(self, kind: int) -> int | float | bool | None:
+        """Read (or step over) one value of ``kind``; scalars are returned."""
+        if kind in _SCALARS:
+            return self.take(_SCALARS[kind])
+        if kind == _STRING:
+            self.skip(int(self.take("Q")))
+        elif kind == _ARRAY:
+            item, count = int(self.take("I")), int(self.take("Q"))
+            if item in _SCALARS:
+                self.skip(count * struct.calcsize(_SCALARS[item]))
+            elif item == _STRING:  # a tokenizer's vocabulary: a hundred thousand strings, walked fast
+                length, end, at = struct.Struct(self.order + "Q"), len(self.data), self.at
+                for _ in range(count):
+                    if at + 8 > end:
+                        raise self.cut()
+                    at += 8 + length.unpack_from(self.data, at)[0]
+                self.at = min(at, end)
+                if at > end:
+                    raise self.cut()
+            elif item == _ARRAY:
+                if count * 12 > len(self.data) - self.at:  # each takes 12 bytes at least
+                    raise self.cut()
+                for _ in range(count):
+                    self.value(item)
+            else:
+                raise self.bad(f"unknown array item type {item}")
+        else:
+            raise self.bad(f"unknown value type {kind}")
+        return None
+
+
+def check_gguf(path: Path) -> None:
+    """Check that a GGUF file is whole before transformers reads it: its header, metadata and tensor infos
+    parse, and every tensor's data lies inside the file.  A file cut short or damaged raises ``ModelError``
+    naming it and saying where (a parser's ``struct.error`` is no message).  About 0.1 s for the default model."""
+    from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
+
+    try:
+        if (size := path.stat().st_size) < 24:  # magic, version and the two counts; mmap cannot map 0 bytes
+            raise ModelError(
+                f"{path} is not a complete GGUF file: it ends inside its header (it has {size} bytes): it was cut "
+                "short (perhaps while it was downloaded or copied) or is damaged"
+            )
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            # the version, read both ways: a big-endian file's is a small number read big-endian
+            order = "<" if struct.unpack_from("<I", data, 4)[0] < 0x10000 else ">"
+            cursor = _Cursor(data, path, order)
+            if cursor.take("4s") != _GGUF_MAGIC:
+                raise cursor.bad("no GGUF magic bytes")
+            version = cursor.take("I")
+            if version not in (2, 3):
+                raise cursor.bad(f"GGUF version {version}, where pastac reads versions 2 and 3")
+            tensors, entries = int(cursor.take("Q")), int(cursor.take("Q"))
+            alignment = GGUF_DEFAULT_ALIGNMENT
+            for index in range(entries):
+                cursor.what = f"metadata entry {index + 1} of {entries}"
+                key = cursor.string().decode("utf-8", "replace")
+                cursor.what = f"metadata entry {key!r}"
+                value = cursor.value(int(cursor.take("I")))
+                if key == "general.alignment" and isinstance(value, int):
+                    alignment = value
+            if alignment <= 0 or alignment & (alignment - 1):
+                raise cursor.bad(f"alignment {alignment} is not a power of two")
+            infos = []
+            for index in range(tensors):
+                cursor.what = f"the info of tensor {index + 1} of {tensors}"
+                name = cursor.string().decode("utf-8", "replace")
+                cursor.what = f"the info of tensor {name!r}"
+                dims = int(cursor.take("I"))
+                if not 1 <= dims <= 4:
+                    raise cursor.bad(f"{dims} dimensions")
+                shape = [int(cursor.take("Q")) for _ in range(dims)]
+                kind, offset = int(cursor.take("I")), int(cursor.take("Q"))
+                try:
+                    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+                except (ValueError, KeyError):
+                    raise cursor.bad(f"unknown tensor type {kind}") from None
+                elements = math.prod(shape)
+                if shape[0] % block:
+                    raise cursor.bad(f"a first dimension of {shape[0]}, not a multiple of its blocks of {block}")
+                infos.append((name, offset, elements // block * size))
+            start = -(-cursor.at // alignment) * alignment
+            for name, offset, size in infos:
+                if start + offset + size > len(data):
+                    raise ModelError(
+                        f"{path} is not a complete GGUF file: the data of tensor {name!r} ends at byte "
+                        f"{start + offset + size:,}, but the file has {len(data):,} bytes; it was cut short, "
+                        "perhaps while it was downloaded or copied"
+                    )
+    except OSError as error:
+        raise ModelError(f"cannot read the GGUF file {path}: {error}") from error
+    except (ValueError, struct.error) as error:  # an empty or tiny file: mmap and struct cannot start
+        raise ModelError(f"{path} is not a complete GGUF file: {error}") from error
 
 
 def gguf_chat_template(path: str | os.PathLike[str]) -> str | None:
@@ -153,10 +330,12 @@ def _remove_stale_temporaries(folder: Path) -> None:
 def convert_gguf(path: str | os.PathLike[str], *, progress: bool = True) -> Path:
     """The transformers folder (safetensors weights, config, tokenizer) converted from a GGUF file.
 
-    The conversion runs once per file, into ``cache_dir()/models/<stem>-<hash>/``; later calls return that
-    folder at once. It is written to a temporary folder beside it and renamed into place, so a conversion
-    that is interrupted leaves no half-written cache, and two that race both end with a complete one.
-    Quantised weights are dequantised and stored in float32.
+    The conversion runs once per file content, into ``cache_dir()/models/<stem>-<digest>/``; later calls (from
+    any virtualenv, for any copy of the file) return that folder at once. The file is checked first
+    (``check_gguf``). The conversion is written to a temporary folder beside its cache folder and renamed into
+    place, so one that is interrupted leaves no half-written cache, and two that race both end with a complete
+    one. Quantised weights are dequantised and stored in float32. With ``progress``, each step is shown on
+    standard error with its time so far and how many tensors are done.
     """
     source = Path(path).expanduser().resolve()
     if not source.is_file():
@@ -166,8 +345,9 @@ def convert_gguf(path: str | os.PathLike[str], *, progress: bool = True) -> Path
     target = _gguf_cache_folder(source)
     if (target / "config.json").is_file():
         return target
+    check_gguf(source)
     reporter = Reporter(progress)
-    reporter.note(f"Converting {source.name} for transformers, once (cached in {target})")
+    reporter.note(f"Converting {source.name} for transformers, once (about a minute; cached in {target})")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -176,7 +356,12 @@ def convert_gguf(path: str | os.PathLike[str], *, progress: bool = True) -> Path
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     temporary.chmod(0o755)  # mkdtemp makes it private; the cache folder it becomes need not be
     try:
-        with reporter.step(f"Reading GGUF {source.name} (dequantising the weights)"), quiet_transformers():
+        # What transformers raises for a file it cannot read: a damaged file (OSError, ValueError, KeyError, and
+        # from the GGUF parser struct.error, IndexError), an architecture its GGUF loader does not know
+        # (NotImplementedError), mismatched tensors (RuntimeError).
+        unreadable = (OSError, ValueError, KeyError, IndexError, struct.error, NotImplementedError, RuntimeError)
+        reading = f"Reading the weights of {source.name} (dequantising them)"
+        with reporter.step(reading) as update, quiet_transformers(progress=lambda n: update(f"{n} tensors")):
             try:
                 model, info = AutoModelForCausalLM.from_pretrained(
                     source.parent,
@@ -188,18 +373,22 @@ def convert_gguf(path: str | os.PathLike[str], *, progress: bool = True) -> Path
                     local_files_only=True,
                     output_loading_info=True,
                 )
-                require_all_weights(info, source)
-                tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
-            # What transformers raises for a file it cannot read: a damaged file (OSError, ValueError, KeyError),
-            # an architecture its GGUF loader does not know (NotImplementedError), mismatched tensors (RuntimeError).
-            except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as error:
+            except unreadable as error:
                 raise ModelError(f"transformers cannot load the GGUF file {source}: {error}") from error
+        require_all_weights(info, source)
+        with reporter.step(f"Reading the tokenizer of {source.name}"), quiet_transformers():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+            except unreadable as error:
+                raise ModelError(
+                    f"transformers cannot read the tokenizer of the GGUF file {source}: {error}"
+                ) from error
         _complete_converted(model, tokenizer, source)
         with reporter.step(f"Saving safetensors to {target}"), quiet_transformers():
             model.save_pretrained(temporary)
             tokenizer.save_pretrained(temporary)
             stat = source.stat()
-            record = {"gguf": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            record = {"gguf": str(source), "sha256": gguf_digest(source), "size": stat.st_size}
             (temporary / _SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         try:
             temporary.rename(target)

@@ -6,6 +6,8 @@ merges a PEFT adapter into it when asked. Invariants:
 
 - Nothing is fetched from the network; a checkpoint that lacks weights is refused rather than completed at
   random.
+- A dtype this CPU cannot multiply (``pastac.backend.linear.dtype_refusal``, a probe of milliseconds) is
+  refused before anything is read or converted.
 - The model uses the sdpa attention (which applies the runtime's custom masks) and is in eval mode.
 - Everything that goes wrong raises ``ModelError`` naming the path; progress goes to standard error only.
 - Whether the runtime can drive the architecture is ``pastac.models.architecture``'s question, not this
@@ -23,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from pastac.adapters.settings import AdapterSettings
+from pastac.backend.linear import dtype_refusal
 from pastac.models.adapter import adapter_settings, merge_adapter, resolve_adapter
 from pastac.models.console import Reporter, quiet_transformers
 from pastac.models.errors import ModelError, require_all_weights
@@ -120,6 +123,8 @@ def load_model(
     """
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    if (why := dtype_refusal(torch_dtype, torch_device)) is not None:
+        raise ModelError(why)
     adapter_folder = resolve_adapter(adapter, model)
     source = default_gguf() if model is None else Path(model).expanduser()
     if source.is_dir():

@@ -157,7 +157,7 @@ def run_options(args: argparse.Namespace) -> dict[str, object]:
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     """``pastac run``: decode, print the stitched answer (or ``--json``) and the stats line."""
-    from pastac.models import ModelError
+    from pastac.models import BudgetError, ModelError
     from pastac.runtime.engine import Engine
     from pastac.runtime.options import RunOptions, with_options
     from pastac.runtime.results import DoneEvent
@@ -200,6 +200,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     except InputError as error:
         print(f"pastac: error: {error}", file=sys.stderr)
         return EXIT_ERRORS
+    except BudgetError as error:  # a budget the model or the machine cannot hold: a usage error
+        raise UsageError(str(error)) from None
     except KeyboardInterrupt:
         partial = engine.partial()
         if live is not None:

@@ -34,7 +34,7 @@ from pastac.backend.visibility import Views
 from pastac.grammar import check
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.prefix import writes_markup
-from pastac.models import PromptError, cache_dir, check_architecture, load_model, messages_ids, prompt_ids
+from pastac.models import PromptError, cache_dir, check_architecture, check_budget, load_model, messages_ids, prompt_ids
 from pastac.passes import critical_path, schedule
 from pastac.runtime.guard import TagGuard
 from pastac.runtime.options import RunOptions, with_options
@@ -295,6 +295,7 @@ class Engine:
         repeats = UnseenNgrams(n, self.exempt_tokens) if n and replayed is None else None
         forced = sum(len(t) for t, _ in chunks or ())
         capacity = len(ids) + limits.max_new_tokens + forced + 64
+        check_budget(self.model, prompt=len(ids), budget=limits.max_new_tokens, forced=forced, slots=capacity)
         runner = (make_runner or Runner)(self.model, capacity)
         runner.keep_logits = keep_logits
         views = Views(capacity, device=runner.device)
