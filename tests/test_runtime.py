@@ -297,6 +297,7 @@ def test_a_cut_childs_block_ends_with_a_line_break_before_the_next_item(tiny_eng
     doc = check(result.annotated, mode="strict")
     assert not doc.errors and render(doc.document) == result.text
     assert first.text == e.last_run.sched.threads[1].text  # the thread's own text is as it wrote it
+    assert e.last_run.sched.interp.cut_breaks() == 1  # the second child's block ends the answer: no break
 
 
 def test_a_cut_child_that_the_line_goes_on_from_is_left_as_written(tiny_engine):

@@ -400,6 +400,11 @@ class Interpreter:
         """The answer so far as a reader sees it: each promise replaced by its thread's text, tags removed."""
         return self._expand(MAIN, tags=False)
 
+    def cut_breaks(self) -> int:
+        """How many line breaks the answer holds that no thread wrote: one at the end of each cut child's block
+        that the text after it would otherwise run into (see the module's docstring)."""
+        return len(_cut_breaks(self._flatten(MAIN)))
+
     def _expand(self, root: int, *, tags: bool) -> str:
         flat = self._flatten(root)
         breaks = _cut_breaks(flat)
