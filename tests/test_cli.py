@@ -121,9 +121,11 @@ def test_json_format(capsys, files):
         "errors": 1,
         "warnings": 0,
         "bad_records": 2,
+        "unreadable": 0,
         "mode": "strict",
         "valid": False,
     }
+    assert report["schema"] == 1
     first = report["diagnostics"][0]
     assert (first["code"], first["name"], first["record"], first["line"], first["column"]) == (
         "E303",
@@ -244,3 +246,79 @@ def test_graph_never_writes_over_the_document_it_reads(capsys, files, tmp_path):
             assert f"--output '{target}' is FILE '{source}', which this command reads; name another file" in err
     code, _, err = run(capsys, "graph", str(source), "--format", "dot", "-o", str(tmp_path / "missing" / "g.dot"))
     assert code == 2 and "no such folder" in err
+
+
+# -- unreadable inputs and the JSON report's schema -------------------------------------------------------------
+
+
+def test_check_json_counts_an_unreadable_file_as_invalid(capsys, files):
+    """Issue 23, item 10: --format json said "valid": true for a file it could not read, and had no schema."""
+    code, out, err = run(capsys, "check", "--format", "json", "missing.pasta", str(files["valid"]))
+    assert code == 2 and "cannot read 'missing.pasta': no such file" in err
+    report = json.loads(out)
+    assert report["schema"] == 1
+    assert report["summary"]["valid"] is False and report["summary"]["unreadable"] == 1
+    assert report["summary"]["documents"] == 1 and report["summary"]["errors"] == 0
+    assert report["diagnostics"] == [
+        {
+            "file": "missing.pasta",
+            "severity": "error",
+            "code": None,
+            "message": "cannot read 'missing.pasta': no such file",
+        }
+    ]
+
+
+def test_check_text_does_not_say_no_problems_for_a_missing_file(capsys):
+    code, out, _ = run(capsys, "check", "missing.pasta")
+    assert code == 2 and out == "checked 0 documents (strict): 1 unreadable file\n"
+
+
+def test_check_github_names_an_unreadable_file(capsys, tmp_path):
+    code, out, _ = run(capsys, "check", "--format", "github", str(tmp_path))
+    assert code == 2 and out.startswith(f"::error file={tmp_path},title=unreadable::cannot read")
+
+
+# -- templates --------------------------------------------------------------------------------------------------
+
+SLEEP = str(Path(__file__).resolve().parent.parent / "examples" / "templates" / "sleep.pasta")
+TEMPLATE = 'Tips:\n1. <promise topic="sleep" tokens="4"/>\n2. <promise topic="food &amp; drink"/>\n<sync/>\nDone.\n'
+
+
+def test_the_shipped_template_is_a_valid_template_not_a_valid_document(capsys):
+    """Issue 23, item 10: the shipped template failed check (4 x E304), and render refused it."""
+    code, out, _ = run(capsys, "check", SLEEP)
+    assert code == 1 and out.count("error[E304]") == 4
+    assert run(capsys, "check", "--template", SLEEP) == (0, "checked 1 document (template): no problems\n", "")
+    assert run(capsys, "fmt", "--template", "--check", SLEEP)[0] == 0
+    code, out, err = run(capsys, "render", "--template", SLEEP)
+    assert (code, err) == (0, "")
+    assert "1. **Keep a regular schedule.** [keep a regular schedule]\n" in out
+
+
+def test_render_template_marks_each_promise_place(capsys, tmp_path):
+    path = tmp_path / "t.pasta"
+    path.write_text(TEMPLATE)
+    assert run(capsys, "render", "--template", str(path)) == (0, "Tips:\n1. [sleep]\n2. [food & drink]\n\nDone.\n", "")
+    code, _, err = run(capsys, "render", str(path))  # strict: not a document
+    assert code == 1 and "error[E304]" in err
+    code, _, err = run(capsys, "render", "--template", "--lenient", str(path))
+    assert code == 2 and "not allowed with argument" in err
+
+
+def test_a_promise_with_its_block_is_an_error_in_a_template(capsys, tmp_path):
+    path = tmp_path / "t.pasta"
+    path.write_text('A <promise topic="x"/><async>written</async> <promise topic="y"/><sync/>')
+    code, out, _ = run(capsys, "check", "--template", str(path))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"{path}:1:23: error[E307]: a template's promises are fulfilled by the model: remove this <async> block"
+    )
+    assert f"{path}:1:3: note: promise declared here" in lines
+    assert lines[-1] == "checked 1 document (template): 1 error"
+    code, out, _ = run(capsys, "check", "--template", "--format", "json", str(path))
+    report = json.loads(out)
+    assert [d["code"] for d in report["diagnostics"]] == ["E307"] and report["summary"]["mode"] == "template"
+    code, _, err = run(capsys, "render", "--template", str(path))
+    assert code == 1 and "error[E307]" in err

@@ -424,3 +424,28 @@ def test_usage_errors_exit_two(capsys, tmp_path, argv):
     out, err = capsys.readouterr()
     assert err.startswith(("pastac: error:", "usage:")) and err.strip()
     assert out == ""  # nothing half-done on standard output
+
+
+# -- templates ------------------------------------------------------------------------------------------------
+
+
+def test_plan_and_graph_of_a_template(capsys, tmp_path):
+    """Issue 23, item 10: plan and graph refused templates.  With --template each promise forks a part of its
+    predicted length: tokens= x --unit (a promise without tokens=, an empty part)."""
+    path = write(tmp_path, "t.pasta", 'Tips: <promise topic="a" tokens="3"/> and <promise topic="b"/><sync/> done')
+    assert run(capsys, "plan", path)[0] == 1  # not a document: its promises have no blocks
+    figures = plan_json(capsys, path, "--template", "--unit", "2")
+    assert figures["threads"] == 3
+    children = [t for t in figures["per_thread"] if t["parent"] is not None]
+    # <async>, the part, </async>: 1 + 3 x 2 + 1 words; and 1 + 0 + 1
+    assert [(t["topic"], t["subtree_tokens"]) for t in children] == [("a", 8), ("b", 2)]
+    code, out, _ = run(capsys, "graph", path, "--template")
+    assert code == 0 and '"[a]"' in out and "t2" in out
+    code, _, err = run(capsys, "plan", path, "--template", "--lenient")
+    assert code == 2 and "not allowed with argument" in err
+
+
+def test_the_shipped_template_plans(capsys):
+    template = str(ROOT / "examples" / "templates" / "sleep.pasta")
+    figures = plan_json(capsys, template, "--template")
+    assert figures["threads"] == 5 and figures["theoretical_speedup"] > 1

@@ -6,7 +6,9 @@ Sidecars, compared byte for byte (``pytest --update-goldens`` rewrites them):
   NAME.diag     the strict diagnostics as text (spec §9); empty for a valid case
   NAME.lenient  the lenient diagnostics as text
   NAME.fmt      the canonical form (spec §6); valid cases only
-  NAME.args     input, optional: ``--max-depth N``
+  NAME.args     input, optional: ``--max-depth N``, ``--template``
+A ``--template`` case is a template (spec §7.4): its NAME.diag holds the template-mode diagnostics (so
+"valid" means valid as a template), its NAME.render the template's rendering (each promise's place marked).
 A case is invalid if and only if its name starts with an error code, which it must report.
 Valid cases must also print and parse back to the same document, and printing must be idempotent;
 the streaming scanner must lex every case as the batch lexer does, however the input is split in two.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pastac.grammar import DEFAULT_MAX_DEPTH, Severity, check, dump, parse, render, to_source, tokenize
+from pastac.grammar import DEFAULT_MAX_DEPTH, Mode, Severity, check, dump, parse, render, to_source, tokenize
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.scanner import coalesce, scan
 
@@ -37,28 +39,35 @@ def read(path: Path) -> str:
     return path.read_bytes().decode("utf-8")  # bytes: no newline translation
 
 
-def max_depth(path: Path) -> int:
+def options(path: Path) -> tuple[int, Mode]:
+    """The case's depth limit and its mode: strict, or template (``--template``)."""
     args = path.with_suffix(".args")
     match read(args).split() if args.exists() else []:
         case []:
-            return DEFAULT_MAX_DEPTH
+            return DEFAULT_MAX_DEPTH, "strict"
         case ["--max-depth", n] if n.isdecimal():
-            return int(n)
+            return int(n), "strict"
+        case ["--template"]:
+            return DEFAULT_MAX_DEPTH, "template"
         case words:
             raise ValueError(f"{args}: unsupported options {words}")
 
 
 def outputs(path: Path) -> dict[str, str]:
-    source, depth, name = read(path), max_depth(path), path.relative_to(ROOT).as_posix()
-    strict = check(source, mode="strict", max_depth=depth, filename=name)
+    source, name = read(path), path.relative_to(ROOT).as_posix()
+    depth, mode = options(path)
+    strict = check(source, mode=mode, max_depth=depth, filename=name)  # strict, or template
     lenient = check(source, mode="lenient", max_depth=depth, filename=name)
-    # Spec §7: the modes differ only in severity.
-    assert [d.with_severity(Severity.ERROR) for d in lenient.diagnostics] == list(strict.diagnostics)
+    as_errors = [d.with_severity(Severity.ERROR) for d in lenient.diagnostics]
+    if mode == "strict":  # Spec §7: the modes differ only in severity.
+        assert as_errors == list(strict.diagnostics)
+    else:  # Spec §7.4: a template's diagnostics are strict's, less E304, plus E307.
+        assert [d for d in as_errors if d.code != "E304"] == [d for d in strict.diagnostics if d.code != "E307"]
     assert lenient.document == strict.document
     document = strict.document if strict.ok else lenient.document
     out = {
         ".ast": dump(document),
-        ".render": render(document),
+        ".render": render(document, template=mode == "template"),
         ".diag": format_text(strict.diagnostics, source, name),
         ".lenient": format_text(lenient.diagnostics, source, name),
     }
@@ -88,10 +97,10 @@ def test_case(case: Path, update_goldens: bool) -> None:
         else:
             assert not golden.exists(), f"{golden} is for valid cases only"
     if ".fmt" in actual:
-        depth = max_depth(case)
-        document = parse(read(case), max_depth=depth)
+        depth, mode = options(case)
+        document = parse(read(case), mode=mode, max_depth=depth)
         printed = to_source(document)
-        reparsed = parse(printed, max_depth=depth)
+        reparsed = parse(printed, mode=mode, max_depth=depth)
         assert reparsed == document
         assert to_source(reparsed) == printed
 

@@ -2,8 +2,9 @@
 
 - Every line of a ```sh block that starts with ``pastac `` (joined with the lines it continues onto
   through a trailing backslash; a trailing ``# comment`` and anything after a shell operator such as
-  ``>`` or ``&`` left out) must be accepted by the CLI's argument parser. Blocks in any other language
-  (``text`` synopses with placeholders, program output) are not read.
+  ``>`` or ``&`` left out), and every ``.venv/bin/pastac`` line of scripts/demo, must be accepted by the
+  CLI's argument parser; a ``pastac run`` among them gives a prompt file with ``-f``, not as PROMPT.
+  Blocks in any other language (``text`` synopses with placeholders, program output) are not read.
 - A ```sh or ```python block on the line right after ``<!-- example: run -->`` is run for real, from
   the repository root: each command through ``pastac.cli.main`` in this process, expecting exit
   status 0, or N after ``<!-- example: run, exit N -->``; a python block with ``exec`` in a fresh
@@ -133,6 +134,12 @@ def commands(block: Block) -> list[Command]:
 
 ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
 SH_COMMANDS = [command for block in ALL_BLOCKS if block.language == "sh" for command in commands(block)]
+DEMO = ROOT / "scripts" / "demo"
+DEMO_COMMANDS = [
+    Command(DEMO, number, line, tuple(split(line)[0][1:]), False)
+    for number, line in enumerate(DEMO.read_text(encoding="utf-8").splitlines(), start=1)
+    if line.startswith(".venv/bin/pastac ")
+]
 RUN_BLOCKS = [block for block in ALL_BLOCKS if block.run and not block.model]
 MODEL_BLOCKS = [block for block in ALL_BLOCKS if block.model]
 
@@ -169,7 +176,7 @@ def parser():
     return build_parser()
 
 
-@pytest.mark.parametrize("command", SH_COMMANDS, ids=lambda c: c.where)
+@pytest.mark.parametrize("command", [*SH_COMMANDS, *DEMO_COMMANDS], ids=lambda c: c.where)
 def test_command_parses(parser, command: Command) -> None:
     errors = io.StringIO()
     status: int | str | None = 0
@@ -236,3 +243,19 @@ def test_marked_model_example_runs(block: Block, monkeypatch) -> None:
 
 def test_the_front_page_has_a_model_example() -> None:
     assert any(block.page == ROOT / "README.md" for block in MODEL_BLOCKS)
+
+
+def test_the_demo_shows_commands() -> None:
+    assert len(DEMO_COMMANDS) >= 3
+
+
+@pytest.mark.parametrize("command", [*SH_COMMANDS, *DEMO_COMMANDS], ids=lambda c: c.where)
+def test_a_run_prompt_is_text_and_a_prompt_file_is_given_with_f(parser, command: Command) -> None:
+    """``pastac run PROMPT`` decodes the text PROMPT, never a file of that name: an example whose PROMPT names
+    a file of the checkout means ``-f FILE``."""
+    if command.argv[:1] != ("run",):
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        args = parser.parse_args(list(command.argv))
+    if args.prompt not in (None, "-"):
+        assert not (ROOT / args.prompt).exists(), f"{command.where}: `{command.text}` reads a file: write -f FILE"

@@ -321,3 +321,52 @@ def test_shards_of_an_evaluation_merge_into_one_report(capsys, tmp_path, model_d
     assert code == 2 and "not a pastac eval --json report" in err
     code, _, err = run(capsys, "eval")
     assert code == 2 and "--prompts" in err
+
+
+GOOD_RESULT = {
+    "id": "p0",
+    "category": "list",
+    "valid": True,
+    "threads": 3,
+    "baseline_cut": False,
+    "speedup_vs_sequential": 1.5,
+    "speedup_vs_hf_generate": None,
+    "theoretical_speedup": 2.0,
+    "loglik_pasta": -1.0,
+    "loglik_sequential": -1.2,
+    "redundancy_threads": 0.0,
+    "redundancy_sequential": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        ({"results": [1, 2]}, "result 1 is not a pastac eval result: not an object but int"),
+        ({"results": [GOOD_RESULT, {"id": "p1"}]}, 'result 2 is not a pastac eval result: no "valid" field'),
+        ({"results": [GOOD_RESULT | {"threads": "3"}]}, "\"threads\" is '3', not a number"),
+        ({"results": [GOOD_RESULT | {"valid": 1}]}, '"valid" is 1, not true or false'),
+        ({"results": [GOOD_RESULT | {"written": "x", "baseline_tokens": 3}]}, "\"written\" is 'x'"),
+        ({"results": [GOOD_RESULT | {"loglik_sampled": -2.0}]}, 'no "sampled_cut" field'),
+        ({"results": [GOOD_RESULT], "summary": [1]}, '"summary" is not an object'),
+        ({"results": {"a": 1}}, 'no "results" list'),
+    ],
+)
+def test_merge_of_a_malformed_report_is_a_usage_error(capsys, tmp_path, report, message):
+    """Issue 23, item 6: valid JSON of the wrong shape made --merge print a traceback."""
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    code, out, err = run(capsys, "eval", "--merge", str(path))
+    assert (code, out) == (2, "") and message in err and "Traceback" not in err
+    assert err.startswith(f"pastac: error: {path}: ")
+
+
+def test_merge_of_well_formed_reports_summarizes_them(capsys, tmp_path):
+    paths = []
+    for k, row in enumerate([GOOD_RESULT, GOOD_RESULT | {"id": "p1", "threads": 1, "redundancy_threads": None}]):
+        paths.append(tmp_path / f"shard{k}.json")
+        paths[-1].write_text(json.dumps({"results": [row], "summary": {"tag_guard": True}}))
+    code, out, err = run(capsys, "eval", "--merge", *map(str, paths), "--json")
+    assert code == 0, err
+    merged = json.loads(out)
+    assert merged["summary"]["prompts"] == 2 and merged["summary"]["fork_rate"] == 0.5

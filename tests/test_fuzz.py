@@ -143,8 +143,10 @@ def test_adversarial_token_streams(
     if guard:
         assert not result.errors, (annotated, [d.message for d in result.errors])
     assert render(result.document) == stitched
-    # every thread's text is in the answer, each child's where its promise stands
-    assert len(stitched) == sum(len(thread.text) for thread in sched.threads.values())
+    # every thread's text is in the answer, each child's where its promise stands; and a line break at the end
+    # of each cut child's block that the next item would run into
+    written = sum(len(thread.text) for thread in sched.threads.values())
+    assert len(stitched) == written + interp.cut_breaks()
     assert all(
         t.parent is None or t.id in dict(sched.threads[t.parent].children_at).values() or not t.fed
         for t in sched.threads.values()

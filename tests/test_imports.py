@@ -56,3 +56,26 @@ def test_the_cycle_check_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         for name in [m for m in sys.modules if m == "cyclic" or m.startswith("cyclic.")]:
             del sys.modules[name]
+
+
+def test_every_package_pastac_imports_is_a_declared_dependency() -> None:
+    """A third-party module pastac imports (anywhere, lazily included) comes from a distribution that
+    pyproject.toml declares: one that only arrives as another's dependency may be gone on the next release."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
+    graph = grimp.build_graph(
+        "pastac", include_external_packages=True, exclude_type_checking_imports=True, cache_dir=None
+    )
+    distributions = importlib.metadata.packages_distributions()
+    imported = {m.split(".")[0] for m in graph.modules if not m.startswith("pastac")} - set(sys.stdlib_module_names)
+    missing = {
+        module: distributions.get(module)
+        for module in imported
+        if not {d.lower() for d in distributions.get(module, [module])} & declared
+    }
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

@@ -10,7 +10,8 @@ file specs/ir/**/NAME.ir (same folders) holds, compared byte for byte:
 
 ``pytest --update-goldens`` rewrites them; review the diff by hand before keeping it.  The passes run
 under the pass manager with ``verify_each``, so every case's IR is verified too (with the case's
-``--max-depth``, if it has a NAME.args).
+``--max-depth``, if it has a NAME.args).  A ``--template`` case is lowered as ``plan --template`` lowers it:
+each promise a child of its predicted length, tokens= x the unit.
 """
 
 from __future__ import annotations
@@ -57,13 +58,16 @@ def read(path: Path) -> str:
     return path.read_bytes().decode("utf-8")  # bytes: no newline translation
 
 
-def max_depth(case: Path) -> int:
+def options(case: Path) -> tuple[int, bool]:
+    """The case's depth limit, and whether it is a template."""
     args = case.with_suffix(".args")
     match read(args).split() if args.exists() else []:
         case []:
-            return DEFAULT_MAX_DEPTH
+            return DEFAULT_MAX_DEPTH, False
         case ["--max-depth", n] if n.isdecimal():
-            return int(n)
+            return int(n), False
+        case ["--template"]:
+            return DEFAULT_MAX_DEPTH, True
         case words_:
             raise ValueError(f"{args}: unsupported options {words_}")
 
@@ -77,8 +81,9 @@ def plan_line(cap: int | None, plan: Schedule, figures: CriticalPath) -> str:
 
 
 def golden(case: Path) -> str:
-    depth = max_depth(case)
-    graph = lower(parse(read(case), max_depth=depth), words)
+    depth, template = options(case)
+    document = parse(read(case), mode="template" if template else "strict", max_depth=depth)
+    graph = lower(document, words, promised=(lambda p: (p.tokens or 0) * POSITIONS.unit) if template else None)
     manager = PassManager(
         [PositionsPass(POSITIONS), VisibilityPass(), ResolutionOrderPass()],
         verify_each=True,

@@ -236,8 +236,13 @@ def arbitrary_text_raises_only_parse_error(text: str, max_depth: int) -> None:
     # The mode changes the severity only.
     assert tuple(replace(d, severity=Severity.ERROR) for d in lenient.diagnostics) == strict.diagnostics
     assert flat(strict.document) == flat(lenient.document)
+    # Template mode (spec §7.4): strict's diagnostics less E304, plus E307, on the same document.
+    template = check(text, mode="template", max_depth=max_depth)
+    assert all(d.severity is Severity.ERROR for d in template.diagnostics)
+    assert [d for d in strict.diagnostics if d.code != "E304"] == [d for d in template.diagnostics if d.code != "E307"]
+    assert flat(template.document) == flat(strict.document)
     assert_diagnostics_located(text, strict.diagnostics)
-    for result in (strict, lenient):
+    for result in (strict, lenient, template):
         formatted = format_text(result.diagnostics, text, "<input>")
         assert formatted.count("[E") == len(result.diagnostics)
         for d in result.diagnostics:
@@ -268,7 +273,7 @@ def test_parse_rejects_bad_arguments() -> None:
         check("", mode="loose")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         check("", max_depth=-1)
-    assert MODES == ("strict", "lenient")
+    assert MODES == ("strict", "lenient", "template")
 
 
 # ------------------------------------------------------------------ 3. lenient mode keeps all text

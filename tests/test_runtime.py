@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from pastac import PositionOptions
-from pastac.grammar import check
-from pastac.runtime import Engine, Generation, InputError, RunOptions
+from pastac.grammar import check, render
+from pastac.runtime import Engine, FinishReason, Generation, InputError, RunOptions
+from pastac.runtime.interpreter import starts_item
 from pastac.runtime.sampling import SamplingOptions
 from pastac.runtime.threads import Limits
 from pastac.train.data import encode_example
@@ -245,8 +246,10 @@ def test_bad_template_and_replay_are_input_errors(tiny_engine):
     e = tiny_engine("tiny-llama", SEED)
     with pytest.raises(InputError, match="E102"):
         e.generate(PROMPT, template="a <promise topic=x/>")
-    with pytest.raises(InputError, match="fulfilled by the model"):
-        e.generate(PROMPT, template='a <promise topic="x"/><async>b</async>')
+    with pytest.raises(InputError, match=r"error\[E307\]: a template's promises are fulfilled by the model"):
+        e.generate(PROMPT, template='a <promise topic="x"/><async>b</async>')  # template mode's own check
+    with pytest.raises(InputError, match=r"error\[E306\]"):
+        e.generate(PROMPT, template="a <sync/>")
     with pytest.raises(InputError, match="E301"):
         e.generate(PROMPT, replay='a <promise topic="x"/><async>b')
 
@@ -275,3 +278,61 @@ def test_a_reservation_is_no_larger_than_what_the_child_may_write(tiny_engine):
     tags = len(e.last_run.sched.interp.open_ids) + len(e.last_run.sched.interp.close_ids)
     # the prompt's and the main thread's tokens, then a skip of what the child may write, not of 40,000
     assert main.pos == main.fed + tags + 200
+
+
+# -- a child cut by its budget --------------------------------------------------------------------------------
+
+CUT = RunOptions(limits=Limits(max_thread_tokens=4, max_new_tokens=4096), child_stop="")  # children cut at 4
+
+
+def test_a_cut_childs_block_ends_with_a_line_break_before_the_next_item(tiny_engine):
+    """Issue 23, item 11: a child cut by its budget ran into the next item ("...doesn3. **Take care**").  Its
+    block now ends with a line break, the one character of the answer no thread wrote."""
+    e = tiny_engine("tiny-llama", SEED)
+    result = e.generate(PROMPT, CUT, template='Tips:\n1. <promise topic="a"/>2. <promise topic="b"/><sync/>')
+    first, second = result.threads[1], result.threads[2]
+    assert first.finish_reason is FinishReason.LENGTH and first.text and not first.text.endswith("\n")
+    assert result.text.startswith(f"Tips:\n1. {first.text}\n2. {second.text}")
+    assert result.annotated.startswith(f'Tips:\n1. <promise topic="a"/><async>{first.text}\n</async>2. <promise')
+    doc = check(result.annotated, mode="strict")
+    assert not doc.errors and render(doc.document) == result.text
+    assert first.text == e.last_run.sched.threads[1].text  # the thread's own text is as it wrote it
+    assert e.last_run.sched.interp.cut_breaks() == 1  # the second child's block ends the answer: no break
+
+
+def test_a_cut_child_that_the_line_goes_on_from_is_left_as_written(tiny_engine):
+    e = tiny_engine("tiny-llama", SEED)
+    result = e.generate(PROMPT, CUT, template='Tips: <promise topic="a"/> and more.')
+    assert result.threads[1].finish_reason is FinishReason.LENGTH
+    assert result.text.startswith(f"Tips: {result.threads[1].text} and more.")
+
+
+def test_a_child_that_ends_by_itself_is_left_as_written(tiny_engine):
+    doc = 'Tips:\n1. <promise topic="x"/><async>Sleep</async>2. <promise topic="y"/><async>Eat</async><sync/>'
+    result = tiny_engine("tiny-llama", SEED).generate(PROMPT, replay=doc)
+    assert result.annotated == doc and result.text == "Tips:\n1. Sleep2. Eat"
+
+
+@pytest.mark.parametrize(
+    ("after", "began_line", "expected"),
+    [
+        ("3. **Take care", False, True),
+        ("  12) next", False, True),
+        ("- item", False, True),
+        ("* item", False, True),
+        ("+ item", False, True),
+        ("## Heading", False, True),
+        ("#", False, True),
+        ("#hashtag", False, False),
+        ("3.5 litres", False, False),
+        (" and more", False, False),
+        ("Next paragraph", False, False),
+        ("Next paragraph", True, True),
+        ("**Bold lead**", True, True),
+        (", and then", True, False),
+        ("\nalready broken", True, False),
+        ("", True, False),
+    ],
+)
+def test_what_starts_a_new_item(after, began_line, expected):
+    assert starts_item(after, block_began_line=began_line) is expected

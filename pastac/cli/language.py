@@ -4,6 +4,8 @@ Argument parsing only; the work is in the library (``pastac.grammar``, ``pastac.
 ``pastac.viz`` for pictures and tables).  ``stats`` counts invalid records instead of failing on them.  Files
 are written through ``pastac.output``: ``fmt --write`` and ``graph -o`` replace their file atomically, and
 ``graph -o`` refuses to write over the document it reads.
+``check``, ``render``, ``plan`` and ``graph`` read their input in one of the grammar's modes: strict (the
+default), ``--lenient`` or ``--template`` (spec §7); ``fmt`` in strict or template mode.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TextIO
 from pastac import jsonl, output
 from pastac.cli.common import EXIT_ERRORS, EXIT_OK, EXIT_USAGE, UsageError, read_input
 from pastac.cli.options import depth_option, position_options, width_options
-from pastac.grammar import DEFAULT_MAX_DEPTH, ParseResult, Severity, check, render, to_source
+from pastac.grammar import DEFAULT_MAX_DEPTH, Mode, ParseResult, Promise, Severity, check, render, to_source
 from pastac.grammar.diagnostics import format_github, format_text, to_json
 from pastac.ir.graph import ThreadGraph
 from pastac.ir.lengths import LENGTHS, by_name
@@ -63,18 +65,31 @@ def _sources(path: str, field: str) -> Iterator[Source | RecordError]:
             yield Source(f"{path}[{number}].{field}", record[field], path, number, field)
 
 
+CHECK_SCHEMA = 1  # the version of ``check --format json``'s output; raised when a field changes meaning
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    """The grammar's mode the options name: lenient, template, else strict."""
+    if getattr(args, "lenient", False):
+        return "lenient"
+    return "template" if getattr(args, "template", False) else "strict"
+
+
 def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    mode = "lenient" if args.lenient else "strict"
+    mode = _mode(args)
     documents = errors = warnings = 0
-    failed_records = 0
+    failed_records = unreadable = 0
     records: list[dict[str, object]] = []
-    usage_problem = False
     for path in args.files:
         try:
             items = list(_sources(path, args.field))
-        except UsageError as error:
+        except UsageError as error:  # counted as a problem of the check, in every format
             print(f"pastac: error: {error}", file=sys.stderr)
-            usage_problem = True
+            unreadable += 1
+            if args.format == "github":
+                out.write(f"::error file={path},title=unreadable::{error}\n")
+            elif args.format == "json":
+                records.append({"file": path, "severity": "error", "code": None, "message": str(error)})
             continue
         for item in items:
             if isinstance(item, RecordError):
@@ -105,19 +120,26 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
             "errors": errors,
             "warnings": warnings,
             "bad_records": failed_records,
+            "unreadable": unreadable,
             "mode": mode,
-            "valid": errors == 0 and failed_records == 0,
+            "valid": errors == 0 and failed_records == 0 and unreadable == 0,
         }
-        out.write(json.dumps({"diagnostics": records, "summary": summary}, indent=2, ensure_ascii=False) + "\n")
+        report = {"schema": CHECK_SCHEMA, "diagnostics": records, "summary": summary}
+        out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     elif args.format == "text":
         what = f"{documents} document{'s' if documents != 1 else ''}"
         problems = [
             f"{n} {name}{'s' if n != 1 else ''}"
-            for n, name in ((errors, "error"), (warnings, "warning"), (failed_records, "bad record"))
+            for n, name in (
+                (unreadable, "unreadable file"),
+                (errors, "error"),
+                (warnings, "warning"),
+                (failed_records, "bad record"),
+            )
             if n
         ]
         out.write(f"checked {what} ({mode}): {', '.join(problems) if problems else 'no problems'}\n")
-    if usage_problem:
+    if unreadable:
         return EXIT_USAGE
     return EXIT_ERRORS if errors or failed_records else EXIT_OK
 
@@ -139,22 +161,22 @@ def _emit(result: ParseResult, item: Source, fmt: str, out: TextIO, records: lis
             records.append(entry)
 
 
-def _single(args: argparse.Namespace, *, mode: str) -> tuple[ParseResult, str] | int:
+def _single(args: argparse.Namespace, *, mode: Mode) -> tuple[ParseResult, str] | int:
     try:
         text = read_input(args.file)
     except UsageError as error:
         print(f"pastac: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     label = args.file if args.file != "-" else "<stdin>"
-    result = check(text, mode=mode, max_depth=args.max_depth, filename=label)  # type: ignore[arg-type]
+    result = check(text, mode=mode, max_depth=args.max_depth, filename=label)
     sys.stderr.write(format_text(result.diagnostics, text, label))
     return result, text
 
 
 def _usable(args: argparse.Namespace) -> ParseResult | int:
-    """The file's parse result when it has no errors (under --lenient, recovered), else an exit status
-    (the diagnostics are on stderr)."""
-    got = _single(args, mode="lenient" if args.lenient else "strict")
+    """The file's parse result when it has no errors in its mode (under --lenient, recovered), else an exit
+    status (the diagnostics are on stderr)."""
+    got = _single(args, mode=_mode(args))
     if isinstance(got, int):
         return got
     result, _ = got
@@ -165,7 +187,7 @@ def _cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     result = _usable(args)
     if isinstance(result, int):
         return result
-    out.write(render(result.document))
+    out.write(render(result.document, template=args.template))
     return EXIT_OK
 
 
@@ -175,7 +197,7 @@ def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("formatting several files needs --check or --write")
     for path in args.files:
         args.file = path
-        got = _single(args, mode="strict")
+        got = _single(args, mode=_mode(args))
         if isinstance(got, int):
             status = max(status, got)
             continue
@@ -205,11 +227,19 @@ def _cmd_fmt(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _document(args: argparse.Namespace) -> tuple[ThreadGraph, str] | int:
-    """The file's document lowered to the IR, or an exit status."""
+    """The file's document lowered to the IR, or an exit status.  A template's promises stand for parts of
+    their predicted lengths: ``tokens=`` x the unit (``--unit`` where the command has it)."""
     result = _usable(args)
     if isinstance(result, int):
         return result
-    return lower(result.document, by_name(args.length)), result.filename
+    unit = getattr(args, "unit", None)
+    unit = PositionOptions().unit if unit is None else unit
+
+    def predicted(promise: Promise) -> int:  # a promise without tokens= stands for an empty part
+        return (promise.tokens or 0) * unit
+
+    graph = lower(result.document, by_name(args.length), promised=predicted if args.template else None)
+    return graph, result.filename
 
 
 def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
@@ -386,6 +416,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     modes = p.add_mutually_exclusive_group()
     modes.add_argument("--strict", action="store_true", help="every deviation is an error (default)")
     modes.add_argument("--lenient", action="store_true", help="recover with warnings, as for a model's live output")
+    _template_option(modes, "check templates")
     p.add_argument(
         "--format",
         choices=("text", "json", "github"),
@@ -402,11 +433,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("render", parents=[depth], help="print the stitched text a reader sees")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--lenient", action="store_true", help="recover from errors (warnings on stderr)")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--lenient", action="store_true", help="recover from errors (warnings on stderr)")
+    _template_option(modes, "render a template, each promise's place marked [topic]")
     p.set_defaults(run=_cmd_render)
 
     p = sub.add_parser("fmt", parents=[depth], help="print documents in canonical form")
     p.add_argument("files", nargs="+", metavar="FILE")
+    _template_option(p, "format templates")
     action = p.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="exit 1 if a file is not in canonical form")
     action.add_argument("--write", action="store_true", help="rewrite files in place")
@@ -420,12 +454,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="how text is counted in tokens: whitespace-separated words (default) or "
         "characters; a model's tokenizer comes with the runtime",
     )
-    analysis.add_argument(
-        "--lenient",
-        action="store_true",
-        help="recover from errors (warnings on stderr) and use the recovered document; by "
-        "default a document with errors prints them and exits 1",
+    lenient_help = (
+        "recover from errors (warnings on stderr) and use the recovered document; by default a document with "
+        "errors prints them and exits 1"
     )
+    modes = argparse.ArgumentParser(add_help=False)  # plan and graph: strict, lenient or template
+    recovery = modes.add_mutually_exclusive_group()
+    recovery.add_argument("--lenient", action="store_true", help=lenient_help)
+    _template_option(recovery, "a template: each promise forks a part of its predicted length (tokens= x --unit)")
     width = argparse.ArgumentParser(add_help=False)
     width_options(width)
 
@@ -433,7 +469,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "plan",
-        parents=[depth, analysis, width],
+        parents=[depth, analysis, modes, width],
         help="the decoding schedule and its figures",
         description="Schedule a document's threads over decode steps and print one row per "
         "thread and the figures: tokens, steps, critical path, theoretical speedup, "
@@ -457,7 +493,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "graph",
-        parents=[depth, analysis, width],
+        parents=[depth, analysis, modes, width],
         help="draw the dependency graph or the timeline",
         description="Print a document's dependency graph as a tree in the terminal, Graphviz "
         "DOT, a Mermaid flowchart or the IR's JSON; or draw the timeline of its "
@@ -492,6 +528,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "counted and listed, not fatal.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".jsonl datasets or Pasta-Lang files ('-': stdin)")
+    p.add_argument("--lenient", action="store_true", help=lenient_help)
     p.add_argument(
         "--field",
         default="text",
@@ -500,3 +537,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON object: the distributions under their names")
     p.set_defaults(run=_cmd_stats)
+
+
+def _template_option(group: argparse._ActionsContainer, what: str) -> None:
+    """--template: the file is a template (spec §7.4), whose promises the model fulfils."""
+    group.add_argument(
+        "--template",
+        action="store_true",
+        help=f"{what}: a promise has no <async> block (the model writes it), and one with a block is an error (E307)",
+    )

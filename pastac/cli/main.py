@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pastac import __version__
 from pastac.bench.command import add_parser as add_bench
-from pastac.cli.common import EXIT_USAGE, UsageError
+from pastac.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from pastac.cli.language import add_parser as add_language
 from pastac.data.command import add_parser as add_data
 from pastac.evaluation.command import add_parser as add_eval
@@ -37,14 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command ``argv`` names (default: the process's arguments); its exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command ``argv`` names (default: the process's arguments); its exit status.  Ctrl-C at any
+    point is one line on stderr and exit status 130, never a traceback."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.run(args, sys.stdout))
     except UsageError as error:
         print(f"pastac: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a command that keeps something on Ctrl-C says so itself, and returns 130
+        print("pastac: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

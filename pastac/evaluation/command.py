@@ -95,8 +95,10 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _merge(paths: list[str]) -> dict[str, Any]:
-    """One report from the reports of an evaluation's shards: their results, summarised again."""
-    from pastac.evaluation.run import RUN_SETTINGS, summarize
+    """One report from the reports of an evaluation's shards: their results, summarised again.  A report of
+    another shape (results that are not rows ``summarize`` can read, a summary that is not an object) is a
+    usage error that names the file and the row."""
+    from pastac.evaluation.run import RUN_SETTINGS, result_problem, summarize
     from pastac.files import InputFileError, read_text
 
     results: list[dict[str, Any]] = []
@@ -110,8 +112,14 @@ def _merge(paths: list[str]) -> dict[str, Any]:
             raise UsageError(f"{path}: not a JSON report: {error}") from None
         if not isinstance(report, dict) or not isinstance(report.get("results"), list):
             raise UsageError(f'{path}: not a pastac eval --json report (no "results" list)')
+        summary = report.get("summary", {})
+        if not isinstance(summary, dict):
+            raise UsageError(f'{path}: not a pastac eval --json report ("summary" is not an object)')
+        for index, row in enumerate(report["results"], 1):
+            if (problem := result_problem(row)) is not None:
+                raise UsageError(f"{path}: result {index} is not a pastac eval result: {problem}")
         for key in RUN_SETTINGS:
-            value = report.get("summary", {}).get(key)
+            value = summary.get(key)
             if settings.setdefault(key, value) != value:
                 raise UsageError(f"{path}: made with {key} {value}, the reports before it with {settings[key]}")
         results += report["results"]

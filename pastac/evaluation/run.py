@@ -253,6 +253,50 @@ def _rate_vs_hf(result: dict[str, Any]) -> float | None:
     return None if length is None else result["speedup_vs_hf_generate"] * length
 
 
+# The fields of a result row that ``summarize`` reads, and what each must hold: a flag, a number, or a number
+# or None (a figure that could not be measured); the optional ones may be left out.
+_FLAG, _NUMBER, _FIGURE = "true or false", "a number", "a number or null"
+RESULT_FIELDS: dict[str, str] = {
+    "valid": _FLAG,
+    "threads": _NUMBER,
+    "baseline_cut": _FLAG,
+    "speedup_vs_sequential": _FIGURE,
+    "speedup_vs_hf_generate": _FIGURE,
+    "theoretical_speedup": _FIGURE,
+    "loglik_pasta": _FIGURE,
+    "loglik_sequential": _FIGURE,
+    "redundancy_threads": _FIGURE,
+    "redundancy_sequential": _FIGURE,
+}
+OPTIONAL_FIELDS: dict[str, str] = {"written": _FIGURE, "baseline_tokens": _FIGURE, "loglik_sampled": _FIGURE}
+
+
+def _holds(value: object, kind: str) -> bool:
+    if kind == _FLAG:
+        return isinstance(value, bool)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number or (kind == _FIGURE and value is None)
+
+
+def result_problem(row: object) -> str | None:
+    """Why ``row`` is not a result ``summarize`` can read (not an object, a field missing or of the wrong
+    kind), or None: what ``pastac eval --merge`` checks of the reports it joins."""
+    if not isinstance(row, dict):
+        return f"not an object but {type(row).__name__}"
+    needed = dict(RESULT_FIELDS)
+    if row.get("loglik_sampled") is not None:
+        needed["sampled_cut"] = _FLAG
+    for name, kind in needed.items():
+        if name not in row:
+            return f'no "{name}" field'
+        if not _holds(row[name], kind):
+            return f'"{name}" is {row[name]!r}, not {kind}'
+    for name, kind in OPTIONAL_FIELDS.items():
+        if name in row and not _holds(row[name], kind):
+            return f'"{name}" is {row[name]!r}, not {kind}'
+    return None
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The summary of ``evaluate_one``'s rows: valid and fork rates, geometric-mean speedups, mean
     log-likelihoods and redundancies, overall and for the list-like and short categories, and the judge's

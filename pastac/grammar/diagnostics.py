@@ -18,7 +18,7 @@ from pastac.grammar.ast import Span
 
 
 class Severity(StrEnum):
-    """How a diagnostic counts: an error in strict mode, a warning in lenient mode."""
+    """How a diagnostic counts: an error in strict and template mode, a warning in lenient mode."""
 
     ERROR = "error"
     WARNING = "warning"
@@ -125,6 +125,12 @@ CODES: dict[str, Code] = {
             "The block is accepted.",
         ),
         Code("E306", "empty-sync", "A <sync/> joins no promise.", "The sync is ignored."),
+        Code(
+            "E307",
+            "fulfilled-in-template",
+            "In a template, an <async> block fulfils a promise: a template's promises are fulfilled by the model.",
+            "The block fulfils its promise, as in any other mode.",
+        ),
     )
 }
 

@@ -2,7 +2,12 @@
 
 Invariants:
 - Every input parses to a ``Document`` plus diagnostics; nothing raises but
-  ``ParseError`` (strict mode, when there are errors).
+  ``ParseError`` (strict or template mode, when there are errors).
+- The three modes read a document alike (the same recovered document); they
+  differ in what counts and how much: lenient reports strict's diagnostics as
+  warnings; template mode (spec §7.4) is strict for a template, a document
+  whose promises the model fulfils: a promise without its block is what a
+  template is (no E304), a block that fulfils a promise is an error (E307).
 - Lenient mode never drops text: every character of the input is rendered,
   kept as text, or belongs to a tag.
 - ``tokenize`` is the reference the streaming scanner must agree with.
@@ -22,8 +27,8 @@ from pastac.grammar.diagnostics import Diagnostic, Note, ParseError, Severity
 from pastac.grammar.structure import bind
 from pastac.grammar.tags import AsyncClose, AsyncOpen, Lexeme, TagKind, TagToken, TextToken, lark_parser, read_tag
 
-Mode = Literal["strict", "lenient"]
-MODES: tuple[Mode, ...] = ("strict", "lenient")
+Mode = Literal["strict", "lenient", "template"]
+MODES: tuple[Mode, ...] = ("strict", "lenient", "template")
 DEFAULT_MAX_DEPTH = 2
 
 
@@ -64,7 +69,8 @@ class ParseResult:
 def check(
     text: str, *, mode: Mode = "strict", max_depth: int = DEFAULT_MAX_DEPTH, filename: str = "<input>"
 ) -> ParseResult:
-    """Parse ``text`` and report every diagnostic; never raises on bad input."""
+    """Parse ``text`` and report every diagnostic of ``mode`` (strict, lenient, or template: spec §7); never
+    raises on bad input."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if max_depth < 0:
@@ -77,8 +83,8 @@ def check(
             diagnostics.extend(lexeme.diagnostics)
     body = _Builder(lexemes, end, diagnostics).build()
     document = Document(body, Span(START, end))
-    _check_body(document.body, 0, max_depth, None, diagnostics)
-    severity = Severity.ERROR if mode == "strict" else Severity.WARNING
+    _check_body(document.body, 0, max_depth, None, diagnostics, template=mode == "template")
+    severity = Severity.WARNING if mode == "lenient" else Severity.ERROR
     ordered = sorted(diagnostics, key=lambda d: (d.span.start.offset, d.span.end.offset, d.code))
     return ParseResult(document, tuple(d.with_severity(severity) for d in ordered), text, filename)
 
@@ -88,8 +94,9 @@ def parse(
 ) -> Document:
     """Parse a Pasta-Lang document.
 
-    Strict mode raises ``ParseError`` (with every diagnostic) on any deviation;
-    lenient mode recovers and returns the document (``check`` gives its warnings).
+    Strict mode raises ``ParseError`` (with every diagnostic) on any deviation, and so does template mode
+    (where a promise needs no block, and may have none); lenient mode recovers and returns the document
+    (``check`` gives its warnings).
     """
     result = check(text, mode=mode, max_depth=max_depth, filename=filename)
     if result.errors:
@@ -226,10 +233,17 @@ class _Builder:
 
 
 def _check_body(
-    body: tuple[Node, ...], depth: int, max_depth: int, parent: Async | None, diagnostics: list[Diagnostic]
+    body: tuple[Node, ...],
+    depth: int,
+    max_depth: int,
+    parent: Async | None,
+    diagnostics: list[Diagnostic],
+    *,
+    template: bool = False,
 ) -> None:
     """The semantic rules of spec §4 over one body, then its nested bodies (depth first, in source
-    order; with an explicit stack, not by recursion: lenient mode accepts any nesting depth)."""
+    order; with an explicit stack, not by recursion: lenient mode accepts any nesting depth).  ``template``:
+    the rules of a template (spec §7.4) instead of E304."""
     # (body, its depth, the block whose body it is, that block's parent)
     work: list[tuple[tuple[Node, ...], int, Async | None, Async | None]] = [(body, depth, parent, None)]
     while work:
@@ -241,15 +255,26 @@ def _check_body(
                     "E305", f"<async> nested {depth} deep; the limit is {max_depth}", parent.open_span, notes=notes
                 )
             )
-        _check_one_body(body, parent, diagnostics)
+        _check_one_body(body, parent, diagnostics, template=template)
         work.extend((node.body, depth + 1, node, parent) for node in reversed(body) if isinstance(node, Async))
 
 
-def _check_one_body(body: tuple[Node, ...], parent: Async | None, diagnostics: list[Diagnostic]) -> None:
+def _check_one_body(
+    body: tuple[Node, ...], parent: Async | None, diagnostics: list[Diagnostic], *, template: bool
+) -> None:
     binding = bind(body)
     for a, p in binding.fulfils.items():
         block, promise = body[a], body[p]
         assert isinstance(block, Async) and isinstance(promise, Promise)
+        if template:
+            diagnostics.append(
+                Diagnostic(
+                    "E307",
+                    "a template's promises are fulfilled by the model: remove this <async> block",
+                    block.open_span,
+                    notes=(Note("promise declared here", promise.span),),
+                )
+            )
         if block.topic is not None and block.topic != promise.topic:
             diagnostics.append(
                 Diagnostic(
@@ -284,7 +309,7 @@ def _check_one_body(body: tuple[Node, ...], parent: Async | None, diagnostics: l
                 notes=notes,
             )
         )
-    for p, s in binding.unfulfilled:
+    for p, s in () if template else binding.unfulfilled:  # a template's promises have no blocks
         promise = body[p]
         assert isinstance(promise, Promise)
         if s is not None:

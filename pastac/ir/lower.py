@@ -4,15 +4,19 @@ Node ids follow the annotated text as written (the training layout).  Tags are
 given their canonical text (what a model is trained on and writes).  A
 lenient-recovered document lowers too: an <async> block with no promise is
 lowered as its parent's text, a promise that nothing fulfils as plain tag text.
+A template (spec §7.4) lowers with ``promised``: each promise that nothing
+fulfils forks a child whose block holds the promised part, one segment of the
+length ``promised`` predicts for it, right after its promise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import assert_never
 
 from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text
 from pastac.grammar.printer import to_source
+from pastac.grammar.render import place
 from pastac.grammar.structure import bind
 from pastac.ir.graph import MAIN, ThreadGraph
 from pastac.ir.lengths import LengthFn, chars
@@ -28,8 +32,12 @@ def _tag(node: Promise | Async) -> str:
     return source[: -len(CLOSE)]
 
 
-def lower(document: Document, length: LengthFn = chars) -> ThreadGraph:
-    """The IR of ``document``, every thread ended; ``length`` measures each node's text."""
+def lower(
+    document: Document, length: LengthFn = chars, *, promised: Callable[[Promise], int] | None = None
+) -> ThreadGraph:
+    """The IR of ``document``, every thread ended; ``length`` measures each node's text.  ``promised``: the
+    document is a template, and a promise nothing fulfils stands for a part of this length (in ``length``'s
+    units), written by a child of its own; None: such a promise is plain tag text."""
     graph = ThreadGraph()
     # An explicit stack of bodies, not recursion: lenient documents may nest to any depth.
     stack: list[_Body] = [_Body(document.body, MAIN, None)]
@@ -50,6 +58,12 @@ def lower(document: Document, length: LengthFn = chars) -> ThreadGraph:
                 text = _tag(node)
                 if i in frame.fulfilled_by:
                     _, frame.child_of[i] = graph.fork(frame.thread, topic, tokens, text, length(text))
+                elif promised is not None:  # a template's place: the model writes the part
+                    _, child = graph.fork(frame.thread, topic, tokens, text, length(text))
+                    graph.open(child, OPEN, length(OPEN))
+                    graph.segment(child, place(node), promised(node))
+                    graph.close(child, CLOSE, length(CLOSE))
+                    graph.end(child)
                 else:
                     graph.segment(frame.thread, text, length(text))
             case Async(body=inner):

@@ -4,8 +4,12 @@ Prints the stitched answer on standard output and a stats line on standard
 error.  Exit status: 0 done, 1 a template or replayed document has errors,
 2 usage error, unreadable input, a --trace file that may not or cannot be
 written (an input of the command; checked before decoding), or a model that
-cannot be used.  On Ctrl-C what was decoded so far is printed before exiting
-(130).  The trace replaces its file atomically.
+cannot be used.  On Ctrl-C what was decoded so far is printed (as JSON with
+``--json``) before exiting (130).  The trace replaces its file atomically.
+
+The prompt is never guessed from the file system: the positional PROMPT is its
+text (a lone ``-`` reads standard input), ``-f FILE`` / ``--prompt-file FILE``
+reads a file; exactly one of the two is given.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pastac.cli.common import EXIT_ERRORS, EXIT_INTERRUPTED, EXIT_OK, UsageError, escaped, read_input
@@ -36,9 +39,8 @@ from pastac.passes.positions import PositionOptions
 from pastac.runtime.options import Mode
 
 if TYPE_CHECKING:
+    from pastac.runtime.engine import Engine
     from pastac.runtime.results import Generation
-
-PROMPT_SUFFIXES = (".txt", ".md", ".prompt", ".pasta", ".json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,10 +53,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "advance in the same forward passes over one KV cache. Prints the stitched answer; a stats "
         "line goes to stderr.",
     )
-    p.add_argument(
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument(
         "prompt",
         metavar="PROMPT",
-        help="the prompt: a file (.txt, .md, ...; '-' for standard input) or the text itself",
+        nargs="?",
+        help="the prompt's text, as it is ('-' alone: read it from standard input)",
+    )
+    prompt.add_argument(
+        "-f",
+        "--prompt-file",
+        metavar="FILE",
+        help="read the prompt from FILE, a UTF-8 text file ('-': standard input)",
     )
     model = p.add_argument_group("model")
     model_options(model)
@@ -117,14 +127,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_command)
 
 
-def _prompt(arg: str) -> str:
-    if arg == "-" or Path(arg).is_file():
-        return read_input(arg)
-    if Path(arg).is_dir():
-        raise UsageError(f"cannot read '{arg}': it is a directory")
-    if not any(c.isspace() for c in arg) and arg.lower().endswith(PROMPT_SUFFIXES):
-        raise UsageError(f"cannot read '{arg}': no such file (pass the prompt's text itself, or an existing file)")
-    return arg
+def _prompt(args: argparse.Namespace) -> str:
+    """The prompt the command line gives: PROMPT's text, or the file --prompt-file names ('-': stdin)."""
+    if args.prompt_file is not None:
+        return read_input(args.prompt_file)
+    return read_input("-") if args.prompt == "-" else args.prompt
 
 
 def run_options(args: argparse.Namespace) -> dict[str, object]:
@@ -165,7 +172,19 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.trace:
         _check_trace(args)
-    prompt = _prompt(args.prompt)
+    readers = [
+        name
+        for name, value in (
+            ("PROMPT", args.prompt),
+            ("--prompt-file", args.prompt_file),
+            ("--template", args.template),
+            ("--replay", args.replay),
+        )
+        if value == "-"
+    ]
+    if len(readers) > 1:  # the second would read an empty standard input
+        raise UsageError(f"only one input can be read from standard input ('-'), not {' and '.join(readers)}")
+    prompt = _prompt(args)
     template = read_input(args.template) if args.template else None
     replay = read_input(args.replay) if args.replay else None
     changes = run_options(args)
@@ -173,25 +192,25 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         with_options(RunOptions(), PositionOptions(), **changes)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    try:
-        engine = Engine.from_pretrained(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            adapter=args.adapter,
-            kernels=args.kernels,
-            progress=not args.quiet,
-        )
-    except ModelError as error:
-        raise UsageError(str(error)) from None
-
+    engine: Engine | None = None
     live = None
-    if args.live:
-        from pastac.viz.live import LiveView
-
-        live = LiveView(sys.stderr)
     result: Generation | None = None
-    try:
+    try:  # Ctrl-C from here on, while the model loads, its kernels are tuned or the answer is decoded
+        try:
+            engine = Engine.from_pretrained(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                adapter=args.adapter,
+                kernels=args.kernels,
+                progress=not args.quiet,
+            )
+        except ModelError as error:
+            raise UsageError(str(error)) from None
+        if args.live:
+            from pastac.viz.live import LiveView
+
+            live = LiveView(sys.stderr)
         for event in engine.stream(prompt, template=template, replay=replay, **changes):
             if isinstance(event, DoneEvent):
                 result = event.result
@@ -203,20 +222,15 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     except BudgetError as error:  # a budget the model or the machine cannot hold: a usage error
         raise UsageError(str(error)) from None
     except KeyboardInterrupt:
-        partial = engine.partial()
         if live is not None:
             live.stop()
-        if partial is not None:
-            out.write(partial.text + "\n")
-            print("pastac: interrupted; the text above is what was decoded so far", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(args, engine, out)
     finally:
         if live is not None:
             live.stop()
-    assert result is not None
+    assert engine is not None and result is not None
     if args.json:
-        report = result.to_json() | {"model": engine.name, "mode": args.mode}
-        out.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        _write_json(result, engine.name, args.mode, out)
     else:
         out.write(result.text.rstrip("\n") + "\n")
         if args.show_annotated:
@@ -228,6 +242,25 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     if args.trace:  # after the answer: an unwritable trace file loses nothing decoded
         _write_trace(args.trace, result, engine.name)
     return EXIT_OK
+
+
+def _write_json(result: Generation, model: str, mode: str, out: TextIO) -> None:
+    report = result.to_json() | {"model": model, "mode": mode}
+    out.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+
+
+def _interrupted(args: argparse.Namespace, engine: Engine | None, out: TextIO) -> int:
+    """Ctrl-C: what was decoded so far, if anything (as JSON with --json: the partial result, its finish reason
+    ``interrupted``), and one line on stderr."""
+    if engine is None or (partial := engine.partial()) is None or not (args.json or partial.text):
+        print("pastac: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.json:
+        _write_json(partial, engine.name, args.mode, out)
+    else:
+        out.write(partial.text.rstrip("\n") + "\n")
+    print("pastac: interrupted; the answer above is what was decoded so far", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def trace_events(result: Generation, name: str) -> dict[str, object]:
@@ -260,7 +293,7 @@ def _check_trace(args: argparse.Namespace) -> None:
     """Refuse a --trace file that is one of the files the command reads."""
     from pastac.output import OutputError, refuse_input
 
-    inputs = [("PROMPT", args.prompt), ("--template", args.template), ("--replay", args.replay)]
+    inputs = [("--prompt-file", args.prompt_file), ("--template", args.template), ("--replay", args.replay)]
     try:
         refuse_input(args.trace, inputs, what="--trace")
     except OutputError as error:

@@ -21,12 +21,20 @@ tag is kept as text or dropped with a warning (which quotes it), and every
 warning is kept in ``warnings``; a tag a thread's end cuts short is dropped so,
 not left in the answer as half a tag.
 
+A child that a budget cuts (finish reason ``length``) stops mid-line, without the line break that ended its
+part; the text after its block in reading order would run into it ("...doesn3. **Take care**").  So the
+stitched and the annotated text get one line break at the end of such a child's block (before its
+``</async>``) when its text is not empty and does not end with one, and the text after the block starts a new
+item (``starts_item``).  That break is the only text of the answer no thread wrote: the annotated text stays
+valid (the break is inside the block), renders as the stitched text, and its tokens are the run's but for it.
+
 When and where tokens go into the cache, and who sees whom, is the scheduler's
 (``scheduler.py``): the interpreter tells it of each fork through ``on_fork``.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import islice
@@ -42,6 +50,21 @@ if TYPE_CHECKING:
     from pastac.runtime.replay import Replay
 
 OPEN, CLOSE = "<async>", "</async>"
+_NEW_ITEM = re.compile(r"[ \t]*(?:[0-9]{1,9}[.)][ \t]|[-*+][ \t]|#{1,6}(?:[ \t]|$))")
+_CONTINUES = ",.;:!?)]}"  # a text that starts with one of these goes on with the line before it
+LOOKAHEAD = 16  # characters of the text after a block that ``starts_item`` is given
+
+
+def starts_item(after: str, *, block_began_line: bool) -> bool:
+    """Does ``after``, the text that follows a cut child's block in reading order (its first ``LOOKAHEAD``
+    characters), start a new item, so that the block must end with a line break?  It does when it starts,
+    after spaces or tabs, with a list marker (``3. ``, ``3) ``, ``- ``, ``* ``, ``+ ``) or a heading (``# ``);
+    or when the block began a line (the text before it is empty or ends with a line break), so that it was a
+    line or paragraph of its own, and ``after`` starts with anything but white space or the punctuation that
+    goes on with a line (``,.;:!?)]}``)."""
+    if _NEW_ITEM.match(after):
+        return True
+    return block_began_line and bool(after) and not after[0].isspace() and after[0] not in _CONTINUES
 
 
 class Interpreter:
@@ -377,20 +400,46 @@ class Interpreter:
         """The answer so far as a reader sees it: each promise replaced by its thread's text, tags removed."""
         return self._expand(MAIN, tags=False)
 
+    def cut_breaks(self) -> int:
+        """How many line breaks the answer holds that no thread wrote: one at the end of each cut child's block
+        that the text after it would otherwise run into (see the module's docstring)."""
+        return len(_cut_breaks(self._flatten(MAIN)))
+
     def _expand(self, root: int, *, tags: bool) -> str:
+        flat = self._flatten(root)
+        breaks = _cut_breaks(flat)
         out: list[str] = []
-        stack = [iter(self.threads[root].pieces)]
+        for i, (kind, value) in enumerate(flat):
+            if kind == "text" or (kind == "tag" and tags):
+                out.append(value)
+            elif i in breaks:
+                out.append("\n")
+        return "".join(out)
+
+    def _flatten(self, root: int) -> list[tuple[str, Any]]:
+        """``root``'s pieces in reading order, each child's where its promise stands: ("text" | "tag", str),
+        ("start", child) where a child's block begins and ("cut", child) where a cut child's text ends."""
+        flat: list[tuple[str, Any]] = []
+        stack = [iter(self._pieces(root))]
         while stack:
             piece = next(stack[-1], None)
             if piece is None:
                 stack.pop()
-                continue
-            kind, value = piece
-            if kind == "child":
-                stack.append(iter(self.threads[value].pieces))
-            elif kind == "text" or tags:
-                out.append(value)
-        return "".join(out)
+            elif piece[0] == "child":
+                flat.append(("start", piece[1]))
+                stack.append(iter(self._pieces(piece[1])))
+            else:
+                flat.append(piece)
+        return flat
+
+    def _pieces(self, tid: int) -> list[tuple[str, Any]]:
+        """The thread's pieces; a child a budget cut has a ("cut", tid) after its text, before its </async>."""
+        thread = self.threads[tid]
+        pieces = thread.pieces
+        if tid == MAIN or thread.finish is not FinishReason.LENGTH:
+            return pieces
+        end = len(pieces) - 1 if pieces and pieces[-1] == ("tag", CLOSE) else len(pieces)
+        return [*pieces[:end], ("cut", tid), *pieces[end:]]
 
     def token_ids(self, root: int = MAIN) -> list[int]:
         """The tokens placed by ``root`` and its descendants, each child's right after the token that completed
@@ -408,3 +457,32 @@ class Interpreter:
             else:
                 out.extend(thread.tokens[taken:])
         return out
+
+
+def _cut_breaks(flat: list[tuple[str, Any]]) -> set[int]:
+    """The indices of the ("cut", child) pieces of ``flat`` (``Interpreter._flatten``) that become a line break:
+    the child's text is not empty, does not end with a line break, and the text after it starts an item."""
+    after: dict[int, str] = {}
+    following = ""
+    for i in range(len(flat) - 1, -1, -1):  # the text after each cut, as written
+        kind, value = flat[i]
+        if kind == "text":
+            following = (value[:LOOKAHEAD] + following)[:LOOKAHEAD]
+        elif kind == "cut":
+            after[i] = following
+    breaks: set[int] = set()
+    if not after:
+        return breaks
+    last, length = "", 0  # the stitched text so far: its last character and its length
+    began: dict[int, tuple[bool, int]] = {}  # child -> (its block began a line, the length before it)
+    for i, (kind, value) in enumerate(flat):
+        if kind == "text" and value:
+            last, length = value[-1], length + len(value)
+        elif kind == "start":
+            began[value] = (last in ("", "\n"), length)
+        elif kind == "cut":
+            began_line, before = began[value]
+            if length > before and last != "\n" and starts_item(after[i], block_began_line=began_line):
+                breaks.add(i)
+                last, length = "\n", length + 1
+    return breaks

@@ -1,8 +1,12 @@
-"""Templates: Pasta-Lang whose main-thread text is given and whose promises the model fulfils."""
+"""Templates: Pasta-Lang whose main-thread text is given and whose promises the model fulfils.
+
+What a template may hold is the grammar's template mode (``check(..., mode="template")``, spec §7.4), the
+check ``pastac check --template`` makes: a template is used only when that check finds no error.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, assert_never
 
 from pastac.grammar import check
 from pastac.grammar.ast import Async, Document, Promise, Sync, Text
@@ -20,27 +24,26 @@ def template_chunks(
     """A template's main-thread text as (tokens, text) chunks, each ending at a promise or a sync.
 
     A template is Pasta-Lang whose promises have no ``<async>`` block: the model
-    writes them.  Any other error is an ``InputError`` with the diagnostics.
-    Without ``tags`` the tags are scanned (so threads fork and join) but put no
-    tokens in the context; a chunk left without tokens joins the one before."""
-    result = check(source, mode="strict", filename=filename)
-    errors = [d for d in result.errors if d.code != "E304"]
-    if errors or result.document is None:
-        raise InputError("the template has errors:\n" + format_text(errors, source, filename))
+    writes them.  An error of template mode (a block included) is an ``InputError``
+    with the diagnostics.  Without ``tags`` the tags are scanned (so threads fork
+    and join) but put no tokens in the context; a chunk left without tokens joins
+    the one before."""
+    result = check(source, mode="template", filename=filename)
+    if result.errors:
+        raise InputError("the template has errors:\n" + format_text(result.errors, source, filename))
     chunks: list[tuple[list[int], str]] = []
     tokens: list[int] = []
     text: list[str] = []
     for node in result.document.body:
         match node:
-            case Async():
-                raise InputError(
-                    f"{filename}:{node.span.start}: a template's promises are fulfilled by the model; "
-                    "remove the <async> block"
-                )
+            case Async():  # E307, or E303 without a promise: errors of template mode
+                raise AssertionError("template mode let an <async> block through")
             case Text(value=value):
                 piece = value
             case Promise() | Sync():
                 piece = to_source(Document((node,)))
+            case _:
+                assert_never(node)
         if tags or isinstance(node, Text):
             tokens.extend(tokenizer.encode(piece, add_special_tokens=False))
         text.append(piece)
