@@ -322,3 +322,24 @@ def test_a_promise_with_its_block_is_an_error_in_a_template(capsys, tmp_path):
     assert [d["code"] for d in report["diagnostics"]] == ["E307"] and report["summary"]["mode"] == "template"
     code, _, err = run(capsys, "render", "--template", str(path))
     assert code == 1 and "error[E307]" in err
+
+
+def test_an_argument_holding_a_nul_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by fuzzing the command line: a NUL in a path was a ValueError traceback ("embedded null byte").
+    for argv in (
+        ["check", "a\0b"],
+        ["data", "filter", "--annotated", "x.jsonl", "--out", "\0"],
+        ["bench", "--suite", "\0"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "NUL" in err and "Traceback" not in err
+
+
+def test_an_empty_path_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by fuzzing the command line: "" named the current folder (data card --data "": a ValueError).
+    for argv in (["data", "card", "--data", ""], ["data", "filter", "--annotated", "", "--out", "x"], ["check", ""]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "an empty path names no file" in capsys.readouterr().err

@@ -71,3 +71,15 @@ def escaped(text: str) -> str:
         return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError as error:
         raise argparse.ArgumentTypeError(f"bad backslash escape in {text!r}: {error.reason}") from None
+
+
+def path(text: str) -> str:
+    """An argparse type: a file or folder name, not empty (an empty one would name the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    return text
+
+
+#: The metavars of options and arguments that name a file or a folder; ``pastac.cli.main`` gives each the
+#: type ``path``.
+PATH_METAVARS = frozenset({"FILE", "PATH", "DIR", "FILE.jsonl", "FILE.json", "CARD.md", "DATA.jsonl", "REPORT.json"})
