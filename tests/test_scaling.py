@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tracemalloc
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.tree import Tree
@@ -112,7 +113,7 @@ def orphan_lookups(n: int) -> int:
     """Node lookups to check a body of a sync then ``n`` blocks with no promise (E303 each)."""
     body = check('<promise topic="t"/><async>a</async><sync/>' + "<async>x</async>" * n, mode="lenient")
     CountingBody.lookups = 0
-    _check_one_body(CountingBody(body.document.body), None, [])
+    _check_one_body(CountingBody(body.document.body), None, [], template=False)
     return CountingBody.lookups
 
 
@@ -235,3 +236,26 @@ def test_the_thread_tree_is_of_bounded_depth() -> None:
     show(out, tree)
     assert out.getvalue().count("  forked by t") == 300 - MAX_TREE_DEPTH
     assert 't300 "t"  forked by t299,  depth 300, ' in out.getvalue()
+
+
+def test_a_tag_text_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document repeats its tags (every <async>, </async>, <sync/>): the tag grammar reads each text once."""
+    from pastac.grammar import tags
+
+    calls: list[str] = []
+    real = tags.lark_parser
+
+    class Counting:
+        def __init__(self, start: str) -> None:
+            self.parser = real(start)
+
+        def parse(self, raw: str):  # type: ignore[no-untyped-def]
+            calls.append(raw)
+            return self.parser.parse(raw)
+
+    monkeypatch.setattr(tags, "lark_parser", Counting)
+    tags._parse_tag.cache_clear()
+    doc = "".join(f'<promise topic="p{i % 3}"/><async>x</async>' for i in range(60)) + "<sync/>"
+    assert not check(doc, mode="strict").errors
+    assert sorted(calls) == sorted({*(f'<promise topic="p{i}"/>' for i in range(3)), "<async>", "</async>", "<sync/>"})
+    tags._parse_tag.cache_clear()

@@ -158,15 +158,26 @@ def read_tag(kind: TagKind, raw: str, start: Position, *, at_end: bool) -> TagTo
         )
         return TagToken(kind, raw, whole, None, (diag,))
     diagnostics: list[Diagnostic] = []
-    try:
-        tree = lark_parser("tag").parse(raw)
+    tree, error = _parse_tag(raw)
+    if tree is not None:
         attributes = _attributes_from_tree(tree, r)
         self_closed = raw.endswith("/>")
-    except UnexpectedInput as error:
+    else:
+        assert error is not None
         diagnostics.append(_classify(kind, raw, error, r))
         attributes, self_closed = _recover(kind, raw, r)
     tag = _interpret(kind, attributes, self_closed, r, diagnostics)
     return TagToken(kind, raw, whole, tag, tuple(diagnostics))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_tag(raw: str) -> tuple[Tree | None, UnexpectedInput | None]:
+    """The tag-level parse tree of ``raw``, or the parse error; remembered, since documents repeat their tags
+    (every ``<async>``, ``</async>`` and ``<sync/>`` is the same text).  Callers only read the tree."""
+    try:
+        return lark_parser("tag").parse(raw), None
+    except UnexpectedInput as error:
+        return None, error.with_traceback(None)  # kept: no frames held with it
 
 
 def _attributes_from_tree(tree: Tree, r: _Reader) -> list[_Attribute]:
