@@ -36,6 +36,10 @@ The kernels compute the same product in another summation order: results match
 Invariants: no kernel is offered that failed its probe on this CPU and dtype, and
 none that raised while it was timed; what was probed is remembered for the
 process (``probe`` and ``slowdown`` are cached), what was chosen on disk.
+
+Longer than most modules (about 600 lines), on purpose: the kernels, their probe, the race, the cache and the
+dispatching ``forward`` together own one invariant, which kernel a layer runs for a row count, and split
+apart they would share private state.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ are written through ``pastac.output``: ``fmt --write`` and ``graph -o`` replace 
 ``graph -o`` refuses to write over the document it reads.
 ``check``, ``render``, ``plan`` and ``graph`` read their input in one of the grammar's modes: strict (the
 default), ``--lenient`` or ``--template`` (spec §7); ``fmt`` in strict or template mode.
+
+Longer than most modules (about 550 lines), on purpose: the six commands share the readers of documents and
+JSONL records, the mode options and the parser's option groups, and each handler is short.
 """
 
 from __future__ import annotations
