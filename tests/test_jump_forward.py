@@ -103,7 +103,7 @@ def test_a_replay_that_jumps_computes_the_same_logits_in_fewer_steps(tiny_engine
 def test_a_sampled_run_writes_the_same_answer_in_fewer_steps(mode):
     e = writer('Tips <promise topic="rest well" tokens="3"/>')
     # per-thread budgets only: what each thread writes then does not depend on when the others write
-    limits = Limits(max_thread_tokens=40, max_new_tokens=10_000)
+    limits = Limits(max_thread_tokens=40, max_new_tokens=4_000)
     stepped = e.generate(PROMPT, RunOptions(mode=mode, limits=limits, jump_forward=False))
     jumped = e.generate(PROMPT, RunOptions(mode=mode, limits=limits))
     assert jumped.annotated.count('<promise topic="rest well" tokens="3"/>') >= 2
