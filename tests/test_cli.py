@@ -343,3 +343,14 @@ def test_an_empty_path_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
             main(argv)
         assert exit_.value.code == 2
         assert "an empty path names no file" in capsys.readouterr().err
+
+
+def test_a_file_name_longer_than_the_system_allows_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by fuzzing the command line: "File name too long" was an OSError traceback (run --model, train,
+    # graph -o, data build --out).
+    long = "a" * 300
+    for argv in (["run", "hi", "--model", long], ["train", long, "--out", "x"], ["graph", "x", "-o", f"d/{long}"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "300 bytes long" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 
 from pastac.files import InputFileError, read_text
@@ -73,11 +74,31 @@ def escaped(text: str) -> str:
         raise argparse.ArgumentTypeError(f"bad backslash escape in {text!r}: {error.reason}") from None
 
 
+def _name_max() -> int:
+    try:
+        return os.pathconf(".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 def path(text: str) -> str:
-    """An argparse type: a file or folder name, not empty (an empty one would name the current folder)."""
+    """An argparse type: a file or folder name, not empty (an empty one would name the current folder), none of
+    whose parts is longer than the file system allows (the system's error would come late, as a traceback)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path names no file")
+    limit = _name_max()
+    for part in text.split(os.sep):
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise argparse.ArgumentTypeError(
+                f"{excerpt(part)} is {size:,} bytes long; a file name may have at most {limit} here"
+            )
     return text
+
+
+def excerpt(text: str, size: int = 40) -> str:
+    """``text`` quoted, cut to about ``size`` characters with '...' where it was cut."""
+    return repr(text if len(text) <= size else text[: size - 3] + "...")
 
 
 #: The metavars of options and arguments that name a file or a folder; ``pastac.cli.main`` gives each the
