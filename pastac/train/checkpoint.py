@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pastac.output import reason
 from pastac.train.options import TrainError
 from pastac.train.schedule import Plan
 
@@ -58,34 +59,38 @@ def save_checkpoint(
     record: dict[str, Any],
     device: torch.device,
 ) -> None:
-    """Save the run's state into ``out/checkpoint``, replacing the previous checkpoint atomically."""
-    final = out / CHECKPOINT
-    temporary = out / f"{CHECKPOINT}.tmp"
-    old = out / f"{CHECKPOINT}.old"
-    shutil.rmtree(temporary, ignore_errors=True)
-    peft_model.save_pretrained(temporary)
-    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
-    torch.save(_rng_state(device), temporary / "rng.pt")
-    payload = {
-        "step": state.step,
-        "micro_batch": state.step * plan.options.grad_accum,  # the data position: micro-batches done
-        "epoch": min(state.step * plan.options.grad_accum, plan.micro_batches) // plan.per_epoch,
-        "planned_steps": plan.planned,
-        "losses": state.losses,
-        "history": state.history,
-        "pending": state.pending,
-        "pending_kl": state.pending_kl,
-        "tokens": state.tokens,
-        "targets": state.targets,
-        "seconds": state.seconds,
-        **record,
-    }
-    (temporary / "state.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    temporary.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    """Save the run's state into ``out/checkpoint``, replacing the previous checkpoint atomically; a file that
+    cannot be written is a ``TrainError``."""
+    try:
+        final = out / CHECKPOINT
+        temporary = out / f"{CHECKPOINT}.tmp"
+        old = out / f"{CHECKPOINT}.old"
+        shutil.rmtree(temporary, ignore_errors=True)
+        peft_model.save_pretrained(temporary)
+        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+        torch.save(_rng_state(device), temporary / "rng.pt")
+        payload = {
+            "step": state.step,
+            "micro_batch": state.step * plan.options.grad_accum,  # the data position: micro-batches done
+            "epoch": min(state.step * plan.options.grad_accum, plan.micro_batches) // plan.per_epoch,
+            "planned_steps": plan.planned,
+            "losses": state.losses,
+            "history": state.history,
+            "pending": state.pending,
+            "pending_kl": state.pending_kl,
+            "tokens": state.tokens,
+            "targets": state.targets,
+            "seconds": state.seconds,
+            **record,
+        }
+        (temporary / "state.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        temporary.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        raise TrainError(f"cannot write the checkpoint into '{out}': {reason(error)}") from None
 
 
 def checkpoint_folder(out: Path) -> Path | None:

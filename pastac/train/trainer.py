@@ -308,11 +308,11 @@ def train(
                     state.history.append(row)
                     state.pending, state.pending_kl = [], []
                 if state.step % options.save_every == 0 or state.step == plan.total:
-                    _save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
+                    save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
                 if update is not None:
                     update(state.step, loss_sum, tokens / max(elapsed, 1e-9))
         if resumed_from == plan.total and checkpoint is not None and checkpoint.name != CHECKPOINT:
-            _save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
+            save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
 
     if options.base_model:  # not the path of a local cache folder: the model the adapter is meant for
         for config in peft_model.peft_config.values():
@@ -367,22 +367,6 @@ def train(
         resumed_from=resumed_from,
         seconds=seconds,
     )
-
-
-def _save_checkpoint(
-    out: Path,
-    peft_model: Any,
-    optimizer: torch.optim.Optimizer,
-    state: State,
-    plan: Plan,
-    record: dict[str, Any],
-    device: torch.device,
-) -> None:
-    """``save_checkpoint``, with a file that cannot be written as a ``TrainError``."""
-    try:
-        save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
-    except OSError as error:
-        raise TrainError(f"cannot write the checkpoint into '{out}': {reason(error)}") from None
 
 
 def _save_adapter(peft_model: Any, out: Path) -> None:
