@@ -80,3 +80,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_goldens(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-goldens"))
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: with tiny models, on a small shared machine, two threads make every small matmul
+    wait milliseconds for the other core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """An empty pastac cache folder (``PASTAC_CACHE``) for this test."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("PASTAC_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def saved_tiny_model(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random llama with the tiny tokenizer, saved as a transformers folder (once per module)."""
+    from pastac.models import random_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = tiny_tokenizer()
+    random_model("tiny-llama", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

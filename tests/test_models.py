@@ -41,6 +41,9 @@ from pastac.models import (
 from pastac.passes import PositionOptions
 from pastac.runtime.engine import Engine
 
+# Tiny models: one thread is faster than two on a small shared machine (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_SHAPES = sorted(name for name in SHAPES if name.startswith("tiny-"))
 
 #: Per-architecture arguments on top of the common tiny ones, where the defaults do not fit a tiny model.
@@ -68,33 +71,6 @@ def tiny_config(model_type: str, **extra: object):
     arguments.update(_TINY_OVERRIDES.get(model_type, {}))
     arguments.update(extra)
     return AutoConfig.for_model(model_type, **arguments)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run torch on one thread: the models here are tiny, and on a small shared machine two threads make every
-    small matmul wait milliseconds for the other core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("PASTAC_CACHE", str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def saved_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random llama with the tiny tokenizer, saved as a transformers folder."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    random_model("tiny-llama", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 # --- random models ----------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-import torch
 from test_cli import run
 
 from pastac.models import (
@@ -36,30 +35,8 @@ from pastac.models.adapter import check_safetensors
 from pastac.models.gguf import check_gguf, gguf_digest
 from pastac.runtime.engine import Engine
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than two on a small shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("PASTAC_CACHE", str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def saved_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    random_model("tiny-llama", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+# Tiny models: one thread is faster than two on a small shared machine (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
