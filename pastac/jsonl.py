@@ -56,7 +56,7 @@ def parse(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
 
 # What ``ensure_ascii=False`` leaves raw and ``line`` escapes: the line breaks of str.splitlines (and of some
 # editors and readers) that JSON does not escape, and the lone surrogates (of a "\ud800" read in), which UTF-8
-# cannot encode. Outside strings JSON is ASCII, so each of them is in a string, where ``\uXXXX`` is the same.
+# cannot encode. Outside strings JSON is ASCII, so each of them is in a string, where its ``\u`` escape means the same.
 _ESCAPED = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
 
 
