@@ -49,7 +49,6 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from pastac.machine import cpu_capability, cpu_flags, cpu_name
+from pastac.output import OutputError, make_folder, write_text
 
 ROWS = (1, 2, 4, 8, 16)  # row counts timed; a count in between takes the choice of the one below
 ROUNDS = 3  # timed rounds per (shape, row count) after a warm-up; the fastest of them counts
@@ -495,11 +495,9 @@ def _read_cache(file: Path, groups: list[_Group]) -> bool:
 
 
 def _write_cache(file: Path, kernels: LinearKernels, key: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError):
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(kernels.summary() | {"key": key}, indent=1))
-        tmp.replace(file)
+    with contextlib.suppress(OutputError):  # an unwritable cache costs a tuning next time, nothing else
+        make_folder(file.parent)
+        write_text(file, json.dumps(kernels.summary() | {"key": key}, indent=1))
 
 
 def _rows_text(group: _Group) -> str:

@@ -36,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTra
 
 from pastac.models.console import Reporter, quiet_transformers
 from pastac.models.errors import ModelError, require_all_weights
+from pastac.output import OutputError, make_folder, write_text
 
 #: The package whose folder holds the default model's GGUF file. It is located, never imported: importing
 #: it would pull in the ``llm`` plugin system it was written for.
@@ -118,11 +119,9 @@ def gguf_digest(path: Path) -> str:
     except OSError as error:
         raise ModelError(f"cannot read the GGUF file {path}: {error}") from error
     known = {k: v for k, v in known.items() if Path(k).exists()} | {str(path): stamp | {"sha256": digest}}
-    with contextlib.suppress(OSError):  # an unwritable record costs a hash next time, nothing else
-        record.parent.mkdir(parents=True, exist_ok=True)
-        temporary = record.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(known, indent=1) + "\n", encoding="utf-8")
-        temporary.replace(record)
+    with contextlib.suppress(OutputError):  # an unwritable record costs a hash next time, nothing else
+        make_folder(record.parent)
+        write_text(record, json.dumps(known, indent=1) + "\n")
     return digest
 
 
