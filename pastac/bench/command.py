@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, positive
-from pastac.cli.options import force_option, kernel_options, model_options
+from pastac.cli.options import force_option, kernel_options, load_engine, model_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,14 +88,7 @@ def _engine(args: argparse.Namespace) -> Any:
 
     try:
         if args.shape is None:
-            return Engine.from_pretrained(
-                args.model,
-                device=args.device,
-                dtype=args.dtype,
-                adapter=None,
-                kernels=args.kernels,
-                progress=not args.quiet,
-            )
+            return load_engine(args, adapter=None)
         tokenizer = load_model(None, progress=not args.quiet).tokenizer
         model = random_model(
             args.shape,

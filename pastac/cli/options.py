@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pastac.cli.common import count, escaped, number, positive
 from pastac.output import FORCE
@@ -18,6 +19,9 @@ from pastac.passes.resolution_order import Order
 from pastac.runtime.options import PENALTY_SCOPES, SamplingOptions
 from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
 from pastac.runtime.threads import Limits
+
+if TYPE_CHECKING:
+    from pastac.runtime.engine import Engine
 
 Group = argparse._ActionsContainer  # a parser, an argument group or a mutually exclusive group
 
@@ -264,4 +268,19 @@ def guard_options(group: Group) -> None:
         action="store_false",
         help='sample every token of a tag, even the text its canonical form forces (topic=", tokens=", />), which '
         "by default is fed in one step with the token before it",
+    )
+
+
+def load_engine(args: argparse.Namespace, *, adapter: str | None, kernels: str | None = None) -> Engine:
+    """The engine that the model options (``model_options``, ``kernels_option``, ``-q``) of ``args`` describe,
+    with ``adapter`` (None: the base model) and ``kernels`` (None: ``--kernels``). Raises ``ModelError``."""
+    from pastac.runtime.engine import Engine
+
+    return Engine.from_pretrained(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        adapter=adapter,
+        kernels=args.kernels if kernels is None else kernels,
+        progress=not args.quiet,
     )

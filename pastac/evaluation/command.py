@@ -17,6 +17,7 @@ from pastac.cli.options import (
     budget_options,
     guard_options,
     kernel_options,
+    load_engine,
     model_options,
     penalty_options,
 )
@@ -177,7 +178,6 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
     from pastac.models import ModelError, resolve_adapter
     from pastac.progress import progress_bar
-    from pastac.runtime.engine import Engine
 
     if args.merge:
         if args.prompts:
@@ -201,26 +201,8 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         alone = resolve_adapter(args.adapter, args.model) is None  # the base model is the one evaluated
         # with an adapter, the base model only runs Hugging Face generate and the log-likelihood, which keep
         # F.linear: tuning its kernels would pack copies of its weights that nothing reads
-        base = Engine.from_pretrained(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            adapter=None,
-            kernels=args.kernels if alone else "stock",
-            progress=not args.quiet,
-        )
-        adapted = (
-            base
-            if alone
-            else Engine.from_pretrained(
-                args.model,
-                device=args.device,
-                dtype=args.dtype,
-                adapter=args.adapter,
-                kernels=args.kernels,
-                progress=not args.quiet,
-            )
-        )
+        base = load_engine(args, adapter=None, kernels=None if alone else "stock")
+        adapted = base if alone else load_engine(args, adapter=args.adapter)
     except ModelError as error:
         raise UsageError(str(error)) from None
     with progress_bar("pastac eval", len(records), enabled=not args.quiet) as bar:

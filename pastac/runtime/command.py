@@ -27,6 +27,7 @@ from pastac.cli.options import (
     depth_option,
     guard_options,
     kernel_options,
+    load_engine,
     model_options,
     penalty_options,
     position_options,
@@ -165,7 +166,6 @@ def run_options(args: argparse.Namespace) -> dict[str, object]:
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     """``pastac run``: decode, print the stitched answer (or ``--json``) and the stats line."""
     from pastac.models import BudgetError, ModelError
-    from pastac.runtime.engine import Engine
     from pastac.runtime.options import RunOptions, with_options
     from pastac.runtime.results import DoneEvent
     from pastac.runtime.templates import InputError
@@ -197,14 +197,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     result: Generation | None = None
     try:  # Ctrl-C from here on, while the model loads, its kernels are tuned or the answer is decoded
         try:
-            engine = Engine.from_pretrained(
-                args.model,
-                device=args.device,
-                dtype=args.dtype,
-                adapter=args.adapter,
-                kernels=args.kernels,
-                progress=not args.quiet,
-            )
+            engine = load_engine(args, adapter=args.adapter)
         except ModelError as error:
             raise UsageError(str(error)) from None
         if args.live:
