@@ -1,5 +1,5 @@
 import sys
 
-from pastac.cli.main import main
+from pastac.cli.main import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -99,9 +99,14 @@ def pass_names() -> tuple[str, ...]:
     return tuple(p.name for p in standard_pipeline())
 
 
-def plan(graph: ThreadGraph, options: PlanOptions = PlanOptions(), dump_after: Sequence[str] = ()) -> Plan:
-    """Run the standard pipeline over ``graph`` (verified first; the nesting limit is the parser's)."""
-    verify(graph)
+def plan(
+    graph: ThreadGraph, options: PlanOptions = PlanOptions(), dump_after: Sequence[str] = (), *, verified: bool = False
+) -> Plan:
+    """Run the standard pipeline over ``graph``, verified first (the nesting limit is the parser's) unless the
+    caller says it is ``verified``: ``lower``'s graph is, being built only through the graph's checked appends
+    from a parsed document (a whole-graph check costs a tenth of planning 10,000 promises)."""
+    if not verified:
+        verify(graph)
     pipeline = standard_pipeline(
         PositionOptions(options.policy, options.unit), ScheduleOptions(options.max_width, options.order), options.cost
     )

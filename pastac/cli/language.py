@@ -254,7 +254,7 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         return got
     graph, label = got
     options = PlanOptions(policy=args.policy, unit=args.unit, max_width=args.max_width, order=args.order)
-    result = plan(graph, options, dump_after=args.dump_after or ())
+    result = plan(graph, options, dump_after=args.dump_after or (), verified=True)  # lowered just now
     if args.json:
         out.write(
             json.dumps({"file": label} | plan_json(result, length=args.length), indent=2, ensure_ascii=False) + "\n"

@@ -15,17 +15,15 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import re
 from dataclasses import dataclass
 from typing import Literal
-
-from lark import Token, Tree
-from lark.exceptions import UnexpectedToken
 
 from pastac.grammar.ast import START, Async, Document, Node, Position, Promise, Span, Sync, Text, quote
 from pastac.grammar.diagnostics import Diagnostic, Note, ParseError, Severity
 from pastac.grammar.structure import bind
-from pastac.grammar.tags import AsyncClose, AsyncOpen, Lexeme, TagKind, TagToken, TextToken, lark_parser, read_tag
+from pastac.grammar.tags import AsyncOpen, Lexeme, TagKind, TagToken, TextToken, lark_parser, read_tag
 
 Mode = Literal["strict", "lenient", "template"]
 MODES: tuple[Mode, ...] = ("strict", "lenient", "template")
@@ -35,15 +33,31 @@ DEFAULT_MAX_DEPTH = 2
 def tokenize(text: str) -> list[Lexeme]:
     """Split ``text`` into text and tag lexemes (each tag read and diagnosed)."""
     out: list[Lexeme] = []
-    for tok in lark_parser("document").lex(text):
-        assert tok.start_pos is not None and tok.line is not None and tok.column is not None
-        start = Position(tok.start_pos, tok.line, tok.column)
-        if tok.type == "TEXT":
-            out.append(TextToken(str(tok), Span.of(start, str(tok))))
+    pattern, at, offset = _document_lexer(), START, 0
+    while offset < len(text):
+        m = pattern.match(text, offset)
+        assert m is not None and m.lastgroup is not None, "the document level lexes every input"
+        value, offset = m.group(), m.end()
+        if m.lastgroup == "TEXT":
+            lexeme: Lexeme = TextToken(value, Span.of(at, value))
         else:
-            end = tok.start_pos + len(tok)
-            out.append(read_tag(TagKind(tok.type), str(tok), start, at_end=end == len(text)))
+            lexeme = read_tag(TagKind(m.lastgroup), value, at, at_end=offset == len(text))
+        out.append(lexeme)
+        at = lexeme.span.end
     return out
+
+
+@functools.cache
+def _document_lexer() -> re.Pattern[str]:
+    """The document level's terminals as one regular expression, a named group each.
+
+    lark's lexer gives the same lexemes (``tests/test_grammar_fast.py`` checks it) at several times the cost,
+    which dominated ``check`` on a large document.  The terminals never both match at one place (a tag
+    terminal needs a tag name and a delimiter after its ``<``, which ``TEXT`` refuses), so the order of the
+    alternatives does not matter.
+    """
+    terminals = lark_parser("document").terminals
+    return re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals))
 
 
 @dataclass(frozen=True)
@@ -124,112 +138,65 @@ def _joined_text(nodes: list[Node]) -> tuple[Node, ...]:
 
 
 class _Builder:
-    """Nests the lexemes into async blocks with the grammar's LALR parser, recovering from its errors."""
+    """Nests the lexemes into async blocks (the document level's ``async_block`` rule), recovering from
+    structural errors: a ``</async>`` that closes nothing is text (E302), a block the input leaves open is
+    closed at its end (E301), ``<async/>`` is an empty block (its E107 comes from the tag level).
+
+    The rule is nesting and nothing else, so it is followed here with a stack of open blocks rather than by
+    feeding lark's LALR parser one lexeme at a time: that cost a second on a document of 10,000 promises,
+    a third of ``check``, for the same tree.  The grammar still owns every lexeme (``tokenize``).
+    """
 
     def __init__(self, lexemes: list[Lexeme], end: Position, diagnostics: list[Diagnostic]) -> None:
         self.lexemes = lexemes
         self.end = end
         self.diagnostics = diagnostics
-        # Synthetic lexemes (closes inserted by recovery) are appended here.
-        self.items: list[Lexeme | None] = list(lexemes)
-        self.as_text: set[int] = set()
-        self.synthetic_close: set[int] = set()
-
-    def _feed(self, parser, kind: str, index: int) -> None:  # type: ignore[no-untyped-def]
-        parser.feed_token(Token(kind, str(index)))
 
     def build(self) -> tuple[Node, ...]:
-        parser = lark_parser("document").parse_interactive(start="document")
-        open_stack: list[int] = []
-        for i, lexeme in enumerate(self.lexemes):
+        # the open blocks, outermost first: each one's <async> and the nodes of its body so far
+        stack: list[tuple[TagToken | None, list[Node]]] = [(None, [])]
+        for lexeme in self.lexemes:
+            body = stack[-1][1]
             match lexeme:
                 case TextToken():
-                    self._feed(parser, "TEXT", i)
-                case TagToken(tag=None):
-                    self.as_text.add(i)
-                    self._feed(parser, "TEXT", i)
+                    body.append(Text(lexeme.value, lexeme.span))
+                case TagToken(tag=None):  # not recoverable as a tag: text
+                    body.append(Text(lexeme.raw, lexeme.span))
                 case TagToken(kind=TagKind.ASYNC_CLOSE):
-                    if "ASYNC_CLOSE" in parser.choices() and open_stack:
-                        open_stack.pop()
-                        self._feed(parser, "ASYNC_CLOSE", i)
+                    if len(stack) > 1:
+                        opener, nodes = stack.pop()
+                        stack[-1][1].append(self._async(opener, nodes, lexeme.span.end, closed=True))
                     else:
                         self.diagnostics.append(
                             Diagnostic("E302", "</async> closes no open <async> block", lexeme.span)
                         )
-                        self.as_text.add(i)
-                        self._feed(parser, "TEXT", i)
+                        body.append(Text(lexeme.raw, lexeme.span))
                 case TagToken(tag=AsyncOpen(self_closed=True)):
-                    self._feed(parser, "ASYNC_OPEN", i)
-                    self._feed(parser, "ASYNC_CLOSE", self._synthetic())
-                case TagToken(kind=kind):
-                    if kind is TagKind.ASYNC_OPEN:
-                        open_stack.append(i)
-                    self._feed(parser, str(kind), i)
-        while open_stack:
-            opened = self.lexemes[open_stack.pop()]
+                    body.append(self._async(lexeme, [], lexeme.span.end, closed=True))
+                case TagToken(kind=TagKind.ASYNC_OPEN):
+                    stack.append((lexeme, []))
+                case TagToken(tag=Promise() | Sync() as tag):
+                    body.append(tag)
+                case _:
+                    raise AssertionError(f"unexpected lexeme {lexeme!r}")
+        while len(stack) > 1:
+            opener, nodes = stack.pop()
+            assert opener is not None
             self.diagnostics.append(
                 Diagnostic(
                     "E301",
                     "unclosed <async>: expected </async> before the end of input",
                     Span.point(self.end),
-                    notes=(Note("<async> opened here", opened.span),),
+                    notes=(Note("<async> opened here", opener.span),),
                 )
             )
-            self._feed(parser, "ASYNC_CLOSE", self._synthetic())
-        try:
-            tree = parser.feed_eof()
-        except UnexpectedToken as error:  # the recovery above keeps the grammar satisfied
-            raise AssertionError(f"structure recovery left the parser unfinished: {error}") from error
-        return self._nodes(tree.children)
+            stack[-1][1].append(self._async(opener, nodes, self.end, closed=False))
+        return _joined_text(stack[0][1])
 
-    def _synthetic(self) -> int:
-        self.items.append(None)
-        index = len(self.items) - 1
-        self.synthetic_close.add(index)
-        return index
-
-    def _nodes(self, children: list[Tree | Token]) -> tuple[Node, ...]:
-        """The nodes of the top-level body.  Nested blocks are built with an explicit
-        stack, not by recursion: lenient mode accepts any nesting depth."""
-        top: list[Node] = []
-        # (the async_block tree being built or None for the top level, its remaining children, its nodes)
-        stack: list[tuple[Tree | None, Iterator[Tree | Token], list[Node]]] = [(None, iter(children), top)]
-        while stack:
-            tree, remaining, out = stack[-1]
-            child = next(remaining, None)
-            if child is None:
-                stack.pop()
-                if tree is not None:
-                    stack[-1][2].append(self._async(tree, _joined_text(out)))
-            elif isinstance(child, Tree):
-                stack.append((child, iter(child.children[1:-1]), []))
-            else:
-                self._leaf(int(child), out)
-        return _joined_text(top)
-
-    def _leaf(self, i: int, out: list[Node]) -> None:
-        lexeme = self.lexemes[i]
-        if isinstance(lexeme, TextToken) or i in self.as_text:
-            out.append(Text(lexeme.value if isinstance(lexeme, TextToken) else lexeme.raw, lexeme.span))
-        else:
-            assert isinstance(lexeme, TagToken) and isinstance(lexeme.tag, Promise | Sync)
-            out.append(lexeme.tag)
-
-    def _async(self, tree: Tree, body: tuple[Node, ...]) -> Async:
-        first, last = tree.children[0], tree.children[-1]
-        opener = self.lexemes[int(first)]
-        assert isinstance(opener, TagToken) and isinstance(opener.tag, AsyncOpen)
-        close_index = int(last)
-        synthetic = close_index in self.synthetic_close
-        if synthetic and opener.tag.self_closed:
-            end, closed = opener.span.end, True
-        elif synthetic:
-            end, closed = self.end, False
-        else:
-            closer = self.lexemes[close_index]
-            assert isinstance(closer, TagToken) and isinstance(closer.tag, AsyncClose)
-            end, closed = closer.span.end, True
-        return Async(body, opener.tag.topic, closed, Span(opener.span.start, end), opener.span)
+    @staticmethod
+    def _async(opener: TagToken | None, body: list[Node], end: Position, *, closed: bool) -> Async:
+        assert opener is not None and isinstance(opener.tag, AsyncOpen)
+        return Async(_joined_text(body), opener.tag.topic, closed, Span(opener.span.start, end), opener.span)
 
 
 def _check_body(

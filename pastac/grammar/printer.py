@@ -14,6 +14,14 @@ from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text, decim
 from pastac.grammar.tags import escape
 
 
+def tag_source(node: Promise | Async) -> str:
+    """The canonical text of a promise's tag, or of a block's opening tag."""
+    if isinstance(node, Promise):
+        size = "" if node.tokens is None else f' tokens="{decimal_digits(node.tokens)}"'
+        return f'<promise topic="{escape(node.topic)}"{size}/>'
+    return "<async>" if node.topic is None else f'<async topic="{escape(node.topic)}">'
+
+
 def _body(body: tuple[Node, ...], out: list[str]) -> None:
     # An explicit stack of nodes and closing tags, not recursion: documents may nest to any depth.
     work: list[Node | str] = list(reversed(body))
@@ -24,11 +32,10 @@ def _body(body: tuple[Node, ...], out: list[str]) -> None:
                 out.append(node)
             case Text(value=value):
                 out.append(value)
-            case Promise(topic=topic, tokens=tokens):
-                size = "" if tokens is None else f' tokens="{decimal_digits(tokens)}"'
-                out.append(f'<promise topic="{escape(topic)}"{size}/>')
-            case Async(body=inner, topic=topic):
-                out.append("<async>" if topic is None else f'<async topic="{escape(topic)}">')
+            case Promise():
+                out.append(tag_source(node))
+            case Async(body=inner):
+                out.append(tag_source(node))
                 work.append("</async>")
                 work.extend(reversed(inner))
             case Sync():

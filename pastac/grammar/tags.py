@@ -103,28 +103,6 @@ def lark_parser(start: str) -> Lark:
     return Lark(grammar_source(), start=start, parser="lalr", lexer=lexer, propagate_positions=False)
 
 
-@dataclass(frozen=True)
-class _Attribute:
-    name: str
-    value: str | None  # unescaped; None when the attribute has no value
-    span: Span
-    value_span: Span
-
-
-_ENTITIES = {"&quot;": '"', "&amp;": "&", "&lt;": "<", "&gt;": ">"}
-_ENTITY = re.compile(r"&(?:quot|amp|lt|gt);")
-
-
-def unescape(value: str) -> str:
-    """An attribute value with ``&quot; &amp; &lt; &gt;`` decoded; any other ``&`` is kept."""
-    return _ENTITY.sub(lambda m: _ENTITIES[m.group(0)], value)
-
-
-def escape(value: str) -> str:
-    """``value`` for a double-quoted attribute: ``& " < >`` as entities (``unescape`` reverses it)."""
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 class _Reader:
     """Turns offsets inside one tag's raw text into document positions."""
 
@@ -133,10 +111,47 @@ class _Reader:
         self.start = start
 
     def at(self, offset: int) -> Position:
-        return self.start.advance(self.raw[:offset])
+        return self.start.advance(self.raw[:offset]) if offset else self.start
 
     def span(self, begin: int, end: int) -> Span:
         return Span(self.at(begin), self.at(end))
+
+
+@dataclass(slots=True)
+class _Attribute:
+    """One attribute of a tag; where it stands is kept as offsets into the tag's text and turned into spans
+    only for a diagnostic (most tags have none)."""
+
+    name: str
+    value: str | None  # unescaped; None when the attribute has no value
+    begin: int  # the name's first character
+    value_begin: int  # the value's first character (its opening quote); ``end`` when it has none
+    end: int
+    reader: _Reader
+
+    @property
+    def span(self) -> Span:
+        return self.reader.span(self.begin, self.end)
+
+    @property
+    def value_span(self) -> Span:
+        return self.reader.span(self.value_begin, self.end)
+
+
+_ENTITIES = {"&quot;": '"', "&amp;": "&", "&lt;": "<", "&gt;": ">"}
+_ENTITY = re.compile(r"&(?:quot|amp|lt|gt);")
+
+
+def unescape(value: str) -> str:
+    """An attribute value with ``&quot; &amp; &lt; &gt;`` decoded; any other ``&`` is kept."""
+    if "&" not in value:
+        return value
+    return _ENTITY.sub(lambda m: _ENTITIES[m.group(0)], value)
+
+
+def escape(value: str) -> str:
+    """``value`` for a double-quoted attribute: ``& " < >`` as entities (``unescape`` reverses it)."""
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def read_tag(kind: TagKind, raw: str, start: Position, *, at_end: bool) -> TagToken:
@@ -146,7 +161,7 @@ def read_tag(kind: TagKind, raw: str, start: Position, *, at_end: bool) -> TagTo
     or after its '>').
     """
     r = _Reader(raw, start)
-    whole = r.span(0, len(raw))
+    whole = Span(start, start.advance(raw))
     name = OPENERS[kind]
     if not raw.endswith(">"):
         diag = Diagnostic(
@@ -158,16 +173,64 @@ def read_tag(kind: TagKind, raw: str, start: Position, *, at_end: bool) -> TagTo
         )
         return TagToken(kind, raw, whole, None, (diag,))
     diagnostics: list[Diagnostic] = []
-    tree, error = _parse_tag(raw)
-    if tree is not None:
+    well_formed = _well_formed(kind).fullmatch(raw)
+    tree, error = (None, None) if well_formed else _parse_tag(raw)
+    if well_formed:
+        attributes = _attributes_from_text(kind, raw, r)
+        self_closed = raw.endswith("/>")
+    elif tree is not None:
         attributes = _attributes_from_tree(tree, r)
         self_closed = raw.endswith("/>")
     else:
         assert error is not None
         diagnostics.append(_classify(kind, raw, error, r))
         attributes, self_closed = _recover(kind, raw, r)
-    tag = _interpret(kind, attributes, self_closed, r, diagnostics)
+    tag = _interpret(kind, attributes, self_closed, whole, diagnostics)
     return TagToken(kind, raw, whole, tag, tuple(diagnostics))
+
+
+@functools.cache
+def _tag_terminals() -> dict[str, str]:
+    """The tag level's named terminals as regular expressions, taken from the grammar."""
+    return {t.name: t.pattern.to_regexp() for t in lark_parser("tag").terminals if t.name in ("NAME", "VALUE", "_WS")}
+
+
+@functools.cache
+def _attribute_pattern() -> re.Pattern[str]:
+    """The grammar's ``attribute`` rule (``_WS NAME _WS? "=" _WS? VALUE``) as one regular expression."""
+    t = _tag_terminals()
+    ws, name, value = t["_WS"], t["NAME"], t["VALUE"]
+    return re.compile(f"{ws}(?P<name>{name})(?:{ws})?=(?:{ws})?(?P<value>{value})")
+
+
+@functools.cache
+def _well_formed(kind: TagKind) -> re.Pattern[str]:
+    """A well-formed tag of ``kind``, as the tag level's rule for it reads one, as a regular expression.
+
+    The fast path of ``read_tag``: lark's LALR parser costs a fraction of a millisecond a tag, which is most
+    of the time spent on a document whose every promise has its own topic; a regular expression built from
+    the same terminals matches exactly the tags the rule accepts (``tests/test_grammar_fast.py`` checks it
+    against the parser).  A tag it does not match goes to the parser, whose errors the diagnostics read.
+    """
+    ws = _tag_terminals()["_WS"]
+    attributes = f"(?:{_attribute_pattern().pattern})*"
+    rest = {
+        TagKind.PROMISE: f"{attributes}(?:{ws})?/>",
+        TagKind.ASYNC_OPEN: f"{attributes}(?:{ws})?>",
+        TagKind.ASYNC_CLOSE: f"(?:{ws})?>",
+        TagKind.SYNC: f"(?:{ws})?/>",
+    }[kind]
+    return re.compile(re.escape(OPENERS[kind]) + rest)
+
+
+def _attributes_from_text(kind: TagKind, raw: str, r: _Reader) -> list[_Attribute]:
+    """The attributes of a tag that ``_well_formed`` matched: one ``attribute`` match after another."""
+    pattern, out, at = _attribute_pattern(), [], len(OPENERS[kind])
+    while (m := pattern.match(raw, at)) is not None:
+        value = m.group("value")
+        out.append(_Attribute(m.group("name"), unescape(value[1:-1]), m.start("name"), m.start("value"), m.end(), r))
+        at = m.end()
+    return out
 
 
 @functools.lru_cache(maxsize=4096)
@@ -186,14 +249,7 @@ def _attributes_from_tree(tree: Tree, r: _Reader) -> list[_Attribute]:
         name, value = attr.children
         assert isinstance(name, Token) and isinstance(value, Token)
         assert name.start_pos is not None and value.end_pos is not None and value.start_pos is not None
-        out.append(
-            _Attribute(
-                str(name),
-                unescape(str(value)[1:-1]),
-                r.span(name.start_pos, value.end_pos),
-                r.span(value.start_pos, value.end_pos),
-            )
-        )
+        out.append(_Attribute(str(name), unescape(str(value)[1:-1]), name.start_pos, value.start_pos, value.end_pos, r))
     return out
 
 
@@ -276,7 +332,7 @@ def _recover(kind: TagKind, raw: str, r: _Reader) -> tuple[list[_Attribute], boo
         while j < body_end and raw[j] in WHITESPACE:
             j += 1
         if j >= body_end or raw[j] != "=":
-            out.append(_Attribute(m.group(0), None, r.span(name_start, i), r.span(i, i)))
+            out.append(_Attribute(m.group(0), None, name_start, i, i, r))
             continue
         j += 1
         while j < body_end and raw[j] in WHITESPACE:
@@ -288,20 +344,20 @@ def _recover(kind: TagKind, raw: str, r: _Reader) -> tuple[list[_Attribute], boo
         else:
             end = _RECOVER_UNQUOTED.match(raw, j, body_end).end()  # type: ignore[union-attr]
             value = raw[j:end]
-        out.append(_Attribute(m.group(0), unescape(value), r.span(name_start, end), r.span(j, end)))
+        out.append(_Attribute(m.group(0), unescape(value), name_start, j, end, r))
         i = max(end, j)
     return out, self_closed
 
 
 _TOKENS = re.compile(r"[0-9]+")
+_ALLOWED: dict[TagKind, tuple[str, ...]] = {TagKind.PROMISE: ("topic", "tokens"), TagKind.ASYNC_OPEN: ("topic",)}
 
 
 def _interpret(
-    kind: TagKind, attributes: list[_Attribute], self_closed: bool, r: _Reader, diagnostics: list[Diagnostic]
+    kind: TagKind, attributes: list[_Attribute], self_closed: bool, whole: Span, diagnostics: list[Diagnostic]
 ) -> TagValue:
-    """Give the attributes their meaning; append the semantic diagnostics."""
-    whole = r.span(0, len(r.raw))
-    allowed = {TagKind.PROMISE: ("topic", "tokens"), TagKind.ASYNC_OPEN: ("topic",)}.get(kind, ())
+    """Give the attributes their meaning (the tag spans ``whole``); append the semantic diagnostics."""
+    allowed = _ALLOWED.get(kind, ())
     seen: dict[str, _Attribute] = {}
     for attr in attributes:
         if attr.name in seen:

@@ -162,8 +162,7 @@ class ThreadGraph:
 
     def ops(self) -> list[tuple[int, Op]]:
         """Every node in id order (a topological order)."""
-        nodes = self.g.nodes
-        return [(n, nodes[n]["op"]) for n in range(len(nodes))]  # ids are 0 .. len - 1, appended in order
+        return list(self.g.nodes(data="op"))  # ids are 0 .. len - 1, appended in order
 
     def thread_nodes(self, thread: int) -> tuple[int, ...]:
         """The nodes of ``thread``, in order (the same tuple until the thread's next append)."""
@@ -279,10 +278,12 @@ class ThreadGraph:
 def verify(graph: ThreadGraph, *, max_depth: int | None = None, complete: bool = True) -> None:
     """Raise ``IRError`` naming the first broken invariant.  ``complete``: every thread has ended."""
     g = graph.g
-    if not nx.is_directed_acyclic_graph(g):
-        raise IRError("the graph has a cycle")
+    # Every edge going forward in id order makes the graph acyclic; only a graph with a backward edge is
+    # searched for a cycle (a whole-graph search), to say which of the two is wrong.
     for u, v in g.edges:
         if u >= v:
+            if not nx.is_directed_acyclic_graph(g):
+                raise IRError("the graph has a cycle")
             raise IRError(f"edge %{u} -> %{v} goes backwards in id order")
     # Where each node sits in its thread, by the threads' own lists.
     index: dict[int, tuple[int, int]] = {n: (t, i) for t in graph.threads for i, n in enumerate(graph.thread_nodes(t))}

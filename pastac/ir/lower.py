@@ -15,21 +15,13 @@ from collections.abc import Callable, Iterator
 from typing import assert_never
 
 from pastac.grammar.ast import Async, Document, Node, Promise, Sync, Text
-from pastac.grammar.printer import to_source
+from pastac.grammar.printer import tag_source
 from pastac.grammar.render import place
 from pastac.grammar.structure import bind
 from pastac.ir.graph import MAIN, ThreadGraph
 from pastac.ir.lengths import LengthFn, chars
 
 OPEN, CLOSE, SYNC = "<async>", "</async>", "<sync/>"
-
-
-def _tag(node: Promise | Async) -> str:
-    """The canonical text of a promise tag, or of an <async ...> opening tag."""
-    if isinstance(node, Promise):
-        return to_source(Document((node,)))
-    source = to_source(Document((Async((), node.topic),)))
-    return source[: -len(CLOSE)]
 
 
 def lower(
@@ -55,7 +47,7 @@ def lower(
             case Text(value=value):
                 graph.segment(frame.thread, value, length(value))
             case Promise(topic=topic, tokens=tokens):
-                text = _tag(node)
+                text = tag_source(node)
                 if i in frame.fulfilled_by:
                     _, frame.child_of[i] = graph.fork(frame.thread, topic, tokens, text, length(text))
                 elif promised is not None:  # a template's place: the model writes the part
@@ -71,7 +63,7 @@ def lower(
                     stack.append(_Body(inner, frame.thread, None))
                     continue
                 child = frame.child_of[frame.binding.fulfils[i]]
-                text = _tag(node)
+                text = tag_source(node)
                 graph.open(child, text, length(text))
                 stack.append(_Body(inner, child, child))
             case Sync():

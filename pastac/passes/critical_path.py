@@ -96,7 +96,8 @@ def critical_path(
             placed += len(decoding)
     else:
         sequential_ms = tokens * cost(1)
-        parallel_ms = sum(cost(len(d)) for d in plan.decoding)
+        by_width = {w: cost(w) for w in {len(d) for d in plan.decoding}}  # a step's cost is its width's
+        parallel_ms = sum(by_width[len(d)] for d in plan.decoding)
     return CriticalPath(
         tokens=tokens,
         steps=steps,
