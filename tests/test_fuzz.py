@@ -170,3 +170,25 @@ def test_a_token_that_goes_on_past_a_childs_close(guard: bool) -> None:
     assert sched.done and len(sched.threads) == 2
     assert check(sched.interp.annotated(), mode="strict", max_depth=64).errors == ()
     assert len(sched.interp.stitched()) == sum(len(thread.text) for thread in sched.threads.values())
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "<promise<async>/>",  # found by the fuzzer, as the tokens "<" "promise" "<" "async" ">" "/>"
+        "<promise<async>>",  # found by the fuzzer
+        "a<sync</async>/>b",
+        '<prom</async>ise topic="x" tokens="2"/>',
+        '<promise topic="a<async>b" tokens="3"/>',
+        "x<async>y",
+    ],
+)
+def test_a_dropped_tag_does_not_join_the_text_around_it_into_a_tag(written: str) -> None:
+    # Without the tag guard, the tag a thread writes inside an unfinished one is dropped; the annotated answer
+    # still renders as the stitched one (it once read "<promise" + "/>" as a promise and rendered nothing).
+    stream = TOKENIZER.encode(written, add_special_tokens=False)
+    sched = drive(stream, guard=False, limits=Limits(max_new_tokens=60), max_depth=1, ngram=0)
+    interp = sched.interp
+    assert any(w.message.startswith("dropped") for w in interp.warnings)
+    document = check(interp.annotated(), mode="lenient", max_depth=64).document
+    assert render(document) == interp.stitched()

@@ -21,6 +21,12 @@ tag is kept as text or dropped with a warning (which quotes it), and every
 warning is kept in ``warnings``; a tag a thread's end cuts short is dropped so,
 not left in the answer as half a tag.
 
+A dropped tag leaves the text on its two sides adjacent.  Where the text before it holds a ``<`` that no
+``>`` has closed yet, the two sides could read as one tag in the annotated answer (``<promise`` + ``/>``, when
+the thread wrote ``<promise<async>/>``), which then would not render as the stitched answer: there the
+annotated answer gets an empty block with no promise (``SEPARATOR``), which lenient reading renders as
+nothing and which ends the half tag before it.  Only a thread without the tag guard writes such text.
+
 A child that a budget cuts (finish reason ``length``) stops mid-line, without the line break that ended its
 part; the text after its block in reading order would run into it ("...doesn3. **Take care**").  So the
 stitched and the annotated text get one line break at the end of such a child's block (before its
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
     from pastac.runtime.replay import Replay
 
 OPEN, CLOSE = "<async>", "</async>"
+SEPARATOR = OPEN + CLOSE  # in the annotated answer only, where a dropped tag's neighbours would join
 _NEW_ITEM = re.compile(r"[ \t]*(?:[0-9]{1,9}[.)][ \t]|[-*+][ \t]|#{1,6}(?:[ \t]|$))")
 _CONTINUES = ",.;:!?)]}"  # a text that starts with one of these goes on with the line before it
 LOOKAHEAD = 16  # characters of the text after a block that ``starts_item`` is given
@@ -263,8 +270,24 @@ class Interpreter:
                     thread.finish = FinishReason.STOP
                 else:
                     self._warn(thread, "dropped a </async> that closes no block")
+                    self._keep_apart(thread)
             case TagKind.ASYNC_OPEN:
                 self._warn(thread, f"dropped {quote(lexeme.raw)}: a thread's <async> is written by the runtime")
+                self._keep_apart(thread)
+
+    @staticmethod
+    def _keep_apart(thread: Thread) -> None:
+        """After a dropped tag: if the thread's text before it holds a ``<`` not yet closed by a ``>``, the
+        annotated answer's ``SEPARATOR`` (see the module's docstring)."""
+        for kind, value in reversed(thread.pieces):
+            if kind != "text":
+                return
+            lt, gt = value.rfind("<"), value.rfind(">")
+            if lt > gt:
+                thread.pieces.append(("tag", SEPARATOR))
+                return
+            if gt != -1:
+                return
 
     def _promise(self, thread: Thread, lexeme: TagToken, tag: Promise) -> None:
         length = self._tag_node(thread, lexeme)
