@@ -112,3 +112,19 @@ def saved_tiny_model(tmp_path_factory: pytest.TempPathFactory):
     random_model("tiny-llama", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def random_lora():
+    """Gives ``base`` a LoRA adapter of random (not zero) weights on q_proj and v_proj, as PEFT makes one.  PEFT
+    reads an attribute transformers deprecates while it wraps a model; that warning is theirs, not the test's."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    def wrap(base):  # type: ignore[no-untyped-def]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+    return wrap

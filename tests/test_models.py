@@ -391,14 +391,9 @@ def test_load_model_from_a_folder(saved_tiny_model: Path, capsys: pytest.Capture
         loaded.name = "other"  # type: ignore[misc]
 
 
-def test_load_model_merges_an_adapter(tmp_path: Path, saved_tiny_model: Path) -> None:
-    from peft import LoraConfig, get_peft_model
-
+def test_load_model_merges_an_adapter(tmp_path: Path, saved_tiny_model: Path, random_lora) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(saved_tiny_model)
-    peft_model = get_peft_model(
-        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    ).eval()
+    peft_model = random_lora(AutoModelForCausalLM.from_pretrained(saved_tiny_model)).eval()
     adapter = tmp_path / "my-adapter"
     peft_model.save_pretrained(adapter)
     ids = torch.tensor([prompt_ids(tiny_tokenizer(), "hello there")])

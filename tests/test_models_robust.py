@@ -40,13 +40,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def saved_adapter(tmp_path_factory: pytest.TempPathFactory, saved_tiny_model: Path) -> Path:
+def saved_adapter(tmp_path_factory: pytest.TempPathFactory, saved_tiny_model: Path, random_lora) -> Path:  # type: ignore[no-untyped-def]
     """A LoRA adapter of the tiny model, saved by PEFT (config and safetensors weights)."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(saved_tiny_model)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = random_lora(AutoModelForCausalLM.from_pretrained(saved_tiny_model))
     folder = tmp_path_factory.mktemp("adapters") / "lora"
     peft_model.save_pretrained(folder)
     return folder
