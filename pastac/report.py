@@ -130,7 +130,8 @@ def thread_rows(graph: ThreadGraph, positions: Positions, plan_: Schedule) -> tu
     subtree = subtree_lengths(graph)
     rows = []
     for thread in graph.threads.values():
-        nodes = [n for n in graph.thread_nodes(thread.id) if graph.op(n).length]
+        length = positions.length  # per node: its op's length
+        nodes = [n for n in graph.thread_nodes(thread.id) if length[n]]
         ranges: list[tuple[int, int]] = []
         for n in nodes:
             start, end = positions.start[n], positions.start[n] + positions.length[n]
@@ -146,7 +147,7 @@ def thread_rows(graph: ThreadGraph, positions: Positions, plan_: Schedule) -> tu
                 depth=thread.depth,
                 topic=thread.topic,
                 predicted=fork.predicted if isinstance(fork, Fork) else None,
-                own_tokens=sum(graph.op(n).length for n in nodes),
+                own_tokens=sum(length[n] for n in nodes),
                 subtree_tokens=subtree[thread.id],
                 start_step=min((plan_.first_step[n] for n in nodes), default=None),
                 end_step=max((plan_.last_step[n] for n in nodes), default=None),

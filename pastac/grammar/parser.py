@@ -41,10 +41,13 @@ def tokenize(text: str) -> list[Lexeme]:
         if m.lastgroup == "TEXT":
             lexeme: Lexeme = TextToken(value, Span.of(at, value))
         else:
-            lexeme = read_tag(TagKind(m.lastgroup), value, at, at_end=offset == len(text))
+            lexeme = read_tag(_KINDS[m.lastgroup], value, at, at_end=offset == len(text))
         out.append(lexeme)
         at = lexeme.span.end
     return out
+
+
+_KINDS = {str(kind): kind for kind in TagKind}  # a terminal's name -> its tag kind (faster than TagKind(name))
 
 
 @functools.cache
