@@ -12,27 +12,37 @@ The pipeline's steps, one module each, all reading and writing JSONL through ``p
 ``step`` holds what they share (``StepResult``, ``PipelineError``).
 """
 
-from pastac.data.annotate import (
-    DEFAULT_FEW_SHOT,
-    Annotation,
-    Annotator,
-    LLMAnnotator,
-    StructuralAnnotator,
-    count_promises,
-    openai_generate,
-    validate,
-)
-from pastac.data.prompts import (
-    CATEGORIES,
-    FORKABLE,
-    SPLITS,
-    PromptRecord,
-    assign_split,
-    build_prompts,
-    normalise,
-    read_jsonl,
-    write_jsonl,
-)
+# Imported on first use (as ``pastac``'s own names that need torch are): ``pastac data``'s argument parser is
+# built with every command line, and the language commands should not pay for the annotators' imports.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "DEFAULT_FEW_SHOT",
+            "Annotation",
+            "Annotator",
+            "LLMAnnotator",
+            "StructuralAnnotator",
+            "count_promises",
+            "openai_generate",
+            "validate",
+        ),
+        "pastac.data.annotate",
+    ),
+    **dict.fromkeys(
+        (
+            "CATEGORIES",
+            "FORKABLE",
+            "SPLITS",
+            "PromptRecord",
+            "assign_split",
+            "build_prompts",
+            "normalise",
+            "read_jsonl",
+            "write_jsonl",
+        ),
+        "pastac.data.prompts",
+    ),
+}
 
 __all__ = [
     "CATEGORIES",
@@ -53,3 +63,15 @@ __all__ = [
     "validate",
     "write_jsonl",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pastac.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
