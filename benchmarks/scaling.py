@@ -348,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name in args.commands:
                     if name in failed:
                         continue
-                    argv = [sys.executable, "-m", "pastac"]
+                    # -P: the working directory is not put first on the path, so that a pastac found there
+                    # (this checkout, when the script runs from it) does not shadow --pastac-root's
+                    argv = [sys.executable, "-P", "-m", "pastac"]
                     for word in COMMANDS[name]:
                         if word == "{lenient}":
                             argv += ["--lenient"] if shape.lenient else []

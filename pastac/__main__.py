@@ -1,5 +1,5 @@
 import sys
 
-from pastac.cli.main import entry
+from pastac.cli.main import main
 
-sys.exit(entry())
+sys.exit(main())

@@ -449,3 +449,32 @@ def test_the_shipped_template_plans(capsys):
     template = str(ROOT / "examples" / "templates" / "sleep.pasta")
     figures = plan_json(capsys, template, "--template")
     assert figures["threads"] == 5 and figures["theoretical_speedup"] > 1
+
+
+def test_a_language_command_pauses_the_collector_and_restores_it() -> None:
+    import argparse
+    import gc
+    import io
+
+    from pastac.cli.language import _collector_paused
+
+    seen: list[bool] = []
+
+    def command(args: argparse.Namespace, out: io.StringIO) -> int:
+        seen.append(gc.isenabled())
+        if args.fail:
+            raise RuntimeError("boom")
+        return 0
+
+    run = _collector_paused(command)
+    assert gc.isenabled()
+    assert run(argparse.Namespace(fail=False), io.StringIO()) == 0
+    with pytest.raises(RuntimeError):
+        run(argparse.Namespace(fail=True), io.StringIO())
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:  # a caller that paused it itself finds it paused still
+        run(argparse.Namespace(fail=False), io.StringIO())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import sys
 from collections.abc import Sequence
 
@@ -76,15 +75,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def entry() -> int:
-    """The process's entry point (the ``pastac`` script, ``python -m pastac``): ``main`` in a process whose
-    cyclic garbage collector runs less often.  A command on a large document holds millions of small objects
-    that all live to its end; at the default threshold the collector scans them over and over (a sixth of
-    ``plan``'s time on 10,000 promises).  ``main`` itself leaves the collector alone: a program that embeds
-    pastac keeps its own settings."""
-    gc.set_threshold(10_000, 10, 10)
-    return main()
-
-
 if __name__ == "__main__":
-    sys.exit(entry())
+    sys.exit(main())
