@@ -128,17 +128,17 @@ def plan(
 def thread_rows(graph: ThreadGraph, positions: Positions, plan_: Schedule) -> tuple[ThreadRow, ...]:
     """A row per thread, in id order; a row's position ranges are its nodes', adjacent ones merged."""
     subtree = subtree_lengths(graph)
+    start, length = positions.start, positions.length  # per node
     rows = []
     for thread in graph.threads.values():
-        length = positions.length  # per node: its op's length
         nodes = [n for n in graph.thread_nodes(thread.id) if length[n]]
         ranges: list[tuple[int, int]] = []
         for n in nodes:
-            start, end = positions.start[n], positions.start[n] + positions.length[n]
-            if ranges and ranges[-1][1] == start:
+            first, end = start[n], start[n] + length[n]
+            if ranges and ranges[-1][1] == first:
                 ranges[-1] = (ranges[-1][0], end)
             else:
-                ranges.append((start, end))
+                ranges.append((first, end))
         fork = graph.op(thread.fork) if thread.fork is not None else None
         rows.append(
             ThreadRow(

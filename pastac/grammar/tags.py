@@ -173,18 +173,17 @@ def read_tag(kind: TagKind, raw: str, start: Position, *, at_end: bool) -> TagTo
         )
         return TagToken(kind, raw, whole, None, (diag,))
     diagnostics: list[Diagnostic] = []
-    well_formed = _well_formed(kind).fullmatch(raw)
-    tree, error = (None, None) if well_formed else _parse_tag(raw)
-    if well_formed:
+    self_closed = raw.endswith("/>")
+    if _well_formed(kind).fullmatch(raw):
         attributes = _attributes_from_text(kind, raw, r)
-        self_closed = raw.endswith("/>")
-    elif tree is not None:
-        attributes = _attributes_from_tree(tree, r)
-        self_closed = raw.endswith("/>")
     else:
-        assert error is not None
-        diagnostics.append(_classify(kind, raw, error, r))
-        attributes, self_closed = _recover(kind, raw, r)
+        tree, error = _parse_tag(raw)
+        if tree is not None:
+            attributes = _attributes_from_tree(tree, r)
+        else:
+            assert error is not None
+            diagnostics.append(_classify(kind, raw, error, r))
+            attributes, self_closed = _recover(kind, raw, r)
     tag = _interpret(kind, attributes, self_closed, whole, diagnostics)
     return TagToken(kind, raw, whole, tag, tuple(diagnostics))
 
