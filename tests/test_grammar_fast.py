@@ -16,7 +16,17 @@ from strategies import documents, messy_texts
 
 from pastac.grammar import check, tokenize
 from pastac.grammar.ast import START, Async, Node
-from pastac.grammar.tags import TagKind, TagToken, _well_formed, lark_parser, read_tag
+from pastac.grammar.tags import (
+    OPENERS,
+    TagKind,
+    TagToken,
+    _attributes_from_text,
+    _Reader,
+    _well_formed,
+    lark_parser,
+    read_tag,
+    unescape,
+)
 
 # a fifth of the suite's property budget in CI: three properties over cheap functions
 PROPERTIES = settings(
@@ -52,9 +62,8 @@ _ENDS = ("/>", ">", " />", "\n>", "")
 @st.composite
 def tag_texts(draw: st.DrawFn) -> tuple[TagKind, str]:
     kind = draw(st.sampled_from(list(TagKind)))
-    opener = {"PROMISE": "<promise", "ASYNC_OPEN": "<async", "ASYNC_CLOSE": "</async", "SYNC": "<sync"}[kind]
     body = "".join(draw(st.lists(st.sampled_from(_TAG_PIECES), max_size=10)))
-    return kind, opener + body + draw(st.sampled_from(_ENDS))
+    return kind, OPENERS[kind] + body + draw(st.sampled_from(_ENDS))
 
 
 def _lark_attributes(tree: Tree) -> list[tuple[str, str, int, int, int]]:
@@ -90,10 +99,9 @@ def test_the_well_formed_tag_pattern_accepts_what_the_tag_rule_accepts(drawn: tu
         token = read_tag(kind, raw, START, at_end=False)
         assert token.diagnostics == () or all(d.code.startswith("E2") for d in token.diagnostics)
         # the same attributes, where lark found them
-        from pastac.grammar import tags
-
-        got = [(a.name, a.value, a.begin, a.value_begin, a.end) for a in tags._attributes_from_text(kind, raw, None)]  # type: ignore[arg-type]
-        want = [(n, tags.unescape(v), b, vb, e) for n, v, b, vb, e in _lark_attributes(tree)]
+        attributes = _attributes_from_text(kind, raw, _Reader(raw, START))
+        got = [(a.name, a.value, a.begin, a.value_begin, a.end) for a in attributes]
+        want = [(n, unescape(v), b, vb, e) for n, v, b, vb, e in _lark_attributes(tree)]
         assert got == want
 
 
