@@ -32,7 +32,8 @@ part; the text after its block in reading order would run into it ("...doesn3. *
 stitched and the annotated text get one line break at the end of such a child's block (before its
 ``</async>``) when its text is not empty and does not end with one, and the text after the block starts a new
 item (``starts_item``).  That break is the only text of the answer no thread wrote: the annotated text stays
-valid (the break is inside the block), renders as the stitched text, and its tokens are the run's but for it.
+valid (the break is inside the block), renders as the stitched text, and its tokens are the run's but for it
+(and for the separators above, which are in the annotated text only).
 
 When and where tokens go into the cache, and who sees whom, is the scheduler's
 (``scheduler.py``): the interpreter tells it of each fork through ``on_fork``.
