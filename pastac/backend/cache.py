@@ -17,6 +17,8 @@ those copies.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -132,4 +134,114 @@ class SlotCache(Cache):
 
     def peak_bytes(self) -> int:
         """The most bytes of keys and values held at once: the slots used (they are never freed)."""
+        return self.used_bytes()
+
+
+class SlotPool:
+    """The slots of one ``SlotCache`` shared by many runs, handed out in pages of ``page_size`` slots.
+
+    A run takes pages as it places tokens and gives them all back when it ends; the lowest free pages go
+    first, so the slots attention reads (``high_water``) stay as few as the runs need.  Nothing is copied: a
+    run's slots are wherever its pages are, and its ``PagedSlots`` maps them.
+    """
+
+    def __init__(self, capacity: int, page_size: int = 16) -> None:
+        if page_size < 1 or capacity < page_size:
+            raise ValueError(f"a pool of {capacity} slots cannot hold a page of {page_size}")
+        self.page_size = page_size
+        self.pages = capacity // page_size
+        self.capacity = self.pages * page_size
+        self._free = list(range(self.pages))  # a heap: the lowest page first
+        self._taken: set[int] = set()
+
+    @property
+    def free_pages(self) -> int:
+        """Pages no run holds."""
+        return len(self._free)
+
+    @property
+    def used_slots(self) -> int:
+        """Slots in the pages the runs hold."""
+        return len(self._taken) * self.page_size
+
+    @property
+    def high_water(self) -> int:
+        """One past the last slot of the highest page held: the slots a step's attention must span."""
+        return (max(self._taken) + 1) * self.page_size if self._taken else 0
+
+    def pages_for(self, slots: int) -> int:
+        """Pages that hold ``slots`` slots."""
+        return -(-slots // self.page_size)
+
+    def take(self, count: int) -> list[int] | None:
+        """``count`` free pages, lowest first; None (and nothing taken) when fewer are free."""
+        if count > len(self._free):
+            return None
+        pages = [heapq.heappop(self._free) for _ in range(count)]
+        self._taken.update(pages)
+        return pages
+
+    def give(self, pages: list[int]) -> None:
+        """Return ``pages`` to the pool."""
+        for page in pages:
+            self._taken.discard(page)
+            heapq.heappush(self._free, page)
+
+
+class PagedSlots:
+    """One run's slots in a ``SlotPool``: its slot ``s`` lies in cache slot ``page[s // size] * size + s % size``.
+
+    It is the run's ``SlotMap`` for the runner, and stands for the run's cache in its figures."""
+
+    def __init__(self, pool: SlotPool, cache: SlotCache, device: torch.device) -> None:
+        self.pool = pool
+        self.cache = cache
+        self.pages: list[int] = []
+        self.used = 0  # the run's slots placed so far
+        self.growths = 0
+        self._index = torch.zeros(0, dtype=torch.long, device=device)
+        self._device = device
+
+    def ensure(self, slots: int) -> bool:
+        """Hold pages for the run's slots ``0 .. slots - 1``; False (nothing taken) when the pool lacks them."""
+        size = self.pool.page_size
+        more = self.pool.pages_for(slots) - len(self.pages)
+        if more > 0:
+            pages = self.pool.take(more)
+            if pages is None:
+                return False
+            self.pages.extend(pages)
+            fresh = torch.tensor(pages, dtype=torch.long)[:, None] * size + torch.arange(size)[None, :]
+            self._index = torch.cat([self._index, fresh.flatten().to(self._device)])
+        self.used = max(self.used, slots)
+        return True
+
+    def release(self) -> None:
+        """Give every page back (the run has ended or was cancelled)."""
+        self.pool.give(self.pages)
+        self.pages = []
+
+    def cache_slots(self, slots: Sequence[int]) -> list[int]:
+        """The cache slots of the run's ``slots`` (held pages only)."""
+        size, pages = self.pool.page_size, self.pages
+        return [pages[s // size] * size + s % size for s in slots]
+
+    def index(self, used: int) -> torch.Tensor:
+        """The cache slots of the run's slots ``0 .. used - 1``, as a long tensor."""
+        return self._index[:used]
+
+    # the run's share of the cache, for its figures (``Stats``)
+    def _slot_bytes(self) -> int:
+        return self.cache.nbytes() // self.cache.capacity if self.cache.capacity else 0
+
+    def nbytes(self) -> int:
+        """Bytes of keys and values in the pages the run holds."""
+        return len(self.pages) * self.pool.page_size * self._slot_bytes()
+
+    def used_bytes(self) -> int:
+        """Bytes of keys and values of the slots the run placed."""
+        return self.used * self._slot_bytes()
+
+    def peak_bytes(self) -> int:
+        """The run's slots are held until it ends: its peak is what it placed."""
         return self.used_bytes()

@@ -18,6 +18,7 @@ from pastac.cli.language import add_parser as add_language
 from pastac.data.command import add_parser as add_data
 from pastac.evaluation.command import add_parser as add_eval
 from pastac.runtime.command import add_parser as add_run
+from pastac.serve.command import add_parser as add_serve
 from pastac.train.command import add_parser as add_train
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_language(sub)
     add_run(sub)
+    add_serve(sub)
     add_bench(sub)
     add_data(sub)
     add_train(sub)

@@ -26,7 +26,7 @@ then ``loading``, then ``tiny``.
 
 from pastac.models.adapter import adapter_settings, resolve_adapter
 from pastac.models.architecture import PACKED_ATTENTION_ARCHITECTURES, check_architecture, verify_packed_attention
-from pastac.models.budget import BudgetError, check_budget, context_length
+from pastac.models.budget import BudgetError, ContextError, check_budget, context_length
 from pastac.models.chat import PromptError, messages_ids, prompt_ids
 from pastac.models.errors import ModelError
 from pastac.models.gguf import cache_dir, convert_gguf, default_gguf, gguf_chat_template
@@ -39,6 +39,7 @@ __all__ = [
     "SHAPES",
     "TINY_CHAT_TEMPLATE",
     "BudgetError",
+    "ContextError",
     "LoadedModel",
     "ModelError",
     "PromptError",

@@ -22,6 +22,10 @@ class BudgetError(ValueError):
     """A run's token budget is more than the model's context or the machine's memory can hold."""
 
 
+class ContextError(BudgetError):
+    """The prompt (with a template's text) alone fills the model's context."""
+
+
 def context_length(config: Any) -> int | None:
     """The number of positions the model was made for (``max_position_embeddings`` or its equivalent); None
     when its config does not say."""
@@ -52,7 +56,7 @@ def check_budget(model: torch.nn.Module, *, prompt: int, budget: int, forced: in
         given = prompt + forced
         if given >= context:
             what = f"the prompt ({prompt:,} tokens)" + (f" and the template ({forced:,})" if forced else "")
-            raise BudgetError(
+            raise ContextError(
                 f"{what} already {'fill' if forced else 'fills'} the model's context of {context:,} tokens"
             )
         if budget > context:

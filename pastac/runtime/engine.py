@@ -42,11 +42,11 @@ from pastac.runtime.repeats import UnseenNgrams
 from pastac.runtime.replay import Replay
 from pastac.runtime.results import DoneEvent, Generation, Stats, StepEvent, ThreadResult
 from pastac.runtime.rows import RowRunner
-from pastac.runtime.runner import Runner
+from pastac.runtime.runner import Runner, StepPlan
 from pastac.runtime.sampling import Sampler, penalty_exempt_ids
 from pastac.runtime.scheduler import Scheduler
 from pastac.runtime.templates import InputError, template_chunks
-from pastac.runtime.threads import FinishReason, Status
+from pastac.runtime.threads import FinishReason, Status, Thread
 
 RunnerFactory = Callable[[torch.nn.Module, int], Any]
 KERNEL_MODES = ("tuned", "stock")  # pastac.backend.linear.KERNELS are the kernels themselves
@@ -218,10 +218,10 @@ class Engine:
         keep_logits: bool,
         runner: RunnerFactory | None,
     ) -> Generation:
-        run = self._start(prompt, options, changes, template, replay, keep_logits, runner)
+        run = self.start_run(prompt, options, changes, template, replay, keep_logits, runner)
         for _ in self._steps(run):
             pass
-        return self._result(run)
+        return self.generation(run)
 
     def stream(
         self,
@@ -238,18 +238,18 @@ class Engine:
         answer so far and each thread's new text) and a ``DoneEvent`` with the answer at the end."""
         if not isinstance(prompt, str) and not is_messages(prompt):
             raise InputError("stream() decodes one prompt (text or chat messages); use generate() for a list")
-        run = self._start(prompt, options, changes, template, replay, keep_logits, runner)
+        run = self.start_run(prompt, options, changes, template, replay, keep_logits, runner)
         seen: dict[int, int] = {}
         for _ in self._steps(run):
             yield self._event(run, seen)
-        yield DoneEvent(self._result(run))
+        yield DoneEvent(self.generation(run))
 
     def partial(self) -> Generation | None:
         """The current (or last) run as it stands: what was decoded so far, e.g. after an interrupt (its
         unfinished threads and the answer then end with ``interrupted``)."""
-        return None if self.last_run is None else self._result(self.last_run, interrupted=True)
+        return None if self.last_run is None else self.generation(self.last_run, interrupted=True)
 
-    def _start(
+    def start_run(
         self,
         prompt: Prompt,
         options: RunOptions | None,
@@ -259,6 +259,9 @@ class Engine:
         keep_logits: bool,
         make_runner: RunnerFactory | None,
     ) -> Run:
+        """A run's live state, ready for its first step (what ``generate`` and ``stream`` decode, and
+        ``pastac.runtime.batch`` decodes beside other requests); the arguments are ``generate``'s, the runner
+        made by ``make_runner(model, capacity)``.  Raises as ``generate`` does."""
         options = with_options(options or RunOptions(), self.defaults.positions, **changes)
         notes = self._overrides(options)
         limits = options.limits
@@ -358,11 +361,29 @@ class Engine:
             runner.reserve(max(plan.slots) + 1)
             begun = time.perf_counter() - run.started
             tokens = runner.step(plan, run.views, run.sampler)
-            sched.advance(tokens)
-            run.times.append((begun, time.perf_counter() - run.started))
-            if len(run.times) > 1:
-                run.max_width = max(run.max_width, len(set(plan.threads)))
+            self.advance(run, plan, tokens, begun)
             yield
+
+    @staticmethod
+    def advance(run: Run, plan: StepPlan, tokens: list[int], begun: float) -> None:
+        """After a step's forward (begun ``begun`` seconds into the run): hand the sampled ``tokens`` to the run's
+        scheduler and record the step."""
+        run.sched.advance(tokens)
+        run.times.append((begun, time.perf_counter() - run.started))
+        if len(run.times) > 1:
+            run.max_width = max(run.max_width, len(set(plan.threads)))
+
+    @staticmethod
+    def settled(run: Run) -> str:
+        """The start of the run's stitched answer that nothing decoded later can change
+        (``Interpreter.settled``): a live thread's text that may begin a stop string is held back."""
+        interp = run.sched.interp
+
+        def holds(thread: Thread) -> int:
+            ends = (*interp.stop, interp.child_stop) if thread.id and interp.child_stop else interp.stop
+            return _stop_prefix(thread.text, ends)
+
+        return interp.settled(holds)
 
     def _event(self, run: Run, seen: dict[int, int]) -> StepEvent:
         """The step's event; ``seen`` counts the characters of each thread's text already given as deltas.  A
@@ -388,7 +409,8 @@ class Engine:
             {t: th.topic for t, th in sched.threads.items()},
         )
 
-    def _result(self, run: Run, *, interrupted: bool = False) -> Generation:
+    def generation(self, run: Run, *, interrupted: bool = False) -> Generation:
+        """The run's answer as it stands: when ``interrupted``, its unfinished threads and the answer end so."""
         sched, runner, prompt_tokens = run.sched, run.runner, run.prompt_tokens
         wall = time.perf_counter() - run.started
         prefill_s = run.times[0][1] if run.times else 0.0

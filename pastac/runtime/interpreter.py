@@ -424,6 +424,41 @@ class Interpreter:
         """The answer so far as a reader sees it: each promise replaced by its thread's text, tags removed."""
         return self._expand(MAIN, tags=False)
 
+    def settled(self, holds: Callable[[Thread], int] | None = None) -> str:
+        """The start of ``stitched()`` that nothing decoded later can change: the text in reading order up to
+        the first thread still writing, that thread's text included but for its last ``holds(thread)``
+        characters (the start of a stop string it may yet complete).  Every later ``settled()``, and the
+        final ``stitched()``, begins with it: what a stream may send as soon as it is known."""
+        if self.threads[MAIN].status is Status.DONE:
+            return self.stitched()
+        out: list[str] = []
+
+        def walk(tid: int) -> bool:  # whether all of the thread's text is settled
+            thread = self.threads[tid]
+            own: list[tuple[int, str]] = []  # (where in out, text) of each piece of its own text
+            for kind, value in self._pieces(tid):
+                if kind == "text":
+                    own.append((len(out), value))
+                    out.append(value)
+                elif kind == "child":
+                    if not walk(value):
+                        return False
+                elif kind == "cut":  # whether a line break goes here depends on the text after it
+                    return False
+            if not thread.live:
+                return True
+            hold = holds(thread) if holds is not None else 0
+            while hold > 0 and own:  # drop the held characters, and whatever came after them
+                at, value = own.pop()
+                del out[at:]
+                if len(value) > hold:
+                    out.append(value[: len(value) - hold])
+                hold -= min(hold, len(value))
+            return False
+
+        walk(MAIN)
+        return "".join(out)
+
     def cut_breaks(self) -> int:
         """How many line breaks the answer holds that no thread wrote: one at the end of each cut child's block
         that the text after it would otherwise run into (see the module's docstring)."""

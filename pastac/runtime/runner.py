@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -55,6 +56,31 @@ class StepPlan:
         return len(self.tokens)
 
 
+class SlotMap(Protocol):
+    """Where a run's slots (0, 1, ... in the order it places tokens) lie in a cache it shares with other runs."""
+
+    used: int  # the run's slots placed so far
+
+    def cache_slots(self, slots: Sequence[int]) -> list[int]:
+        """The cache slots of the run's ``slots``."""
+        ...
+
+    def index(self, used: int) -> torch.Tensor:
+        """A long tensor of the cache slots of the run's slots ``0 .. used - 1``."""
+        ...
+
+
+@dataclass
+class Part:
+    """One run's share of a step: its plan, its views and sampler, and (None: the cache is its own) its map."""
+
+    plan: StepPlan
+    views: Views
+    sampler: Sampler
+    slots: SlotMap | None = None
+    kept: list[torch.Tensor] | None = None  # where to keep its sampled queries' logits, step by step (None: not)
+
+
 class Runner:
     """Runs ``StepPlan``s over one packed row and a slot-indexed cache (see the module's docstring)."""
 
@@ -78,47 +104,88 @@ class Runner:
             tokens[: self.tokens.shape[0]] = self.tokens
             self.tokens = tokens
 
-    @torch.inference_mode()
     def step(self, plan: StepPlan, views: Views, sampler: Sampler) -> list[int]:
         """Run the plan's forward; return the sampled token of each ``plan.sample`` query."""
-        if not plan.tokens:
-            return []
+        if self.keep_logits and plan.sample:
+            self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
+        return self.step_many([Part(plan, views, sampler, kept=self.logits if self.keep_logits else None)])[0]
+
+    @torch.inference_mode()
+    def step_many(self, parts: Sequence[Part]) -> list[list[int]]:
+        """One forward over the plans of several runs (requests), packed one after the other into the row;
+        each run's queries see only its own slots, through its own views.  Returns each part's sampled
+        tokens, in the parts' order."""
+        every = list(parts)
+        parts = [p for p in every if p.plan.tokens]
+        if not parts:
+            return [[] for _ in every]
         dev = self.device
-        slots = device_ints(plan.slots, dev)
-        threads = device_ints(plan.threads, dev)
-        ids = device_ints(plan.tokens, dev)
+        whole: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for part in parts:  # each part's queries, where its slots lie in the cache
+            cache_slots = part.plan.slots if part.slots is None else part.slots.cache_slots(part.plan.slots)
+            spans.append((len(whole), len(whole) + len(cache_slots)))
+            whole.extend(cache_slots)
+        slots = device_ints(whole, dev)
+        ids = device_ints([t for part in parts for t in part.plan.tokens], dev)
         self.tokens[slots] = ids
-        used = max(plan.slots) + 1
-        self.cache.used = max(self.cache.used, used)
-        used = self.cache.used
-        allowed = views.mask(threads, slots, used)  # [Q, used]
+        self.cache.used = used = max(self.cache.used, max(whole) + 1)
+        own: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []  # per part: its mask, its slot index, used
+        if len(parts) == 1 and parts[0].slots is None:
+            plan = parts[0].plan
+            allowed = parts[0].views.mask(device_ints(plan.threads, dev), slots, used)  # [Q, used]
+            own.append((allowed, None, used))
+        else:
+            allowed = torch.zeros((len(whole), used), dtype=torch.bool, device=dev)
+            for part, (first, last) in zip(parts, spans, strict=True):
+                plan = part.plan
+                mine = max(plan.slots) + 1 if part.slots is None else part.slots.used
+                local = part.views.mask(device_ints(plan.threads, dev), device_ints(plan.slots, dev), mine)
+                index = torch.arange(mine, device=dev) if part.slots is None else part.slots.index(mine)
+                allowed[first:last].index_copy_(1, index, local)
+                own.append((local, index, mine))
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         self.cache.write_slots = slots
-        sample = device_ints(plan.sample, dev)
+        sampled = [first + q for part, (first, _) in zip(parts, spans, strict=True) for q in part.plan.sample]
+        sample = device_ints(sampled, dev)
+        positions = device_ints([p for part in parts for p in part.plan.positions], dev)
         with kernels_active(self.model), packed_attention():
             out = self.model(
                 input_ids=ids[None],
-                position_ids=device_ints(plan.positions, dev)[None],
+                position_ids=positions[None],
                 attention_mask=mask[None, None],
                 cache=self.cache,
                 use_cache=True,
                 logits_to_keep=sample,
             )
         self.cache.write_slots = None
-        if not plan.sample:
-            return []
-        logits = out.logits[0]  # [S, vocab]
-        if self.keep_logits:
-            self.logits.append(logits.float().cpu())
-            self.plans.append((list(plan.slots), list(plan.threads), list(plan.sample)))
+        logits = out.logits[0]  # [S, vocab], the parts' sampled queries in order
+        chosen: dict[int, list[int]] = {}
+        at = 0
+        for part, (local, index, mine) in zip(parts, own, strict=True):
+            n = len(part.plan.sample)
+            chosen[id(part)] = self._choose(part, logits[at : at + n], local, index, mine) if n else []
+            at += n
+        return [chosen.get(id(part), []) for part in every]
+
+    def _choose(
+        self, part: Part, logits: torch.Tensor, allowed: torch.Tensor, index: torch.Tensor | None, used: int
+    ) -> list[int]:
+        """The tokens ``part``'s sampler chooses from its sampled queries' ``logits``; ``allowed`` [Q, used] is
+        what its queries see of its own slots, ``index`` where those slots lie in the cache (None: in place)."""
+        plan, sampler, dev = part.plan, part.sampler, self.device
+        if part.kept is not None:
+            part.kept.append(logits.float().cpu())
         seen = None
         vocab = logits.shape[-1]
         if sampler.penalizes:  # the tokens in each sampled query's context, for the repetition penalty
-            if sampler.whole_answer:  # every slot written so far: the prompt and all the threads' text
+            tokens = self.tokens[:used] if index is None else self.tokens[index]
+            if sampler.whole_answer:  # every slot the run wrote so far: the prompt and all the threads' text
                 everything = torch.ones((1, used), dtype=torch.bool, device=dev)
-                seen = seen_tokens(self.tokens[:used], everything, vocab, sampler.exempt(vocab, dev))
+                seen = seen_tokens(tokens, everything, vocab, sampler.exempt(vocab, dev))
                 seen = seen.expand(len(plan.sample), -1)
             else:
-                seen = seen_tokens(self.tokens[:used], allowed[sample], vocab, sampler.exempt(vocab, dev))
+                sample = device_ints(plan.sample, dev)
+                seen = seen_tokens(tokens, allowed[sample], vocab, sampler.exempt(vocab, dev))
         return sampler(logits, seen, allowed_rows(plan.allowed, vocab, dev, plan.banned)).tolist()
