@@ -67,7 +67,11 @@ def test_every_package_pastac_imports_is_a_declared_dependency() -> None:
 
     root = Path(__file__).resolve().parent.parent
     project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    declared = {re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
+
+    def name(distribution: str) -> str:  # PEP 503: prometheus-client and prometheus_client are one
+        return re.sub(r"[-_.]+", "-", distribution).lower()
+
+    declared = {name(re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]) for requirement in project["dependencies"]}
     graph = grimp.build_graph(
         "pastac", include_external_packages=True, exclude_type_checking_imports=True, cache_dir=None
     )
@@ -76,6 +80,6 @@ def test_every_package_pastac_imports_is_a_declared_dependency() -> None:
     missing = {
         module: distributions.get(module)
         for module in imported
-        if not {d.lower() for d in distributions.get(module, [module])} & declared
+        if not {name(d) for d in distributions.get(module, [module])} & declared
     }
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"

@@ -213,8 +213,11 @@ class PagedSlots:
             self.pages.extend(pages)
             fresh = torch.tensor(pages, dtype=torch.long)[:, None] * size + torch.arange(size)[None, :]
             self._index = torch.cat([self._index, fresh.flatten().to(self._device)])
-        self.used = max(self.used, slots)
         return True
+
+    def place(self, slots: int) -> None:
+        """The run has placed its slots ``0 .. slots - 1`` (pages held for them)."""
+        self.used = max(self.used, slots)
 
     def release(self) -> None:
         """Give every page back (the run has ended or was cancelled)."""

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, positive
 from pastac.cli.options import force_option, kernel_options, load_engine, model_options
+from pastac.serve.bench import add_parser as add_serve_bench
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     force_option(out, outputs="into --out")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=bench_command)
+    # `pastac bench serve ...`: the load benchmark of the HTTP API; `pastac bench [options]` is the replay bench
+    modes = p.add_subparsers(dest="bench_mode", required=False, metavar="serve", title="other benchmarks")
+    add_serve_bench(modes)
 
 
 def _engine(args: argparse.Namespace) -> Any:

@@ -15,8 +15,10 @@ Admission.  ``submit`` checks a request at once (its prompt, options and
 budget; ``InputError``, ``ValueError``, ``ContextError``) and queues it
 (``QueueFull`` past ``max_waiting``).  Each step admits waiting requests in
 order while fewer than ``max_concurrent`` run and the pool has the pages of
-the next one's prompt.  A running request whose step cannot get its pages, or
-would take the step past ``max_rows`` queries, waits for a later step with its
+the next one's prompt.  A step runs at most ``max_rows`` queries: the running
+requests' new tokens first, then the prompts going in, in chunks of what is
+left (so that a long prompt does not hold up the others' next tokens).  A
+running request whose step cannot get its pages waits for a later step with its
 plan kept; it is never dropped.  When every running request waits for pages,
 the one admitted last gives its pages back and starts again from its prompt
 (with the same seed, so it decodes the same answer), first in the queue.
@@ -40,6 +42,7 @@ from typing import Any, Protocol
 import torch
 
 from pastac.backend.cache import PagedSlots, SlotPool
+from pastac.ir.graph import MAIN
 from pastac.models.budget import available_memory, slot_bytes
 from pastac.runtime.engine import Engine, Prompt, Run
 from pastac.runtime.options import RunOptions
@@ -137,6 +140,11 @@ class Request:
     logits: list[torch.Tensor] = field(default_factory=list)  # per step, its sampled logits (keep_logits)
     _done: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def prefilling(self) -> bool:
+        """Whether some of its prompt is not in the cache yet."""
+        return self.run.sched.threads[MAIN].fed < self.run.prompt_tokens
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the request has ended (done, cancelled or failed); False on timeout."""
         return self._done.wait(timeout)
@@ -157,7 +165,7 @@ class BatchEngine:
         metrics: Metrics | None = None,
     ) -> None:
         """``max_concurrent`` requests run at once, ``max_waiting`` more wait; a step runs at most ``max_rows``
-        queries (one request's prompt may run alone past it).  ``kv_slots``: the cache's slots, shared by the
+        queries (prompts go in in chunks).  ``kv_slots``: the cache's slots, shared by the
         running requests (default: 2,048 per concurrent request, within half the memory available)."""
         for name, value in (("max_concurrent", max_concurrent), ("max_rows", max_rows), ("page_size", page_size)):
             if not isinstance(value, int) or value < 1:
@@ -187,6 +195,7 @@ class BatchEngine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._starved = False  # a running request waited for pages in the last step
 
     # -- requests ----------------------------------------------------------------------------------------------
 
@@ -289,12 +298,16 @@ class BatchEngine:
         parts: list[Part] = []
         stepping: list[Request] = []
         rows = 0
-        # a request whose planned step had to wait goes first now: a long prompt is not put off for ever
-        for request in sorted(self.running, key=lambda r: r.pending is None):
+        starved = False
+        # first a request whose planned step had to wait, then those decoding, then those whose prompt goes in:
+        # a prompt takes the queries the others leave, in chunks, so that their steps stay short
+        for request in sorted(self.running, key=lambda r: (r.pending is None, r.prefilling)):
             run = request.run
             if request.pending is None:
+                if rows >= self.max_rows:
+                    continue
                 try:
-                    plan = run.sched.plan() if not run.sched.done else StepPlan()
+                    plan = run.sched.plan(self.max_rows - rows) if not run.sched.done else StepPlan()
                 except Exception as error:  # a run that cannot go on fails alone
                     self._fail(request, error)
                     continue
@@ -306,11 +319,14 @@ class BatchEngine:
             if rows and rows + len(plan) > self.max_rows:
                 continue
             if not request.slots.ensure(max(plan.slots) + 1):
+                starved = True
                 continue
+            request.slots.place(max(plan.slots) + 1)
             kept = request.logits if request.keep_logits else None
             parts.append(Part(plan, run.views, run.sampler, request.slots, kept))
             stepping.append(request)
             rows += len(plan)
+        self._starved = starved
         if not parts:
             self._unblock()
             return 0
@@ -347,6 +363,8 @@ class BatchEngine:
         return rows
 
     def _admit(self) -> None:
+        if self._starved:  # the pages that come free go to the running requests first
+            return
         while self.waiting and len(self.running) < self.max_concurrent:
             request = self.waiting[0]
             first = len(request.run.sched.threads[0].inputs)  # the prompt (and a template's first text)

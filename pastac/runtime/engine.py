@@ -34,6 +34,7 @@ from pastac.backend.visibility import Views
 from pastac.grammar import check
 from pastac.grammar.diagnostics import format_text
 from pastac.grammar.prefix import writes_markup
+from pastac.ir.graph import MAIN
 from pastac.models import PromptError, cache_dir, check_architecture, check_budget, load_model, messages_ids, prompt_ids
 from pastac.passes import critical_path, schedule
 from pastac.runtime.guard import TagGuard
@@ -68,6 +69,7 @@ class Run:
     notes: list[str] = field(default_factory=list)  # warnings about the run as a whole (settings overridden)
     times: list[tuple[float, float]] = field(default_factory=list)
     max_width: int = 0
+    prefill_steps: int = 1  # the steps that placed the prompt (more than one when it went in chunks)
 
 
 def is_messages(prompt: object) -> bool:
@@ -370,7 +372,9 @@ class Engine:
         scheduler and record the step."""
         run.sched.advance(tokens)
         run.times.append((begun, time.perf_counter() - run.started))
-        if len(run.times) > 1:
+        if run.sched.threads[MAIN].fed < run.prompt_tokens:  # a chunk of the prompt: the prefill goes on
+            run.prefill_steps += 1
+        elif len(run.times) > run.prefill_steps:
             run.max_width = max(run.max_width, len(set(plan.threads)))
 
     @staticmethod
@@ -413,8 +417,8 @@ class Engine:
         """The run's answer as it stands: when ``interrupted``, its unfinished threads and the answer end so."""
         sched, runner, prompt_tokens = run.sched, run.runner, run.prompt_tokens
         wall = time.perf_counter() - run.started
-        prefill_s = run.times[0][1] if run.times else 0.0
-        steps, max_width = max(len(run.times) - 1, 0), run.max_width
+        prefill_s = run.times[min(run.prefill_steps, len(run.times)) - 1][1] if run.times else 0.0
+        steps, max_width = max(len(run.times) - run.prefill_steps, 0), run.max_width
         placed = sum(n for _, _, n in sched.activity) - prompt_tokens
         decode_s = max(wall - prefill_s, 1e-9)
         graph = sched.graph

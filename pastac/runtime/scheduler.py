@@ -130,35 +130,46 @@ class Scheduler:
 
     # -- the step plan -------------------------------------------------------------------------------------
 
-    def plan(self) -> StepPlan:
+    def plan(self, budget: int | None = None) -> StepPlan:
         """The next step's work: joins, then every thread's pending inputs, their forks, and the queries to
-        sample (with what each may write)."""
+        sample (with what each may write).  ``budget``: place at most this many tokens (None: all); a thread
+        whose inputs do not fit places what does (a long prompt in chunks) and samples once all are in."""
         plan = StepPlan()
         self._resolve(plan)
         self._start_queued()
         self._sampling = []
+        left = budget
         for thread in self.threads.values():
             if thread.status is Status.QUEUED or not thread.inputs:
                 continue
-            n = len(thread.inputs)
+            placed = thread.inputs if left is None or left >= len(thread.inputs) else thread.inputs[: max(left, 0)]
+            n = len(placed)
+            if not n:
+                continue
+            if left is not None:
+                left -= n
             last = len(plan.tokens) + n - 1
-            plan.tokens.extend(thread.inputs)
+            plan.tokens.extend(placed)
             plan.positions.extend(range(thread.pos, thread.pos + n))
             plan.slots.extend(range(self.next_slot, self.next_slot + n))
             plan.threads.extend([thread.id] * n)
             self.views.place(thread.id, self.next_slot, n)
             if self.repeats is not None:
-                self.repeats.add(thread.id, thread.inputs)
-            thread.tokens.extend(thread.inputs)
+                self.repeats.add(thread.id, placed)
+            thread.tokens.extend(placed)
             self.next_slot += n
-            thread.pos += n + thread.skip
-            thread.skip = 0
             thread.fed += n
-            thread.inputs = []
             if thread.first_step is None:
                 thread.first_step = self.step_no
             thread.last_step = self.step_no
             self.activity.append((self.step_no, thread.id, n))
+            if n < len(thread.inputs):  # the rest goes in later steps; its forks and its sample wait for it
+                thread.pos += n
+                thread.inputs = thread.inputs[n:]
+                continue
+            thread.pos += n + thread.skip
+            thread.skip = 0
+            thread.inputs = []
             for child in self._pending_forks.pop(thread.id, ()):
                 self.views.fork(thread.id, child, plan.slots[last] + 1)
                 plan.forks.append((thread.id, child))
