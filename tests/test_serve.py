@@ -314,7 +314,7 @@ def test_a_stream_with_progress_reports_every_step(engine, client):
     expected = alone(engine, "Once", chat=False, max_new_tokens=20, template=TEMPLATE)
     assert "".join(c.choices[0].text for c in chunks) == expected.text
     progress = [c.model_extra["pasta"] for c in chunks if "tokens" in c.model_extra.get("pasta", {})]
-    assert [p["steps"] for p in progress] == list(range(1, expected.stats.steps + 2))  # the prompt's step first
+    assert [p["steps"] for p in progress] == list(range(expected.stats.steps + 1))  # 0: the prompt's step
     tokens = [p["tokens"] for p in progress]
     assert tokens == sorted(tokens) and tokens[-1] == expected.stats.tokens
 

@@ -82,7 +82,7 @@ class Update:
     request: Request
     settled: str  # the start of the stitched answer that is final (``Engine.settled``)
     tokens: int  # tokens its threads placed so far, the prompt's aside
-    steps: int  # its steps so far, the prompt's included
+    steps: int  # its steps after the prompt's so far (as its Stats count them)
     final: bool = False
     result: Generation | None = None  # at a normal end
     error: BaseException | None = None  # when it failed
@@ -400,7 +400,7 @@ class BatchEngine:
             request,
             self.engine.settled(run),
             sum(n for _, _, n in run.sched.activity) - run.prompt_tokens,
-            len(run.times),
+            max(len(run.times) - run.prefill_steps, 0),
             **end,
         )
 
