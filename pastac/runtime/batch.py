@@ -45,9 +45,10 @@ from pastac.backend.cache import PagedSlots, SlotPool
 from pastac.ir.graph import MAIN
 from pastac.models.budget import available_memory, slot_bytes
 from pastac.runtime.engine import Engine, Prompt, Run
-from pastac.runtime.options import RunOptions
+from pastac.runtime.options import BatchLimits, RunOptions
 from pastac.runtime.results import Generation
 from pastac.runtime.runner import Part, Runner, StepPlan
+from pastac.runtime.threads import Status
 
 DEFAULT_SLOTS_PER_REQUEST = 2048  # the default pool: this many slots per concurrent request
 PAGE_SIZE = 16
@@ -157,21 +158,20 @@ class BatchEngine:
         self,
         engine: Engine,
         *,
-        max_concurrent: int = 8,
-        max_waiting: int = 64,
-        max_rows: int = 512,
+        max_concurrent: int = BatchLimits.max_concurrent,
+        max_waiting: int = BatchLimits.max_waiting,
+        max_rows: int = BatchLimits.max_rows,
         kv_slots: int | None = None,
         page_size: int = PAGE_SIZE,
         metrics: Metrics | None = None,
     ) -> None:
         """``max_concurrent`` requests run at once, ``max_waiting`` more wait; a step runs at most ``max_rows``
-        queries (prompts go in in chunks).  ``kv_slots``: the cache's slots, shared by the
-        running requests (default: 2,048 per concurrent request, within half the memory available)."""
-        for name, value in (("max_concurrent", max_concurrent), ("max_rows", max_rows), ("page_size", page_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
-        if not isinstance(max_waiting, int) or max_waiting < 0:
-            raise ValueError(f"max_waiting must be an integer >= 0, not {max_waiting!r}")
+        queries (prompts go in in chunks; ``pastac.runtime.options.BatchLimits`` has the defaults).
+        ``kv_slots``: the cache's slots, shared by the running requests (default: 2,048 per concurrent request,
+        within half the memory available)."""
+        BatchLimits(max_concurrent, max_waiting, max_rows)  # checks them
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be an integer >= 1, not {page_size!r}")
         self.engine = engine
         self.max_concurrent, self.max_waiting, self.max_rows = max_concurrent, max_waiting, max_rows
         if kv_slots is None:
@@ -299,13 +299,16 @@ class BatchEngine:
         stepping: list[Request] = []
         rows = 0
         starved = False
-        # first a request whose planned step had to wait, then those decoding, then those whose prompt goes in:
-        # a prompt takes the queries the others leave, in chunks, so that their steps stay short
-        for request in sorted(self.running, key=lambda r: (r.pending is None, r.prefilling)):
+        # first a request whose planned step had to wait, then those decoding, then those whose prompt goes in,
+        # each the one that stepped least lately first: a prompt takes the queries the others leave, in chunks,
+        # so that their steps stay short, and a request left out of a full step goes first in the next
+        order = sorted(self.running, key=lambda r: (r.pending is None, r.prefilling, r.last_step or 0.0))
+        for request in order:
             run = request.run
             if request.pending is None:
-                if rows >= self.max_rows:
-                    continue
+                feeding = sum(1 for t in run.sched.threads.values() if t.inputs and t.status is not Status.QUEUED)
+                if rows and (rows >= self.max_rows or (not request.prefilling and rows + feeding > self.max_rows)):
+                    continue  # its threads go together in a step with room for them all
                 try:
                     plan = run.sched.plan(self.max_rows - rows) if not run.sched.done else StepPlan()
                 except Exception as error:  # a run that cannot go on fails alone

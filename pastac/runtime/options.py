@@ -155,3 +155,23 @@ def with_options(options: RunOptions, base_positions: PositionOptions, /, **chan
     if picked(_POSITIONS):
         positions = replace(positions or base_positions, **picked(_POSITIONS))
     return replace(options, limits=limits, sampling=sampling, positions=positions, **picked(_OWN))
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What a ``BatchEngine`` (``pastac serve``) takes on at once: ``max_concurrent`` requests decoding,
+    ``max_waiting`` more queued, and ``max_rows`` queries in one forward pass (the running requests' new
+    tokens first, then prompts in chunks).  On a CPU a step's time grows with its queries, so ``max_rows``
+    bounds the time between a request's tokens; on a GPU a larger one costs little."""
+
+    max_concurrent: int = 8
+    max_waiting: int = 64
+    max_rows: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent", "max_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        if not isinstance(self.max_waiting, int) or isinstance(self.max_waiting, bool) or self.max_waiting < 0:
+            raise ValueError(f"max_waiting must be an integer >= 0, not {self.max_waiting!r}")

@@ -47,6 +47,7 @@ from typing import Any, TextIO
 
 from pastac.cli.common import EXIT_ERRORS, EXIT_OK, UsageError, number, positive
 from pastac.cli.options import adapter_options, force_option, kernel_options, load_engine, model_options
+from pastac.serve.command import max_rows_option
 
 #: the targets: tokens/s at the highest level at least this many times level 1's ...
 TARGET_THROUGHPUT = 3.0
@@ -387,6 +388,35 @@ def targets(levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+async def _server_steps(client: Any, url: str) -> dict[str, float] | None:
+    """The server's step counters from ``/metrics`` (pastac's own), or None where it has none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        response = await client.get(url.rstrip("/") + "/metrics")
+        response.raise_for_status()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name in ("pastac_rows_per_step_sum", "pastac_rows_per_step_count", "pastac_step_seconds_sum"):
+                    found[sample.name] = sample.value
+    except Exception:  # a server without pastac's metrics: the figures are left out
+        return None
+    return found if len(found) == 3 else None
+
+
+def _steps_between(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    """The server's steps during a level: how many, their mean queries and mean time."""
+    if before is None or after is None:
+        return None
+    steps = after["pastac_rows_per_step_count"] - before["pastac_rows_per_step_count"]
+    if steps <= 0:
+        return None
+    rows = after["pastac_rows_per_step_sum"] - before["pastac_rows_per_step_sum"]
+    seconds = after["pastac_step_seconds_sum"] - before["pastac_step_seconds_sum"]
+    return {"steps": steps, "rows_per_step": rows / steps, "step_s": seconds / steps}
+
+
 async def run_load(
     url: str,
     model: str,
@@ -420,12 +450,14 @@ async def run_load(
             if time.monotonic() >= deadline:
                 skipped.append(level)
                 continue
+            before = await _server_steps(client, url)
             samples, wall, unsent = await _level(client, endpoint, model, prompts, options, level, deadline, tell)
+            server = _steps_between(before, await _server_steps(client, url))
             if level == 1:
                 for s in sorted(samples, key=lambda s: s.prompt):
                     if s.error is None:
                         reference.setdefault(s.prompt, s.answer)
-            levels.append(_summary(level, samples, wall, unsent, reference, prompts))
+            levels.append(_summary(level, samples, wall, unsent, reference, prompts) | {"server_steps": server})
     return {
         "kind": KIND,
         "options": {
@@ -518,6 +550,8 @@ _COLUMNS = (
     "ITL p50 ms",
     "ITL p99 ms",
     "tokens/req",
+    "rows/step",
+    "step ms",
     "mismatches",
 )
 
@@ -536,6 +570,8 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
             _ms(lv["itl_s"]["p50"]),
             _ms(lv["itl_s"]["p99"]),
             f"{lv['mean_tokens']:.1f}",
+            "–" if not lv.get("server_steps") else f"{lv['server_steps']['rows_per_step']:.1f}",
+            "–" if not lv.get("server_steps") else _ms(lv["server_steps"]["step_s"]),
             str(lv["mismatches"]) + (f" ({lv['unchecked']} unchecked)" if lv["unchecked"] else ""),
         ]
         for lv in report["levels"]
@@ -720,6 +756,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--max-concurrent", type=positive, metavar="N", help="requests decoded at once (default: the highest level)"
     )
+    max_rows_option(model)
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as one JSON object instead of tables")
     out.add_argument(
@@ -745,7 +782,9 @@ def _server(args: argparse.Namespace, top: int) -> Any:
     torch.set_num_threads(args.torch_threads)
     try:
         engine = load_engine(args, adapter=args.adapter)
-        batch = BatchEngine(engine, max_concurrent=args.max_concurrent or top, max_waiting=max(64, top))
+        batch = BatchEngine(
+            engine, max_concurrent=args.max_concurrent or top, max_waiting=max(64, top), max_rows=args.max_rows
+        )
     except (ModelError, ValueError) as error:
         raise UsageError(str(error)) from None
     app = create_app(batch)
@@ -813,6 +852,7 @@ def _server_facts(args: argparse.Namespace, engine: Any | None) -> dict[str, Any
     return {
         "started_here": True,
         "max_concurrent": args.max_concurrent or max(args.concurrency),
+        "max_rows": args.max_rows,
         "adapter": args.adapter,
     }
 

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, count, integer, positive
 from pastac.cli.options import adapter_options, kernel_options, load_engine, model_options
+from pastac.runtime.options import BatchLimits
 
 PORT = integer(0)
 
@@ -46,9 +47,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kernel_options(model)
     model.add_argument("--torch-threads", type=positive, metavar="N", help="torch's intra-op threads on the CPU")
     load = p.add_argument_group("load")
-    load.add_argument("--max-concurrent", type=positive, default=8, metavar="N", help="requests decoded at once (8)")
-    load.add_argument("--max-waiting", type=count, default=64, metavar="N", help="requests queued beyond those (64)")
-    load.add_argument("--max-rows", type=positive, default=512, metavar="N", help="queries per forward pass (512)")
+    limits = BatchLimits()
+    load.add_argument(
+        "--max-concurrent",
+        type=positive,
+        default=limits.max_concurrent,
+        metavar="N",
+        help=f"requests decoded at once ({limits.max_concurrent})",
+    )
+    load.add_argument(
+        "--max-waiting",
+        type=count,
+        default=limits.max_waiting,
+        metavar="N",
+        help=f"requests queued beyond those ({limits.max_waiting})",
+    )
+    max_rows_option(load)
     load.add_argument(
         "--kv-slots",
         type=positive,
@@ -64,6 +78,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, warnings only in the log")
     p.set_defaults(run=run)
+
+
+def max_rows_option(group: argparse._ActionsContainer) -> None:
+    """--max-rows: the queries of one forward pass (``BatchLimits.max_rows``)."""
+    default = BatchLimits().max_rows
+    group.add_argument(
+        "--max-rows",
+        type=positive,
+        default=default,
+        metavar="N",
+        help=f"queries per forward pass: the running requests' new tokens, then prompts in chunks ({default}; "
+        "on a CPU a step's time grows with it, on a GPU a few hundred cost little more than one)",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
