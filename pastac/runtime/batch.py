@@ -402,7 +402,7 @@ class BatchEngine:
         return Update(
             request,
             self.engine.settled(run),
-            sum(n for _, _, n in run.sched.activity) - run.prompt_tokens,
+            sum(t.fed for t in run.sched.threads.values()) - run.prompt_tokens,
             max(len(run.times) - run.prefill_steps, 0),
             **end,
         )

@@ -148,6 +148,7 @@ class LoadOptions:
     requests: int = 16
     max_tokens: int = 128
     chat: bool = True
+    mode: str = "async"  # the pasta mode every request asks for: async, or sequential (one thread)
     timeout: float = 1800.0
     warmup: bool = True
     api_key: str | None = None
@@ -183,7 +184,7 @@ def _body(model: str, prompt: str, options: LoadOptions) -> dict[str, Any]:
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "pasta": {"progress": True},
+        "pasta": {"progress": True, "mode": options.mode},
     }
     if options.chat:
         body["messages"] = [{"role": "user", "content": prompt}]
@@ -464,6 +465,7 @@ async def run_load(
             "url": url,
             "model": model,
             "api": "chat" if options.chat else "completions",
+            "mode": options.mode,
             "concurrency": list(options.concurrency),
             "requests": options.requests,
             "max_tokens": options.max_tokens,
@@ -582,7 +584,8 @@ def _title(report: dict[str, Any]) -> str:
     m, o = report["machine"], report["options"]
     model = f"{m['model']} · {m['dtype']} · {m['device']}" if "model" in m else f"{o['model']} at {o['url']}"
     threads = f"{m['torch_threads']} torch thread{'s' if m['torch_threads'] != 1 else ''}"
-    return f"{model} · {m['cpu']}, {threads} · {o['api']}, {o['requests']} requests/level, max_tokens {o['max_tokens']}"
+    api = f"{o['api']}, {o.get('mode', 'async')} mode"
+    return f"{model} · {m['cpu']}, {threads} · {api}, {o['requests']} requests/level, max_tokens {o['max_tokens']}"
 
 
 def verdicts(report: dict[str, Any]) -> list[str]:
@@ -729,6 +732,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     api.add_argument("--chat", dest="chat", action="store_true", default=True, help="/v1/chat/completions (default)")
     api.add_argument("--completions", dest="chat", action="store_false", help="/v1/completions: prompts as plain text")
     load.add_argument(
+        "--mode",
+        choices=("async", "sequential"),
+        default="async",
+        help="the pasta mode of every request: async (default: threads fork at promises) or sequential (one "
+        "thread each: continuous batching alone)",
+    )
+    load.add_argument(
         "--timeout",
         type=number(lambda v: v > 0, "> 0"),
         default=1800.0,
@@ -817,6 +827,7 @@ def command(args: argparse.Namespace, out: TextIO) -> int:
         requests=args.requests,
         max_tokens=args.max_tokens,
         chat=args.chat,
+        mode=args.mode,
         timeout=args.timeout,
         api_key=args.api_key if args.url else None,
     )
