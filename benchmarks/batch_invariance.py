@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--kernels", choices=("tuned", "stock"), default="tuned")
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--max-rows", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     engine = Engine.from_pretrained(kernels=args.kernels, progress=False)
@@ -64,7 +65,7 @@ def main() -> int:
         result = engine.generate(prompt, max_new_tokens=args.max_new_tokens, keep_logits=True)
         alone.append((result.token_ids, [x.clone() for x in engine.last_run.runner.logits]))
     alone_s = time.perf_counter() - started
-    batch = BatchEngine(engine, max_concurrent=args.concurrent)
+    batch = BatchEngine(engine, max_concurrent=args.concurrent, max_rows=args.max_rows)
     started = time.perf_counter()
     requests = [batch.submit(p, max_new_tokens=args.max_new_tokens, keep_logits=True) for p in prompts]
     most = 0
@@ -82,6 +83,7 @@ def main() -> int:
         "machine": machine(engine),
         "max_new_tokens": args.max_new_tokens,
         "concurrent": args.concurrent,
+        "max_rows": args.max_rows,
         "most_running_at_once": most,
         "alone_s": alone_s,
         "together_s": together_s,
