@@ -18,6 +18,10 @@ order while fewer than ``max_concurrent`` run and the pool has the pages of
 the next one's prompt.  A step runs at most ``max_rows`` queries: the running
 requests' new tokens first, then the prompts going in, in chunks of what is
 left (so that a long prompt does not hold up the others' next tokens).  A
+request's step of its answer is planned whole, every thread in it, and run
+whole, now or in the next step: its threads stay in step with each other as
+when it is decoded alone (what a thread may write can depend on what its
+siblings wrote so far, through the sibling n-gram ban).  A
 running request whose step cannot get its pages waits for a later step with its
 plan kept; it is never dropped.  When every running request waits for pages,
 the one admitted last gives its pages back and starts again from its prompt
@@ -306,11 +310,13 @@ class BatchEngine:
         for request in order:
             run = request.run
             if request.pending is None:
+                prefilling = request.prefilling
                 feeding = sum(1 for t in run.sched.threads.values() if t.inputs and t.status is not Status.QUEUED)
-                if rows and (rows >= self.max_rows or (not request.prefilling and rows + feeding > self.max_rows)):
-                    continue  # its threads go together in a step with room for them all
-                try:
-                    plan = run.sched.plan(self.max_rows - rows) if not run.sched.done else StepPlan()
+                if rows and (rows >= self.max_rows or (not prefilling and rows + feeding > self.max_rows)):
+                    continue
+                try:  # only a prompt is cut to the room left: a step of the answer is planned whole, as alone
+                    budget = self.max_rows - rows if prefilling else None
+                    plan = run.sched.plan(budget) if not run.sched.done else StepPlan()
                 except Exception as error:  # a run that cannot go on fails alone
                     self._fail(request, error)
                     continue
@@ -320,7 +326,7 @@ class BatchEngine:
                 request.pending = plan
             plan = request.pending
             if rows and rows + len(plan) > self.max_rows:
-                continue
+                continue  # kept whole for the next step, which it opens: its threads stay in step with each other
             if not request.slots.ensure(max(plan.slots) + 1):
                 starved = True
                 continue
