@@ -230,3 +230,28 @@ def test_options_objects_work_as_keywords_do(tiny_engine):
     batch = BatchEngine(engine, kv_slots=1024)
     (got,) = batch.decode(["hi"], options)
     assert got.token_ids == expected.token_ids
+
+
+WIDE = (
+    'List:\n1. <promise topic="a"/>\n2. <promise topic="b"/>\n3. <promise topic="c"/>\n4. <promise topic="d"/>\n<sync/>'
+)
+
+
+@pytest.mark.parametrize("max_rows", [5, 9])
+def test_a_full_step_never_splits_a_requests_threads(max_rows, tiny_engine):
+    """With little room per step, a request's threads still advance together: each sees its siblings' text
+    as far as it would alone (the sibling n-gram ban reads it), so the answers are those decoded alone."""
+    engine = tiny_engine()
+    prompts = [f"request {i}" for i in range(8)]
+    options = {"max_new_tokens": 120, "max_thread_tokens": 14}
+    expected = [engine.generate(p, template=WIDE, **options) for p in prompts]
+    assert all(e.stats.max_width == 5 for e in expected)
+    seen = Steps()
+    batch = BatchEngine(engine, max_concurrent=8, max_rows=max_rows, kv_slots=8192, metrics=seen)
+    requests = [batch.submit(p, template=WIDE, **options) for p in prompts]
+    while batch.busy:
+        batch.step()
+    assert all(rows <= max_rows or n == 1 for rows, n in seen.steps)  # a step of one request's threads is whole
+    assert max(n for _, n in seen.steps) >= 2
+    for result, request in zip(expected, requests, strict=True):
+        assert request.result.token_ids == result.token_ids
