@@ -100,7 +100,7 @@ def main() -> int:
         f"# Greedy answers alone vs {args.concurrent} at a time ({args.kernels} kernels)",
         "",
         f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch thread(s), torch {m['torch']}; "
-        f"{m.get('model')} {m.get('dtype')}; {args.max_new_tokens} new tokens at most.",
+        f"{m.get('model')} {m.get('dtype')}; {args.max_new_tokens} new tokens at most; max_rows {args.max_rows}.",
         f"Equal token for token: **{report['equal']} of {report['prompts']}**. Up to {most} requests ran at once; "
         f"alone {alone_s:.1f} s in all, together {together_s:.1f} s.",
         "",

@@ -69,7 +69,7 @@ def test_the_cli_reports_every_level_and_writes_its_folder(capsys, server: Serve
         assert level["tokens_per_s"] > 0 and level["ttft_s"]["p50"] > 0 and level["itl_s"]["samples"] > 0
         assert level["itl_s"]["p99"] >= level["itl_s"]["p50"] > 0
         steps = level["server_steps"]  # read from the server's /metrics around the level
-        assert steps["steps"] >= 8 and 1 <= steps["rows_per_step"] and steps["step_s"] > 0
+        assert steps["steps"] >= 8 and steps["rows_per_step"] >= 1 and steps["step_s"] > 0
     t = report["targets"]
     assert t["highest"] == 2 and t["throughput"]["ratio"] > 0 and t["itl_p99"]["ratio"] > 0
     assert t["answers"] == {"mismatches": 0, "failed": 0, "unchecked": 0, "met": True}

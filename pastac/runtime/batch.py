@@ -35,6 +35,7 @@ its steps and its end (``Update``), on the loop's thread.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -53,6 +54,8 @@ from pastac.runtime.options import BatchLimits, RunOptions
 from pastac.runtime.results import Generation
 from pastac.runtime.runner import Part, Runner, StepPlan
 from pastac.runtime.threads import Status
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_SLOTS_PER_REQUEST = 2048  # the default pool: this many slots per concurrent request
 PAGE_SIZE = 16
@@ -101,7 +104,7 @@ class Metrics(Protocol):
         ...
 
     def first_token(self, seconds: float) -> None:
-        """A request's first step ended ``seconds`` after it was submitted."""
+        """The step that sampled a request's first token ended ``seconds`` after it was submitted."""
         ...
 
     def inter_token(self, seconds: float) -> None:
@@ -137,6 +140,7 @@ class Request:
     state: State = State.WAITING
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float | None = None
+    first_token: float | None = None  # when the step that sampled its first token ended
     last_step: float | None = None
     pending: StepPlan | None = None  # its planned step, waiting for pages or room in a step
     restarts: int = 0  # times it gave its pages back and started again
@@ -351,14 +355,16 @@ class BatchEngine:
             request.pending = None
             run = request.run
             self.engine.advance(run, part.plan, tokens, began - run.started)
-            if self.metrics is not None:
-                if request.last_step is None:
-                    self.metrics.first_token(now - request.submitted)
-                else:
-                    self.metrics.inter_token(now - request.last_step)
+            if request.first_token is None:
+                if not request.prefilling:  # this step sampled its first token
+                    request.first_token = now
+                    if self.metrics is not None:
+                        self.metrics.first_token(now - request.submitted)
+            elif self.metrics is not None:
+                self.metrics.inter_token(now - request.last_step)
             request.last_step = now
             if request.listener is not None:
-                request.listener(self._update(request))
+                self._tell(request, self._update(request))
             if run.sched.done:
                 self._finish(request)
         self.steps += 1
@@ -398,7 +404,8 @@ class BatchEngine:
             victim.slots.release()
             self.running.remove(victim)
             victim.run, victim.slots = self._start(victim.prompt, victim.options, victim.changes, victim.template)
-            victim.pending, victim.state, victim.admitted, victim.last_step = None, State.WAITING, None, None
+            victim.pending, victim.state, victim.admitted = None, State.WAITING, None
+            victim.first_token = victim.last_step = None
             victim.logits.clear()
             victim.restarts += 1
             self.waiting.appendleft(victim)
@@ -439,7 +446,7 @@ class BatchEngine:
             update = Update(request, "", 0, 0, final=True, result=request.result, error=request.error)
             if request.result is not None:
                 update = self._update(request, final=True, result=request.result)
-            request.listener(update)
+            self._tell(request, update)
         request._done.set()
 
     # -- on a thread of its own ----------------------------------------------------------------------------------
@@ -459,8 +466,24 @@ class BatchEngine:
                     self._cond.wait()
                 if self._stop:
                     return
-            if not self.step() and self.running and all(r.pending is not None for r in self.running):
+            try:
+                ran = self.step()
+            except Exception as error:  # a fault of the loop itself: its requests fail, the loop goes on
+                _log.exception("the engine's step failed")
+                for request in list(self.running):
+                    self._fail(request, error)
+                continue
+            if not ran and self.running and all(r.pending is not None for r in self.running):
                 time.sleep(0.001)  # every running request waits (for pages another will give back)
+
+    @staticmethod
+    def _tell(request: Request, update: Update) -> None:
+        """Hand ``update`` to the request's listener; a listener that raises is logged, the loop goes on."""
+        assert request.listener is not None
+        try:
+            request.listener(update)
+        except Exception:
+            _log.exception("the listener of request %s failed", request.id)
 
     def drain(self, timeout: float) -> bool:
         """Take no new request, wait up to ``timeout`` seconds for the queued and running ones to end, then

@@ -66,7 +66,7 @@ class PrometheusMetrics:
         )
         self.ttft = Histogram(
             "pastac_time_to_first_token_seconds",
-            "From a request's arrival to the end of its first step.",
+            "From a request's arrival to the end of the step that sampled its first token.",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -83,7 +83,7 @@ class PrometheusMetrics:
         self.step_seconds.observe(seconds)
 
     def first_token(self, seconds: float) -> None:
-        """A request's first step ended ``seconds`` after it arrived."""
+        """The step that sampled a request's first token ended ``seconds`` after it arrived."""
         self.ttft.observe(seconds)
 
     def inter_token(self, seconds: float) -> None:
