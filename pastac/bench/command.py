@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, positive
-from pastac.cli.options import force_option, kernel_options, load_engine, model_options
+from pastac.cli.options import force_option, kernel_options, load_engine, model_options, torch_threads_option
 from pastac.serve.bench import add_parser as add_serve_bench
 
 
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "llama-7b) with the default model's tokenizer (timing needs no "
         "trained weights; llama-7b for a GPU)",
     )
-    model.add_argument("--torch-threads", type=positive, metavar="N", help="torch's intra-op threads on the CPU")
+    torch_threads_option(model)
     how = p.add_argument_group("runs")
     how.add_argument(
         "--strategies",

@@ -77,6 +77,17 @@ def kernel_options(group: Group) -> None:
     )
 
 
+def torch_threads_option(group: Group, default: int | None = None) -> None:
+    """--torch-threads: torch's intra-op threads on the CPU (``args.torch_threads``; None: torch's own)."""
+    group.add_argument(
+        "--torch-threads",
+        type=positive,
+        default=default,
+        metavar="N",
+        help="torch's intra-op threads on the CPU" + (f" ({default})" if default is not None else ""),
+    )
+
+
 def chat_option(group: Group) -> None:
     """--no-chat: prompts as plain text, without the chat template (``args.chat`` is False, else None)."""
     group.add_argument(

@@ -46,7 +46,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pastac.cli.common import EXIT_ERRORS, EXIT_OK, UsageError, number, positive
-from pastac.cli.options import adapter_options, force_option, kernel_options, load_engine, model_options
+from pastac.cli.options import (
+    adapter_options,
+    force_option,
+    kernel_options,
+    load_engine,
+    model_options,
+    torch_threads_option,
+)
 from pastac.serve.command import max_rows_option
 
 #: the targets: tokens/s at the highest level at least this many times level 1's ...
@@ -760,9 +767,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model_options(model)
     adapter_options(model)
     kernel_options(model)
-    model.add_argument(
-        "--torch-threads", type=positive, default=1, metavar="N", help="torch's intra-op threads on the CPU (1)"
-    )
+    torch_threads_option(model, default=1)
     model.add_argument(
         "--max-concurrent", type=positive, metavar="N", help="requests decoded at once (default: the highest level)"
     )

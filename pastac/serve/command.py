@@ -16,7 +16,7 @@ import sys
 from typing import TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, count, integer, positive
-from pastac.cli.options import adapter_options, kernel_options, load_engine, model_options
+from pastac.cli.options import adapter_options, kernel_options, load_engine, model_options, torch_threads_option
 from pastac.runtime.options import BatchLimits
 
 PORT = integer(0)
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model_options(model)
     adapter_options(model)
     kernel_options(model)
-    model.add_argument("--torch-threads", type=positive, metavar="N", help="torch's intra-op threads on the CPU")
+    torch_threads_option(model)
     load = p.add_argument_group("load")
     limits = BatchLimits()
     load.add_argument(
