@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from typing import TextIO
 
@@ -126,7 +127,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             f"({args.max_concurrent} requests at once, {batch.pool.capacity:,} KV slots)",
             file=sys.stderr,
         )
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises again the signal it drained on
+    # uvicorn drains on SIGINT and SIGTERM, then raises the signal again: a clean shutdown is exit status 0
+    signal.signal(signal.SIGTERM, lambda _signal, _frame: None)
+    with contextlib.suppress(KeyboardInterrupt):
         serve(
             app,
             host=args.host,
