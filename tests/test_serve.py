@@ -718,3 +718,20 @@ def test_the_default_model_served_forks_and_answers_as_alone():
     assert answer.model_extra["pasta"]["threads"] >= 2
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == expected[1].text and expected[1].stats.threads >= 2
+
+
+def test_a_request_the_server_cancels_gets_503_not_a_crash(engine, served):
+    """A request cancelled by the server (a shutdown's drain that ran out of time) is answered 503."""
+    with ThreadPoolExecutor(1) as pool:
+        with loop_held(served.batch):
+            reply = pool.submit(
+                httpx.post,
+                served.url + "/v1/completions",
+                json={"model": MODEL, "prompt": "long", "max_tokens": 400},
+                timeout=TIMEOUT,
+            )
+            wait_until(lambda: len(served.batch.waiting) == 1, "the request to be queued")
+            served.batch.cancel(served.batch.waiting[0])
+        response = reply.result(TIMEOUT)
+    assert response.status_code == 503
+    assert response.json()["error"]["message"] == "the request was cancelled: the server is shutting down"

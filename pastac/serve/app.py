@@ -321,7 +321,8 @@ async def _answer(
         if job.error is not None:
             raise ApiError(500, f"decoding failed: {job.error}", "server_error")
         result = job.result
-        assert result is not None
+        if result is None:  # cancelled by the server: its shutdown's drain ran out of time
+            raise ApiError(503, "the request was cancelled: the server is shutting down", "server_error")
         results.append(result)
         reason = _finish_reason(result)
         if chat:
