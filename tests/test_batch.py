@@ -63,7 +63,9 @@ def test_slots_go_back_to_the_pool_and_the_cache_never_grows(tiny_engine):
         batch.decode([p for p, _, _ in REQUESTS[:4]], max_new_tokens=40)
     assert batch.pool.free_pages == batch.pool.pages and batch.pool.used_slots == 0
     assert cache.growths == 0 and cache.capacity == 1024
-    assert batch.stats()["kv_slots_used"] == 0 and batch.stats()["requests_finished"] == 12
+    (alone,) = batch.decode(["a"], max_new_tokens=5)  # alone in the pool: it holds its lowest pages only
+    assert cache.used == batch.pool.pages_for(alone.stats.prompt_tokens + alone.stats.tokens) * 16
+    assert batch.stats()["kv_slots_used"] == 0 and batch.stats()["requests_finished"] == 13
 
 
 def test_requests_wait_for_slots_and_answer_the_same(tiny_engine):

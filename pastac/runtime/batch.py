@@ -343,6 +343,7 @@ class BatchEngine:
         if not parts:
             self._unblock()
             return 0
+        self.runner.cache.used = self.pool.high_water  # attention spans the pages held now, not all ever held
         began = time.perf_counter()
         try:
             chosen = self.runner.step_many(parts)
@@ -383,7 +384,7 @@ class BatchEngine:
         while self.waiting and len(self.running) < self.max_concurrent:
             request = self.waiting[0]
             first = len(request.run.sched.threads[0].inputs)  # the prompt (and a template's first text)
-            if self.pool.free_pages < self.pool.pages_for(first) or not request.slots.ensure(first):
+            if not request.slots.ensure(first):
                 return
             self.waiting.popleft()
             request.state = State.RUNNING
