@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pastac.backend.visibility import Views
+from pastac.backend.visibility import Views, pack_bits, unpack_bits
 
 
 def rows_of(views: Views, thread: int) -> list[int]:
@@ -54,3 +54,29 @@ def test_mask_adds_causality_within_a_step() -> None:
         [True, True, True, True, True, False],
         [True, True, False, False, False, True],  # the child: its parent's first two slots and its own
     ]
+
+
+def test_bits_pack_and_unpack_round_trip() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 31, 32, 33, 64, 100):
+        rows = torch.rand((3, n), generator=gen) < 0.5
+        words = pack_bits(rows)
+        assert words.dtype == torch.int32 and words.shape == (3, (n + 31) // 32)
+        assert torch.equal(unpack_bits(words, n), rows)
+    top = torch.zeros((1, 32), dtype=torch.bool)
+    top[0, 31] = True  # the sign bit of the word
+    assert pack_bits(top).item() == -(2**31) and unpack_bits(pack_bits(top), 32)[0, 31]
+
+
+def test_the_bitset_is_the_rows_packed() -> None:
+    views = Views(40, threads=2)
+    views.place(0, 0, 37)  # crosses a word
+    views.fork(0, 1, 33)  # cut inside the second word
+    views.place(1, 37, 1)
+    views.place(0, 38, 2)
+    assert views.slots(1) == [*range(33), 37]
+    assert torch.equal(
+        views.bits[:2], pack_bits(torch.stack([views.row(0, views.capacity), views.row(1, views.capacity)]))
+    )
+    views.join(0, 1)
+    assert views.slots(0) == list(range(40))

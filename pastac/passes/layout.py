@@ -61,7 +61,7 @@ def visibility_mask(graph: ThreadGraph, lengths: Sequence[int]) -> torch.Tensor:
         if n:
             views.place(op.thread, first, n)
             own = order[first : first + n]
-            mask[first : first + n] = views.rows[op.thread, :total][None, :] & (order[None, :] <= own[:, None])
+            mask[first : first + n] = views.row(op.thread, total)[None, :] & (order[None, :] <= own[:, None])
         if isinstance(op, Fork):  # the child sees its parent up to and including the promise
             views.fork(op.thread, op.child, first + n)
         first += n
