@@ -16,6 +16,9 @@ The chosen profile applies to every test; the property modules take their exampl
 ``properties`` (``settings.get_profile("properties")``), which is the chosen one with those counts.  Tests
 that need fewer examples say so with ``@settings(max_examples=...)``.
 
+Without a GPU, Triton's kernels run in its interpreter: ``TRITON_INTERPRET=1`` is set here, before anything
+imports Triton, unless the environment says otherwise (``scripts/gpu-check`` runs the same tests on CUDA).
+
 ``tiny_engine(shape, seed)`` (a fixture) gives an ``Engine`` over a randomly initialised model of a tiny
 shape and the tiny in-process tokenizer, made once per shape and seed in a test session.
 """
@@ -28,7 +31,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when Triton's kernels are defined
 
 if TYPE_CHECKING:
     from pastac.runtime import Engine
