@@ -62,15 +62,18 @@ def calibrate(
     repeats: int = 5,
     seed: int = 0,
     label: str = "",
+    attention: str = "sdpa",
+    decode_step: str = "eager",
 ) -> Calibration:
-    """Median milliseconds per decode step of ``Runner`` for each thread count and cache length."""
+    """Median milliseconds per decode step of ``Runner`` (with ``attention`` and ``decode_step``) for each thread
+    count and cache length."""
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(seed)
     sampler = Sampler(SamplingOptions())
     table: list[list[float]] = [[] for _ in threads]
     for context in contexts:
         capacity = context + max(threads) + 1
-        runner = Runner(model, capacity=capacity)
+        runner = Runner(model, capacity=capacity, attention=attention, decode_step=decode_step)
         views = Views(capacity, threads=max(threads), device=runner.device)
         prompt = torch.randint(vocab, (context,), generator=generator).tolist()
         views.place(0, 0, context)

@@ -87,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine(args: argparse.Namespace) -> Any:
+    from pastac.backend.attention import BackendError
     from pastac.models import ModelError, load_model, random_model
     from pastac.runtime.engine import Engine
 
@@ -102,9 +103,15 @@ def _engine(args: argparse.Namespace) -> Any:
             eos_token_id=tokenizer.eos_token_id,
         )
         return Engine(
-            model, tokenizer, name=f"{args.shape} (random weights)", kernels=args.kernels, progress=not args.quiet
+            model,
+            tokenizer,
+            name=f"{args.shape} (random weights)",
+            kernels=args.kernels,
+            attention=args.attention,
+            decode_step=args.decode_step,
+            progress=not args.quiet,
         )
-    except ModelError as error:
+    except (ModelError, BackendError) as error:
         raise UsageError(str(error)) from None
 
 

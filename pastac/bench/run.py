@@ -80,6 +80,8 @@ def machine(engine: Engine) -> dict[str, Any]:
         "model": engine.name,
         "parameters": sum(p.numel() for p in engine.model.parameters()),
         "kernels": engine.kernels,
+        "attention": engine.attention,
+        "decode_step": engine.decode_step,
     }
     if isinstance(linears := getattr(engine.model, "pastac_linears", None), LinearKernels):
         out["linear_kernels"] = linears.summary()
@@ -131,6 +133,8 @@ def run_bench(
         contexts=options.contexts,
         repeats=options.calibration_repeats,
         label=f"{engine.name}, calibrated",
+        attention=engine.attention,
+        decode_step=engine.decode_step,
     )
     tell("calibrating the step cost", 1, 1)
     bench = Bench(engine)

@@ -12,7 +12,8 @@ import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pastac.cli.common import count, escaped, number, positive
+from pastac.backend import ATTENTION, DECODE_STEPS
+from pastac.cli.common import UsageError, count, escaped, number, positive
 from pastac.output import FORCE
 from pastac.passes.positions import Policy, PositionOptions
 from pastac.passes.resolution_order import Order
@@ -67,13 +68,30 @@ def adapter_options(group: Group) -> None:
 
 
 def kernel_options(group: Group) -> None:
-    """--kernels: the linear layers' kernels, tuned on this machine or stock ``F.linear``."""
+    """--kernels: the linear layers' kernels, tuned on this machine or stock ``F.linear``; --attention: the
+    attention backend (``pastac.backend.attention``); --decode-step: eager or static (``pastac.runtime.static``)."""
     group.add_argument(
         "--kernels",
         choices=KERNELS,
         default="tuned",
         help="tuned (default): decode steps use the fastest of several matrix-product calls per weight shape and "
         "row count, timed once on this machine and cached; stock: F.linear",
+    )
+    group.add_argument(
+        "--attention",
+        choices=ATTENTION,
+        default="auto",
+        help="auto (default): triton on CUDA, sdpa on the CPU; sdpa: PyTorch's attention under a dense mask built "
+        "each step; triton: a kernel that reads the threads' visibility bitset (CUDA, or the CPU under "
+        "TRITON_INTERPRET=1, slowly); flex: PyTorch's FlexAttention reading the same bitset",
+    )
+    group.add_argument(
+        "--decode-step",
+        choices=DECODE_STEPS,
+        default="auto",
+        help="auto (default): static on CUDA with triton or flex attention, else eager; static: decode steps "
+        "padded to widths 1, 2, 4 ... 64 over persistent buffers, each width's forward captured once as a CUDA "
+        "graph on a GPU; eager: each step as it comes",
     )
 
 
@@ -285,13 +303,19 @@ def guard_options(group: Group) -> None:
 def load_engine(args: argparse.Namespace, *, adapter: str | None, kernels: str | None = None) -> Engine:
     """The engine that the model options (``model_options``, ``kernels_option``, ``-q``) of ``args`` describe,
     with ``adapter`` (None: the base model) and ``kernels`` (None: ``--kernels``). Raises ``ModelError``."""
+    from pastac.backend.attention import BackendError
     from pastac.runtime.engine import Engine
 
-    return Engine.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        adapter=adapter,
-        kernels=args.kernels if kernels is None else kernels,
-        progress=not args.quiet,
-    )
+    try:
+        return Engine.from_pretrained(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            adapter=adapter,
+            kernels=args.kernels if kernels is None else kernels,
+            attention=args.attention,
+            decode_step=args.decode_step,
+            progress=not args.quiet,
+        )
+    except BackendError as error:  # --attention triton on a CPU, say
+        raise UsageError(str(error)) from None

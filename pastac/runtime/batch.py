@@ -188,7 +188,9 @@ class BatchEngine:
             if free is not None:
                 kv_slots = max(min(kv_slots, free // 2 // slot_bytes(engine.model)), page_size)
         self.pool = SlotPool(kv_slots, page_size)
-        self.runner = Runner(engine.model, self.pool.capacity)
+        self.runner = Runner(
+            engine.model, self.pool.capacity, attention=engine.attention, decode_step=engine.decode_step
+        )
         self.metrics = metrics
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in the order they were admitted

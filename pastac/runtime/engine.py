@@ -29,6 +29,7 @@ import torch
 
 from pastac.adapters import DEFAULT_ADAPTER
 from pastac.adapters.settings import AdapterSettings
+from pastac.backend.attention import resolve_attention
 from pastac.backend.linear import tune_linears
 from pastac.backend.visibility import Views
 from pastac.grammar import check
@@ -46,6 +47,7 @@ from pastac.runtime.rows import RowRunner
 from pastac.runtime.runner import Runner, StepPlan
 from pastac.runtime.sampling import Sampler, penalty_exempt_ids
 from pastac.runtime.scheduler import Scheduler
+from pastac.runtime.static import ROUND, resolve_decode_step
 from pastac.runtime.templates import InputError, template_chunks
 from pastac.runtime.threads import FinishReason, Status, Thread
 
@@ -106,15 +108,26 @@ class Engine:
         name: str = "model",
         settings: AdapterSettings | None = None,
         kernels: str = "stock",
+        attention: str = "auto",
+        decode_step: str = "auto",
         progress: bool = False,
     ) -> None:
         """``settings``: how the model's adapter was trained (its ``pastac.json``); runs decode with them
         unless their options say otherwise.  ``kernels="tuned"`` times the linear layers' kernels on this
         machine and decodes with the fastest per shape and row count (``pastac.backend.linear``; cached on
-        disk); ``"stock"`` keeps ``F.linear``."""
+        disk); ``"stock"`` keeps ``F.linear``.  ``attention``: ``sdpa`` (a dense mask per step), ``triton``
+        or ``flex`` (kernels that read the visibility bitset), ``auto`` (Triton on CUDA, sdpa on the CPU).
+        ``decode_step``: ``eager``, ``static`` (padded to fixed widths over persistent buffers, each width's
+        forward captured once as a CUDA graph on a GPU: ``pastac.runtime.static``), ``auto`` (static on CUDA
+        with a branched attention).  ``BackendError`` (a ``ValueError``) names a choice that cannot run on the
+        model's device."""
         check_architecture(model)
         if kernels not in KERNEL_MODES:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_MODES)}, not {kernels!r}")
+        device = next(model.parameters()).device
+        self.attention = resolve_attention(attention, device)
+        self.decode_step = resolve_decode_step(decode_step, self.attention, device)
+        self._idle: Runner | None = None  # a static runner no run holds now, kept for its captured graphs
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -149,12 +162,15 @@ class Engine:
         dtype: str | torch.dtype = "float32",
         adapter: str | None = DEFAULT_ADAPTER,
         kernels: str = "tuned",
+        attention: str = "auto",
+        decode_step: str = "auto",
         progress: bool = True,
     ) -> Engine:
         """An engine over ``load_model(model, ...)``: a model folder, a GGUF file, or (None) the embedded default
         model, SmolLM2-135M-Instruct, which comes with the Pasta-Lang adapter shipped in pastac (``adapter=None``
         for the base model alone); another model has no adapter unless ``adapter`` names one.  ``dtype`` is a
-        ``torch.dtype`` or its name.  The linear layers' kernels are tuned on the CPU (``kernels="stock"``: not).
+        ``torch.dtype`` or its name.  The linear layers' kernels are tuned on the CPU (``kernels="stock"``: not);
+        ``attention`` and ``decode_step`` are as for the constructor.
         Raises ``ModelError`` for a model or adapter that cannot be used."""
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
         return cls(
@@ -163,6 +179,8 @@ class Engine:
             name=loaded.name,
             settings=loaded.settings,
             kernels=kernels,
+            attention=attention,
+            decode_step=decode_step,
             progress=progress,
         )
 
@@ -301,7 +319,7 @@ class Engine:
         forced = sum(len(t) for t, _ in chunks or ())
         capacity = len(ids) + limits.max_new_tokens + forced + 64
         check_budget(self.model, prompt=len(ids), budget=limits.max_new_tokens, forced=forced, slots=capacity)
-        runner = (make_runner or Runner)(self.model, capacity)
+        runner = make_runner(self.model, capacity) if make_runner is not None else self._runner(capacity)
         runner.keep_logits = keep_logits
         views = Views(capacity, device=runner.device)
         sched = Scheduler(
@@ -330,6 +348,18 @@ class Engine:
         )
         self.last_run = run = Run(sched, runner, views, sampler, len(ids), started, notes)
         return run
+
+    def _runner(self, capacity: int) -> Runner:
+        """A packed runner of at least ``capacity`` slots: with the static step, the idle one when it is big
+        enough (its graphs are captured already), else a new one rounded up for the runs after."""
+        if self.decode_step != "static":
+            return Runner(self.model, capacity, attention=self.attention)
+        idle, self._idle = self._idle, None
+        if idle is not None and idle.cache.capacity >= capacity:
+            idle.reset()
+            return idle
+        capacity = -(-capacity // ROUND) * ROUND
+        return Runner(self.model, capacity, attention=self.attention, decode_step="static")
 
     def _overrides(self, options: RunOptions) -> list[str]:
         """A warning for each setting of the adapter that ``options`` decode with another value."""
@@ -365,6 +395,8 @@ class Engine:
             tokens = runner.step(plan, run.views, run.sampler)
             self.advance(run, plan, tokens, begun)
             yield
+        if isinstance(runner, Runner) and runner.static is not None:  # done with it: the next run may take it
+            self._idle = runner
 
     @staticmethod
     def advance(run: Run, plan: StepPlan, tokens: list[int], begun: float) -> None:

@@ -23,12 +23,13 @@ from typing import Protocol
 
 import torch
 
-from pastac.backend.attention import packed_attention
+from pastac.backend.attention import BackendError, BranchedStep, branched_step, packed_attention
 from pastac.backend.cache import SlotCache
 from pastac.backend.linear import kernels_active
-from pastac.backend.visibility import Views
+from pastac.backend.visibility import Views, pack_bits
 from pastac.runtime.guard import Allowed, allowed_rows
 from pastac.runtime.sampling import Sampler, seen_tokens
+from pastac.runtime.static import StaticStep
 
 
 def device_ints(values: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -84,8 +85,19 @@ class Part:
 class Runner:
     """Runs ``StepPlan``s over one packed row and a slot-indexed cache (see the module's docstring)."""
 
-    def __init__(self, model: torch.nn.Module, capacity: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, capacity: int, *, attention: str = "sdpa", decode_step: str = "eager"
+    ) -> None:
+        """``attention``: ``sdpa`` (a dense mask per step), or a branched backend that reads the views' bitset
+        (``triton``, ``flex``, ``reference``; ``pastac.backend.attention.resolve_attention`` picks).
+        ``decode_step``: ``eager``, or ``static`` (``pastac.runtime.static``: padded to fixed widths, captured
+        as CUDA graphs on a GPU; it needs a branched backend)."""
+        if decode_step == "static" and attention == "sdpa":
+            raise BackendError(
+                "the static decode step reads the visibility bitset: it needs --attention triton or flex"
+            )
         self.model = model
+        self.attention = attention
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         layers = model.config.get_text_config().num_hidden_layers
@@ -95,6 +107,13 @@ class Runner:
         # when keep_logits: per step, the sampled queries' logits and (slots, threads, sample) of the plan
         self.logits: list[torch.Tensor] = []
         self.plans: list[tuple[list[int], list[int], list[int]]] = []
+        self.static = StaticStep(model, self.cache, attention, capture=True) if decode_step == "static" else None
+
+    def reset(self) -> None:
+        """Ready for another run: nothing placed (what the cache holds is left, unseen: a new run's views see
+        only the slots it writes)."""
+        self.cache.used = 0
+        self.logits, self.plans = [], []
 
     def reserve(self, slots: int) -> None:
         """Room for ``slots`` cache slots (grows rarely, by copying once)."""
@@ -130,27 +149,38 @@ class Runner:
         ids = device_ints([t for part in parts for t in part.plan.tokens], dev)
         self.tokens[slots] = ids
         self.cache.used = used = max(self.cache.used, max(whole) + 1)
-        own: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []  # per part: its mask, its slot index, used
-        if len(parts) == 1 and parts[0].slots is None:
-            plan = parts[0].plan
-            allowed = parts[0].views.mask(device_ints(plan.threads, dev), slots, used)  # [Q, used]
-            own.append((allowed, None, used))
-        else:
-            allowed = torch.zeros((len(whole), used), dtype=torch.bool, device=dev)
-            for part, (first, last) in zip(parts, spans, strict=True):
-                plan = part.plan
-                mine = max(plan.slots) + 1 if part.slots is None else part.slots.used
-                local = part.views.mask(device_ints(plan.threads, dev), device_ints(plan.slots, dev), mine)
-                index = torch.arange(mine, device=dev) if part.slots is None else part.slots.index(mine)
-                allowed[first:last].index_copy_(1, index, local)
-                own.append((local, index, mine))
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        # per part: its queries' threads and slots (in its own numbering), how many of its slots it has placed,
+        # and where those lie in the cache (None: in place)
+        own: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]] = []
+        for part in parts:
+            plan = part.plan
+            local_slots = slots if len(parts) == 1 and part.slots is None else device_ints(plan.slots, dev)
+            if part.slots is None:
+                own.append((device_ints(plan.threads, dev), local_slots, max(plan.slots) + 1, None))
+            else:
+                mine = part.slots.used
+                own.append((device_ints(plan.threads, dev), local_slots, mine, part.slots.index(mine)))
         self.cache.write_slots = slots
         sampled = [first + q for part, (first, _) in zip(parts, spans, strict=True) for q in part.plan.sample]
         sample = device_ints(sampled, dev)
         positions = device_ints([p for part in parts for p in part.plan.positions], dev)
-        with kernels_active(self.model), packed_attention():
+        in_place = len(parts) == 1 and parts[0].slots is None
+        if self.attention == "sdpa":
+            mask = self._mask(parts, spans, own, len(whole), used)
+            attention = packed_attention()
+        else:
+            if in_place:  # the run's own bitset, read in place
+                bits, threads = parts[0].views.bits, own[0][0]
+            else:  # runs packed together: one bitset row per query, in cache slots
+                bits = pack_bits(self._allowed(parts, spans, own, len(whole), used))
+                threads = torch.arange(len(whole), device=dev)
+            if self.static is not None and self.static.fits(len(whole), max(whole)):
+                logits = self.static.forward(ids, positions, slots, threads, bits)[sample]
+                self.cache.write_slots = None
+                return self._chosen(every, parts, own, logits)
+            mask = torch.empty((len(whole), 0), dtype=self.dtype, device=dev)  # the model's mask code wants one
+            attention = branched_step(BranchedStep(bits, threads, slots, self.attention))
+        with kernels_active(self.model), attention:
             out = self.model(
                 input_ids=ids[None],
                 position_ids=positions[None],
@@ -160,20 +190,69 @@ class Runner:
                 logits_to_keep=sample,
             )
         self.cache.write_slots = None
-        logits = out.logits[0]  # [S, vocab], the parts' sampled queries in order
+        return self._chosen(every, parts, own, out.logits[0])
+
+    def _chosen(
+        self,
+        every: Sequence[Part],
+        parts: Sequence[Part],
+        own: Sequence[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]],
+        logits: torch.Tensor,
+    ) -> list[list[int]]:
+        """Each of ``every`` part's chosen tokens, from ``logits`` [S, vocab]: the sampled queries of ``parts``
+        (those with work this step) in order."""
         chosen: dict[int, list[int]] = {}
         at = 0
-        for part, (local, index, mine) in zip(parts, own, strict=True):
+        for part, mine in zip(parts, own, strict=True):
             n = len(part.plan.sample)
-            chosen[id(part)] = self._choose(part, logits[at : at + n], local, index, mine) if n else []
+            chosen[id(part)] = self._choose(part, logits[at : at + n], *mine) if n else []
             at += n
         return [chosen.get(id(part), []) for part in every]
 
+    def _allowed(
+        self,
+        parts: Sequence[Part],
+        spans: Sequence[tuple[int, int]],
+        own: Sequence[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]],
+        queries: int,
+        used: int,
+    ) -> torch.Tensor:
+        """bool ``[queries, used]``: the cache slots each query of the step may attend to."""
+        if len(parts) == 1 and parts[0].slots is None:  # the run's own slots are the cache's
+            threads, slots, _, _ = own[0]
+            return parts[0].views.mask(threads, slots, used)
+        allowed = torch.zeros((queries, used), dtype=torch.bool, device=self.device)
+        for part, (first, last), (threads, slots, mine, index) in zip(parts, spans, own, strict=True):
+            where = torch.arange(mine, device=self.device) if index is None else index
+            allowed[first:last].index_copy_(1, where, part.views.mask(threads, slots, mine))
+        return allowed
+
+    def _mask(
+        self,
+        parts: Sequence[Part],
+        spans: Sequence[tuple[int, int]],
+        own: Sequence[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]],
+        queries: int,
+        used: int,
+    ) -> torch.Tensor:
+        """The step's additive float mask ``[queries, used]`` for sdpa: 0 where a query may attend, else the
+        dtype's minimum."""
+        allowed = self._allowed(parts, spans, own, queries, used)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+
     def _choose(
-        self, part: Part, logits: torch.Tensor, allowed: torch.Tensor, index: torch.Tensor | None, used: int
+        self,
+        part: Part,
+        logits: torch.Tensor,
+        threads: torch.Tensor,
+        slots: torch.Tensor,
+        used: int,
+        index: torch.Tensor | None,
     ) -> list[int]:
-        """The tokens ``part``'s sampler chooses from its sampled queries' ``logits``; ``allowed`` [Q, used] is
-        what its queries see of its own slots, ``index`` where those slots lie in the cache (None: in place)."""
+        """The tokens ``part``'s sampler chooses from its sampled queries' ``logits``; its queries are of
+        ``threads`` at its own ``slots``, ``used`` of its slots placed, which lie in the cache at ``index``
+        (None: in place)."""
         plan, sampler, dev = part.plan, part.sampler, self.device
         if part.kept is not None:
             part.kept.append(logits.float().cpu())
@@ -187,5 +266,6 @@ class Runner:
                 seen = seen.expand(len(plan.sample), -1)
             else:
                 sample = device_ints(plan.sample, dev)
-                seen = seen_tokens(tokens, allowed[sample], vocab, sampler.exempt(vocab, dev))
+                allowed = part.views.mask(threads[sample], slots[sample], used)
+                seen = seen_tokens(tokens, allowed, vocab, sampler.exempt(vocab, dev))
         return sampler(logits, seen, allowed_rows(plan.allowed, vocab, dev, plan.banned)).tolist()
