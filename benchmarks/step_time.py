@@ -7,10 +7,9 @@
 For each ``--decode-step`` mode an engine is made over one model of random weights (``--shape``), with
 ``Engine(model, tokenizer, attention=..., decode_step=mode)``, and two figures are taken:
 
-- ``runner``: the runner that engine makes for a run (``Engine.start_run``), stepped as the step-cost
-  calibration does (``pastac.bench.calibrate``): a prompt of ``--context`` random tokens, then T threads
-  that all see it, one query each; median milliseconds of ``--repeats`` steps after ``--warmup`` (which
-  also captures the static step's graph for that width);
+- ``runner``: the step-cost calibration (``pastac.bench.calibrate``) with the engine's attention and decode
+  step: a prompt of ``--context`` random tokens, then T threads that all see it, one query each; median
+  milliseconds of ``--repeats`` steps after one warm-up step (which captures a static width's graph);
 - ``engine``: ``generate`` replaying ``--tokens`` plain tokens in one thread (T=1), the decode time over
   the decode steps, which adds what the scheduler costs per step.
 
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import traceback
@@ -58,67 +56,20 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, str]:
     return model, tokenizer, which
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def runner_steps(engine: Any, threads: list[int], args: argparse.Namespace) -> dict[int, float]:
-    """Median ms per step of the engine's own runner, per thread count (see the module's docstring)."""
-    from pastac.backend.visibility import Views
-    from pastac.runtime.options import RunOptions, SamplingOptions
-    from pastac.runtime.runner import StepPlan
-    from pastac.runtime.sampling import Sampler
+    """Median ms per step of a runner with the engine's attention and decode step, per thread count: the
+    step-cost calibration itself (``pastac.bench.calibrate``; its warm-up step captures a static width's graph)."""
+    from pastac.bench.calibrate import calibrate
 
-    most = max(threads)
-    budget = args.context + most + 8
-    run = engine.start_run("Time the steps.", RunOptions(), {"max_new_tokens": budget}, None, None, False, None)
-    runner = run.runner
-    runner.reserve(args.context + most + 1)
-    device = runner.device
-    vocab = engine.model.config.get_text_config().vocab_size
-    generator = torch.Generator().manual_seed(0)
-    sampler = Sampler(SamplingOptions())
-    views = Views(args.context + most + 1, threads=most, device=device)
-    context = args.context
-    views.place(0, 0, context)
-    prompt = torch.randint(vocab, (context,), generator=generator).tolist()
-    runner.step(
-        StepPlan(
-            tokens=prompt,
-            positions=list(range(context)),
-            slots=list(range(context)),
-            threads=[0] * context,
-            sample=[context - 1],
-        ),
-        views,
-        sampler,
+    cal = calibrate(
+        engine.model,
+        threads=tuple(threads),
+        contexts=(args.context,),
+        repeats=args.repeats,
+        attention=engine.attention,
+        decode_step=engine.decode_step,
     )
-    for thread in range(1, most):  # every thread sees the whole prompt, and its own slot
-        views.fork(0, thread, context)
-    for thread in range(most):
-        views.place(thread, context + thread, 1)
-    out = {}
-    for n in threads:
-        tokens = torch.randint(vocab, (n,), generator=generator).tolist()
-        plan = StepPlan(
-            tokens=tokens,
-            positions=[context] * n,
-            slots=list(range(context, context + n)),
-            threads=list(range(n)),
-            sample=list(range(n)),
-        )
-        for _ in range(args.warmup):  # the static step captures this width's graph here
-            runner.step(plan, views, sampler)
-        times = []
-        for _ in range(args.repeats):
-            sync(device)
-            begun = time.perf_counter()
-            runner.step(plan, views, sampler)  # one host sync: the sampled tokens
-            times.append((time.perf_counter() - begun) * 1000)
-        out[n] = statistics.median(times)
-    return out
+    return {n: row[0] for n, row in zip(threads, cal.ms, strict=True)}
 
 
 def engine_steps(engine: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -194,7 +145,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "context": args.context,
             "tokens": args.tokens,
             "repeats": args.repeats,
-            "warmup": args.warmup,
             "tokenizer": which,
         },
         "modes": modes,
@@ -210,7 +160,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Decode step time: eager vs static ({s['shape']}, {s['dtype']}, {where})",
         "",
-        f"Runner: {s['context']} cached tokens, median of {s['repeats']} steps after {s['warmup']}; engine: "
+        f"Runner: {s['context']} cached tokens, median of {s['repeats']} steps after one; engine: "
         f"{s['tokens']} tokens replayed in one thread. Attention {s['attention']}; tokenizer {s['tokenizer']}.",
         "",
         "| mode | " + " | ".join(f"runner T={n} ms" for n in s["threads"]) + " | engine T=1 ms/step |",
@@ -252,7 +202,6 @@ def main() -> int:
     parser.add_argument("--context", type=int, default=1024, help="cached tokens the runner's steps read")
     parser.add_argument("--tokens", type=int, default=48, help="tokens the engine's run replays")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors on stderr")
     parser.add_argument("--torch-threads", type=int, help="torch's intra-op threads on the CPU")
     args = parser.parse_args()
