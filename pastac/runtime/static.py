@@ -22,8 +22,9 @@ On CUDA each bucket's forward is captured once (after two warm-up runs that
 compute the step's real values, so capturing loses no step) and replayed from
 then on; the graphs are dropped when the cache or the bitset's buffer has to
 grow.  On the CPU the same padded forward runs eagerly: it is how the tests
-check that padding changes no logit.  Prompts (wider than the widest bucket)
-and runs packed with other requests go through the eager step.
+check that padding changes no logit.  Steps wider than the widest bucket (a
+prompt) go through the eager step, and so does a step that reaches the scratch slot.  Requests packed
+together by the batch engine take the static step like one run: their bitset has a row per query.
 """
 
 from __future__ import annotations
