@@ -16,7 +16,7 @@ from test_cli import run
 
 from pastac.backend.attention import BackendError, resolve_attention
 from pastac.backend.branched import triton_available
-from pastac.models import random_model, tiny_tokenizer
+from pastac.models import random_model
 from pastac.runtime import Engine
 from pastac.runtime.batch import BatchEngine
 from pastac.runtime.static import BUCKETS, bucket, resolve_decode_step
@@ -156,13 +156,9 @@ def test_buckets_and_the_choices_that_resolve():
         resolve_attention("fast", "cpu")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    random_model("tiny-llama", vocab_size=len(tokenizer), seed=3).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+@pytest.fixture
+def model_dir(saved_tiny_model) -> str:
+    return str(saved_tiny_model)
 
 
 @interpreted
