@@ -44,6 +44,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from pastac.backend import ATTENTION
+from pastac.backend.branched import branched_attention, triton_available
 
 
 class BackendError(ValueError):
@@ -86,8 +87,6 @@ def grouped_sdpa(
     ``branched_step()``, the branched attention instead."""
     step = _STEP.get()
     if step is not None:
-        from pastac.backend.branched import branched_attention
-
         out = branched_attention(
             query[0].transpose(0, 1),  # [T, heads, d]
             key[0].transpose(0, 1),  # [N, kv_heads, d], the cache as it lies
@@ -159,12 +158,8 @@ def resolve_attention(name: str, device: torch.device | str) -> str:
     if name == "auto":
         if device.type != "cuda":
             return "sdpa"
-        from pastac.backend.branched import triton_available
-
         return "triton" if triton_available(device) is None else "sdpa"
     if name == "triton":
-        from pastac.backend.branched import triton_available
-
         reason = triton_available(device)
         if reason is not None:
             raise BackendError(f"--attention triton cannot run here: {reason}")

@@ -23,13 +23,13 @@ from typing import Protocol
 
 import torch
 
-from pastac.backend.attention import BackendError, BranchedStep, branched_step, packed_attention
+from pastac.backend.attention import BranchedStep, branched_step, packed_attention
 from pastac.backend.cache import SlotCache
 from pastac.backend.linear import kernels_active
 from pastac.backend.visibility import Views, pack_bits
 from pastac.runtime.guard import Allowed, allowed_rows
 from pastac.runtime.sampling import Sampler, seen_tokens
-from pastac.runtime.static import StaticStep
+from pastac.runtime.static import StaticStep, resolve_decode_step
 
 
 def device_ints(values: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -92,10 +92,6 @@ class Runner:
         (``triton``, ``flex``, ``reference``; ``pastac.backend.attention.resolve_attention`` picks).
         ``decode_step``: ``eager``, or ``static`` (``pastac.runtime.static``: padded to fixed widths, captured
         as CUDA graphs on a GPU; it needs a branched backend)."""
-        if decode_step == "static" and attention == "sdpa":
-            raise BackendError(
-                "the static decode step reads the visibility bitset: it needs --attention triton or flex"
-            )
         self.model = model
         self.attention = attention
         param = next(model.parameters())
@@ -107,7 +103,8 @@ class Runner:
         # when keep_logits: per step, the sampled queries' logits and (slots, threads, sample) of the plan
         self.logits: list[torch.Tensor] = []
         self.plans: list[tuple[list[int], list[int], list[int]]] = []
-        self.static = StaticStep(model, self.cache, attention, capture=True) if decode_step == "static" else None
+        static = resolve_decode_step(decode_step, attention, self.device) == "static"  # refuses static under sdpa
+        self.static = StaticStep(model, self.cache, attention, capture=True) if static else None
 
     def reset(self) -> None:
         """Ready for another run: nothing placed (what the cache holds is left, unseen: a new run's views see
@@ -166,7 +163,10 @@ class Runner:
         positions = device_ints([p for part in parts for p in part.plan.positions], dev)
         in_place = len(parts) == 1 and parts[0].slots is None
         if self.attention == "sdpa":
-            mask = self._mask(parts, spans, own, len(whole), used)
+            allowed = self._allowed(parts, spans, own, len(whole), used)
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev).masked_fill_(
+                ~allowed, torch.finfo(self.dtype).min
+            )
             attention = packed_attention()
         else:
             if in_place:  # the run's own bitset, read in place
@@ -218,7 +218,7 @@ class Runner:
         used: int,
     ) -> torch.Tensor:
         """bool ``[queries, used]``: the cache slots each query of the step may attend to."""
-        if len(parts) == 1 and parts[0].slots is None:  # the run's own slots are the cache's
+        if len(parts) == 1 and parts[0].slots is None:  # the run's own slots are the cache's: no index
             threads, slots, _, _ = own[0]
             return parts[0].views.mask(threads, slots, used)
         allowed = torch.zeros((queries, used), dtype=torch.bool, device=self.device)
@@ -226,20 +226,6 @@ class Runner:
             where = torch.arange(mine, device=self.device) if index is None else index
             allowed[first:last].index_copy_(1, where, part.views.mask(threads, slots, mine))
         return allowed
-
-    def _mask(
-        self,
-        parts: Sequence[Part],
-        spans: Sequence[tuple[int, int]],
-        own: Sequence[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]],
-        queries: int,
-        used: int,
-    ) -> torch.Tensor:
-        """The step's additive float mask ``[queries, used]`` for sdpa: 0 where a query may attend, else the
-        dtype's minimum."""
-        allowed = self._allowed(parts, spans, own, queries, used)
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
 
     def _choose(
         self,
