@@ -10,6 +10,10 @@ aggregated by geometric mean.  The step-cost model is calibrated first, on the
 same model, and ``critical_path`` turns it into each response's bound: the
 speedup pasta would reach if every step cost what the calibration measured.
 Efficiency is pasta's measured speedup over ``sequential`` divided by that bound.
+
+``STRATEGIES`` are those run by default, on every machine alike; ``OPTIONAL_STRATEGIES`` run only when asked
+for by name: ``llamacpp`` (llama.cpp's greedy decode of the same GGUF file, ``pastac.bench.llamacpp``) needs
+the optional extra ``pastac[llamacpp]``, so a default report has the same columns wherever it is made.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 STRATEGIES = ("sequential", "hf-generate", "refork", "batched-copy", "pasta")  # sequential first: it sizes hf-generate
+OPTIONAL_STRATEGIES = ("llamacpp",)  # sized by sequential too
+KNOWN_STRATEGIES = STRATEGIES + OPTIONAL_STRATEGIES
 BASELINES = ("hf-generate", "sequential")
 
 _LAZY = {  # torch is imported on first use, so that the CLI starts quickly
@@ -31,7 +37,7 @@ _LAZY = {  # torch is imported on first use, so that the CLI starts quickly
     "load_suite": "pastac.bench.suite",
     "quick_selection": "pastac.bench.suite",
 }
-__all__ = ["BASELINES", "STRATEGIES", *_LAZY]
+__all__ = ["BASELINES", "KNOWN_STRATEGIES", "OPTIONAL_STRATEGIES", "STRATEGIES", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

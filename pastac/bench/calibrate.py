@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pastac.backend.decoder import FusedDecoder
 from pastac.backend.visibility import Views
 from pastac.passes.critical_path import StepCost
 from pastac.runtime.options import SamplingOptions
@@ -64,16 +65,17 @@ def calibrate(
     label: str = "",
     attention: str = "sdpa",
     decode_step: str = "eager",
+    decoder: FusedDecoder | None = None,
 ) -> Calibration:
-    """Median milliseconds per decode step of ``Runner`` (with ``attention`` and ``decode_step``) for each thread
-    count and cache length."""
+    """Median milliseconds per decode step of ``Runner`` (with ``attention``, ``decode_step`` and the fused
+    ``decoder``, None: the model's own forward) for each thread count and cache length."""
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(seed)
     sampler = Sampler(SamplingOptions())
     table: list[list[float]] = [[] for _ in threads]
     for context in contexts:
         capacity = context + max(threads) + 1
-        runner = Runner(model, capacity=capacity, attention=attention, decode_step=decode_step)
+        runner = Runner(model, capacity=capacity, attention=attention, decode_step=decode_step, decoder=decoder)
         views = Views(capacity, threads=max(threads), device=runner.device)
         prompt = torch.randint(vocab, (context,), generator=generator).tolist()
         views.place(0, 0, context)

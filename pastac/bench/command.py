@@ -3,9 +3,11 @@
 Prints tables (or ``--json``); ``--plot DIR`` draws the pictures; ``--out DIR``
 writes report.json, report.txt and the pictures there, each file atomically.
 ``--out`` must be new, empty or a report folder of pastac bench (``--force``
-for another), checked before anything runs.  Exit status: 0 done, 2 usage
-error, unreadable suite, an output that may not or cannot be written, or a
-model that cannot be used.
+for another), checked before anything runs.  ``--strategies ...,llamacpp``
+loads llama.cpp before pastac's model, so that a missing llama-cpp-python or
+a model without a GGUF file is refused before anything runs.  Exit status: 0
+done, 2 usage error, unreadable suite, an output that may not or cannot be
+written, or a model that cannot be used (llamacpp's included).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from pastac.serve.bench import add_parser as add_serve_bench
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` to the command line."""
-    from pastac.bench import STRATEGIES
+    from pastac.bench import OPTIONAL_STRATEGIES, STRATEGIES
 
     p = sub.add_parser(
         "bench",
         help="measured vs theoretical speedup, against the strategies peers use",
         description="Replay annotated responses through every strategy (hf-generate, sequential, refork, "
-        "batched-copy, pasta) with the same model in one process, interleaved; calibrate the "
+        "batched-copy, pasta; llamacpp on request) with the same model in one process, interleaved; calibrate the "
         "step cost and compare pasta's measured speedup with the bound it gives. Figures are "
         "measured on this machine; nothing is asserted.",
     )
@@ -64,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--strategies",
         metavar="S,...",
         default=",".join(STRATEGIES),
-        help=f"which to run (default: all of {', '.join(STRATEGIES)})",
+        help=f"which to run (default: all of {', '.join(STRATEGIES)}); also {', '.join(OPTIONAL_STRATEGIES)}: "
+        "llama.cpp's greedy decode of the model's GGUF file, with the extra pastac[llamacpp]",
     )
     how.add_argument(
         "--repeats", type=positive, metavar="N", help="runs of each strategy per response (default 2; 1 with --quick)"
@@ -84,6 +87,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     # `pastac bench serve ...`: the load benchmark of the HTTP API; `pastac bench [options]` is the replay bench
     modes = p.add_subparsers(dest="bench_mode", required=False, metavar="serve", title="other benchmarks")
     add_serve_bench(modes)
+
+
+def _llamacpp(args: argparse.Namespace) -> Any:
+    """The llama.cpp model of the ``llamacpp`` strategy: the GGUF file pastac's model is loaded from (the
+    default model's, or ``--model FILE.gguf``), with torch's thread count; a usage error when llama-cpp-python
+    is missing or the model has no GGUF file."""
+    import torch
+
+    from pastac.bench.llamacpp import LlamaCppError, import_llama_cpp, load
+    from pastac.models import ModelError, default_gguf
+    from pastac.models.gguf import is_gguf
+
+    try:
+        import_llama_cpp()  # first: the one thing that cannot be fixed with another option
+        if args.shape is not None:
+            raise UsageError("llamacpp decodes a GGUF file, and --shape's random weights have none; leave out one")
+        path = default_gguf() if args.model is None else Path(args.model).expanduser()
+        if not is_gguf(path):
+            raise UsageError(f"llamacpp decodes a GGUF file, and --model {args.model} is not one; name a .gguf file")
+        return load(path, threads=torch.get_num_threads())
+    except (LlamaCppError, ModelError) as error:
+        raise UsageError(str(error)) from None
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -109,6 +134,8 @@ def _engine(args: argparse.Namespace) -> Any:
             kernels=args.kernels,
             attention=args.attention,
             decode_step=args.decode_step,
+            forward=args.forward,
+            quant=args.quant,
             progress=not args.quiet,
         )
     except (ModelError, BackendError) as error:
@@ -121,6 +148,7 @@ def bench_command(args: argparse.Namespace, out: TextIO) -> int:
     import torch
     from rich.console import Console
 
+    from pastac.bench.llamacpp import LlamaCppError
     from pastac.bench.report import PICTURES, REPORT_FILES, check_report_folder, plot, print_report, write_report
     from pastac.bench.run import QUICK, BenchOptions, run_bench
     from pastac.bench.suite import SUITE, SuiteError, load_suite, quick_selection, spread_selection
@@ -168,20 +196,24 @@ def bench_command(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(str(error)) from None
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    llamacpp = _llamacpp(args) if "llamacpp" in options.strategies else None
     engine = _engine(args)
     err = Console(file=sys.stderr)
-    if args.quiet:
-        report = run_bench(engine, responses, options)
-    else:
-        from rich.progress import Progress
+    try:  # llama.cpp's model refused (not the engine's, before the calibration) or a response past its context
+        if args.quiet:
+            report = run_bench(engine, responses, options, llamacpp=llamacpp)
+        else:
+            from rich.progress import Progress
 
-        with Progress(console=err, transient=True) as bar:
-            task = bar.add_task("pastac bench", total=len(responses))
+            with Progress(console=err, transient=True) as bar:
+                task = bar.add_task("pastac bench", total=len(responses))
 
-            def tell(what: str, done: int, total: int) -> None:
-                bar.update(task, description=f"pastac bench: {what}", completed=done)
+                def tell(what: str, done: int, total: int) -> None:
+                    bar.update(task, description=f"pastac bench: {what}", completed=done)
 
-            report = run_bench(engine, responses, options, progress=tell)
+                report = run_bench(engine, responses, options, progress=tell, llamacpp=llamacpp)
+    except LlamaCppError as error:
+        raise UsageError(str(error)) from None
     if args.json:
         out.write(json.dumps(report, indent=2) + "\n")
     else:

@@ -32,6 +32,8 @@ SHOWN = (
     "sequential_vs_hf-generate",
     "refork_vs_sequential",
     "batched-copy_vs_sequential",
+    "sequential_vs_llamacpp",
+    "pasta_vs_llamacpp",
 )
 
 
@@ -51,8 +53,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
     results, summary = report["results"], report["summary"]
     strategies = report["options"]["strategies"]
     m = report["machine"]
+    weights = f" · {m['quant']} weights" if m.get("quant") not in (None, "none") else ""
     title = (
-        f"{m['model']} · {m['dtype']} · {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''} · "
+        f"{m['model']} · {m['dtype']}{weights} · {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''} · "
         f"{m['cpu']}, {m['torch_threads']} torch threads"
     )
     per = Table(title=f"pastac bench: {title}", title_justify="left")
@@ -112,13 +115,26 @@ def tables(report: dict[str, Any]) -> list[Table]:
             f"{e['min']:.2f} – {e['max']:.2f}",
             "noise, not a result" if summary.get("efficiency_noise") else "",
         )
-    mem = Table(title="throughput and memory", title_justify="left")
-    for name in ("strategy", "tokens/s", "peak KV MiB (largest)", "peak KV vs pasta"):
+    llama = m.get("llamacpp")
+    mem = Table(
+        title="throughput and memory"
+        + (
+            f" (llamacpp: llama-cpp-python {llama['llama_cpp_python']}, {llama['gguf']}, {llama['quantisation']}, "
+            f"{llama['threads']} threads)"
+            if llama
+            else ""
+        ),
+        title_justify="left",
+    )
+    vs_llama = summary.get("tokens_per_s_vs_llamacpp", {})
+    for name in ("strategy", "tokens/s", *(("tokens/s vs llamacpp",) if vs_llama else ()), "peak KV MiB (largest)"):
         mem.add_column(name, justify="left" if name == "strategy" else "right")
+    mem.add_column("peak KV vs pasta", justify="right")
     for s in strategies:
         mem.add_row(
             s,
             f"{summary['tokens_per_s'][s]:.1f}",
+            *((f"{vs_llama[s]:.2f}",) if vs_llama else ()),
             _mib(summary["kv_peak_bytes"][s]),
             f"{summary['kv_peak_ratio_vs_pasta'].get(s, float('nan')):.2f}",
         )

@@ -7,6 +7,11 @@ minus the smallest).  A ratio whose spread is larger than its effect (its distan
 ``noisy``: another run may well give the other answer.  An efficiency above ``PLAUSIBLE_EFFICIENCY`` (pasta
 faster than the step cost allows) is flagged as noise too: what it measures is the machine's drift, not
 pastac.
+
+With ``llamacpp`` among the strategies, the report records its llama.cpp model (``machine.llamacpp``) and
+every strategy's throughput over llama.cpp's (``summary.tokens_per_s_vs_llamacpp``): all of them place the
+same number of tokens on a response, so that ratio and the paired speedups ``<strategy>_vs_llamacpp`` tell
+the same story, the one aggregated over all tokens, the other per response and repeat.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any
 import torch
 
 from pastac.backend.linear import LinearKernels
-from pastac.bench import STRATEGIES
+from pastac.bench import KNOWN_STRATEGIES, STRATEGIES
 from pastac.bench.calibrate import Calibration, calibrate
+from pastac.bench.llamacpp import LlamaCpp
 from pastac.bench.strategies import Bench, Measurement
 from pastac.bench.suite import Response
 from pastac.machine import cpu_name
@@ -33,8 +39,8 @@ from pastac.runtime.engine import Engine
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """Which strategies run, how often, and the calibration grid; raises ``ValueError`` for an unknown
-    strategy, none at all, or fewer than one repeat."""
+    """Which strategies run (any of ``KNOWN_STRATEGIES``; by default ``STRATEGIES``), how often, and the
+    calibration grid; raises ``ValueError`` for an unknown strategy, none at all, or fewer than one repeat."""
 
     strategies: tuple[str, ...] = STRATEGIES
     repeats: int = 2  # runs of each strategy on each response
@@ -44,9 +50,11 @@ class BenchOptions:
     warmup: bool = True  # run each strategy once on a small document first
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        unknown = [s for s in self.strategies if s not in KNOWN_STRATEGIES]
         if unknown or not self.strategies:
-            raise ValueError(f"unknown strategy {', '.join(unknown) or '(none)'}; choose from {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {', '.join(unknown) or '(none)'}; choose from {', '.join(KNOWN_STRATEGIES)}"
+            )
         if self.repeats < 1 or self.calibration_repeats < 1:
             raise ValueError("repeats must be >= 1")
 
@@ -82,6 +90,8 @@ def machine(engine: Engine) -> dict[str, Any]:
         "kernels": engine.kernels,
         "attention": engine.attention,
         "decode_step": engine.decode_step,
+        "forward": engine.forward,
+        "quant": engine.quant,
     }
     if isinstance(linears := getattr(engine.model, "pastac_linears", None), LinearKernels):
         out["linear_kernels"] = linears.summary()
@@ -123,8 +133,14 @@ def run_bench(
     responses: Sequence[Response],
     options: BenchOptions = BenchOptions(),
     progress: Progress | None = None,
+    llamacpp: LlamaCpp | None = None,
 ) -> dict[str, Any]:
-    """Calibrate, run every strategy on every response, and return the report (a JSON-able dict)."""
+    """Calibrate, run every strategy on every response, and return the report (a JSON-able dict).
+    ``llamacpp``: the model of the ``llamacpp`` strategy (``pastac.bench.llamacpp.load``), which it needs;
+    ``ValueError`` when the strategies name it and it is None."""
+    if "llamacpp" in options.strategies and llamacpp is None:
+        raise ValueError("the llamacpp strategy needs its model: run_bench(..., llamacpp=load(gguf, threads=...))")
+    bench = Bench(engine, llamacpp if "llamacpp" in options.strategies else None)  # checks llamacpp's vocabulary
     tell = progress or (lambda what, done, total: None)
     tell("calibrating the step cost", 0, 1)
     cal = calibrate(
@@ -135,9 +151,9 @@ def run_bench(
         label=f"{engine.name}, calibrated",
         attention=engine.attention,
         decode_step=engine.decode_step,
+        decoder=engine.decoder,
     )
     tell("calibrating the step cost", 1, 1)
-    bench = Bench(engine)
     for strategy in options.strategies if options.warmup else ():  # first-call costs stay out of the figures
         bench.run(strategy, WARMUP.prompt, WARMUP.text)
     results = []
@@ -150,8 +166,11 @@ def run_bench(
                 runs[strategy].append(bench.run(strategy, response.prompt, response.text))
         results.append(_result(response, runs, cal))
     tell("done", len(responses), len(responses))
+    measured_on = machine(engine)
+    if bench.llamacpp is not None:
+        measured_on["llamacpp"] = bench.llamacpp.describe()
     return {
-        "machine": machine(engine),
+        "machine": measured_on,
         "options": {"strategies": list(options.strategies), "repeats": options.repeats, "responses": len(responses)},
         "calibration": cal.to_json(),
         "results": results,
@@ -246,6 +265,9 @@ def _summary(results: list[dict[str, Any]], strategies: Sequence[str]) -> dict[s
         if results
         else {}
     )
+    if "llamacpp" in strategies and results:
+        theirs = summary["tokens_per_s"]["llamacpp"]
+        summary["tokens_per_s_vs_llamacpp"] = {s: summary["tokens_per_s"][s] / theirs for s in strategies}
     summary["kv_peak_bytes"] = (
         {s: max(r["strategies"][s]["kv_peak_bytes"] for r in results) for s in strategies} if results else {}
     )

@@ -7,11 +7,14 @@
   context (``RowRunner(fork="reencode")``);
 - ``batched-copy``: threads as batch rows, a child's row a copy of its
   parent's keys and values (``RowRunner(fork="copy")``);
-- ``pasta``: pastac's async decoding, one packed row over one shared cache.
+- ``pasta``: pastac's async decoding, one packed row over one shared cache;
+- ``llamacpp`` (optional, on request): llama.cpp's greedy decode of the GGUF
+  file the engine's model came from, as many new tokens as the sequential run
+  places (``pastac.bench.llamacpp``).
 
 The engine strategies replay the response (teacher-forced), so they place the
-same tokens through the same scheduler; ``hf-generate`` writes its own tokens,
-as many of them.
+same tokens through the same scheduler; ``hf-generate`` and ``llamacpp`` write
+their own tokens, as many of them, after the same prompt ids.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pastac.bench import STRATEGIES
+from pastac.bench import KNOWN_STRATEGIES
+from pastac.bench.llamacpp import LlamaCpp
 from pastac.runtime.engine import Engine, RunnerFactory
 from pastac.runtime.options import RunOptions, SamplingOptions
 from pastac.runtime.results import Generation
@@ -42,10 +46,12 @@ class Measurement:
     strategy: str
     wall_s: float
     tokens: int  # tokens placed after the prompt
-    steps: int  # decode steps (forward passes after the prompt's, for hf-generate)
-    kv_bytes: int  # keys and values at the end of the run
+    steps: int  # decode steps (tokens placed, for hf-generate and llamacpp)
+    # keys and values at the end of the run; for hf-generate and llamacpp computed from the model's shape and the
+    # cache's element type for the tokens evaluated (llama.cpp: f16 cells filled, 0 when the GGUF does not say)
+    kv_bytes: int
     kv_peak_bytes: int  # the most keys and values held at once
-    peak_memory_bytes: int | None  # accelerator memory high-water mark (None on the CPU)
+    peak_memory_bytes: int | None  # accelerator memory high-water mark (None on the CPU, and for llamacpp)
     generation: Generation | None = None
 
     @property
@@ -76,10 +82,17 @@ def kv_bytes_per_token(model: torch.nn.Module) -> int:
 
 
 class Bench:
-    """Runs the strategies on one engine; ``run(strategy, prompt, text)`` measures one."""
+    """Runs the strategies on one engine (and ``llamacpp`` on its llama.cpp model); ``run(strategy, prompt,
+    text)`` measures one.  Every strategy that writes its own tokens writes as many as ``sequential`` places on
+    the response (``placed``)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, llamacpp: LlamaCpp | None = None) -> None:
+        """``llamacpp``: the model the ``llamacpp`` strategy decodes with (``pastac.bench.llamacpp.load``), None
+        without it; ``LlamaCppError`` when its vocabulary is not the engine's model's."""
         self.engine = engine
+        self.llamacpp = llamacpp
+        if llamacpp is not None:
+            llamacpp.check_vocabulary(engine.model.get_input_embeddings().num_embeddings)
         self.cuda = next(engine.model.parameters()).device.type == "cuda"
         self._runners: dict[str, tuple[str, RunnerFactory | None]] = {
             "sequential": ("sequential", None),
@@ -87,7 +100,7 @@ class Bench:
             "batched-copy": ("async", functools.partial(RowRunner, fork="copy")),
             "pasta": ("async", None),
         }
-        self._hf_tokens: dict[tuple[str, str], int] = {}
+        self._placed: dict[tuple[str, str], int] = {}
 
     def _measure(self, fn: Callable[[], object]) -> tuple[object, float, int | None]:
         if self.cuda:
@@ -102,18 +115,20 @@ class Bench:
 
     def run(self, strategy: str, prompt: str, text: str) -> Measurement:
         """Replay ``text`` after ``prompt`` with ``strategy`` and measure it; raises ``ValueError`` for an
-        unknown strategy.  ``hf-generate`` writes as many tokens as ``sequential`` places (running it if it has
-        not yet run on this response)."""
+        unknown strategy, or ``llamacpp`` on a bench without its model.  ``hf-generate`` and ``llamacpp`` write
+        as many tokens as ``sequential`` places (``placed``)."""
         if strategy == "hf-generate":
             return self._hf_generate(prompt, text)
+        if strategy == "llamacpp":
+            return self._llamacpp(prompt, text)
         if strategy not in self._runners:
-            raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+            raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(KNOWN_STRATEGIES)}")
         mode, factory = self._runners[strategy]
         options = RunOptions(mode=mode, sampling=REPLAY, jump_forward=False)
         result, wall, peak = self._measure(lambda: self.engine.generate(prompt, options, replay=text, runner=factory))
         assert isinstance(result, Generation)
         if strategy == "sequential":
-            self._hf_tokens[(prompt, text)] = result.stats.tokens
+            self._placed[(prompt, text)] = result.stats.tokens
         return Measurement(
             strategy,
             wall,
@@ -125,13 +140,18 @@ class Bench:
             result,
         )
 
-    def _hf_generate(self, prompt: str, text: str) -> Measurement:
+    def placed(self, prompt: str, text: str) -> int:
+        """The tokens the ``sequential`` strategy places replaying ``text`` after ``prompt``: from its measured
+        run, else from one run made now (not measured)."""
         key = (prompt, text)
-        if key not in self._hf_tokens:  # as many tokens as the sequential run places
-            self._hf_tokens[key] = self.engine.generate(
+        if key not in self._placed:
+            self._placed[key] = self.engine.generate(
                 prompt, RunOptions(mode="sequential", sampling=REPLAY), replay=text
             ).stats.tokens
-        n = self._hf_tokens[key]
+        return self._placed[key]
+
+    def _hf_generate(self, prompt: str, text: str) -> Measurement:
+        n = self.placed(prompt, text)
         model = self.engine.model
         ids = torch.tensor([self.engine.prompt_ids(prompt)], device=next(model.parameters()).device)
         pad = self.engine.eos[0] if self.engine.eos else 0
@@ -152,3 +172,15 @@ class Bench:
         new = out.shape[1] - ids.shape[1]
         kv = kv_bytes_per_token(model) * (ids.shape[1] + new - 1)
         return Measurement("hf-generate", wall, new, new, kv, kv, peak)
+
+    def _llamacpp(self, prompt: str, text: str) -> Measurement:
+        if self.llamacpp is None:
+            raise ValueError("the llamacpp strategy needs a llama.cpp model: Bench(engine, llamacpp=load(...))")
+        llama = self.llamacpp
+        n = self.placed(prompt, text)
+        ids = self.engine.prompt_ids(prompt)  # the very ids the engine strategies are prefilled with
+        start = time.perf_counter()
+        tokens = llama.decode(ids, n)
+        wall = time.perf_counter() - start
+        kv = llama.kv_bytes(len(ids), len(tokens))
+        return Measurement("llamacpp", wall, len(tokens), len(tokens), kv, kv, None)

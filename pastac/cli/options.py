@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pastac.backend import ATTENTION, DECODE_STEPS
+from pastac.backend import ATTENTION, DECODE_STEPS, FORWARDS, QUANTS
 from pastac.cli.common import UsageError, count, escaped, number, positive
 from pastac.output import FORCE
 from pastac.passes.positions import Policy, PositionOptions
@@ -92,6 +92,21 @@ def kernel_options(group: Group) -> None:
         help="auto (default): static on CUDA with triton or flex attention, else eager; static: decode steps "
         "padded to widths 1, 2, 4 ... 64 over persistent buffers, each width's forward captured once as a CUDA "
         "graph on a GPU; eager: each step as it comes",
+    )
+    group.add_argument(
+        "--forward",
+        choices=FORWARDS,
+        default="auto",
+        help="auto (default): fused on the CPU for Llama, Mistral and Qwen2 models, else hf; fused: pastac's "
+        "forward pass from the model's weights in few operations per layer (same logits); hf: the model's own",
+    )
+    group.add_argument(
+        "--quant",
+        choices=QUANTS,
+        default="auto",
+        help="auto (default): fp16 where it runs, else none; none: float32 weights; fp16: the fused forward's "
+        "weights stored in float16 (half the bytes, the same answers to rounding); int8: in int8, activations "
+        "quantised per row (a quarter of the bytes; answers change). fp16 and int8: CPU, float32 models",
     )
 
 
@@ -315,6 +330,8 @@ def load_engine(args: argparse.Namespace, *, adapter: str | None, kernels: str |
             kernels=args.kernels if kernels is None else kernels,
             attention=args.attention,
             decode_step=args.decode_step,
+            forward=args.forward,
+            quant=args.quant,
             progress=not args.quiet,
         )
     except BackendError as error:  # --attention triton on a CPU, say

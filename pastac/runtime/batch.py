@@ -189,7 +189,11 @@ class BatchEngine:
                 kv_slots = max(min(kv_slots, free // 2 // slot_bytes(engine.model)), page_size)
         self.pool = SlotPool(kv_slots, page_size)
         self.runner = Runner(
-            engine.model, self.pool.capacity, attention=engine.attention, decode_step=engine.decode_step
+            engine.model,
+            self.pool.capacity,
+            attention=engine.attention,
+            decode_step=engine.decode_step,
+            decoder=engine.decoder,
         )
         self.metrics = metrics
         self.waiting: deque[Request] = deque()

@@ -29,8 +29,10 @@ import torch
 
 from pastac.adapters import DEFAULT_ADAPTER
 from pastac.adapters.settings import AdapterSettings
-from pastac.backend.attention import resolve_attention
+from pastac.backend.attention import BackendError, resolve_attention
+from pastac.backend.decoder import FusedDecoder, resolve_forward
 from pastac.backend.linear import tune_linears
+from pastac.backend.quant import resolve_quant
 from pastac.backend.visibility import Views
 from pastac.grammar import check
 from pastac.grammar.diagnostics import format_text
@@ -110,6 +112,8 @@ class Engine:
         kernels: str = "stock",
         attention: str = "auto",
         decode_step: str = "auto",
+        forward: str = "auto",
+        quant: str = "none",
         progress: bool = False,
     ) -> None:
         """``settings``: how the model's adapter was trained (its ``pastac.json``); runs decode with them
@@ -119,14 +123,23 @@ class Engine:
         or ``flex`` (kernels that read the visibility bitset), ``auto`` (Triton on CUDA, sdpa on the CPU).
         ``decode_step``: ``eager``, ``static`` (padded to fixed widths over persistent buffers, each width's
         forward captured once as a CUDA graph on a GPU: ``pastac.runtime.static``), ``auto`` (static on CUDA
-        with a branched attention).  ``BackendError`` (a ``ValueError``) names a choice that cannot run on the
-        model's device."""
+        with a branched attention).  ``forward``: ``hf`` (the model's own forward), ``fused``
+        (``pastac.backend.decoder``: the same forward from the same weights in far fewer operations), ``auto``
+        (fused on the CPU where the architecture is supported); ``quant``: ``none``, ``fp16`` or ``int8``, the
+        fused decoder's packed weights, or ``auto`` (fp16 where it runs: ``pastac.backend.quant``).
+        ``BackendError`` (a ``ValueError``) names a choice that cannot run on the model's device."""
         check_architecture(model)
         if kernels not in KERNEL_MODES:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_MODES)}, not {kernels!r}")
         device = next(model.parameters()).device
         self.attention = resolve_attention(attention, device)
         self.decode_step = resolve_decode_step(decode_step, self.attention, device)
+        self.forward = resolve_forward(forward, model, quant)
+        if quant not in ("none", "auto") and self.decode_step == "static":
+            raise BackendError(f"--quant {quant} runs in the fused decoder; the static step runs the model's own")
+        self.quant = resolve_quant(quant, model, self.forward) if self.decode_step != "static" else "none"
+        # the eager steps' forward (the static step runs the model's own, for its CUDA graphs)
+        self.decoder = FusedDecoder(model, quant=self.quant) if self.forward == "fused" else None
         self._idle: Runner | None = None  # a static runner no run holds now, kept for its captured graphs
         self.model = model
         self.tokenizer = tokenizer
@@ -164,13 +177,15 @@ class Engine:
         kernels: str = "tuned",
         attention: str = "auto",
         decode_step: str = "auto",
+        forward: str = "auto",
+        quant: str = "auto",
         progress: bool = True,
     ) -> Engine:
         """An engine over ``load_model(model, ...)``: a model folder, a GGUF file, or (None) the embedded default
         model, SmolLM2-135M-Instruct, which comes with the Pasta-Lang adapter shipped in pastac (``adapter=None``
         for the base model alone); another model has no adapter unless ``adapter`` names one.  ``dtype`` is a
         ``torch.dtype`` or its name.  The linear layers' kernels are tuned on the CPU (``kernels="stock"``: not);
-        ``attention`` and ``decode_step`` are as for the constructor.
+        ``attention``, ``decode_step``, ``forward`` and ``quant`` are as for the constructor.
         Raises ``ModelError`` for a model or adapter that cannot be used."""
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
         return cls(
@@ -181,6 +196,8 @@ class Engine:
             kernels=kernels,
             attention=attention,
             decode_step=decode_step,
+            forward=forward,
+            quant=quant,
             progress=progress,
         )
 
@@ -353,13 +370,13 @@ class Engine:
         """A packed runner of at least ``capacity`` slots: with the static step, the idle one when it is big
         enough (its graphs are captured already), else a new one rounded up for the runs after."""
         if self.decode_step != "static":
-            return Runner(self.model, capacity, attention=self.attention)
+            return Runner(self.model, capacity, attention=self.attention, decoder=self.decoder)
         idle, self._idle = self._idle, None
         if idle is not None and idle.cache.capacity >= capacity:
             idle.reset()
             return idle
         capacity = -(-capacity // ROUND) * ROUND
-        return Runner(self.model, capacity, attention=self.attention, decode_step="static")
+        return Runner(self.model, capacity, attention=self.attention, decode_step="static", decoder=self.decoder)
 
     def _overrides(self, options: RunOptions) -> list[str]:
         """A warning for each setting of the adapter that ``options`` decode with another value."""

@@ -25,6 +25,7 @@ import torch
 
 from pastac.backend.attention import BranchedStep, branched_step, packed_attention
 from pastac.backend.cache import SlotCache
+from pastac.backend.decoder import FusedDecoder
 from pastac.backend.linear import kernels_active
 from pastac.backend.visibility import Views, pack_bits
 from pastac.runtime.guard import Allowed, allowed_rows
@@ -86,13 +87,22 @@ class Runner:
     """Runs ``StepPlan``s over one packed row and a slot-indexed cache (see the module's docstring)."""
 
     def __init__(
-        self, model: torch.nn.Module, capacity: int, *, attention: str = "sdpa", decode_step: str = "eager"
+        self,
+        model: torch.nn.Module,
+        capacity: int,
+        *,
+        attention: str = "sdpa",
+        decode_step: str = "eager",
+        decoder: FusedDecoder | None = None,
     ) -> None:
         """``attention``: ``sdpa`` (a dense mask per step), or a branched backend that reads the views' bitset
         (``triton``, ``flex``, ``reference``; ``pastac.backend.attention.resolve_attention`` picks).
         ``decode_step``: ``eager``, or ``static`` (``pastac.runtime.static``: padded to fixed widths, captured
-        as CUDA graphs on a GPU; it needs a branched backend)."""
+        as CUDA graphs on a GPU; it needs a branched backend).  ``decoder``: the fused decoder
+        (``pastac.backend.decoder``) that computes the forward from the model's weights in place of the model's
+        own (None: the model's own; the static step always runs the model's own)."""
         self.model = model
+        self.decoder = decoder
         self.attention = attention
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -181,16 +191,19 @@ class Runner:
             mask = torch.empty((len(whole), 0), dtype=self.dtype, device=dev)  # the model's mask code wants one
             attention = branched_step(BranchedStep(bits, threads, slots, self.attention))
         with kernels_active(self.model), attention:
-            out = self.model(
-                input_ids=ids[None],
-                position_ids=positions[None],
-                attention_mask=mask[None, None],
-                cache=self.cache,
-                use_cache=True,
-                logits_to_keep=sample,
-            )
+            if self.decoder is not None:
+                logits = self.decoder(ids, positions, mask[None, None], self.cache, sample)
+            else:
+                logits = self.model(
+                    input_ids=ids[None],
+                    position_ids=positions[None],
+                    attention_mask=mask[None, None],
+                    cache=self.cache,
+                    use_cache=True,
+                    logits_to_keep=sample,
+                ).logits[0]
         self.cache.write_slots = None
-        return self._chosen(every, parts, own, out.logits[0])
+        return self._chosen(every, parts, own, logits)
 
     def _chosen(
         self,
