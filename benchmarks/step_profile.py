@@ -1,15 +1,17 @@
 """Where a decode step's time goes on this machine: linear layers, attention, the rest of the forward,
 sampling and the tag guard, and Python scheduling, at W threads per step, for each way of running the model.
 
-    .venv/bin/python benchmarks/step_profile.py --widths 1,4,16 --choices float32:stock,float32:tuned \\
-        --torch-threads 1 --out benchmarks/results/cpu-step-profile
+    .venv/bin/python benchmarks/step_profile.py --widths 1,4,16 --torch-threads 1 --out OUT \\
+        --choices float32:tuned:hf,float32:tuned:fused,float32:tuned:fused:fp16,float32:tuned:fused:int8
 
-For each choice (``DTYPE:KERNELS``) the default model (base weights) decodes a template with W promises
+For each choice (``DTYPE:KERNELS[:FORWARD[:QUANT]]``: ``--dtype``, ``--kernels``, ``--forward`` and ``--quant``;
+forward ``hf`` and quant ``none`` unless given) the default model (base weights) decodes a template with W promises
 after a prompt of about ``--context`` tokens: the W children decode side by side, one query each per step, up
 to ``--thread-tokens`` tokens each (a child's body does not end at a newline here, so that most children run
 their whole budget).  Only the steps of width exactly W count.  Each such step's wall time is split:
 
-- ``linears``: every ``nn.Linear`` of the model (its forward wrapped in a timer; the tuned kernels run inside);
+- ``linears``: every ``nn.Linear`` of the model (its forward wrapped in a timer; the tuned kernels run inside)
+  and every packed product of the fused decoder (``--quant``);
 - ``attention``: the attention function of every layer;
 - ``forward, other``: the rest of the model's forward (embeddings, norms, rotary, activations, the hooks);
 - ``sampling and guard``: choosing the tokens from the logits (``Runner._choose``: penalty, the tag guard's
@@ -36,6 +38,9 @@ from typing import Any
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from pastac.backend import decoder
+from pastac.backend.decoder import FusedDecoder
+from pastac.backend.quant import Packed
 from pastac.machine import cpu_name
 from pastac.runtime import Engine
 from pastac.runtime.runner import Runner
@@ -69,7 +74,9 @@ class Clock:
 
 @contextlib.contextmanager
 def instrumented(model: torch.nn.Module, clock: Clock) -> Iterator[None]:
-    """Within: the model's linear layers, the attention function, the runner's step and its sampling timed."""
+    """Within: the model's linear layers (and the fused decoder's packed ones), the attention function (the
+    model's and the fused decoder's), the forward (the model's or the fused decoder's), the runner's step and
+    its sampling timed."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     own = [m.__dict__.get("forward") for m in linears]  # a tuned kernel's forward, or None: the class's
     for module in linears:
@@ -86,9 +93,14 @@ def instrumented(model: torch.nn.Module, clock: Clock) -> Iterator[None]:
     Runner.step = stepped  # type: ignore[method-assign]
     Runner._choose = clock.timed("sampling and guard", choose)  # type: ignore[method-assign]
     model.forward = clock.timed("forward", forward)  # type: ignore[method-assign]
+    fused_call, fused_attention, packed_call = FusedDecoder.__call__, decoder.grouped_sdpa, Packed.__call__
+    FusedDecoder.__call__ = clock.timed("forward", fused_call)  # type: ignore[method-assign]
+    decoder.grouped_sdpa = clock.timed("attention", fused_attention)
+    Packed.__call__ = clock.timed("linears", packed_call)  # type: ignore[method-assign]
     try:
         yield
     finally:
+        FusedDecoder.__call__, decoder.grouped_sdpa, Packed.__call__ = fused_call, fused_attention, packed_call
         for module, forward in zip(linears, own, strict=True):
             if forward is None:
                 del module.forward
@@ -145,7 +157,11 @@ def main() -> int:
     """Profile every choice at every width and print (and write) the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default="1,4,16")
-    parser.add_argument("--choices", default="float32:stock,float32:tuned", help="DTYPE:KERNELS, comma-separated")
+    parser.add_argument(
+        "--choices",
+        default="float32:tuned:hf,float32:tuned:fused,float32:tuned:fused:fp16,float32:tuned:fused:int8",
+        help="DTYPE:KERNELS[:FORWARD[:QUANT]] (forward hf or fused, default hf; quant default none), comma-separated",
+    )
     parser.add_argument("--context", type=int, default=300, help="prompt tokens, about")
     parser.add_argument("--thread-tokens", type=int, default=24, help="tokens per child")
     parser.add_argument("--torch-threads", type=int, default=1)
@@ -162,8 +178,11 @@ def main() -> int:
         "choices": {},
     }
     for choice in args.choices.split(","):
-        dtype, kernels = choice.split(":")
-        engine = Engine.from_pretrained(None, adapter=None, dtype=dtype, kernels=kernels, progress=False)
+        given = choice.split(":")
+        dtype, kernels, forward, quant = given + ["hf", "none"][len(given) - 2 :]
+        engine = Engine.from_pretrained(
+            None, adapter=None, dtype=dtype, kernels=kernels, forward=forward, quant=quant, progress=False
+        )
         results["choices"][choice] = {str(w): profile(engine, w, args) for w in widths}
         del engine
     lines = [

@@ -57,7 +57,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, str]:
 
 
 def runner_steps(engine: Any, threads: list[int], args: argparse.Namespace) -> dict[int, float]:
-    """Median ms per step of a runner with the engine's attention and decode step, per thread count: the
+    """Median ms per step of a runner with the engine's attention, decode step and forward, per thread count: the
     step-cost calibration itself (``pastac.bench.calibrate``; its warm-up step captures a static width's graph)."""
     from pastac.bench.calibrate import calibrate
 
@@ -68,6 +68,7 @@ def runner_steps(engine: Any, threads: list[int], args: argparse.Namespace) -> d
         repeats=args.repeats,
         attention=engine.attention,
         decode_step=engine.decode_step,
+        decoder=engine.decoder,
     )
     return {n: row[0] for n, row in zip(threads, cal.ms, strict=True)}
 
