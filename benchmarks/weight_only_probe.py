@@ -6,6 +6,9 @@ and 16 rows: the candidates for a quantised decode step.
 - ``fbgemm-fp16``, ``fbgemm-int8``: what ``--quant fp16`` and ``--quant int8`` run
   (``pastac.backend.quant.Packed``: FBGEMM's float16-weight product, and its int8 product with each
   activation row quantised on its own);
+- ``compiled-int8`` (``--compiled``): the weight-only int8 product written as PyTorch code,
+  ``x @ (q.float() * scale).T``, compiled by ``torch.compile`` (gpt-fast's recipe), one compiled graph per
+  shape and row count;
 - ``torchao-int8``, ``torchao-int4``: torchao's ``Int8WeightOnlyConfig`` and ``Int4WeightOnlyConfig`` (groups
   of 32) applied to an ``nn.Linear``, eager (no ``torch.compile``), when torchao is installed (``--torchao``);
   one that torchao cannot quantise for the CPU is reported and left out.
@@ -25,6 +28,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 
 from pastac.backend.quant import Packed
@@ -90,6 +94,18 @@ def torchao(config: str) -> Callable[[torch.Tensor], Callable[[torch.Tensor], to
     return make
 
 
+def compiled_int8(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-output-channel int8 weights and their product as PyTorch code, compiled (``torch.compile``)."""
+    scales = weight.abs().amax(1).clamp(min=1e-8) / 127
+    q = torch.round(weight / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    return lambda x: _dequantised_product(x, q, scales)
+
+
+@torch.compile(dynamic=False)
+def _dequantised_product(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x @ (q.to(x.dtype) * scales[:, None]).T
+
+
 def main() -> int:
     """Time every shape and row count, and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -97,6 +113,7 @@ def main() -> int:
     parser.add_argument("--rows", default="1,4,16")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--torchao", action="store_true", help="also torchao's weight-only int8 and int4 (eager)")
+    parser.add_argument("--compiled", action="store_true", help="also a weight-only int8 product torch.compile'd")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     generator = torch.Generator().manual_seed(0)
@@ -108,6 +125,9 @@ def main() -> int:
         "fbgemm-fp16": lambda w: Packed("fp16", [w], [None]),
         "fbgemm-int8": lambda w: Packed("int8", [w], [None]),
     }
+    if args.compiled:
+        torch._dynamo.config.cache_size_limit = 64  # a graph per shape and row count
+        makers["compiled-int8"] = compiled_int8
     if args.torchao:
         for config in ("int8", "int4"):
             try:  # a format torchao cannot run on the CPU says so when it quantises
