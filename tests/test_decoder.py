@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attention_backends import PROMPT, TEMPLATE, replayed
 from test_cli import run
 
 from pastac.backend.attention import BackendError
@@ -18,24 +19,10 @@ from pastac.models import random_model
 from pastac.runtime import Engine
 from pastac.runtime.batch import BatchEngine
 
-PROMPT = "Give me tips."
-DOC = (
-    'Tips: <promise topic="sleep" tokens="2"/><async>Sleep well at night.</async>'
-    '<promise topic="food" tokens="1"/><async>Eat <promise topic="greens"/><async>greens</async>'
-    "<sync/> daily.</async> and <sync/> Done."
-)
-TEMPLATE = 'Tips:\n1. <promise topic="a"/>\n2. <promise topic="b"/>\n<sync/>End.'
-
 
 def like(base: Engine, **options: str) -> Engine:
     """An engine over ``base``'s model and tokenizer with other options."""
     return Engine(base.model, base.tokenizer, **options)
-
-
-def replayed(engine: Engine) -> tuple[tuple[int, ...], torch.Tensor]:
-    """The replay of ``DOC``: its tokens and every logit the runtime sampled, in order."""
-    result = engine.generate(PROMPT, replay=DOC, keep_logits=True)
-    return result.token_ids, torch.cat(engine.last_run.runner.logits)
 
 
 @pytest.mark.parametrize("shape", ["tiny-llama", "tiny-qwen2"])
