@@ -155,3 +155,22 @@ def test_auto_quant_is_fp16_where_the_fused_forward_runs_a_float32_model_and_non
     assert packed_bytes("fp16", base.model) == 2 * sum(
         m.weight.numel() for m in base.model.modules() if isinstance(m, torch.nn.Linear)
     )
+
+
+def test_a_model_with_forward_hooks_keeps_its_own_forward(tiny_engine):
+    base = tiny_engine("tiny-llama")
+    model = random_model("tiny-llama", vocab_size=base.model.config.vocab_size, seed=3)
+    handle = model.register_forward_hook(lambda module, args, out: None)
+    try:
+        assert "forward hooks" in (fused_support(model) or "")
+        assert Engine(model, base.tokenizer).forward == "hf"
+        with pytest.raises(BackendError, match="forward hooks"):
+            Engine(model, base.tokenizer, forward="fused")
+    finally:
+        handle.remove()
+    assert fused_support(model) is None
+    layer_hook = model.model.layers[1].mlp.register_forward_pre_hook(lambda module, args: None)
+    assert fused_support(model) is not None
+    layer_hook.remove()
+    model.model.layers[0].q = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *a: None)
+    assert fused_support(model) is None  # the linear layers are called: their hooks run

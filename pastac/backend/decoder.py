@@ -22,9 +22,13 @@ gate and up projections as one, the head as one.
 
 Supported: ``config.model_type`` in ``ARCHITECTURES`` whose layers are the
 plain Llama layer (RMS norms, rotary embedding, grouped-query attention, a
-gated SiLU MLP; biases wherever the linear layers have them, as in Qwen2).
-``fused_support`` says why another model is not, and the engine then keeps
-the model's own forward.
+gated SiLU MLP; biases wherever the linear layers have them, as in Qwen2),
+with no forward hooks (nor a forward replaced on the instance) on the modules
+whose work the fused forward does itself: the model, its layers, their
+attention, MLP and norms (hooks on the linear layers, the embedding and the
+rotary module run, as those are called).  ``fused_support`` says why another
+model is not (checked when the engine is made), and the engine then keeps the
+model's own forward.
 
 Invariant: for the same inputs its logits are the model's own forward's, to
 rounding (tests/test_decoder.py compares them on tiny random models of every
@@ -68,7 +72,28 @@ def fused_support(model: torch.nn.Module) -> str | None:
             return "a layer's projections are not plain linear layers (a PEFT wrapper, or another layout)"
         if any(getattr(attention, extra, None) is not None for extra in ("q_norm", "k_norm")):
             return "the model normalises queries and keys per head, which the fused decoder does not"
+    bypassed = [model, inner, inner.norm]
+    for layer in layers:
+        bypassed += [layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm]
+        bypassed += [getattr(layer.mlp, "act_fn", None)]
+    if _global_hooks() or any(_changed(m) for m in bypassed if m is not None):
+        return (
+            "the model has forward hooks or a replaced forward on modules the fused decoder does not call "
+            "(the model, its layers, attention, MLP or norms): its own forward keeps them"
+        )
     return None
+
+
+def _changed(module: torch.nn.Module) -> bool:
+    """Whether ``module`` has forward hooks, pre-hooks, or a ``forward`` of its own set on the instance."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
+
+
+def _global_hooks() -> bool:
+    """Whether forward hooks are registered for every module (``torch.nn.modules.module``'s global ones)."""
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
