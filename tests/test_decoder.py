@@ -11,9 +11,10 @@ import pytest
 import torch
 from test_attention_backends import PROMPT, TEMPLATE, replayed
 from test_cli import run
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from pastac.backend.attention import BackendError
-from pastac.backend.decoder import FusedDecoder, fused_support, resolve_forward
+from pastac.backend.decoder import FusedDecoder, _rms, _rotary, fused_support, resolve_forward
 from pastac.backend.quant import Packed, QuantError, check_quant, packed, packed_bytes
 from pastac.models import random_model
 from pastac.runtime import Engine
@@ -139,9 +140,14 @@ def test_the_fused_norm_and_rotary_are_the_models_own_operations(tiny_engine):
     decoder = FusedDecoder(base.model)
     layer = base.model.model.layers[0]
     x = torch.randn(3, base.model.config.hidden_size)
-    from pastac.backend.decoder import _rms
-
     assert torch.equal(_rms(x, decoder.layers[0].norm_in, decoder.layers[0].norm_in_eps), layer.input_layernorm(x))
+    heads, kv_heads, d = decoder.heads, decoder.kv_heads, decoder.head_dim
+    q, k = torch.randn(3, heads, d), torch.randn(3, kv_heads, d)
+    cos, sin = base.model.model.rotary_emb(x[None], torch.tensor([[0, 7, 300]]))  # [1, 3, d]
+    want_q, want_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
+    signed = torch.cat((-sin[0, :, None, : d // 2], sin[0, :, None, d // 2 :]), -1)
+    torch.testing.assert_close(_rotary(q, cos[0, :, None], signed), want_q[0].transpose(0, 1))
+    torch.testing.assert_close(_rotary(k, cos[0, :, None], signed), want_k[0].transpose(0, 1))
 
 
 def test_auto_quant_is_fp16_where_the_fused_forward_runs_a_float32_model_and_none_elsewhere(tiny_engine):
@@ -172,5 +178,6 @@ def test_a_model_with_forward_hooks_keeps_its_own_forward(tiny_engine):
     layer_hook = model.model.layers[1].mlp.register_forward_pre_hook(lambda module, args: None)
     assert fused_support(model) is not None
     layer_hook.remove()
-    model.model.layers[0].q = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *a: None)
+    linear_hook = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *a: None)
     assert fused_support(model) is None  # the linear layers are called: their hooks run
+    linear_hook.remove()

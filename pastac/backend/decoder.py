@@ -62,8 +62,11 @@ def fused_support(model: torch.nn.Module) -> str | None:
     layers = getattr(inner, "layers", None)
     if inner is None or layers is None or getattr(model, "lm_head", None) is None:
         return "the model has not the Llama layout (model.layers, model.norm, lm_head)"
+    bypassed = [model, inner, getattr(inner, "norm", None)]  # modules whose work the fused forward does itself
     for layer in layers:
         attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        norms = (getattr(layer, "input_layernorm", None), getattr(layer, "post_attention_layernorm", None))
+        bypassed += [layer, attention, mlp, *norms, getattr(mlp, "act_fn", None)]
         parts = (
             *(getattr(attention, p, None) for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
             *(getattr(mlp, p, None) for p in ("gate_proj", "up_proj", "down_proj")),
@@ -72,10 +75,6 @@ def fused_support(model: torch.nn.Module) -> str | None:
             return "a layer's projections are not plain linear layers (a PEFT wrapper, or another layout)"
         if any(getattr(attention, extra, None) is not None for extra in ("q_norm", "k_norm")):
             return "the model normalises queries and keys per head, which the fused decoder does not"
-    bypassed = [model, inner, inner.norm]
-    for layer in layers:
-        bypassed += [layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm]
-        bypassed += [getattr(layer.mlp, "act_fn", None)]
     if _global_hooks() or any(_changed(m) for m in bypassed if m is not None):
         return (
             "the model has forward hooks or a replaced forward on modules the fused decoder does not call "
@@ -102,6 +101,12 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
     wide = x.float()
     return weight * (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """``transformers``' rotary embedding of ``x`` [rows, heads, d], ``x * cos + rotate_half(x) * sin``, as
+    ``x * cos + roll(x, d / 2) * signed_sin`` where ``signed_sin`` is ``sin`` with its first half negated."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
 @dataclass
@@ -138,7 +143,6 @@ class FusedDecoder:
         if reason is not None:
             raise BackendError(reason)
         check_quant(quant, model)
-        self.model, self.quant = model, quant
         inner: Any = model.model
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -198,8 +202,7 @@ class FusedDecoder:
                 q, k, v = layer.q(y), layer.k(y), layer.v(y)
             q = q.view(rows, heads, d)
             k = k.view(rows, kv_heads, d)
-            q = torch.addcmul(q * cos, q.roll(half, -1), sin)
-            k = torch.addcmul(k * cos, k.roll(half, -1), sin)
+            q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
             keys, values = cache.layers[layer.index].update(
                 k.transpose(0, 1)[None], v.view(rows, kv_heads, d).transpose(0, 1)[None]
             )
