@@ -5,7 +5,8 @@
 - ``options``: ``TrainOptions`` (no torch: the command line reads its defaults);
 - ``trainer``: ``train`` (LoRA, AdamW, the adapter and its settings), with ``schedule`` (which examples each
   step takes, the learning rate), ``loss`` (cross-entropy and the KL term), ``checkpoint`` (saving and
-  resuming) and ``report`` (the loss log and plot, the model card);
+  resuming), ``report`` (the loss log and plot, the model card) and ``distributed`` (several processes under
+  ``torchrun`` or ``accelerate launch``: the process group and its collectives);
 - ``command``: the ``pastac train`` command line.
 
 The names below are imported on first use: they need torch and transformers, which the command line's

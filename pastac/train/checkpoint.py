@@ -8,6 +8,10 @@ position, losses, options, the dataset's digest). Invariants:
 - A run resumes only with the same data (by digest) and options; ``max_steps``, ``save_every``,
   ``log_every`` and ``device`` may change (``_FREE_OPTIONS``).
 - Resuming restores the random state too, so a resumed run takes the steps one uninterrupted run would.
+- With several processes (``pastac.train.distributed``) the main one writes the checkpoint, holding every
+  process's random state (``rng.pt``'s ``ranks``), and every process reads it to resume. A run may resume on
+  another number of processes: the weights, the optimizer and the data position are the same whatever the
+  number; only the processes' random streams (the adapter's dropout masks) then start afresh.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 
 from pastac.output import reason
+from pastac.train.distributed import rank_seed
 from pastac.train.options import TrainError
 from pastac.train.schedule import Plan
 
@@ -43,7 +48,8 @@ class State:
     seconds: float = 0.0  # training time, over all runs
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random state (the CPU's, and ``device``'s on CUDA), as ``rng.pt`` holds it."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -58,9 +64,11 @@ def save_checkpoint(
     plan: Plan,
     record: dict[str, Any],
     device: torch.device,
+    ranks: list[dict[str, Any]] | None = None,
 ) -> None:
     """Save the run's state into ``out/checkpoint``, replacing the previous checkpoint atomically; a file that
-    cannot be written is a ``TrainError``."""
+    cannot be written is a ``TrainError``. ``ranks``: the random state of every process (``rng_state``), by
+    rank, when several train together (this one is the main process)."""
     try:
         final = out / CHECKPOINT
         temporary = out / f"{CHECKPOINT}.tmp"
@@ -68,7 +76,10 @@ def save_checkpoint(
         shutil.rmtree(temporary, ignore_errors=True)
         peft_model.save_pretrained(temporary)
         torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
-        torch.save(_rng_state(device), temporary / "rng.pt")
+        rng = rng_state(device)
+        if ranks is not None:
+            rng["ranks"] = ranks
+        torch.save(rng, temporary / "rng.pt")
         payload = {
             "step": state.step,
             "micro_batch": state.step * plan.options.grad_accum,  # the data position: micro-batches done
@@ -81,6 +92,7 @@ def save_checkpoint(
             "tokens": state.tokens,
             "targets": state.targets,
             "seconds": state.seconds,
+            "processes": 1 if ranks is None else len(ranks),
             **record,
         }
         (temporary / "state.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
@@ -111,11 +123,21 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def load_checkpoint(
-    folder: Path, peft_model: Any, optimizer: torch.optim.Optimizer, record: dict[str, Any], device: torch.device
+    folder: Path,
+    peft_model: Any,
+    optimizer: torch.optim.Optimizer,
+    record: dict[str, Any],
+    device: torch.device,
+    *,
+    rank: int = 0,
+    processes: int = 1,
 ) -> State:
     """Restore the adapter's weights, the optimizer and the random state from ``folder``; the run's state.
 
-    Raises ``TrainError`` when the checkpoint was made on other data or with other options.
+    Process ``rank`` of ``processes`` restores its own random state when the checkpoint was made by as many
+    processes; otherwise process 0 restores the main process's and the others seed theirs afresh
+    (``pastac.train.distributed.rank_seed``). Raises ``TrainError`` when the checkpoint was made on other data or
+    with other options.
     """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -141,9 +163,15 @@ def load_checkpoint(
         raise TrainError(f"the checkpoint's adapter does not fit this model: {result.unexpected_keys[:3]}")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
+    ranks = rng.get("ranks")
+    own = processes > 1 and isinstance(ranks, list) and len(ranks) == processes
+    if own:
+        rng = ranks[rank]
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
+    if rank > 0 and not own:
+        torch.manual_seed(rank_seed(int(record["options"]["seed"]), rank, int(saved["step"])))
     return State(
         step=int(saved["step"]),
         losses=[float(x) for x in saved["losses"]],

@@ -4,16 +4,23 @@ Prints a summary line on standard output; skipped records are listed on standard
 0 done, 2 usage error (a missing or unusable dataset, a bad --out: a file, or a folder that holds files and is
 not an adapter folder, without --force; a model that cannot be used; an output that cannot be written), 130
 on Ctrl-C (rerun the same command to resume from the last checkpoint).
+
+Started by ``torchrun`` or ``accelerate launch`` on several processes, the command trains with all of them
+(``pastac.train.distributed``): the main process (rank 0) loads the model first (converting a GGUF file once),
+then the others; it alone shows progress and prints the summary. An error that stops every process is printed by
+the main process, and by each other one that met it itself (prefixed ``process N:``); a process group that cannot
+be joined is a usage error too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from pastac.cli.common import EXIT_OK, UsageError, count, number, positive
+from pastac.cli.common import EXIT_OK, EXIT_USAGE, UsageError, count, number, positive
 from pastac.cli.options import (
     chat_option,
     depth_option,
@@ -23,6 +30,11 @@ from pastac.cli.options import (
     repetition_penalty_option,
 )
 from pastac.passes.positions import PositionOptions
+
+if TYPE_CHECKING:
+    from pastac.models import LoadedModel
+    from pastac.train.distributed import World
+    from pastac.train.options import TrainOptions
 
 _probability = number(lambda v: 0 <= v < 1, "in [0, 1)")
 _rate = number(lambda v: v > 0, "> 0")
@@ -162,12 +174,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def train_command(args: argparse.Namespace, out: TextIO) -> int:
     """``pastac train``: load and check the model, train the adapter, and print one line of what was done;
     bad options and unusable inputs are usage errors, and Ctrl-C leaves the last checkpoint to resume from."""
-    from pastac.models import ModelError, check_architecture, load_model
     from pastac.output import OutputError
     from pastac.train.checkpoint import CHECKPOINT
-    from pastac.train.data import DataError
     from pastac.train.options import TrainError, TrainOptions
-    from pastac.train.trainer import check_output_folder, train
+    from pastac.train.trainer import check_output_folder
 
     data = Path(args.data)
     if not data.exists():
@@ -214,29 +224,87 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
         )
     except TrainError as error:
         raise UsageError(str(error)) from None
+    from pastac.train.distributed import DistributedError, PeerFailure, joined
+
     try:
-        loaded = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
-        check_architecture(loaded.model)
-    except ModelError as error:
+        with joined(args.device) as world:
+            try:
+                return _train(args, out, data, folder, options, world)
+            except UsageError as error:
+                if world.is_main:
+                    raise
+                if isinstance(error.__cause__ or error.__context__, PeerFailure):
+                    return EXIT_USAGE  # the process that failed says why
+                raise UsageError(f"process {world.rank}: {error}") from None
+            except KeyboardInterrupt:
+                if world.is_main:
+                    print(
+                        f"pastac: interrupted; run the same command again to resume from {folder / CHECKPOINT}",
+                        file=sys.stderr,
+                    )
+                return 130
+    except DistributedError as error:
         raise UsageError(str(error)) from None
+
+
+def _train(args: argparse.Namespace, out: TextIO, data: Path, folder: Path, options: TrainOptions, world: World) -> int:
+    """Load the model (the main process first), train, and print the summary (the main process)."""
+    from pastac.models import ModelError, check_architecture, load_model
+    from pastac.train.data import DataError
+    from pastac.train.options import TrainError
+    from pastac.train.trainer import train
+
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if world.is_main and precision not in ("", "no"):
+        print(
+            f"pastac: accelerate's mixed precision ({precision}) is not applied: pastac train computes in --dtype "
+            f"({args.dtype})",
+            file=sys.stderr,
+        )
+
+    def load() -> LoadedModel:
+        try:
+            loaded = load_model(
+                args.model,
+                device=str(world.device(args.device)),
+                dtype=args.dtype,
+                progress=not args.quiet and world.is_main,
+            )
+            check_architecture(loaded.model)
+        except ModelError as error:
+            raise UsageError(str(error)) from None
+        return loaded
+
+    try:
+        loaded = world.main_first(load)
+    except (DataError, TrainError) as error:  # a process group's: another process could not load the model
+        raise UsageError(str(error)) from error
     if args.model is None:
         from dataclasses import replace
 
         options = replace(options, base_model=loaded.name)  # not the path of the package's file
     try:
-        result = train(loaded.model, loaded.tokenizer, data, folder, options, progress=not args.quiet, force=args.force)
+        result = train(
+            loaded.model,
+            loaded.tokenizer,
+            data,
+            folder,
+            options,
+            progress=not args.quiet and world.is_main,
+            force=args.force,
+        )
     except (DataError, TrainError) as error:
-        raise UsageError(str(error)) from None
-    except KeyboardInterrupt:
-        print(f"pastac: interrupted; run the same command again to resume from {folder / CHECKPOINT}", file=sys.stderr)
-        return 130
+        raise UsageError(str(error)) from error
+    if not world.is_main:
+        return EXIT_OK
     if not args.quiet:
         for problem in result.data.problems:
             print(f"pastac: skipped {data}, {problem}", file=sys.stderr)
     resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
     last = f"; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else ""
+    processes = f" with {world.size} processes" if world.distributed else ""
     out.write(
-        f"pastac: trained {result.steps} of {result.planned_steps} planned steps on {result.examples} "
+        f"pastac: trained {result.steps} of {result.planned_steps} planned steps{processes} on {result.examples} "
         f"examples ({result.invalid} invalid and {result.too_long} too long skipped){resumed}{last}; "
         f"adapter in {folder}\n"
     )

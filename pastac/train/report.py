@@ -51,8 +51,10 @@ def write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
         fig.savefig(file, format="png", dpi=120)
 
 
-def hardware(device: torch.device) -> dict[str, Any]:
-    """The machine and the library versions a run trained with, for ``train_log.json``."""
+def hardware(device: torch.device, *, processes: int = 1, backend: str | None = None) -> dict[str, Any]:
+    """The machine and the library versions a run trained with, for ``train_log.json``: ``processes`` trained
+    together (data-parallel, through a ``torch.distributed`` group of ``backend``), each on a ``device`` like
+    this one (the main process's)."""
     import peft
     import transformers
 
@@ -67,7 +69,10 @@ def hardware(device: torch.device) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "device": str(device),
+        "world_size": processes,  # processes training together (torch.distributed), 1 without a launcher
     }
+    if backend is not None:
+        info["backend"] = backend
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
@@ -78,6 +83,9 @@ def model_card(log: dict[str, Any], settings: AdapterSettings, *, name: str = "a
     o, data, hw = log["options"], log["data"], log["hardware"]
     minutes = log["train_seconds"] / 60
     device = hw.get("device_name") or f"{hw['cpu']} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch threads"
+    processes = hw.get("world_size", 1)
+    if processes > 1:
+        device = f"{processes} processes, data-parallel (torch.distributed, {hw.get('backend')}), each on: {device}"
     lines = [
         f"# {name}",
         "",
@@ -116,6 +124,12 @@ def model_card(log: dict[str, Any], settings: AdapterSettings, *, name: str = "a
         + (
             f" Loss: cross-entropy + {o['kl_weight']:g} x KL(base || adapted) at plain-text positions."
             if o.get("kl_weight")
+            else ""
+        )
+        + (
+            f" Each step's micro-batches were shared among {processes} processes, their gradients summed: the "
+            "same update as one process's."
+            if processes > 1
             else ""
         ),
         f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "

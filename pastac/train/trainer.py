@@ -24,6 +24,12 @@ The folder must be new, empty or an adapter folder of a run before (``is_adapter
 ``pastac.json`` or a checkpoint), unless forced: no other folder's files are replaced. Each final file is
 written atomically (``pastac.output``); a file that cannot be written stops the run with ``TrainError``, the
 checkpoint kept.
+
+Several processes (``torchrun``, ``accelerate launch``; ``pastac.train.distributed``) train data-parallel: process
+r of N takes micro-batches r, r + N, ... of each step, normalises by the labelled positions of the whole step
+(which every process knows from the plan) and the gradients and loss sums are summed over the processes before
+clipping, so each step makes the one-process update. Every process checks the folder and reads the data and the
+checkpoint (they must agree); the main process alone writes, the others waiting for it.
 """
 
 from __future__ import annotations
@@ -47,8 +53,16 @@ from pastac.adapters.settings import SETTINGS_FILE
 from pastac.models import DTYPES
 from pastac.output import OutputError, check_folder, reason, write_text
 from pastac.progress import progress_bar
-from pastac.train.checkpoint import CHECKPOINT, State, checkpoint_folder, load_checkpoint, save_checkpoint
+from pastac.train.checkpoint import (
+    CHECKPOINT,
+    State,
+    checkpoint_folder,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from pastac.train.data import IGNORE, Dataset, collate, load_examples
+from pastac.train.distributed import DistributedError, World, joined, rank_seed
 from pastac.train.loss import micro_batch_losses
 from pastac.train.options import TrainError, TrainOptions
 from pastac.train.report import hardware, model_card, write_loss
@@ -193,55 +207,82 @@ def train(
     Raises ``TrainError`` (and ``pastac.train.data.DataError`` for an unreadable file) before any training, for
     an ``out_dir`` that holds files and is not an adapter folder too (unless ``force``); ``TrainError`` when an
     output cannot be written.
+
+    Started by ``torchrun`` or ``accelerate launch`` on several processes, it trains with all of them
+    (``pastac.train.distributed``: each takes its share of every step's micro-batches); the main process alone
+    writes, and every process returns the same steps and losses. ``DistributedError`` (a ``TrainError``) when the
+    processes cannot train together; an error on one process raises on all.
     """
+    with joined(options.device) as world:
+        return _train(world, model, tokenizer, Path(examples_jsonl), Path(out_dir), options, progress, force)
+
+
+def _train(
+    world: World,
+    model: Any,
+    tokenizer: Any,
+    source: Path,
+    out: Path,
+    options: TrainOptions,
+    progress: bool,
+    force: bool,
+) -> TrainResult:
+    """``train`` in process ``world.rank`` of ``world.size``."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     started = time.perf_counter()
-    out = Path(out_dir)
-    try:
-        check_output_folder(out, force=force)
-    except OutputError as error:
-        raise TrainError(str(error)) from None
-    source = Path(examples_jsonl)
-    device = torch.device(options.device)
+    device = world.device(options.device)
+    if world.backend is not None and device.type == "cpu" and "gloo" not in world.backend:
+        raise DistributedError(f"the process group's backend ({world.backend}) cannot train on the CPU: use gloo")
     dtype = DTYPES[options.dtype]
-    eos = _eos_id(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    max_position = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    data = load_examples(
-        source,
-        tokenizer,
-        options.positions,
-        field=options.field,
-        prompt_field=options.prompt_field,
-        chat=options.chat,
-        eos_id=eos,
-        max_depth=options.max_depth,
-        max_length=options.max_length,
-        max_position=max_position,
+    with world.together():  # every process checks; any failure stops them all, before anything is written
+        try:
+            check_output_folder(out, force=force)
+        except OutputError as error:
+            raise TrainError(str(error)) from None
+        eos = _eos_id(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        max_position = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        data = load_examples(
+            source,
+            tokenizer,
+            options.positions,
+            field=options.field,
+            prompt_field=options.prompt_field,
+            chat=options.chat,
+            eos_id=eos,
+            max_depth=options.max_depth,
+            max_length=options.max_length,
+            max_position=max_position,
+        )
+        if not data.items:
+            raise TrainError(
+                f"no usable examples in '{source}': {data.records} records, {data.invalid} invalid, "
+                f"{data.too_long} too long" + (f" (first: {data.problems[0]})" if data.problems else "")
+            )
+        targets = options.target_modules or find_target_modules(model)
+        if not targets:
+            raise TrainError(
+                f"{type(model).__name__} has none of the known projection layers "
+                f"({', '.join(KNOWN_TARGETS)}); name the layers to adapt (target_modules)"
+            )
+        record = {
+            "options": _options_record(options),
+            "data": str(source.resolve()),
+            "data_sha256": _digest(source),
+            "examples": len(data),
+        }
+    world.same(
+        (record["data_sha256"], len(data), data.tokens, data.targets),
+        "the data (sha256, examples, tokens, labelled): every process must read the same file",
     )
-    if not data.items:
-        raise TrainError(
-            f"no usable examples in '{source}': {data.records} records, {data.invalid} invalid, "
-            f"{data.too_long} too long" + (f" (first: {data.problems[0]})" if data.problems else "")
-        )
-    targets = options.target_modules or find_target_modules(model)
-    if not targets:
-        raise TrainError(
-            f"{type(model).__name__} has none of the known projection layers "
-            f"({', '.join(KNOWN_TARGETS)}); name the layers to adapt (target_modules)"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TrainError(f"cannot create the output folder '{out}': {error.strerror or error}") from None
-    record = {
-        "options": _options_record(options),
-        "data": str(source.resolve()),
-        "data_sha256": _digest(source),
-        "examples": len(data),
-    }
+    with world.together():
+        if world.is_main:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TrainError(f"cannot create the output folder '{out}': {error.strerror or error}") from None
     plan = Plan([data.forks(i) for i in range(len(data))], options)
     devices = [device] if device.type == "cuda" else []
 
@@ -263,17 +304,41 @@ def train(
         peft_model.train()
         parameters = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=options.lr, weight_decay=options.weight_decay)
+        if world.rank > 0:  # the same adapter everywhere, but each process its own dropout masks
+            torch.manual_seed(rank_seed(options.seed, world.rank))
         checkpoint = checkpoint_folder(out)
-        state = load_checkpoint(checkpoint, peft_model, optimizer, record, device) if checkpoint else State()
+        with world.together():
+            state = (
+                load_checkpoint(
+                    checkpoint, peft_model, optimizer, record, device, rank=world.rank, processes=world.size
+                )
+                if checkpoint
+                else State()
+            )
+        world.same(
+            state.step if checkpoint else None,
+            f"the checkpoint to resume from in '{out}' (its step; None: none): every process must read the same "
+            "--out folder (on several machines, a shared file system)",
+        )
+        world.broadcast(parameters)
         resumed_from = state.step
-        with _progress(progress, plan.total, state.step) as update:
+        with _progress(progress and world.is_main, plan.total, state.step) as update:
             while state.step < plan.total:
                 tick = time.perf_counter()
                 lr = plan.lr(state.step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batches = [collate([data.example(i) for i in indices], pad) for indices in plan.step(state.step)]
-                labelled = sum(int((b.labels != IGNORE).sum()) for b in batches)
+                step = plan.step(state.step)
+                # process r takes the micro-batches r, r + N, ...: perhaps none, but it joins the reduction
+                batches = [
+                    collate([data.example(i) for i in indices], pad) for indices in step[world.rank :: world.size]
+                ]
+                if world.distributed:  # the whole step's, which every process knows from the plan
+                    labelled = sum(data.items[i].targets for indices in step for i in indices)
+                    tokens = sum(data.items[i].length for indices in step for i in indices)
+                else:
+                    labelled = sum(int((b.labels != IGNORE).sum()) for b in batches)
+                    tokens = sum(b.tokens for b in batches)
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = kl_sum = 0.0
                 for batch in batches:
@@ -283,10 +348,10 @@ def train(
                     (cross_entropy + options.kl_weight * kl).backward()
                     loss_sum += float(cross_entropy.detach())
                     kl_sum += float(kl.detach())
+                loss_sum, kl_sum = world.reduce_gradients(parameters, (loss_sum, kl_sum))
                 if options.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, options.max_grad_norm)
                 optimizer.step()
-                tokens = sum(b.tokens for b in batches)
                 elapsed = time.perf_counter() - tick
                 state.step += 1
                 state.losses.append(loss_sum)
@@ -308,23 +373,16 @@ def train(
                     state.history.append(row)
                     state.pending, state.pending_kl = [], []
                 if state.step % options.save_every == 0 or state.step == plan.total:
-                    save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
+                    _checkpoint(world, out, peft_model, optimizer, state, plan, record, device)
                 if update is not None:
                     update(state.step, loss_sum, tokens / max(elapsed, 1e-9))
         if resumed_from == plan.total and checkpoint is not None and checkpoint.name != CHECKPOINT:
-            save_checkpoint(out, peft_model, optimizer, state, plan, record, device)
+            _checkpoint(world, out, peft_model, optimizer, state, plan, record, device)
 
     if options.base_model:  # not the path of a local cache folder: the model the adapter is meant for
         for config in peft_model.peft_config.values():
             config.base_model_name_or_path = options.base_model
     settings = options.settings(base_model=options.base_model or getattr(model, "name_or_path", None) or None, eos=eos)
-    try:
-        _save_adapter(peft_model, out)
-        settings.write(out)
-        write_loss(out, state.history)
-    except OutputError as error:
-        raise TrainError(f"{error} (the checkpoint is kept: run again to write the adapter)") from None
-    seconds = time.perf_counter() - started
     log = {
         "options": _options_record(options),
         "target_modules": list(targets),
@@ -348,14 +406,20 @@ def train(
         "final_loss": state.losses[-1] if state.losses else None,
         "trainable_parameters": sum(p.numel() for p in parameters),
         "train_seconds": round(state.seconds, 3),
-        "wall_seconds": round(seconds, 3),
-        "hardware": hardware(device),
+        "wall_seconds": None,  # when the files are written
+        "hardware": hardware(device, processes=world.size, backend=world.backend),
     }
-    try:
-        write_text(out / "train_log.json", json.dumps(log, indent=2) + "\n")
-        write_text(out / "README.md", model_card(log, settings, name=out.name))
-    except OutputError as error:
-        raise TrainError(f"{error} (the checkpoint is kept: run again to write the adapter)") from None
+    with world.together():  # the main process writes; the others wait for it, and fail with it
+        if world.is_main:
+            try:
+                _save_adapter(peft_model, out)
+                settings.write(out)
+                write_loss(out, state.history)
+                log["wall_seconds"] = round(time.perf_counter() - started, 3)
+                write_text(out / "train_log.json", json.dumps(log, indent=2) + "\n")
+                write_text(out / "README.md", model_card(log, settings, name=out.name))
+            except OutputError as error:
+                raise TrainError(f"{error} (the checkpoint is kept: run again to write the adapter)") from None
     peft_model.eval()
     return TrainResult(
         model=peft_model,
@@ -365,8 +429,25 @@ def train(
         losses=list(state.losses),
         data=data,
         resumed_from=resumed_from,
-        seconds=seconds,
+        seconds=time.perf_counter() - started,
     )
+
+
+def _checkpoint(
+    world: World,
+    out: Path,
+    peft_model: Any,
+    optimizer: torch.optim.Optimizer,
+    state: State,
+    plan: Plan,
+    record: dict[str, Any],
+    device: torch.device,
+) -> None:
+    """Save a checkpoint: the main process writes it, with every process's random state; all stop if it fails."""
+    ranks = world.gather(rng_state(device)) if world.distributed else None
+    with world.together():
+        if world.is_main:
+            save_checkpoint(out, peft_model, optimizer, state, plan, record, device, ranks)
 
 
 def _save_adapter(peft_model: Any, out: Path) -> None:
