@@ -1,15 +1,18 @@
-"""The ``responses`` step: the base model's answer to each prompt, generated in batches and appended batch by batch.
+"""The ``responses`` step: the base model's answer to each prompt, generated in batches and appended as they come.
 
 ``HFResponder`` answers with Hugging Face ``generate`` over left-padded prompts with an attention mask, so
-that a prompt's answer does not depend on the batch it is in; ``write_responses`` resumes: prompts whose id
-the output already holds are skipped, and a line cut short by a crash is dropped, so re-running after an
-interruption loses at most one batch. A response records whether the model ended it (``finished``) or the
-token limit cut it. ``local_generate`` makes a ``str -> str`` function of a local model for ``LLMAnnotator``.
+that a prompt's answer does not depend on the batch it is in; ``OpenAIResponder`` asks an OpenAI-compatible
+server (``pastac.openai_client``), several requests at once. ``write_responses`` resumes: prompts whose id the
+output already holds are skipped, and a line cut short by a crash is dropped, so re-running after an
+interruption loses at most one batch (or the requests in flight). A response records whether the model ended
+it (``finished``) or the token limit cut it. ``local_generate`` makes a ``str -> str`` function of a local
+model for ``LLMAnnotator``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,13 +27,19 @@ from pastac.data.step import (
     same_setting,
 )
 from pastac.jsonl import Record, appending, resume
+from pastac.openai_client import ChatRequest, OpenAIClient, ServerError, seed_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class Responder(Protocol):
-    """Answers a batch of prompts: for each, the response text and whether it ended by itself (EOS)."""
+    """Answers a batch of prompts: for each, the response text and whether it ended by itself (EOS).
+
+    A responder may also have ``stream(prompts, keys)``, which yields the answers in the prompts' order, each as
+    soon as it and those before it are done (``keys``, the prompts' ids, name the prompts, for seeds, say):
+    ``write_responses`` then streams all the prompts through it and writes each answer as it comes.
+    """
 
     def __call__(self, prompts: Sequence[str]) -> list[tuple[str, bool]]:
         """One (text, finished) pair per prompt, in the prompts' order."""
@@ -136,6 +145,76 @@ class HFResponder:
         return answers
 
 
+class OpenAIResponder:
+    """Answers from an OpenAI-compatible server: a chat completion per prompt (the prompt as the user's message),
+    at most ``concurrency`` requests in flight.
+
+    A response is finished when the server's finish reason is ``"stop"`` (``"length"``: the token limit cut
+    it). Temperature 0 asks for greedy answers; above 0 each request also carries ``top_p`` and a seed derived
+    from ``seed`` and the prompt's key (its id), so that a rerun asks the same. A ``repetition_penalty`` other
+    than 1 is sent as the non-standard field of that name, which vLLM and SGLang read (a server that does not know
+    it ignores it). The server's failures, after the client's retries, raise ``ServerError``.
+    """
+
+    def __init__(
+        self,
+        client: OpenAIClient,
+        model: str,
+        *,
+        max_new_tokens: int = 384,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        concurrency: int = 8,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, not {repetition_penalty}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.client = client
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.repetition_penalty = repetition_penalty
+        self.seed = seed
+        self.concurrency = concurrency
+
+    def request(self, prompt: str, key: str) -> ChatRequest:
+        """The chat request for ``prompt``, whose id (for its seed) is ``key``."""
+        sampled = self.temperature > 0
+        extra = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1 else {}
+        return ChatRequest(
+            prompt,
+            self.model,
+            max_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p if sampled else None,
+            seed=seed_for(self.seed, key) if sampled else None,
+            extra=extra,
+        )
+
+    def stream(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> Iterator[tuple[str, bool]]:
+        """The answers to ``prompts`` in their order, each as soon as it and those before it are done.  ``keys``
+        (default: the prompts) seed the sampled requests."""
+        keys = prompts if keys is None else keys
+        if len(keys) != len(prompts):
+            raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
+        requests = (self.request(p, k) for p, k in zip(prompts, keys, strict=True))
+        with contextlib.closing(self.client.chat_each(requests, concurrency=self.concurrency)) as completions:
+            for completion in completions:
+                yield completion.text.strip(), completion.finished
+
+    def __call__(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> list[tuple[str, bool]]:
+        """The answers to ``prompts``, in their order (``stream``, all at once)."""
+        return list(self.stream(prompts, keys))
+
+
 def round_robin(records: Sequence[Record]) -> list[Record]:
     """The records taken in turn from each category (in file order within a category), so that the first N
     cover every category; a longer prefix extends a shorter one."""
@@ -165,7 +244,10 @@ def write_responses(
     with a larger limit answers the rest).  Prompts are answered ``batch_size`` at a time; within a window
     of eight batches, prompts of one category share a batch where they can (answers to one kind of prompt
     have similar lengths, and a batch runs until its longest answer ends), then the longest prompts
-    (``responder.length`` when it has one) first.  Each batch is appended as soon as it is done.
+    (``responder.length`` when it has one) first.  Each batch is appended as soon as it is done; a responder
+    with ``stream`` (``Responder``) gets the prompts in that order in one stream, and each answer is appended
+    as soon as it and those before it are done.  A server that fails (``ServerError``) stops the step with a
+    ``PipelineError`` that says how many records this run wrote; they stay.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -178,35 +260,60 @@ def write_responses(
     pending = [r for r in wanted if r["id"] not in done]
     measure: Callable[[str], int] = getattr(responder, "length", len)
     window = batch_size * 8
-    unfinished = 0
+    ordered: list[Record] = []
+    for start in range(0, len(pending), window):
+        ordered += sorted(
+            pending[start : start + window], key=lambda r: (str(r.get("category")), -measure(r["prompt"]))
+        )
+    unfinished = written = 0
     with appending(out) as write, progress_bar("responses", len(pending), progress) as advance:
-        for start in range(0, len(pending), window):
-            chunk = sorted(
-                pending[start : start + window], key=lambda r: (str(r.get("category")), -measure(r["prompt"]))
-            )
-            for first in range(0, len(chunk), batch_size):
-                batch = chunk[first : first + batch_size]
-                answers = responder([r["prompt"] for r in batch])
-                if len(answers) != len(batch):
-                    raise PipelineError(f"the responder gave {len(answers)} answers to {len(batch)} prompts")
-                for record, (text, finished) in zip(batch, answers, strict=True):
-                    unfinished += not finished
-                    split = record.get("split") if record.get("split") in SPLITS else assign_split(record["prompt"])
-                    write(
-                        {
-                            "id": record["id"],
-                            "prompt": record["prompt"],
-                            "category": record.get("category"),
-                            "forkable": record.get("forkable"),
-                            "split": split,
-                            "response": text,
-                            "model": model_name,
-                            "finished": bool(finished),
-                        }
-                    )
-                advance(len(batch))
+        try:
+            for record, (text, finished) in _answered(responder, ordered, batch_size):
+                unfinished += not finished
+                split = record.get("split") if record.get("split") in SPLITS else assign_split(record["prompt"])
+                write(
+                    {
+                        "id": record["id"],
+                        "prompt": record["prompt"],
+                        "category": record.get("category"),
+                        "forkable": record.get("forkable"),
+                        "split": split,
+                        "response": text,
+                        "model": model_name,
+                        "finished": bool(finished),
+                    }
+                )
+                written += 1
+                advance(1)
+        except ServerError as error:
+            raise PipelineError(
+                f"the server failed: {error}; {written} responses written to '{out}' this run; run again to resume"
+            ) from None
     notes = (f"{unfinished} of them hit the token limit",) if unfinished else ()
     return StepResult("responses", out, len(pending), len(wanted) - len(pending), notes=notes)
+
+
+def _answered(
+    responder: Responder, records: Sequence[Record], batch_size: int
+) -> Iterator[tuple[Record, tuple[str, bool]]]:
+    """Each record with the responder's answer to its prompt, in order: through ``responder.stream`` when it
+    has one, else ``batch_size`` records at a time."""
+    stream = getattr(responder, "stream", None)
+    if stream is not None:
+        count = 0
+        with contextlib.closing(stream([r["prompt"] for r in records], [r["id"] for r in records])) as answers:
+            for record, answer in zip(records, answers, strict=False):
+                count += 1
+                yield record, answer
+        if count != len(records):
+            raise PipelineError(f"the responder gave {count} answers to {len(records)} prompts")
+        return
+    for first in range(0, len(records), batch_size):
+        batch = records[first : first + batch_size]
+        answers = responder([r["prompt"] for r in batch])
+        if len(answers) != len(batch):
+            raise PipelineError(f"the responder gave {len(answers)} answers to {len(batch)} prompts")
+        yield from zip(batch, answers, strict=True)
 
 
 def local_generate(

@@ -9,8 +9,8 @@ is not valid Pasta-Lang (the response contains text that reads as a tag), to ``t
   independent: markdown sections, bold-titled blocks, numbered and bulleted lists, and (failing those) the
   middle paragraphs of a plain essay. Deterministic, no model.
 - ``llm``: ``LLMAnnotator`` asks a language model (any ``str -> str`` callable; ``openai_generate`` makes one
-  for an OpenAI-compatible server), with a description of the language and a few examples, and keeps its
-  answer only if it validates.
+  for an OpenAI-compatible server, through ``pastac.openai_client``), with a description of the language and a
+  few examples, and keeps its answer only if it validates.
 - ``records``: ``annotate_records`` and ``annotate_file``, the pipeline's step over a file of responses.
 """
 

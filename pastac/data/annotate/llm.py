@@ -8,10 +8,7 @@ propagate: they are not the response's fault.
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 
 from pastac.data.annotate.annotation import Annotation, count_promises, tag_problem, unchanged, validate
@@ -128,33 +125,14 @@ class LLMAnnotator:
 
 def openai_generate(url: str, model: str, api_key: str | None = None, timeout: float = 120) -> Callable[[str], str]:
     """A ``generate`` function that sends the prompt to ``{url}/chat/completions`` (an OpenAI-compatible
-    server, temperature 0) and returns the reply's text; failures raise ``RuntimeError`` naming the URL."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"url must start with http:// or https://, not {url!r}")
-    endpoint = url.rstrip("/") + "/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    server, temperature 0; ``pastac.openai_client``, which retries on 429, 5xx and lost connections) and
+    returns the reply's text; failures raise ``RuntimeError`` naming the URL, a URL that is not http:// or
+    https:// ``ValueError``."""
+    from pastac.openai_client import ChatRequest, OpenAIClient
+
+    client = OpenAIClient(url, api_key=api_key, timeout=timeout)
 
     def generate(prompt: str) -> str:
-        payload = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-        request = urllib.request.Request(endpoint, json.dumps(payload).encode(), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as reply:
-                body = json.loads(reply.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            detail = e.read(300).decode("utf-8", "replace").strip()
-            raise RuntimeError(f"POST {endpoint} failed: HTTP {e.code} {e.reason}: {detail}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise RuntimeError(f"cannot reach {endpoint}: {getattr(e, 'reason', e)}") from e
-        except ValueError as e:
-            raise RuntimeError(f"POST {endpoint}: the reply is not JSON ({e})") from e
-        try:
-            content = body["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as e:
-            raise RuntimeError(f"POST {endpoint}: unexpected reply {str(body)[:200]}") from e
-        if not isinstance(content, str):
-            raise RuntimeError(f"POST {endpoint}: the reply has no text content")
-        return content
+        return client.chat(ChatRequest(prompt, model, temperature=0)).text
 
     return generate
