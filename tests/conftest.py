@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -135,3 +136,24 @@ def random_lora():
             return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
 
     return wrap
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of two CPUs on 127.0.0.1, started once for the session (the tests marked ``ray``);
+    pastac's own calls to Ray use it rather than starting their own."""
+    ray = pytest.importorskip("ray", reason="the Ray tests need the extra pastac[ray]")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    if not ray.is_initialized():
+        # the workers import the test modules' helper functions by name, as they would pastac's
+        path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=False,  # as pastac.scale.cluster: the workers' output would mix with the commands'
+            _node_ip_address="127.0.0.1",
+            runtime_env={"env_vars": {"PYTHONPATH": path}},
+        )
+    yield ray
+    ray.shutdown()

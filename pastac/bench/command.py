@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, positive
-from pastac.cli.options import force_option, kernel_options, load_engine, model_options, torch_threads_option
+from pastac.cli.options import (
+    force_option,
+    kernel_options,
+    load_engine,
+    model_options,
+    ray_options,
+    ray_settings,
+    torch_threads_option,
+)
 from pastac.serve.bench import add_parser as add_serve_bench
 
 
@@ -71,6 +81,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     how.add_argument(
         "--repeats", type=positive, metavar="N", help="runs of each strategy per response (default 2; 1 with --quick)"
+    )
+    ray_options(
+        p.add_argument_group(
+            "Ray",
+            "the responses spread over workers, each calibrated on its own machine (give each worker a machine, "
+            "or a GPU, of its own: workers that share cores disturb each other's timings)",
+        )
     )
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as one JSON object instead of tables")
@@ -142,15 +159,96 @@ def _engine(args: argparse.Namespace) -> Any:
         raise UsageError(str(error)) from None
 
 
-def bench_command(args: argparse.Namespace, out: TextIO) -> int:
-    """``pastac bench``: run the selected responses through the strategies and print (and write) the report;
-    an unknown id or strategy, an unreadable suite, an unusable model or an unwritable folder is a usage error."""
+def _here(args: argparse.Namespace, responses: list[Any], options: Any) -> dict[str, Any]:
+    """The report of the bench run in this process."""
     import torch
     from rich.console import Console
 
     from pastac.bench.llamacpp import LlamaCppError
+    from pastac.bench.run import run_bench
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    llamacpp = _llamacpp(args) if "llamacpp" in options.strategies else None
+    engine = _engine(args)
+    err = Console(file=sys.stderr)
+    try:  # llama.cpp's model refused (not the engine's, before the calibration) or a response past its context
+        if args.quiet:
+            report = run_bench(engine, responses, options, llamacpp=llamacpp)
+        else:
+            from rich.progress import Progress
+
+            with Progress(console=err, transient=True) as bar:
+                task = bar.add_task("pastac bench", total=len(responses))
+
+                def tell(what: str, done: int, total: int) -> None:
+                    bar.update(task, description=f"pastac bench: {what}", completed=done)
+
+                report = run_bench(engine, responses, options, progress=tell, llamacpp=llamacpp)
+    except LlamaCppError as error:
+        raise UsageError(str(error)) from None
+    return report
+
+
+def _worker(args: argparse.Namespace, options: Any) -> tuple[Any, Any, dict[str, Any], Any]:
+    """A Ray worker's bench: its engine (and llama.cpp's model), calibrated and warmed up on its machine."""
+    from pastac.bench.llamacpp import LlamaCppError
+    from pastac.bench.run import measured_on, prepare
+
+    llamacpp = _llamacpp(args) if "llamacpp" in options.strategies else None
+    engine = _engine(args)
+    try:
+        bench, cal = prepare(engine, options, llamacpp)
+    except LlamaCppError as error:
+        raise UsageError(str(error)) from None
+    worker = {"node": platform.node(), "pid": os.getpid()}  # which of the workers measured a row
+    return bench, cal, measured_on(bench) | worker, options
+
+
+def _measure(state: tuple[Any, Any, dict[str, Any], Any], response: Any) -> tuple[dict[str, Any], Any, dict]:
+    from pastac.bench.run import measure
+
+    bench, cal, machine, options = state
+    return measure(bench, cal, response, options), cal, machine
+
+
+def _on_ray(args: argparse.Namespace, responses: list[Any], options: Any, ray: Any) -> dict[str, Any]:
+    """The report of the bench run on Ray workers: each response measured on one worker, against that worker's
+    calibration; the report's machine and calibration are the first worker's, and ``machine.workers`` lists the
+    machines that took part (each row's ``worker`` says which one measured it)."""
+    import functools
+
+    from pastac.bench.llamacpp import LlamaCppError
+    from pastac.bench.run import assemble
+    from pastac.progress import progress_bar
+    from pastac.scale import RayError, ordered
+
+    quiet = argparse.Namespace(**{**vars(args), "quiet": True})
+    rows, machines = [], []
+    first = None
+    try:
+        with progress_bar("pastac bench", len(responses), enabled=not args.quiet) as bar:
+            setup = functools.partial(_worker, quiet, options)
+            for _, (row, cal, machine) in ordered(responses, setup, _measure, ray):
+                first = first or (machine, cal)
+                if machine not in machines:
+                    machines.append(machine)
+                rows.append(row | {"worker": machines.index(machine)})
+                bar(advance=1)
+    except (RayError, LlamaCppError) as error:
+        raise UsageError(str(error)) from None
+    assert first is not None
+    report = assemble({**first[0], "workers": machines}, first[1], rows, options)
+    return report
+
+
+def bench_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``pastac bench``: run the selected responses through the strategies and print (and write) the report;
+    an unknown id or strategy, an unreadable suite, an unusable model or an unwritable folder is a usage error."""
+    from rich.console import Console
+
     from pastac.bench.report import PICTURES, REPORT_FILES, check_report_folder, plot, print_report, write_report
-    from pastac.bench.run import QUICK, BenchOptions, run_bench
+    from pastac.bench.run import QUICK, BenchOptions
     from pastac.bench.suite import SUITE, SuiteError, load_suite, quick_selection, spread_selection
     from pastac.output import OutputError, refuse_input
 
@@ -194,26 +292,13 @@ def bench_command(args: argparse.Namespace, out: TextIO) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    llamacpp = _llamacpp(args) if "llamacpp" in options.strategies else None
-    engine = _engine(args)
-    err = Console(file=sys.stderr)
-    try:  # llama.cpp's model refused (not the engine's, before the calibration) or a response past its context
-        if args.quiet:
-            report = run_bench(engine, responses, options, llamacpp=llamacpp)
-        else:
-            from rich.progress import Progress
-
-            with Progress(console=err, transient=True) as bar:
-                task = bar.add_task("pastac bench", total=len(responses))
-
-                def tell(what: str, done: int, total: int) -> None:
-                    bar.update(task, description=f"pastac bench: {what}", completed=done)
-
-                report = run_bench(engine, responses, options, progress=tell, llamacpp=llamacpp)
-    except LlamaCppError as error:
-        raise UsageError(str(error)) from None
+    ray = ray_settings(args)
+    if ray is not None:
+        if args.torch_threads:
+            raise UsageError("with --ray, --cpus-per-worker sets each worker's threads, not --torch-threads")
+        report = _on_ray(args, responses, options, ray)
+    else:
+        report = _here(args, responses, options)
     if args.json:
         out.write(json.dumps(report, indent=2) + "\n")
     else:

@@ -128,16 +128,11 @@ def _pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
-def run_bench(
-    engine: Engine,
-    responses: Sequence[Response],
-    options: BenchOptions = BenchOptions(),
-    progress: Progress | None = None,
-    llamacpp: LlamaCpp | None = None,
-) -> dict[str, Any]:
-    """Calibrate, run every strategy on every response, and return the report (a JSON-able dict).
-    ``llamacpp``: the model of the ``llamacpp`` strategy (``pastac.bench.llamacpp.load``), which it needs;
-    ``ValueError`` when the strategies name it and it is None."""
+def prepare(
+    engine: Engine, options: BenchOptions, llamacpp: LlamaCpp | None = None, progress: Progress | None = None
+) -> tuple[Bench, Calibration]:
+    """The bench of ``engine`` (and ``llamacpp``'s model, which the ``llamacpp`` strategy needs: ``ValueError``
+    without it), its step cost calibrated and every strategy warmed up: what ``measure`` needs."""
     if "llamacpp" in options.strategies and llamacpp is None:
         raise ValueError("the llamacpp strategy needs its model: run_bench(..., llamacpp=load(gguf, threads=...))")
     bench = Bench(engine, llamacpp if "llamacpp" in options.strategies else None)  # checks llamacpp's vocabulary
@@ -156,26 +151,58 @@ def run_bench(
     tell("calibrating the step cost", 1, 1)
     for strategy in options.strategies if options.warmup else ():  # first-call costs stay out of the figures
         bench.run(strategy, WARMUP.prompt, WARMUP.text)
-    results = []
-    for n, response in enumerate(responses):
-        tell(response.id, n, len(responses))
-        runs: dict[str, list[Measurement]] = {s: [] for s in options.strategies}
-        for r in range(options.repeats):
-            order = options.strategies if r % 2 == 0 else tuple(reversed(options.strategies))
-            for strategy in order:
-                runs[strategy].append(bench.run(strategy, response.prompt, response.text))
-        results.append(_result(response, runs, cal))
-    tell("done", len(responses), len(responses))
-    measured_on = machine(engine)
+    return bench, cal
+
+
+def measure(bench: Bench, cal: Calibration, response: Response, options: BenchOptions) -> dict[str, Any]:
+    """Every strategy's runs on ``response``, interleaved (the order reversed on every other repeat): its row."""
+    runs: dict[str, list[Measurement]] = {s: [] for s in options.strategies}
+    for r in range(options.repeats):
+        order = options.strategies if r % 2 == 0 else tuple(reversed(options.strategies))
+        for strategy in order:
+            runs[strategy].append(bench.run(strategy, response.prompt, response.text))
+    return _result(response, runs, cal)
+
+
+def measured_on(bench: Bench) -> dict[str, Any]:
+    """The machine of ``bench``'s figures (with llama.cpp's model, when it runs)."""
+    out = machine(bench.engine)
     if bench.llamacpp is not None:
-        measured_on["llamacpp"] = bench.llamacpp.describe()
+        out["llamacpp"] = bench.llamacpp.describe()
+    return out
+
+
+def assemble(
+    machine_: dict[str, Any], cal: Calibration, results: list[dict[str, Any]], options: BenchOptions
+) -> dict[str, Any]:
+    """The report (a JSON-able dict) of the rows ``measure`` made on ``machine_`` with ``cal``."""
     return {
-        "machine": measured_on,
-        "options": {"strategies": list(options.strategies), "repeats": options.repeats, "responses": len(responses)},
+        "machine": machine_,
+        "options": {"strategies": list(options.strategies), "repeats": options.repeats, "responses": len(results)},
         "calibration": cal.to_json(),
         "results": results,
         "summary": _summary(results, options.strategies),
     }
+
+
+def run_bench(
+    engine: Engine,
+    responses: Sequence[Response],
+    options: BenchOptions = BenchOptions(),
+    progress: Progress | None = None,
+    llamacpp: LlamaCpp | None = None,
+) -> dict[str, Any]:
+    """Calibrate, run every strategy on every response, and return the report (a JSON-able dict).
+    ``llamacpp``: the model of the ``llamacpp`` strategy (``pastac.bench.llamacpp.load``), which it needs;
+    ``ValueError`` when the strategies name it and it is None."""
+    bench, cal = prepare(engine, options, llamacpp, progress)
+    tell = progress or (lambda what, done, total: None)
+    results = []
+    for n, response in enumerate(responses):
+        tell(response.id, n, len(responses))
+        results.append(measure(bench, cal, response, options))
+    tell("done", len(responses), len(responses))
+    return assemble(measured_on(bench), cal, results, options)
 
 
 def ratio_figure(ratios: Sequence[float]) -> dict[str, Any]:

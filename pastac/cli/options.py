@@ -23,6 +23,7 @@ from pastac.runtime.threads import Limits
 
 if TYPE_CHECKING:
     from pastac.runtime.engine import Engine
+    from pastac.scale import RayOptions
 
 Group = argparse._ActionsContainer  # a parser, an argument group or a mutually exclusive group
 
@@ -336,3 +337,70 @@ def load_engine(args: argparse.Namespace, *, adapter: str | None, kernels: str |
         )
     except BackendError as error:  # --attention triton on a CPU, say
         raise UsageError(str(error)) from None
+
+
+#: --ray's value when no address is given: Ray's address for a new local cluster, started for the command
+LOCAL_RAY = "local"
+
+
+def ray_address_option(group: Group, *, what: str) -> None:
+    """--ray [ADDRESS]: run ``what`` on a Ray cluster (no ADDRESS: a local one started for the command)."""
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        metavar="ADDRESS",
+        help=f"{what} on a Ray cluster: a local one started for the command (no ADDRESS), the one this machine "
+        "belongs to (auto), or the one at ADDRESS (HOST:6379, ray://HOST:10001); needs pastac[ray]",
+    )
+
+
+def ray_options(group: Group) -> None:
+    """--ray [ADDRESS], --workers, --cpus-per-worker, --gpus-per-worker: the records spread over Ray workers that
+    each load the model once (``pastac.scale``); read back with ``ray_settings``."""
+    ray_address_option(
+        group, what="spread the records over workers that each load the model once, the results back in order,"
+    )
+    group.add_argument(
+        "--workers", type=positive, metavar="N", help="with --ray: workers (default: as many as the cluster holds)"
+    )
+    group.add_argument(
+        "--cpus-per-worker",
+        type=number(lambda v: v > 0, "> 0"),
+        default=1.0,
+        metavar="N",
+        help="with --ray: CPUs each worker takes, and its torch threads (default 1)",
+    )
+    group.add_argument(
+        "--gpus-per-worker",
+        type=number(lambda v: v >= 0, ">= 0"),
+        default=0.0,
+        metavar="N",
+        help="with --ray: GPUs each worker takes (default 0; 1 with --device cuda)",
+    )
+
+
+def ray_settings(args: argparse.Namespace) -> RayOptions | None:
+    """The ``RayOptions`` of ``ray_options``' options, or None without --ray (a usage error if a worker option is
+    given without it)."""
+    from pastac.scale import RayOptions
+
+    if args.ray is None:
+        given = [
+            option
+            for option, value, default in (
+                ("--workers", args.workers, None),
+                ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+                ("--gpus-per-worker", args.gpus_per_worker, 0.0),
+            )
+            if value != default
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} applies to --ray")
+        return None
+    if not args.ray.strip():
+        raise UsageError("--ray: the address is empty (give none for a local Ray cluster)")
+    gpus = args.gpus_per_worker or (1.0 if getattr(args, "device", "cpu") == "cuda" else 0.0)
+    return RayOptions(
+        address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=gpus
+    )

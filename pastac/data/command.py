@@ -1,36 +1,40 @@
 """``pastac data``: build the annotated training set, step by step or in one go.
 
-Steps: ``prompts`` (the built-in prompt set), ``responses`` (the base model's answers, batched) or
-``import`` (pairs of one's own), ``annotate`` (Pasta-Lang tags), ``filter`` (valid, finished, non-empty
-records; splits), ``card`` (a Markdown data card); ``build`` runs them all into one folder.  The generating
-steps resume where they stopped (records are keyed by id), and go on only with a file of their own records;
-``filter``, ``card`` and ``build`` replace or write into only what is theirs, unless ``--force``.  A line per
-step goes to standard output, progress bars to standard error (not with -q).  Exit status: 0 done, 2 usage
-error, an unreadable input, an output that may not or cannot be written, a model that cannot be used or an
-annotator that fails (what was written is kept), 130 interrupted.
+Steps: ``prompts`` (the built-in prompt set), ``responses`` (the base model's answers, batched, or an
+OpenAI-compatible server's) or ``import`` (pairs of one's own), ``annotate`` (Pasta-Lang tags), ``filter``
+(valid, finished, non-empty records; splits), ``card`` (a Markdown data card); ``build`` runs them all into one
+folder.  The generating steps resume where they stopped (records are keyed by id), and go on only with a file
+of their own records; ``filter``, ``card`` and ``build`` replace or write into only what is theirs, unless
+``--force``.  A line per step goes to standard output, progress bars to standard error (not with -q).  Exit
+status: 0 done, 2 usage error, an unreadable input, an output that may not or cannot be written, a model that
+cannot be used, or an annotator or a server that fails (what was written is kept), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from pastac.cli.common import UsageError, positive
+from pastac.cli.common import UsageError, count, number, positive
 from pastac.cli.options import (
     budget_options,
     device_options,
     force_option,
     model_options,
+    ray_options,
+    ray_settings,
     repetition_penalty_option,
     temperature_option,
 )
 
 if TYPE_CHECKING:
     from pastac.data.annotate import Annotator
+    from pastac.data.responses import OpenAIResponder
     from pastac.models import LoadedModel
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -63,6 +67,58 @@ def _generation_arguments(p: argparse.ArgumentParser) -> None:
         "the default, is none): a small model decoded greedily tends to loop until the token limit, and such "
         "answers are dropped",
     )
+
+
+#: The defaults of the options that only ``responses --url`` takes (None in the parser: unset).
+SERVER_DEFAULTS = {"concurrency": 8, "retries": 4, "timeout": 600.0}
+#: The defaults of the options that only a local model takes (None in ``responses``' parser: unset).
+LOCAL_DEFAULTS = {"device": "cpu", "dtype": "float32", "batch_size": 16}
+
+
+def _server_arguments(p: argparse.ArgumentParser) -> None:
+    """``responses``' --url, --api-key, --concurrency, --retries and --timeout; the local model's options
+    (--device, --dtype, --batch-size) are left unset (None) in the parser, so that ``_server_options`` can tell
+    whether they were given."""
+    server = p.add_argument_group(
+        "server",
+        "With --url the answers come from an OpenAI-compatible server (vLLM, SGLang, llama.cpp's llama-server, "
+        "pastac serve): a chat completion per prompt, several in flight, each appended as soon as it and those "
+        "before it are done. --model then names the served model, and --max-new-tokens, --temperature and "
+        "--limit apply as they do locally; when --temperature > 0 each request carries a seed derived from "
+        "--sample-seed and the prompt's id (a rerun asks the same) and top_p 1. A --repetition-penalty other "
+        "than 1 is sent as the non-standard field repetition_penalty, which vLLM and SGLang read (llama-server "
+        "reads its own repeat_penalty; a server that does not know a field ignores it). --device, --dtype and "
+        "--batch-size are refused.",
+    )
+    server.add_argument(
+        "--url",
+        metavar="URL",
+        help="the server's API base, http://host:port/v1 (/v1 is added to a URL with no path)",
+    )
+    server.add_argument(
+        "--api-key", metavar="KEY", help="sent as Authorization: Bearer KEY (default: $OPENAI_API_KEY, if set)"
+    )
+    server.add_argument(
+        "--concurrency",
+        type=positive,
+        metavar="N",
+        help=f"requests in flight at once (default {SERVER_DEFAULTS['concurrency']})",
+    )
+    server.add_argument(
+        "--retries",
+        type=count,
+        metavar="N",
+        help="send a request that fails with HTTP 408, 429 or 5xx, a lost connection or a timeout again, at most "
+        "N times, after 0.5, 1, 2 ... s (with jitter) or what the server's Retry-After says "
+        f"(default {SERVER_DEFAULTS['retries']}); other errors stop the step at once",
+    )
+    server.add_argument(
+        "--timeout",
+        type=number(lambda v: v > 0, "> 0"),
+        metavar="SECONDS",
+        help=f"the longest wait for one answer (default {SERVER_DEFAULTS['timeout']:g}: a busy server queues requests)",
+    )
+    p.set_defaults(**dict.fromkeys(LOCAL_DEFAULTS))
 
 
 def _annotator_arguments(p: argparse.ArgumentParser, *, tokenizer: bool) -> None:
@@ -130,14 +186,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = steps.add_parser(
         "responses",
         parents=[quiet],
-        help="the base model's answers to the prompts (batched)",
+        help="the base model's answers to the prompts (batched, or from a server)",
         description="Generate the model's answer to each prompt with Hugging Face generate, "
         "several prompts per batch (left padding, attention mask), through the "
-        "chat template. Appends each batch; re-running skips the prompts done.",
+        "chat template; or, with --url, ask an OpenAI-compatible server, several requests at once. "
+        "Appends each answer; re-running skips the prompts done.",
     )
     s.add_argument("--prompts", required=True, metavar="FILE.jsonl", help="records with 'id' and 'prompt'")
     s.add_argument("--out", required=True, metavar="FILE.jsonl")
     _generation_arguments(s)
+    _server_arguments(s)
+    ray_options(s.add_argument_group("Ray (a local model's batches spread over workers)"))
     s.set_defaults(run=_handled(_cmd_responses))
 
     s = steps.add_parser(
@@ -172,6 +231,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, metavar="FILE.jsonl")
     _annotator_arguments(s, tokenizer=True)
     device_options(s, what="--llm-local's model")
+    ray_options(s.add_argument_group("Ray (the records spread over workers)"))
     s.set_defaults(run=_handled(_cmd_annotate))
 
     s = steps.add_parser(
@@ -259,8 +319,8 @@ def _check_annotator_options(args: argparse.Namespace) -> None:
             raise UsageError("--annotator llm needs --url URL --llm-model NAME (a server) or --llm-local PATH")
         if args.url and not args.llm_model:
             raise UsageError("--url needs --llm-model NAME, the model the server should use")
-        if args.url and not args.url.startswith(("http://", "https://")):
-            raise UsageError(f"--url must start with http:// or https://, not {args.url!r}")
+        if args.url:
+            _check_url(args.url)
     else:
         given = [
             name
@@ -311,26 +371,122 @@ def _cmd_prompts(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _check_url(url: str) -> None:
+    """Refuse a --url that is not an OpenAI-compatible server's (``pastac.openai_client.api_base``)."""
+    from pastac.openai_client import api_base
+
+    try:
+        api_base(url)
+    except ValueError as error:
+        raise UsageError(f"--url: {error}") from None
+
+
+def _server_options(args: argparse.Namespace) -> None:
+    """Check ``responses``' options for a server (--url) or a local model, and fill in the defaults of those
+    left unset; an option of the other kind is a usage error."""
+    server = {"--api-key": args.api_key, **{f"--{k}": getattr(args, k) for k in SERVER_DEFAULTS}}
+    local = {f"--{k.replace('_', '-')}": getattr(args, k) for k in LOCAL_DEFAULTS}
+    if args.url is None:
+        given = [name for name, value in server.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} applies to --url (a server)")
+        for key, default in LOCAL_DEFAULTS.items():
+            setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
+        return
+    given = [name for name, value in local.items() if value is not None]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} applies to a local model, not to --url (--concurrency sets the requests in flight)"
+        )
+    if not args.model:
+        raise UsageError("--url needs --model NAME, the name of the model the server serves")
+    _check_url(args.url)
+    for key, default in SERVER_DEFAULTS.items():
+        setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
+    if args.api_key is None:
+        args.api_key = os.environ.get("OPENAI_API_KEY")
+
+
+def _server_responder(args: argparse.Namespace) -> OpenAIResponder:
+    """The responder of ``responses --url`` (options checked by ``_server_options``)."""
+    from pastac.data.responses import OpenAIResponder
+    from pastac.openai_client import OpenAIClient, Retries
+
+    client = OpenAIClient(
+        args.url, api_key=args.api_key, timeout=args.timeout, retries=Retries(attempts=args.retries + 1)
+    )
+    return OpenAIResponder(
+        client,
+        args.model,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.sample_seed,
+        concurrency=args.concurrency,
+    )
+
+
 def _cmd_responses(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.data.responses import write_responses
     from pastac.data.step import distinct
     from pastac.jsonl import read_records
+    from pastac.scale import RayError
 
+    _server_options(args)
     distinct(Path(args.prompts), Path(args.out), input_option="--prompts")
     prompts = read_records(args.prompts, required=("id", "prompt"))
-    responder, loaded = _responder(args)
-    result = write_responses(
-        prompts,
-        args.out,
-        responder,
-        model_name=loaded.name,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        progress=not args.quiet,
-        source=args.prompts,
-    )
+    ray = ray_settings(args)
+    if args.url:
+        if ray is not None:
+            raise UsageError("--ray spreads a local model's batches over workers; with --url the server does the work")
+        responder: Any = _server_responder(args)
+        model_name, batch_size = args.model, args.concurrency
+    elif ray is not None:
+        from pastac.data.workers import RayResponder
+        from pastac.models import ModelError
+        from pastac.models import model_name as name_of
+
+        try:
+            model_name, batch_size = name_of(args.model), args.batch_size
+        except ModelError as error:
+            raise UsageError(str(error)) from None
+        responder = RayResponder(functools.partial(_worker_responder, _quiet(args)), ray, batch_size=batch_size)
+    else:
+        responder, loaded = _responder(args)
+        model_name, batch_size = loaded.name, args.batch_size
+    try:
+        result = write_responses(
+            prompts,
+            args.out,
+            responder,
+            model_name=model_name,
+            batch_size=batch_size,
+            limit=args.limit,
+            progress=not args.quiet,
+            source=args.prompts,
+        )
+    except RayError as error:
+        raise UsageError(f"{error}; what was written to '{args.out}' is kept: run again to resume") from None
+    finally:
+        if args.url:
+            responder.client.close()
     out.write(result.line() + "\n")
     return 0
+
+
+def _quiet(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` for a Ray worker: no progress bars of its own (the command shows the step's)."""
+    return argparse.Namespace(**{**vars(args), "quiet": True})
+
+
+def _worker_responder(args: argparse.Namespace) -> Any:
+    """A Ray worker's responder: the local model of the options, loaded there."""
+    return _responder(args)[0]
+
+
+def _worker_annotator(args: argparse.Namespace) -> Annotator:
+    """A Ray worker's annotator: the one the options name, made there."""
+    return _annotator(args, lambda: _load(args.tokenizer_model, args).tokenizer)
 
 
 def _cmd_import(args: argparse.Namespace, out: TextIO) -> int:
@@ -355,7 +511,15 @@ def _cmd_annotate(args: argparse.Namespace, out: TextIO) -> int:
     _check_annotator_options(args)
     distinct(Path(args.responses), Path(args.out), input_option="--responses")
     records = read_records(args.responses, required=("id", "prompt", "response"))
-    annotator = _annotator(args, lambda: _load(args.tokenizer_model, args).tokenizer)
+    ray = ray_settings(args)
+    if ray is None:
+        annotator = _annotator(args, lambda: _load(args.tokenizer_model, args).tokenizer)
+    else:
+        from pastac.data.annotate import LLMAnnotator, StructuralAnnotator
+        from pastac.data.workers import RayAnnotator
+
+        name = StructuralAnnotator.name if args.annotator == "structural" else LLMAnnotator.name
+        annotator = RayAnnotator(functools.partial(_worker_annotator, _quiet(args)), name, ray)
     result = annotate_records(records, args.out, annotator, progress=not args.quiet, source=args.responses)
     out.write(result.line() + "\n")
     return 0

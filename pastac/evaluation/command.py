@@ -6,10 +6,12 @@ Exit status: 0 done, 2 usage error (an unreadable prompt file, a model or adapte
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pastac.cli.common import EXIT_OK, UsageError, number, positive
 from pastac.cli.options import (
@@ -20,7 +22,14 @@ from pastac.cli.options import (
     load_engine,
     model_options,
     penalty_options,
+    ray_options,
+    ray_settings,
 )
+from pastac.jsonl import Kind
+
+if TYPE_CHECKING:
+    from pastac.evaluation.run import EvalOptions
+    from pastac.runtime.engine import Engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=_shard,
         metavar="K/N",
         help="only the K-th of every N of those prompts (K from 1), to spread an evaluation over N "
-        "processes; --merge joins their --json reports",
+        "processes that share no Ray cluster (--ray spreads it over one); --merge joins their --json reports",
     )
     p.add_argument(
         "--merge",
@@ -79,6 +88,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "model's likelihood of a text it writes itself falls, the scale of the log-likelihood "
         "proxy (one more generate per prompt)",
     )
+    scale = p.add_argument_group("where it runs")
+    scale.add_argument(
+        "--results",
+        metavar="FILE.jsonl",
+        help="append each prompt's result row here as it is done, and skip the prompts it already holds (a rerun "
+        "resumes); the prompts need ids",
+    )
+    ray_options(scale)
     judge = p.add_argument_group("judge (optional)")
     judge.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible server that judges pairs of answers")
     judge.add_argument("--judge-model", metavar="NAME", help="the judge's model name on that server")
@@ -172,12 +189,77 @@ def _print(report: dict[str, Any], as_json: bool, out: TextIO) -> None:
         _table(report, out)
 
 
+#: what the rows of ``--results`` hold: a result row of ``evaluate_one`` and the settings it was made with
+RESULT_ROWS = Kind("eval result", ("id", "prompt", "valid", "threads", "settings"))
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two result rows comparable: the model, the adapter and every decoding setting."""
+    names = ("model", "adapter", "device", "dtype", "kernels", "forward", "quant", "max_new_tokens")
+    names += ("repetition_penalty", "penalty_scope", "sibling_ngram", "tag_guard", "jump_forward")
+    names += ("sampled_reference", "judge_model")
+    return {name: getattr(args, name, None) for name in names}
+
+
+def _finished(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The result rows ``--results`` already holds for these records, by id (without their settings); a file
+    of rows made with other settings, or prompts without distinct ids, are usage errors."""
+    if not args.results:
+        return {}
+    from pastac.data.step import distinct
+    from pastac.jsonl import RecordsError, resume
+
+    ids = [r.get("id") for r in records]
+    if not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
+        raise UsageError(f"--results needs a distinct string id on every prompt of {args.prompts}")
+    try:
+        distinct(Path(args.prompts), Path(args.results), option="--results", input_option="--prompts")
+        done = resume(args.results, RESULT_ROWS)
+    except RecordsError as error:
+        raise UsageError(str(error)) from None
+    settings = _settings(args)
+    for row in done.values():
+        if row["settings"] != settings:
+            other = {k: v for k, v in row["settings"].items() if settings.get(k) != v}
+            raise UsageError(
+                f"'{args.results}' holds results made with other settings ({other}); name another file, or "
+                "give the same options"
+            )
+    return {key: {k: v for k, v in row.items() if k != "settings"} for key, row in done.items() if key in ids}
+
+
+def _engines(args: argparse.Namespace, options: EvalOptions) -> tuple[Engine, Engine, EvalOptions]:
+    """The adapted and the base model of the options (one engine when no adapter applies), with ``options``:
+    what evaluating a record needs, in this process or on a Ray worker."""
+    from pastac.models import ModelError, resolve_adapter
+
+    try:
+        alone = resolve_adapter(args.adapter, args.model) is None  # the base model is the one evaluated
+        # with an adapter, the base model only runs Hugging Face generate and the log-likelihood, which keep
+        # F.linear: tuning its kernels would pack copies of its weights that nothing reads
+        base = load_engine(args, adapter=None, kernels=None if alone else "stock")
+        adapted = base if alone else load_engine(args, adapter=args.adapter)
+    except ModelError as error:
+        raise UsageError(str(error)) from None
+    return adapted, base, options
+
+
+def _evaluate_record(state: tuple[Engine, Engine, EvalOptions], record: dict[str, Any]) -> dict[str, Any]:
+    adapted, base, options = state
+    from pastac.evaluation.run import evaluate_one
+
+    return evaluate_one(record, adapted, base, options)
+
+
 def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     """``pastac eval``: evaluate the prompts (or ``--merge`` finished reports) and print the report; bad
-    options, unreadable or disagreeing inputs, an unusable model and a judge that cannot be asked are usage errors."""
-    from pastac.evaluation.run import EvalOptions, JudgeError, evaluate
-    from pastac.models import ModelError, resolve_adapter
+    options, unreadable or disagreeing inputs, an unusable model and a judge that cannot be asked are usage
+    errors.  With ``--results`` each row is appended as it is done and a rerun skips the prompts done; with
+    ``--ray`` the prompts are spread over Ray workers and their rows come back in order."""
+    from pastac.evaluation.run import EvalOptions, JudgeError, report
+    from pastac.jsonl import RecordsError, appending
     from pastac.progress import progress_bar
+    from pastac.scale import RayError, map_ordered
 
     if args.merge:
         if args.prompts:
@@ -187,6 +269,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     if not args.prompts:
         raise UsageError("give --prompts FILE.jsonl (or --merge REPORT.json ...)")
     records = _records(args)
+    ray = ray_settings(args)
     if bool(args.judge_url) != bool(args.judge_model):
         raise UsageError("--judge-url and --judge-model go together")
     judge = None
@@ -197,35 +280,46 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
             judge = openai_generate(args.judge_url, args.judge_model)
         except ValueError as error:
             raise UsageError(str(error)) from None
+    options = EvalOptions(
+        max_new_tokens=args.max_new_tokens,
+        judge=judge,
+        repetition_penalty=args.repetition_penalty,
+        penalty_scope=args.penalty_scope,
+        sibling_ngram=args.sibling_ngram,
+        tag_guard=args.tag_guard,
+        jump_forward=args.jump_forward,
+        sampled_reference=args.sampled_reference,
+    )
+    done = _finished(args, records)
+    pending = [r for r in records if r.get("id") not in done] if done else records
+    new: list[dict[str, Any]] = []  # the rows of the pending records, in their order
+    settings = _settings(args)
     try:
-        alone = resolve_adapter(args.adapter, args.model) is None  # the base model is the one evaluated
-        # with an adapter, the base model only runs Hugging Face generate and the log-likelihood, which keep
-        # F.linear: tuning its kernels would pack copies of its weights that nothing reads
-        base = load_engine(args, adapter=None, kernels=None if alone else "stock")
-        adapted = base if alone else load_engine(args, adapter=args.adapter)
-    except ModelError as error:
-        raise UsageError(str(error)) from None
-    with progress_bar("pastac eval", len(records), enabled=not args.quiet) as bar:
-        try:
-            report = evaluate(
-                records,
-                adapted,
-                base,
-                EvalOptions(
-                    max_new_tokens=args.max_new_tokens,
-                    judge=judge,
-                    repetition_penalty=args.repetition_penalty,
-                    penalty_scope=args.penalty_scope,
-                    sibling_ngram=args.sibling_ngram,
-                    tag_guard=args.tag_guard,
-                    jump_forward=args.jump_forward,
-                    sampled_reference=args.sampled_reference,
-                ),
-                progress=lambda n: bar(advance=n),
-            )
-        except JudgeError as error:
-            raise UsageError(str(error)) from None
-    _print(report, args.json, out)
+        with (
+            progress_bar("pastac eval", len(records), enabled=not args.quiet, done=len(records) - len(pending)) as bar,
+            appending(Path(args.results)) if args.results else contextlib.nullcontext() as write,
+        ):
+
+            def finished(index: int, row: dict[str, Any]) -> None:
+                if write is not None:
+                    write(row | {"settings": settings})
+                new.append(row)
+                bar(advance=1)
+
+            if ray is not None:
+                quiet = argparse.Namespace(**{**vars(args), "quiet": True})  # no loading bars from the workers
+                map_ordered(pending, functools.partial(_engines, quiet, options), _evaluate_record, ray, finished)
+            elif pending:
+                state = _engines(args, options)
+                for index, record in enumerate(pending):
+                    finished(index, _evaluate_record(state, record))
+    except (JudgeError, RayError, RecordsError) as error:
+        kept = f" ({len(new)} results written to '{args.results}' this run: run again to resume)"
+        raise UsageError(str(error) + (kept if args.results else "")) from None
+    fresh = iter(new)
+    ordered = [done[r["id"]] if done and r["id"] in done else next(fresh) for r in records]
+    _print(report(ordered, options), args.json, out)
     if not args.quiet:
-        print(f"pastac: evaluated {len(records)} prompts", file=sys.stderr)
+        before = f" ({len(done)} of them done before)" if done else ""
+        print(f"pastac: evaluated {len(records)} prompts{before}", file=sys.stderr)
     return EXIT_OK

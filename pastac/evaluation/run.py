@@ -142,12 +142,12 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def evaluate_one(
-    record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions, rng: random.Random
-) -> dict[str, Any]:
+def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions) -> dict[str, Any]:
     """Decode ``record``'s prompt with the adapted model, replay its answer with one thread, and let the base
     model answer with ``generate``; the result row: validity, threads, speedups, log-likelihoods, redundancy
-    and (with a judge) the verdict.  Raises ``JudgeError`` if the judge cannot be asked."""
+    and (with a judge) the verdict.  Every draw is seeded by ``options.seed`` and the prompt, so that a row does
+    not depend on the rows evaluated before it (in this process or another).  Raises ``JudgeError`` if the
+    judge cannot be asked."""
     prompt = str(record["prompt"])
     limits = Limits(max_new_tokens=options.max_new_tokens)
     penalty = options.repetition_penalty if options.repetition_penalty is not None else adapted.repetition_penalty
@@ -219,7 +219,8 @@ def evaluate_one(
         sibling_groups({t: r.parent for t, r in pasta.threads.items()}, {t: r.text for t, r in pasta.threads.items()})
     )
     out["redundancy_sequential"] = item_redundancy(baseline)
-    if options.judge is not None:
+    if options.judge is not None:  # which answer the judge reads first: seeded by the prompt, as the draw above
+        rng = random.Random(zlib.crc32(f"{options.seed} judge {prompt}".encode()))
         out["judge"] = judge_pair(options.judge, prompt, pasta.text, baseline, rng)
     return out
 
@@ -351,6 +352,14 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def report(results: Sequence[dict[str, Any]], options: EvalOptions) -> dict[str, Any]:
+    """``{"results": [...], "summary": {...}}``: the rows and their summary, with the decoding settings."""
+    return {
+        "results": list(results),
+        "summary": summarize(results) | {key: getattr(options, key) for key in RUN_SETTINGS},
+    }
+
+
 def evaluate(
     records: Sequence[dict[str, Any]],
     adapted: Engine,
@@ -359,10 +368,9 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every record (``{"prompt", "category", "id"}``); ``{"results": [...], "summary": {...}}``."""
-    rng = random.Random(options.seed)
     results = []
     for record in records:
-        results.append(evaluate_one(record, adapted, base, options, rng))
+        results.append(evaluate_one(record, adapted, base, options))
         if progress is not None:
             progress(1)
-    return {"results": results, "summary": summarize(results) | {key: getattr(options, key) for key in RUN_SETTINGS}}
+    return report(results, options)

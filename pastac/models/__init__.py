@@ -30,7 +30,7 @@ from pastac.models.budget import BudgetError, ContextError, check_budget, contex
 from pastac.models.chat import PromptError, messages_ids, prompt_ids
 from pastac.models.errors import ModelError
 from pastac.models.gguf import cache_dir, convert_gguf, default_gguf, gguf_chat_template
-from pastac.models.loading import DTYPES, LoadedModel, load_model
+from pastac.models.loading import DTYPES, LoadedModel, load_model, model_name
 from pastac.models.tiny import SHAPES, TINY_CHAT_TEMPLATE, random_model, tiny_tokenizer
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "gguf_chat_template",
     "load_model",
     "messages_ids",
+    "model_name",
     "prompt_ids",
     "random_model",
     "resolve_adapter",

@@ -101,6 +101,27 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> tupl
     return model.to(device), tokenizer
 
 
+def _source(model: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """The path a model is read from and its display name (a folder's name, a GGUF file's stem); ``ModelError``
+    for a path that is neither."""
+    source = default_gguf() if model is None else Path(model).expanduser()
+    if source.is_dir():
+        return source, source.resolve().name
+    if source.is_file():
+        if not is_gguf(source):
+            raise ModelError(f"{source} is neither a model folder nor a GGUF file")
+        return source, source.stem
+    raise ModelError(f"model not found: {source} (give a transformers model folder or a .gguf file)")
+
+
+def model_name(model: str | os.PathLike[str] | None = None, adapter: str | os.PathLike[str] | None = None) -> str:
+    """The name ``load_model`` gives the model (with the adapter's, when one is merged), without loading it:
+    what a step records before its model is loaded elsewhere (on Ray workers).  Raises ``ModelError``."""
+    _, name = _source(model)
+    adapter_folder = resolve_adapter(adapter, model)
+    return name if adapter_folder is None else f"{name}+{adapter_folder.name}"
+
+
 def load_model(
     model: str | os.PathLike[str] | None = None,
     *,
@@ -126,15 +147,8 @@ def load_model(
     if (why := dtype_refusal(torch_dtype, torch_device)) is not None:
         raise ModelError(why)
     adapter_folder = resolve_adapter(adapter, model)
-    source = default_gguf() if model is None else Path(model).expanduser()
-    if source.is_dir():
-        folder, name = source, source.resolve().name
-    elif source.is_file():
-        if not is_gguf(source):
-            raise ModelError(f"{source} is neither a model folder nor a GGUF file")
-        folder, name = convert_gguf(source, progress=progress), source.stem
-    else:
-        raise ModelError(f"model not found: {source} (give a transformers model folder or a .gguf file)")
+    source, name = _source(model)
+    folder = source if source.is_dir() else convert_gguf(source, progress=progress)
     reporter = Reporter(progress)
     dtype_name = next(key for key, value in DTYPES.items() if value == torch_dtype)
     with reporter.step(f"Loading {name} ({torch_device.type}, {dtype_name})"), quiet_transformers():

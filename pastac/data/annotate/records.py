@@ -8,7 +8,7 @@ Empty and unfinished responses are not sent to the annotator (their text is null
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pastac.data.annotate.annotation import Annotation, Annotator
@@ -53,19 +53,16 @@ def annotate_records(
     pending = [r for r in first_of_each_id(records) if r["id"] not in done]
     already = len({r["id"] for r in records} & done.keys())
     forks = written = 0
+    annotations = _annotations(annotator, pending)
     with appending(out) as write, progress_bar(f"annotate ({annotator.name})", len(pending), progress) as advance:
         for record in pending:
-            skip = _skip_reason(record)
-            if skip is not None:
-                annotation = Annotation(None, 0, skip)
-            else:
-                try:
-                    annotation = annotator.annotate(record["prompt"], record["response"])
-                except (RuntimeError, OSError, ValueError) as error:
-                    raise PipelineError(
-                        f"annotating {record['id']!r} failed: {error} ({written} records written "
-                        f"to '{out}' this run; run again to resume)"
-                    ) from None
+            try:
+                annotation = next(annotations)
+            except (RuntimeError, OSError, ValueError) as error:
+                raise PipelineError(
+                    f"annotating {record['id']!r} failed: {error} ({written} records written "
+                    f"to '{out}' this run; run again to resume)"
+                ) from None
             write(
                 {
                     **record,
@@ -79,6 +76,18 @@ def annotate_records(
             forks += annotation.forks > 0
             advance(1)
     return StepResult("annotate", out, written, already, notes=(f"{forks} of them fork",))
+
+
+def _annotations(annotator: Annotator, records: Sequence[Record]) -> Iterator[Annotation]:
+    """Each record's annotation, in order: a record the annotator is not asked about (``_skip_reason``) gets
+    text null; the others are annotated one by one, or through the annotator's ``stream`` when it has one
+    (``pastac.data.workers.RayAnnotator``), which gets them all and gives them back in order."""
+    asked = [(r["prompt"], r["response"]) for r in records if _skip_reason(r) is None]
+    stream = getattr(annotator, "stream", None)
+    answers = stream(asked) if stream is not None and asked else (annotator.annotate(*pair) for pair in asked)
+    for record in records:
+        skip = _skip_reason(record)
+        yield Annotation(None, 0, skip) if skip is not None else next(answers)
 
 
 def annotate_file(
