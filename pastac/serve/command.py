@@ -5,6 +5,10 @@ environment variable ``PASTAC_API_KEY``) makes ``/v1`` require
 ``Authorization: Bearer KEY``.  Ctrl-C or SIGTERM: running requests end first
 (``--drain-timeout``), new ones are answered 503.  Exit status: 0 after a
 clean shutdown, 2 usage error or a model that cannot be used.
+
+``--ray [ADDRESS]`` serves replicas of the same app on Ray Serve instead
+(``pastac.serve.ray_serve``, imported only then): ``--replicas N``, or
+autoscaling between ``--min-replicas`` and ``--max-replicas``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,20 @@ import signal
 import sys
 from typing import TextIO
 
-from pastac.cli.common import EXIT_OK, UsageError, count, integer, positive
-from pastac.cli.options import adapter_options, kernel_options, load_engine, model_options, torch_threads_option
+from pastac.cli.common import EXIT_OK, UsageError, count, integer, number, positive
+from pastac.cli.options import (
+    adapter_options,
+    kernel_options,
+    load_engine,
+    model_options,
+    ray_address_option,
+    torch_threads_option,
+)
 from pastac.runtime.options import BatchLimits
 
 PORT = integer(0)
+SHARE = number(lambda v: v >= 0, ">= 0")  # a replica's CPUs or GPUs: Ray takes fractions
+ONGOING = number(lambda v: v > 0, "> 0")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,8 +90,88 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="at shutdown, seconds the running requests get to end (30)",
     )
+    replica_options(p.add_argument_group("replicas on Ray Serve (pip install 'pastac[ray]')"))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, warnings only in the log")
     p.set_defaults(run=run)
+
+
+def replica_options(group: argparse._ActionsContainer) -> None:
+    """--ray [ADDRESS], the replicas (a fixed count, or autoscaling bounds) and each replica's resources."""
+    ray_address_option(
+        group,
+        what="serve replicas of the server on Ray Serve, each with its own model and KV cache, behind Serve's HTTP "
+        "proxy on --host/--port,",
+    )
+    group.add_argument("--replicas", type=positive, metavar="N", help="with --ray: N replicas (default 1)")
+    group.add_argument(
+        "--min-replicas",
+        type=count,
+        metavar="N",
+        help="with --ray: autoscaling, the fewest replicas (default 1; 0: none while idle)",
+    )
+    group.add_argument("--max-replicas", type=positive, metavar="N", help="with --ray: autoscaling, the most replicas")
+    group.add_argument(
+        "--target-ongoing-requests",
+        type=ONGOING,
+        metavar="X",
+        help="with --ray: autoscaling, the requests (running and queued) per replica that Serve aims at "
+        "(default: --max-concurrent)",
+    )
+    group.add_argument(
+        "--cpus-per-replica",
+        type=SHARE,
+        metavar="X",
+        help="with --ray: the CPUs Ray reserves for each replica (default 1; torch takes as many threads unless "
+        "--torch-threads says otherwise)",
+    )
+    group.add_argument(
+        "--gpus-per-replica",
+        type=SHARE,
+        metavar="X",
+        help="with --ray: the GPUs Ray gives each replica (default 1 with --device cuda: a GPU per replica)",
+    )
+
+
+RAY_ONLY = (
+    "replicas",
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "cpus_per_replica",
+    "gpus_per_replica",
+)
+AUTOSCALING = ("min_replicas", "max_replicas", "target_ongoing_requests")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_ray_options(args: argparse.Namespace) -> None:
+    """Refuse (``UsageError``) replica options without --ray, a fixed count with autoscaling bounds, and
+    resources that do not fit --device; nothing here imports Ray."""
+    given = [name for name in RAY_ONLY if getattr(args, name) is not None]
+    if args.ray is None:
+        if given:
+            raise UsageError(f"{_flag(given[0])} needs --ray: replicas run on Ray Serve")
+        return
+    if not args.ray.strip():
+        raise UsageError("--ray: the address is empty (give none for a local Ray cluster)")
+    if args.port == 0:
+        raise UsageError("--ray needs a fixed --port: Serve's HTTP proxy listens on it")
+    scaling = [name for name in AUTOSCALING if name in given]
+    if args.replicas is not None and scaling:
+        raise UsageError(
+            f"--replicas (a fixed count) and {_flag(scaling[0])} (autoscaling) exclude each other: give one"
+        )
+    if scaling and args.max_replicas is None:
+        raise UsageError(f"{_flag(scaling[0])} needs --max-replicas: Serve scales between --min-replicas and it")
+    if args.min_replicas is not None and args.min_replicas > args.max_replicas:
+        raise UsageError(f"--min-replicas ({args.min_replicas}) is more than --max-replicas ({args.max_replicas})")
+    if args.device == "cuda" and args.gpus_per_replica == 0:
+        raise UsageError("--device cuda needs a GPU for each replica: --gpus-per-replica must be > 0")
+    if args.device == "cpu" and args.gpus_per_replica:
+        raise UsageError("--gpus-per-replica needs --device cuda (the model runs on the CPU)")
 
 
 def max_rows_option(group: argparse._ActionsContainer) -> None:
@@ -105,6 +198,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"--drain-timeout must be >= 0, not {args.drain_timeout}")
     if args.api_key is not None and not args.api_key.strip():
         raise UsageError("--api-key is empty")
+    check_ray_options(args)
+    if args.ray is not None:
+        return _run_on_ray(args)
     if args.torch_threads:
         import torch
 
@@ -138,3 +234,16 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             log_level="warning" if args.quiet else "info",
         )
     return EXIT_OK
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    """``--ray``: the replicas on Ray Serve (``pastac.serve.ray_serve``); Ray not installed is a usage error."""
+    try:
+        from pastac.serve import ray_serve
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] == "pastac":
+            raise
+        raise UsageError(
+            f"--ray needs Ray Serve, which cannot be imported ({error}): pip install 'pastac[ray]'"
+        ) from None
+    return ray_serve.run(args)
