@@ -226,6 +226,8 @@ def test_a_cluster_address_where_nothing_answers_is_a_usage_error(capsys, prompt
     assert code == 2 and "no Ray cluster answers at 127.0.0.1:1" in err, err
     code, _, err = _eval(capsys, prompts, str(saved_tiny_model), "--ray", "")
     assert code == 2 and "the address is empty" in err, err
+    code, _, err = _eval(capsys, prompts, "/nonexistent/model", "--ray")
+    assert code == 2 and "model not found: /nonexistent/model" in err, err
 
 
 def test_ray_error_is_a_runtime_error():

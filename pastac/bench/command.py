@@ -223,6 +223,13 @@ def _on_ray(args: argparse.Namespace, responses: list[Any], options: Any, ray: A
     from pastac.progress import progress_bar
     from pastac.scale import RayError, ordered
 
+    if args.shape is None:  # a path that does not exist: here, before the workers fail to load it
+        from pastac.models import ModelError, model_name
+
+        try:
+            model_name(args.model)
+        except ModelError as error:
+            raise UsageError(str(error)) from None
     quiet = argparse.Namespace(**{**vars(args), "quiet": True})
     rows, machines = [], []
     first = None

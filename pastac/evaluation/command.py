@@ -244,6 +244,16 @@ def _engines(args: argparse.Namespace, options: EvalOptions) -> tuple[Engine, En
     return adapted, base, options
 
 
+def _check_model(args: argparse.Namespace) -> None:
+    """A model or adapter path that does not exist, as a usage error (``pastac.models.model_name``)."""
+    from pastac.models import ModelError, model_name
+
+    try:
+        model_name(args.model, args.adapter)
+    except ModelError as error:
+        raise UsageError(str(error)) from None
+
+
 def _evaluate_record(state: tuple[Engine, Engine, EvalOptions], record: dict[str, Any]) -> dict[str, Any]:
     adapted, base, options = state
     from pastac.evaluation.run import evaluate_one
@@ -307,6 +317,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
                 bar(advance=1)
 
             if ray is not None:
+                _check_model(args)  # here, before the workers fail to load it one after the other
                 quiet = argparse.Namespace(**{**vars(args), "quiet": True})  # no loading bars from the workers
                 map_ordered(pending, functools.partial(_engines, quiet, options), _evaluate_record, ray, finished)
             elif pending:
