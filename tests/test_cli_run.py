@@ -289,3 +289,17 @@ def test_ctrl_c_mid_decode_with_json_prints_the_partial_result_as_json(
     result = json.loads(out)
     assert result["finish_reason"] == "interrupted" and result["text"].startswith("Tips:")
     assert result["stats"]["steps"] == 2 and result["model"] and result["mode"] == "async"
+
+
+def test_ctrl_c_while_training_says_where_to_resume(capsys, tmp_path, monkeypatch, model_dir):
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pastac.train.trainer.micro_batch_losses", stop)
+    (tmp_path / "data.jsonl").write_text('{"prompt": "Hi", "text": "Hello."}\n')
+    code, out, err = interrupted(
+        capsys, "train", str(tmp_path / "data.jsonl"), "--out", str(tmp_path / "adapter"), "--model", model_dir, "-q"
+    )
+    assert (code, out) == (130, "")
+    resume = f"pastac: interrupted; run the same command again to resume from {tmp_path / 'adapter' / 'checkpoint'}"
+    assert err.strip().splitlines()[-1] == resume and "Traceback" not in err

@@ -236,15 +236,23 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
                 if isinstance(error.__cause__ or error.__context__, PeerFailure):
                     return EXIT_USAGE  # the process that failed says why
                 raise UsageError(f"process {world.rank}: {error}") from None
-            except KeyboardInterrupt:
+            except _Interrupted:  # in training: the checkpoint is where a rerun resumes
                 if world.is_main:
                     print(
                         f"pastac: interrupted; run the same command again to resume from {folder / CHECKPOINT}",
                         file=sys.stderr,
                     )
                 return 130
+            except KeyboardInterrupt:  # before training (the model loading): the command line's own message
+                if world.is_main:
+                    raise
+                return 130
     except DistributedError as error:
         raise UsageError(str(error)) from None
+
+
+class _Interrupted(Exception):
+    """Ctrl-C while the model trained (not while it loaded)."""
 
 
 def _train(args: argparse.Namespace, out: TextIO, data: Path, folder: Path, options: TrainOptions, world: World) -> int:
@@ -295,6 +303,8 @@ def _train(args: argparse.Namespace, out: TextIO, data: Path, folder: Path, opti
         )
     except (DataError, TrainError) as error:
         raise UsageError(str(error)) from error
+    except KeyboardInterrupt:
+        raise _Interrupted from None
     if not world.is_main:
         return EXIT_OK
     if not args.quiet:
