@@ -3,8 +3,8 @@
 ``ordered(items, setup, work, options)`` starts ``options.workers`` Ray actors; each runs ``setup()`` once
 (loads the model) and then ``work(state, item)`` for the items it is handed.  Results come back to the calling
 process, which yields them strictly in the items' order (a result that arrives early waits for those before
-it; ``map_ordered`` hands them to a function instead): the caller appends them to its JSONL or report as it
-would in one process, so that a rerun that skips the finished records resumes after the last one written.
+it): the caller appends them to its JSONL or report as it would in one process, so that a rerun that skips the
+finished records resumes after the last one written.
 
 Faults are Ray's to handle: a worker whose process dies is restarted (its ``setup`` runs again) and the item it
 held is retried on it, up to ``max_retries`` times each (Ray's ``max_restarts`` and ``max_task_retries``).  Each
@@ -21,7 +21,6 @@ Dataset's streaming executor reorders or buffers blocks and adds its own start-u
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -86,8 +85,8 @@ def unreachable(address: str, timeout: float = 5.0) -> str | None:
 
 @contextlib.contextmanager
 def cluster(options: RayOptions) -> Iterator[Any]:
-    """Ray connected to the cluster ``options`` names (a local one started when no address is given), yielded;
-    one this call started or connected to is shut down at the end, one already connected is left as it was."""
+    """Ray connected to the cluster ``options`` names (``local``: one started for the call), yielded; one this
+    call started or connected to is shut down at the end, one already connected is left as it was."""
     ray = import_ray()
     if (why := unreachable(options.address)) is not None:
         raise RayError(why)
@@ -121,19 +120,15 @@ def _connected(ray: Any, options: RayOptions) -> Iterator[None]:
 class _Worker:
     """A Ray actor's body: ``setup()`` once, then ``work(state, item)`` per call."""
 
-    def __init__(self, setup: Callable[[], Any], threads: int) -> None:
+    def __init__(self, setup: Callable[[], Any], work: Callable[[Any, Any], Any], threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.state = setup()
+        self.state, self.work = setup(), work
 
-    def run(self, index: int, item: Any, work: Callable[[Any, Any], Any]) -> tuple[int, Any]:
-        """``work``'s result for the item, with its index."""
-        return index, work(self.state, item)
-
-    def pid(self) -> int:
-        """The worker's process id (to watch or stop it)."""
-        return os.getpid()
+    def run(self, item: Any) -> Any:
+        """``work``'s result for the item."""
+        return self.work(self.state, item)
 
 
 def worker_count(ray: Any, options: RayOptions, items: int) -> int:
@@ -147,19 +142,6 @@ def worker_count(ray: Any, options: RayOptions, items: int) -> int:
         if options.gpus_per_worker:
             wanted = min(wanted, int(resources.get("GPU", 0) // options.gpus_per_worker))
     return max(1, min(wanted, items))
-
-
-def map_ordered(
-    items: Sequence[Item],
-    setup: Callable[[], State],
-    work: Callable[[State, Item], Result],
-    options: RayOptions,
-    on_result: Callable[[int, Result], None],
-) -> None:
-    """Run ``work`` on every item on Ray workers (each ``setup()`` once) and call ``on_result(index, result)``
-    in the items' order as the results come back (``ordered``)."""
-    for index, result in ordered(items, setup, work, options):
-        on_result(index, result)
 
 
 def ordered(
@@ -181,15 +163,15 @@ def ordered(
         )
         count = worker_count(ray, options, len(items))
         threads = max(1, int(options.cpus_per_worker))
-        workers = [actor.remote(setup, threads) for _ in range(count)]
+        workers = [actor.remote(setup, work, threads) for _ in range(count)]
         try:
-            yield from _drive(ray, workers, items, work)
+            yield from _drive(ray, workers, items)
         finally:
             for worker in workers:
                 ray.kill(worker, no_restart=True)
 
 
-def _drive(ray: Any, workers: list[Any], items: Sequence[Any], work: Callable[[Any, Any], Any]) -> Iterator[Any]:
+def _drive(ray: Any, workers: list[Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
     """Hand the items to the workers, a few at a time each, and yield the results in order."""
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -202,7 +184,7 @@ def _drive(ray: Any, workers: list[Any], items: Sequence[Any], work: Callable[[A
     def give(worker: Any) -> None:
         index = next(upcoming, None)
         if index is not None:
-            running[worker.run.remote(index, items[index], work)] = (index, worker)
+            running[worker.run.remote(items[index])] = (index, worker)
 
     for worker in workers:
         for _ in range(IN_FLIGHT_PER_WORKER):
@@ -211,7 +193,7 @@ def _drive(ray: Any, workers: list[Any], items: Sequence[Any], work: Callable[[A
         done, _ = ray.wait(list(running), num_returns=1)
         index, worker = running.pop(done[0])
         try:
-            _, result = ray.get(done[0])
+            result = ray.get(done[0])
         except RayActorError as error:
             if failure is None or index < failure[0]:
                 failure = (index, RayError(f"item {index + 1}: its worker died more often than allowed: {error}"))

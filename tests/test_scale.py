@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cli import run
 
-from pastac.scale import RayError, RayOptions, map_ordered
+from pastac.scale import RayError, RayOptions, ordered
 
 # figures that are timings: they differ from run to run, and between one process and several
 TIMINGS = ("wall_s", "sequential_wall_s", "hf_generate_wall_s", "speedup_vs_sequential", "speedup_vs_hf_generate")
@@ -46,13 +46,8 @@ def _refuse_seven(_state: str, item: int) -> int:
 def test_a_killed_worker_is_restarted_and_nothing_is_lost_or_counted_twice(ray_cluster, tmp_path):
     log, flag = str(tmp_path / "setups"), str(tmp_path / "flag")
     got: list[tuple[int, int]] = []
-    map_ordered(
-        list(range(12)),
-        functools.partial(_count_setup, log),
-        functools.partial(_die_once, flag),
-        RayOptions(workers=2),
-        lambda index, result: got.append((index, result)),
-    )
+    got += ordered(list(range(12)), functools.partial(_count_setup, log), functools.partial(_die_once, flag),
+                   RayOptions(workers=2))  # fmt: skip
     assert Path(flag).exists()  # the worker was killed ...
     assert len(Path(log).read_text().split()) == 3  # ... and restarted: two set-ups, then one more
     assert got == [(i, i * 10) for i in range(12)]  # every item once, in order
@@ -62,13 +57,11 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost_or_counted_twice(ray_c
 def test_a_records_own_error_is_raised_after_the_results_before_it(ray_cluster, tmp_path):
     got: list[int] = []
     with pytest.raises(ValueError, match="item seven is refused"):
-        map_ordered(
-            list(range(12)),
-            functools.partial(_count_setup, str(tmp_path / "setups")),
-            _refuse_seven,
+        for _, result in ordered(
+            list(range(12)), functools.partial(_count_setup, str(tmp_path / "setups")), _refuse_seven,
             RayOptions(workers=2),
-            lambda index, result: got.append(result),
-        )
+        ):  # fmt: skip
+            got.append(result)
     assert got == list(range(7))  # everything before the failed item was handed over, nothing after it
     assert len((tmp_path / "setups").read_text().split()) == 2  # not retried: the record's fault
 

@@ -21,9 +21,11 @@ from pastac.cli.options import (
     kernel_options,
     load_engine,
     model_options,
+    named_model,
     penalty_options,
     ray_options,
     ray_settings,
+    worker_args,
 )
 from pastac.jsonl import Kind
 
@@ -244,16 +246,6 @@ def _engines(args: argparse.Namespace, options: EvalOptions) -> tuple[Engine, En
     return adapted, base, options
 
 
-def _check_model(args: argparse.Namespace) -> None:
-    """A model or adapter path that does not exist, as a usage error (``pastac.models.model_name``)."""
-    from pastac.models import ModelError, model_name
-
-    try:
-        model_name(args.model, args.adapter)
-    except ModelError as error:
-        raise UsageError(str(error)) from None
-
-
 def _evaluate_record(state: tuple[Engine, Engine, EvalOptions], record: dict[str, Any]) -> dict[str, Any]:
     adapted, base, options = state
     from pastac.evaluation.run import evaluate_one
@@ -269,7 +261,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from pastac.evaluation.run import EvalOptions, JudgeError, report
     from pastac.jsonl import RecordsError, appending
     from pastac.progress import progress_bar
-    from pastac.scale import RayError, map_ordered
+    from pastac.scale import RayError, ordered
 
     if args.merge:
         if args.prompts:
@@ -309,21 +301,18 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
             progress_bar("pastac eval", len(records), enabled=not args.quiet, done=len(records) - len(pending)) as bar,
             appending(Path(args.results)) if args.results else contextlib.nullcontext() as write,
         ):
-
-            def finished(index: int, row: dict[str, Any]) -> None:
+            if ray is not None:
+                named_model(args.model, args.adapter)  # here, before the workers fail to load it one by one
+                setup = functools.partial(_engines, worker_args(args), options)
+                rows = (row for _, row in ordered(pending, setup, _evaluate_record, ray))
+            else:
+                state = _engines(args, options) if pending else None
+                rows = (_evaluate_record(state, record) for record in pending)
+            for row in rows:
                 if write is not None:
                     write(row | {"settings": settings})
                 new.append(row)
                 bar(advance=1)
-
-            if ray is not None:
-                _check_model(args)  # here, before the workers fail to load it one after the other
-                quiet = argparse.Namespace(**{**vars(args), "quiet": True})  # no loading bars from the workers
-                map_ordered(pending, functools.partial(_engines, quiet, options), _evaluate_record, ray, finished)
-            elif pending:
-                state = _engines(args, options)
-                for index, record in enumerate(pending):
-                    finished(index, _evaluate_record(state, record))
     except (JudgeError, RayError, RecordsError) as error:
         kept = f" ({len(new)} results written to '{args.results}' this run: run again to resume)"
         raise UsageError(str(error) + (kept if args.results else "")) from None
