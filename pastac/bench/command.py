@@ -26,9 +26,11 @@ from pastac.cli.options import (
     kernel_options,
     load_engine,
     model_options,
+    named_model,
     ray_options,
     ray_settings,
     torch_threads_option,
+    worker_args,
 )
 from pastac.serve.bench import add_parser as add_serve_bench
 
@@ -223,29 +225,23 @@ def _on_ray(args: argparse.Namespace, responses: list[Any], options: Any, ray: A
     from pastac.progress import progress_bar
     from pastac.scale import RayError, ordered
 
-    if args.shape is None:  # a path that does not exist: here, before the workers fail to load it
-        from pastac.models import ModelError, model_name
-
-        try:
-            model_name(args.model)
-        except ModelError as error:
-            raise UsageError(str(error)) from None
-    quiet = argparse.Namespace(**{**vars(args), "quiet": True})
-    rows, machines = [], []
-    first = None
+    if args.shape is None:
+        named_model(args.model)  # a path that does not exist: here, before the workers fail to load it
+    rows, machines, calibrations = [], [], []
     try:
         with progress_bar("pastac bench", len(responses), enabled=not args.quiet) as bar:
-            setup = functools.partial(_worker, quiet, options)
+            setup = functools.partial(_worker, worker_args(args), options)
             for _, (row, cal, machine) in ordered(responses, setup, _measure, ray):
-                first = first or (machine, cal)
                 if machine not in machines:
                     machines.append(machine)
+                    calibrations.append(cal)
                 rows.append(row | {"worker": machines.index(machine)})
                 bar(advance=1)
     except (RayError, LlamaCppError) as error:
         raise UsageError(str(error)) from None
-    assert first is not None
-    report = assemble({**first[0], "workers": machines}, first[1], rows, options)
+    if not rows:
+        raise UsageError("no responses to measure")
+    report = assemble({**machines[0], "workers": machines}, calibrations[0], rows, options)
     return report
 
 

@@ -404,3 +404,21 @@ def ray_settings(args: argparse.Namespace) -> RayOptions | None:
     return RayOptions(
         address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=gpus
     )
+
+
+def worker_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` for a Ray worker, which loads the model on its own: no progress bars of its own (the command
+    shows the run's)."""
+    return argparse.Namespace(**{**vars(args), "quiet": True})
+
+
+def named_model(model: str | None, adapter: str | None = None) -> str:
+    """The name the model of ``--model`` (and ``--adapter``) is loaded under, without loading it
+    (``pastac.models.model_name``): what the driver of a Ray run checks before its workers load it; a path that
+    does not exist is a usage error."""
+    from pastac.models import ModelError, model_name
+
+    try:
+        return model_name(model, adapter)
+    except ModelError as error:
+        raise UsageError(str(error)) from None

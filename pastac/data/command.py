@@ -26,10 +26,12 @@ from pastac.cli.options import (
     device_options,
     force_option,
     model_options,
+    named_model,
     ray_options,
     ray_settings,
     repetition_penalty_option,
     temperature_option,
+    worker_args,
 )
 
 if TYPE_CHECKING:
@@ -443,14 +445,9 @@ def _cmd_responses(args: argparse.Namespace, out: TextIO) -> int:
         model_name, batch_size = args.model, args.concurrency
     elif ray is not None:
         from pastac.data.workers import RayResponder
-        from pastac.models import ModelError
-        from pastac.models import model_name as name_of
 
-        try:
-            model_name, batch_size = name_of(args.model), args.batch_size
-        except ModelError as error:
-            raise UsageError(str(error)) from None
-        responder = RayResponder(functools.partial(_worker_responder, _quiet(args)), ray, batch_size=batch_size)
+        model_name, batch_size = named_model(args.model), args.batch_size
+        responder = RayResponder(functools.partial(_local_responder, worker_args(args)), ray, batch_size=batch_size)
     else:
         responder, loaded = _responder(args)
         model_name, batch_size = loaded.name, args.batch_size
@@ -474,18 +471,13 @@ def _cmd_responses(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _quiet(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` for a Ray worker: no progress bars of its own (the command shows the step's)."""
-    return argparse.Namespace(**{**vars(args), "quiet": True})
-
-
-def _worker_responder(args: argparse.Namespace) -> Any:
-    """A Ray worker's responder: the local model of the options, loaded there."""
+def _local_responder(args: argparse.Namespace) -> Any:
+    """The responder of the options' local model (what a Ray worker loads)."""
     return _responder(args)[0]
 
 
-def _worker_annotator(args: argparse.Namespace) -> Annotator:
-    """A Ray worker's annotator: the one the options name, made there."""
+def _annotate_with(args: argparse.Namespace) -> Annotator:
+    """The annotator of ``annotate``'s options, its tokenizer that of --tokenizer-model (here or on a worker)."""
     return _annotator(args, lambda: _load(args.tokenizer_model, args).tokenizer)
 
 
@@ -513,13 +505,13 @@ def _cmd_annotate(args: argparse.Namespace, out: TextIO) -> int:
     records = read_records(args.responses, required=("id", "prompt", "response"))
     ray = ray_settings(args)
     if ray is None:
-        annotator = _annotator(args, lambda: _load(args.tokenizer_model, args).tokenizer)
+        annotator = _annotate_with(args)
     else:
         from pastac.data.annotate import LLMAnnotator, StructuralAnnotator
         from pastac.data.workers import RayAnnotator
 
         name = StructuralAnnotator.name if args.annotator == "structural" else LLMAnnotator.name
-        annotator = RayAnnotator(functools.partial(_worker_annotator, _quiet(args)), name, ray)
+        annotator = RayAnnotator(functools.partial(_annotate_with, worker_args(args)), name, ray)
     result = annotate_records(records, args.out, annotator, progress=not args.quiet, source=args.responses)
     out.write(result.line() + "\n")
     return 0

@@ -57,4 +57,5 @@ class RayAnnotator:
 
     def annotate(self, prompt: str, response: str) -> Annotation:
         """One annotation (``stream`` of one pair)."""
-        return next(iter(self.stream([(prompt, response)])))
+        (annotation,) = self.stream([(prompt, response)])  # the stream run to its end: its workers stopped
+        return annotation
