@@ -130,7 +130,8 @@ def main() -> int:
         makers["compiled-int8"] = compiled_int8
     if args.torchao:
         for config in ("int8", "int4"):
-            try:  # a format torchao cannot run on the CPU says so when it quantises
+            try:  # a format torchao cannot run on the CPU says so when it quantises (ValueError, or no kernel
+                # for the CPU: NotImplementedError): that column is left out, with the reason printed
                 torchao(config)(torch.zeros(64, 64))
             except (ImportError, ValueError, RuntimeError, NotImplementedError) as error:
                 print(f"torchao-{config}: not run here ({type(error).__name__}: {error})")

@@ -59,6 +59,8 @@ def _probe(quant: str) -> str | None:
     x = torch.linspace(-2, 2, 3 * 32).reshape(3, 32)
     try:
         got = Packed(quant, [weight], [None])(x)
+    # a torch built without FBGEMM (not x86, or without its quantized engine) has no kernel for these ops
+    # (NotImplementedError: no kernel for the backend) or no op at all (AttributeError): refused, never a crash
     except (RuntimeError, NotImplementedError, AttributeError) as error:
         return f"PyTorch's FBGEMM {quant} kernels do not run here ({type(error).__name__}: {error})"
     want = x @ weight.T
