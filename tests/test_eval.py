@@ -19,6 +19,7 @@ from pastac.evaluation.run import (
     evaluate,
     item_redundancy,
     judge_pair,
+    result_problem,
     sampled_answer,
     summarize,
 )
@@ -152,6 +153,97 @@ def test_the_sampled_reference_is_summarised_where_the_sampled_answer_ended():
     assert summary["loglik_sampled_relative_change"] == pytest.approx((-1.9 + 1.5) / 1.5)
     assert summary["loglik_sequential"] == pytest.approx(-4 / 3)  # over every prompt, as before
     assert "loglik_sampled" not in summarize([result(-1.0, -0.1, True)])
+
+
+def test_the_adapted_model_answers_by_one_thread_too(tiny_engine):
+    engine = tiny_engine("tiny-llama", 5)
+    records = [
+        {"id": "a", "category": "list", "prompt": "Give me three tips."},
+        {"id": "b", "category": "factual", "prompt": "What is the capital of France?"},
+    ]
+    report = evaluate(records, engine, engine, EvalOptions(max_new_tokens=8, sequential_answer=True))
+    for r in report["results"]:
+        assert isinstance(r["loglik_adapted_sequential"], float) and isinstance(r["adapted_sequential_cut"], bool)
+        assert 0 < r["adapted_sequential_tokens"] <= 8
+        assert r["adapted_sequential_cut"] == (r["adapted_sequential_tokens"] == 8)
+        assert result_problem(r) is None
+    summary = report["summary"]
+    assert summary["sequential_answer"] is True
+    assert summary["q_async_rows"] == sum(
+        not r["baseline_cut"] and not r["adapted_sequential_cut"] for r in report["results"]
+    )
+    alone = evaluate(records[:1], engine, engine, EvalOptions(max_new_tokens=8))
+    assert "loglik_adapted_sequential" not in alone["results"][0] and alone["summary"]["q_async_gap"] is None
+
+
+def _row(category: str = "list", greedy: float = -1.0, pasta: float = -1.3, **more: object) -> dict:
+    """A result row with the given log-likelihoods, every answer ended."""
+    return {
+        "category": category,
+        "threads": 2,
+        "valid": True,
+        "speedup_vs_sequential": 1.0,
+        "speedup_vs_hf_generate": 1.0,
+        "theoretical_speedup": 1.0,
+        "loglik_pasta": pasta,
+        "loglik_sequential": greedy,
+        "redundancy_threads": 0.0,
+        "redundancy_sequential": 0.0,
+        "baseline_cut": False,
+        **more,
+    }
+
+
+def test_quality_gaps_in_points_over_the_rows_whose_answers_ended():
+    sampled = {"loglik_sampled": -1.1, "sampled_cut": False}
+    own = {"loglik_adapted_sequential": -1.2, "adapted_sequential_cut": False}
+    summary = summarize([_row(**sampled, **own)])
+    # rel(sampled) = -0.1 and rel(pasta) = -0.3 of the greedy answer's -1.0: 20 points; rel(own) = -0.2: 10
+    assert summary["q_ref_gap_list_like"] == pytest.approx(20.0) and summary["q_ref_rows_list_like"] == 1
+    assert summary["q_async_gap_list_like"] == pytest.approx(10.0) and summary["q_async_rows_list_like"] == 1
+    assert summary["q_ref_gap"] == pytest.approx(20.0) and summary["q_async_gap"] == pytest.approx(10.0)
+
+    rows = [
+        _row(**sampled, **own),
+        # means over the rows kept: greedy -1.5, sampled -1.6, pasta -2.0, own -1.55
+        _row(
+            greedy=-2.0, pasta=-2.7, **sampled | {"loglik_sampled": -2.1}, **own | {"loglik_adapted_sequential": -1.9}
+        ),
+        _row(greedy=-0.1, pasta=-5.0, **sampled, **own) | {"baseline_cut": True},  # a looping greedy answer
+        _row(pasta=-5.0, loglik_sampled=-0.1, sampled_cut=True),  # a looping sample, and no sequential answer
+        _row("factual", greedy=-1.0, pasta=-1.0, **sampled, **own),  # not list-like
+    ]
+    summary = summarize(rows)
+    assert summary["q_ref_rows_list_like"] == 2 and summary["q_async_rows_list_like"] == 2
+    assert summary["q_ref_gap_list_like"] == pytest.approx(100 * ((-1.6 + 1.5) - (-2.0 + 1.5)) / 1.5)
+    assert summary["q_async_gap_list_like"] == pytest.approx(100 * ((-1.55 + 1.5) - (-2.0 + 1.5)) / 1.5)
+    assert summary["q_ref_rows"] == 3 and summary["q_async_rows"] == 3
+    # greedy -4/3, sampled -4.3/3, pasta -5/3: over all prompts
+    assert summary["q_ref_gap"] == pytest.approx(100 * (5 - 4.3) / 4)
+    assert summary["loglik_sequential"] == pytest.approx(-5.1 / 5)  # the other figures: every row, as before
+
+    # no reference answer, or none that ended: nothing to measure
+    bare = summarize([_row(), _row(loglik_sampled=-1.1, sampled_cut=True)])
+    for key in ("q_ref_gap", "q_ref_gap_list_like", "q_async_gap", "q_async_gap_list_like"):
+        assert bare[key] is None, key
+    assert bare["q_ref_rows_list_like"] == 0 and bare["q_async_rows"] == 0
+    assert summarize([_row(category="code", **sampled)])["q_ref_gap_list_like"] is None  # no list-like row
+
+
+def test_a_row_with_a_reference_answer_says_whether_it_was_cut():
+    own = {"loglik_adapted_sequential": -1.2, "adapted_sequential_cut": True, "adapted_sequential_tokens": 8}
+    assert result_problem(_row(**own)) is None
+    assert result_problem(_row(loglik_adapted_sequential=None)) is None  # an empty answer: no figure, no flag
+    assert result_problem(_row(loglik_adapted_sequential=-1.2)) == 'no "adapted_sequential_cut" field'
+    assert (
+        result_problem(_row(**own | {"adapted_sequential_cut": 0}))
+        == '"adapted_sequential_cut" is 0, not true or false'
+    )
+    assert (
+        result_problem(_row(**own | {"loglik_adapted_sequential": "x"}))
+        == "\"loglik_adapted_sequential\" is 'x', not a number or null"
+    )
+    assert result_problem(_row(loglik_sampled=-1.1)) == 'no "sampled_cut" field'
 
 
 def test_list_like_and_short_figures_take_only_their_categories():
@@ -321,6 +413,41 @@ def test_shards_of_an_evaluation_merge_into_one_report(capsys, tmp_path, model_d
     assert code == 2 and "not a pastac eval --json report" in err
     code, _, err = run(capsys, "eval")
     assert code == 2 and "--prompts" in err
+
+
+def test_eval_command_with_the_sequential_answer(capsys, tmp_path, model_dir):  # noqa: F811
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Tips?", "category": "list"}\n')
+    results = tmp_path / "rows.jsonl"
+    common = ("eval", "--prompts", str(prompts), "--model", model_dir, "--no-adapter", "--max-new-tokens", "4")
+    code, out, err = run(capsys, *common, "--sequential-answer", "--results", str(results), "--json", "-q")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["summary"]["sequential_answer"] is True and "q_async_gap_list_like" in report["summary"]
+    assert isinstance(report["results"][0]["adapted_sequential_cut"], bool)
+    # rows made with the sequential answer are not continued without it
+    code, _, err = run(capsys, *common, "--results", str(results), "-q")
+    assert code == 2 and "other settings" in err and "sequential_answer" in err
+
+
+def test_merged_reports_show_the_quality_gaps(capsys, tmp_path):
+    sampled = {"loglik_sampled": -1.1, "sampled_cut": False}
+    own = {"loglik_adapted_sequential": -1.2, "adapted_sequential_cut": False, "adapted_sequential_tokens": 9}
+    settings = {"sampled_reference": 0.3, "sequential_answer": True}
+    paths = []
+    for k, row in enumerate([_row(**sampled, **own), _row(**sampled) | {"baseline_cut": True}]):
+        paths.append(tmp_path / f"shard{k}.json")
+        paths[-1].write_text(json.dumps({"results": [row], "summary": settings}))
+    code, out, err = run(capsys, "eval", "--merge", *map(str, paths))
+    assert code == 0, err
+    assert "20.0 points (1 row)" in out and "10.0 points (1 row)" in out  # the table: each gap, its rows
+    code, out, err = run(capsys, "eval", "--merge", *map(str, paths), "--json")
+    summary = json.loads(out)["summary"]
+    assert summary["q_ref_gap_list_like"] == pytest.approx(20.0) and summary["q_async_rows_list_like"] == 1
+    # reports made with and without the sequential answer are not joined
+    paths[1].write_text(json.dumps({"results": [_row()], "summary": settings | {"sequential_answer": False}}))
+    code, _, err = run(capsys, "eval", "--merge", *map(str, paths))
+    assert code == 2 and "sequential_answer" in err
 
 
 GOOD_RESULT = {

@@ -90,6 +90,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "model's likelihood of a text it writes itself falls, the scale of the log-likelihood "
         "proxy (one more generate per prompt)",
     )
+    p.add_argument(
+        "--sequential-answer",
+        action="store_true",
+        help="decode the adapted model's own sequential answer too, for the Q_async gap; costs one more decode "
+        "per prompt",
+    )
     scale = p.add_argument_group("where it runs")
     scale.add_argument(
         "--results",
@@ -172,11 +178,21 @@ def _table(report: dict[str, Any], out: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"pastac eval: {report['summary']['prompts']} prompts", title_justify="left")
+    from pastac.evaluation.run import QUALITY_GAPS
+
+    summary = report["summary"]
+    # each quality gap in points with the rows it stands on, where it was measured
+    gaps = {f"{name}_gap{suffix}": f"{name}_rows{suffix}" for name in QUALITY_GAPS for suffix in ("", "_list_like")}
+    table = Table(title=f"pastac eval: {summary['prompts']} prompts", title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for key, value in report["summary"].items():
-        if isinstance(value, dict):
+    for key, value in summary.items():
+        if key in gaps.values() or (key in gaps and value is None):
+            continue
+        if key in gaps:
+            rows = summary[gaps[key]]
+            value = f"{value:.1f} points ({rows} row{'s' if rows != 1 else ''})"
+        elif isinstance(value, dict):
             value = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
         elif isinstance(value, float):
             value = f"{value:.3f}"
@@ -199,7 +215,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """What makes two result rows comparable: the model, the adapter and every decoding setting."""
     names = ("model", "adapter", "device", "dtype", "kernels", "forward", "quant", "max_new_tokens")
     names += ("repetition_penalty", "penalty_scope", "sibling_ngram", "tag_guard", "jump_forward")
-    names += ("sampled_reference", "judge_model")
+    names += ("sampled_reference", "sequential_answer", "judge_model")
     return {name: getattr(args, name, None) for name in names}
 
 
@@ -222,7 +238,8 @@ def _finished(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[s
     settings = _settings(args)
     for row in done.values():
         if row["settings"] != settings:
-            other = {k: v for k, v in row["settings"].items() if settings.get(k) != v}
+            theirs = row["settings"]  # over the names of both: rows made before a setting existed lack it
+            other = {k: theirs.get(k) for k in settings | theirs if settings.get(k) != theirs.get(k)}
             raise UsageError(
                 f"'{args.results}' holds results made with other settings ({other}); name another file, or "
                 "give the same options"
@@ -291,6 +308,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         tag_guard=args.tag_guard,
         jump_forward=args.jump_forward,
         sampled_reference=args.sampled_reference,
+        sequential_answer=args.sequential_answer,
     )
     done = _finished(args, records)
     pending = [r for r in records if r.get("id") not in done] if done else records

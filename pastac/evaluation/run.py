@@ -8,7 +8,7 @@ import statistics
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from pastac.runtime.options import RunOptions, SamplingOptions
 from pastac.runtime.repeats import DEFAULT_SIBLING_NGRAM
 from pastac.runtime.sampling import RepetitionPenalty
 from pastac.runtime.templates import InputError
-from pastac.runtime.threads import Limits
+from pastac.runtime.threads import FinishReason, Limits
 
 #: categories of the prompt set whose answers should fork, and the short ones that should not
 LIST_LIKE = tuple(sorted(category for category, forks in FORKABLE.items() if forks))
@@ -55,10 +55,20 @@ class EvalOptions:
     jump_forward: bool = True  # feed the text a tag forces in one step (in the run and in its sequential replay)
     # a temperature: also score an answer of the base model sampled at it, the proxy's scale (sampled_answer)
     sampled_reference: float | None = None
+    # also decode the adapted model's own answer by one thread (the run's settings, mode sequential) and score
+    # it: the reference of the Q_async gap, what asynchrony itself costs (one more decode per prompt)
+    sequential_answer: bool = False
 
 
 # the decoding settings a report's summary records (the reports --merge joins must agree on them)
-RUN_SETTINGS = ("tag_guard", "jump_forward", "penalty_scope", "sibling_ngram", "sampled_reference")
+RUN_SETTINGS = (
+    "tag_guard",
+    "jump_forward",
+    "penalty_scope",
+    "sibling_ngram",
+    "sampled_reference",
+    "sequential_answer",
+)
 
 
 def _async_texts(body: Sequence[Node]) -> list[str]:
@@ -145,7 +155,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options: EvalOptions) -> dict[str, Any]:
     """Decode ``record``'s prompt with the adapted model, replay its answer with one thread, and let the base
     model answer with ``generate``; the result row: validity, threads, speedups, log-likelihoods, redundancy
-    and (with a judge) the verdict.  Every draw is seeded by ``options.seed`` and the prompt, so that a row does
+    and (with a judge) the verdict, and with ``options.sequential_answer`` the adapted model's own answer by
+    one thread, scored.  Every draw is seeded by ``options.seed`` and the prompt, so that a row does
     not depend on the rows evaluated before it (in this process or another).  Raises ``JudgeError`` if the
     judge cannot be asked."""
     prompt = str(record["prompt"])
@@ -154,10 +165,8 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     sampling = SamplingOptions(
         repetition_penalty=penalty or 1.0, penalty_scope=options.penalty_scope, sibling_ngram=options.sibling_ngram
     )
-    pasta = adapted.generate(
-        prompt,
-        RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard, jump_forward=options.jump_forward),
-    )
+    run = RunOptions(limits=limits, sampling=sampling, tag_guard=options.tag_guard, jump_forward=options.jump_forward)
+    pasta = adapted.generate(prompt, run)
     lenient = check(pasta.annotated, mode="lenient")
     valid = not lenient.diagnostics and not pasta.warnings
     out: dict[str, Any] = {
@@ -203,6 +212,17 @@ def evaluate_one(record: dict[str, Any], adapted: Engine, base: Engine, options:
     stitched_ids = base.tokenizer.encode(pasta.text, add_special_tokens=False)
     out["loglik_pasta"] = log_likelihood(base.model, ids, stitched_ids)
     out["loglik_sequential"] = log_likelihood(base.model, ids, answer_ids)
+    if options.sequential_answer:
+        # the adapted model's own answer by one thread, decoded afresh (the replay above decodes the async
+        # answer's text): the Q_async gap's reference, scored as the async answer is
+        own = adapted.generate(prompt, replace(run, mode="sequential"))
+        own_ids = base.tokenizer.encode(own.text, add_special_tokens=False)
+        out.update(
+            loglik_adapted_sequential=log_likelihood(base.model, ids, own_ids),
+            adapted_sequential_tokens=own.stats.generated + own.stats.jumped,  # what it wrote, as "written"
+            # cut by the answer's budget, the only one the run has (no max_thread_tokens)
+            adapted_sequential_cut=own.finish_reason is FinishReason.LENGTH,
+        )
     if options.sampled_reference is not None:  # seeded by the prompt: the same draw in any shard or order
         sampled = sampled_answer(
             base,
@@ -269,7 +289,15 @@ RESULT_FIELDS: dict[str, str] = {
     "redundancy_threads": _FIGURE,
     "redundancy_sequential": _FIGURE,
 }
-OPTIONAL_FIELDS: dict[str, str] = {"written": _FIGURE, "baseline_tokens": _FIGURE, "loglik_sampled": _FIGURE}
+OPTIONAL_FIELDS: dict[str, str] = {
+    "written": _FIGURE,
+    "baseline_tokens": _FIGURE,
+    "loglik_sampled": _FIGURE,
+    "loglik_adapted_sequential": _FIGURE,
+}
+# the optional log-likelihoods of a reference answer, and the flag a row that measured one needs: whether the
+# budget cut that answer
+REFERENCE_CUTS = {"loglik_sampled": "sampled_cut", "loglik_adapted_sequential": "adapted_sequential_cut"}
 
 
 def _holds(value: object, kind: str) -> bool:
@@ -284,9 +312,7 @@ def result_problem(row: object) -> str | None:
     kind), or None: what ``pastac eval --merge`` checks of the reports it joins."""
     if not isinstance(row, dict):
         return f"not an object but {type(row).__name__}"
-    needed = dict(RESULT_FIELDS)
-    if row.get("loglik_sampled") is not None:
-        needed["sampled_cut"] = _FLAG
+    needed = RESULT_FIELDS | {cut: _FLAG for loglik, cut in REFERENCE_CUTS.items() if row.get(loglik) is not None}
     for name, kind in needed.items():
         if name not in row:
             return f'no "{name}" field'
@@ -298,10 +324,36 @@ def result_problem(row: object) -> str | None:
     return None
 
 
+#: the quality gaps of a summary, by name: the row field of their reference answer's log-likelihood
+QUALITY_GAPS = {"q_ref": "loglik_sampled", "q_async": "loglik_adapted_sequential"}
+
+
+def quality_gap(rows: Sequence[dict[str, Any]], reference: str) -> tuple[float | None, int]:
+    """How far below a reference answer (``reference``: the row field of its log-likelihood) the base model
+    puts the stitched answer, in points: the difference of their mean log-likelihoods, each relative to the
+    mean of the greedy answer's, times 100 (None where no row has them all); and the rows it stands on.  Every
+    term is taken over the same rows, those where the greedy answer and the reference both ended: an answer
+    the budget cut is most often a loop, which the base model finds very likely."""
+    cut = REFERENCE_CUTS[reference]
+    kept = [
+        r
+        for r in rows
+        if not r["baseline_cut"]
+        and r.get(reference) is not None
+        and not r[cut]
+        and r["loglik_pasta"] is not None
+        and r["loglik_sequential"] is not None
+    ]
+    greedy = _mean([r["loglik_sequential"] for r in kept])
+    ours = _relative(_mean([r["loglik_pasta"] for r in kept]), greedy)
+    theirs = _relative(_mean([r[reference] for r in kept]), greedy)
+    return (None if ours is None or theirs is None else 100 * (theirs - ours)), len(kept)
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The summary of ``evaluate_one``'s rows: valid and fork rates, geometric-mean speedups, mean
-    log-likelihoods and redundancies, overall and for the list-like and short categories, and the judge's
-    verdict shares; a figure with no rows to count is None."""
+    log-likelihoods, the quality gaps (with the rows each stands on) and redundancies, overall and for the
+    list-like and short categories, and the judge's verdict shares; a figure with no rows to count is None."""
 
     def of(categories: Sequence[str]) -> list[dict[str, Any]]:
         return [r for r in results if r.get("category") in categories]
@@ -321,6 +373,11 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     every = loglik(results)
     # a base answer the budget cut is most often a loop, which the base model finds very likely: no reference
     finished = loglik([r for r in results if not r["baseline_cut"]])
+    # Q_ref: below the base model's own sampled answer; Q_async: below the adapted model's own sequential answer
+    gaps: dict[str, Any] = {}
+    for name, reference in QUALITY_GAPS.items():
+        for suffix, rows in (("", results), ("_list_like", listy)):
+            gaps[f"{name}_gap{suffix}"], gaps[f"{name}_rows{suffix}"] = quality_gap(rows, reference)
     summary: dict[str, Any] = {
         "prompts": len(results),
         "valid_rate": _rate([r["valid"] for r in results]),
@@ -342,6 +399,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "theoretical_speedup": _geomean([r["theoretical_speedup"] for r in results]),
         **{f"loglik_{k}": v for k, v in every.items()},
         **{f"loglik_{k}_finished": v for k, v in finished.items()},
+        **gaps,
         "redundancy_threads": _mean([r["redundancy_threads"] for r in results]),
         "redundancy_sequential": _mean([r["redundancy_sequential"] for r in results]),
         "baseline_cut_rate": _rate([r["baseline_cut"] for r in results]),
