@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -28,3 +29,17 @@ def problem(path: str | Path, error: OSError | UnicodeDecodeError) -> str:
     if isinstance(error, IsADirectoryError):
         return f"cannot read '{path}': it is a directory"
     return f"cannot read '{path}': {error.strerror or error}"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a record written to a shared file shows it: relative to the working folder when it lies
+    under it, relative to its ``site-packages`` folder when it is an installed package's file (the package
+    and the file, not where one machine installed it), else as it is."""
+    resolved = Path(path).resolve()
+    with contextlib.suppress(ValueError):
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    parts = resolved.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return str(Path(*parts[len(parts) - parts[::-1].index(marker) :]))
+    return str(path)

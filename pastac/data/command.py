@@ -565,6 +565,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     from pastac import __version__
     from pastac.data.build import build_dataset, check_build_folder
     from pastac.data.prompts import DEFAULT_SEED
+    from pastac.files import shown_path
 
     _check_annotator_options(args)
     check_build_folder(args.out, force=args.force)  # before the model loads
@@ -574,7 +575,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO) -> int:
         "command": _build_command(args),
         "pastac": __version__,
         "model": loaded.name,
-        "model_source": loaded.source,
+        "model_source": shown_path(loaded.source),
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "repetition_penalty": args.repetition_penalty,
