@@ -42,7 +42,8 @@ class State:
     losses: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # the loss.csv rows
     pending: list[float] = field(default_factory=list)  # step losses since the last row
-    pending_kl: list[float] = field(default_factory=list)  # and their KL terms
+    pending_kl: list[float] = field(default_factory=list)  # and their KL (or contrastive) terms
+    pending_sft: list[float] = field(default_factory=list)  # and their supervised terms (preference stage)
     tokens: int = 0  # real tokens seen
     targets: int = 0  # labelled positions trained on
     seconds: float = 0.0  # training time, over all runs
@@ -89,6 +90,7 @@ def save_checkpoint(
             "history": state.history,
             "pending": state.pending,
             "pending_kl": state.pending_kl,
+            "pending_sft": state.pending_sft,
             "tokens": state.tokens,
             "targets": state.targets,
             "seconds": state.seconds,
@@ -178,6 +180,7 @@ def load_checkpoint(
         history=list(saved["history"]),
         pending=[float(x) for x in saved.get("pending", [])],
         pending_kl=[float(x) for x in saved.get("pending_kl", [])],
+        pending_sft=[float(x) for x in saved.get("pending_sft", [])],
         tokens=int(saved["tokens"]),
         targets=int(saved["targets"]),
         seconds=float(saved["seconds"]),

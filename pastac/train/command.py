@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pastac.cli.common import EXIT_OK, EXIT_USAGE, UsageError, count, number, positive
+from pastac.cli.common import EXIT_OK, EXIT_USAGE, UsageError, count, integer, number, positive
 from pastac.cli.options import (
     chat_option,
     depth_option,
@@ -38,11 +38,13 @@ if TYPE_CHECKING:
 
 _probability = number(lambda v: 0 <= v < 1, "in [0, 1)")
 _rate = number(lambda v: v > 0, "> 0")
+_top_p = number(lambda v: 0 < v <= 1, "in (0, 1]")
+_at_least_two = integer(2)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``train`` to the command line."""
-    from pastac.train.options import TrainOptions
+    from pastac.train.options import STAGES, TrainOptions
 
     d = TrainOptions()
     p = sub.add_parser(
@@ -156,6 +158,86 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="a repetition penalty for the runtime to decode with by default (default: none recorded)",
     )
+    stage = p.add_argument_group(
+        "preference stage (--stage preference: DATA.jsonl holds prompts; see docs/train.md)",
+    )
+    from pastac.train.preference import PreferenceOptions
+
+    q = PreferenceOptions()
+    stage.add_argument(
+        "--stage",
+        choices=STAGES,
+        default=d.stage,
+        help="sft (default): fine-tune on annotated responses; preference: sample the adapter's own annotated "
+        "answers to DATA.jsonl's prompts, score them (speedup + --quality-weight x quality), and train it further "
+        "on the best and the worst of each prompt (BoNBoN)",
+    )
+    from pastac.adapters import DEFAULT_ADAPTER
+
+    stage.add_argument(
+        "--adapter",
+        metavar="DIR",
+        default=DEFAULT_ADAPTER,
+        help="the adapter the preference stage samples from and trains further (default: the one shipped with "
+        "pastac, for the default model)",
+    )
+    stage.add_argument(
+        "--samples",
+        type=_at_least_two,
+        default=q.samples,
+        metavar="N",
+        help=f"answers per prompt (default {q.samples})",
+    )
+    stage.add_argument(
+        "--temperature",
+        type=_rate,
+        default=q.temperature,
+        metavar="T",
+        help=f"the samples' temperature (default {q.temperature})",
+    )
+    stage.add_argument(
+        "--top-p", type=_top_p, default=q.top_p, metavar="P", help=f"the samples' nucleus (default {q.top_p})"
+    )
+    stage.add_argument(
+        "--quality-weight",
+        type=number(lambda v: v >= 0, ">= 0"),
+        default=q.quality_weight,
+        metavar="LAMBDA",
+        help="score = theoretical speedup + LAMBDA x quality, quality being the base model's log-likelihood per "
+        f"token of the answer relative to that of its own greedy answer (default {q.quality_weight:g})",
+    )
+    stage.add_argument("--rounds", type=positive, default=q.rounds, metavar="N", help="sample, pair, train N times")
+    stage.add_argument(
+        "--limit", type=positive, default=None, metavar="N", help="the first N prompts of a seeded order (a trial)"
+    )
+    stage.add_argument(
+        "--max-new-tokens",
+        type=positive,
+        default=q.max_new_tokens,
+        metavar="N",
+        help=f"each sample's budget (default {q.max_new_tokens}); a sample it cuts is not paired",
+    )
+    stage.add_argument(
+        "--sft-weight",
+        type=number(lambda v: 0 <= v <= 1, "in [0, 1]"),
+        default=d.sft_weight,
+        metavar="W",
+        help="the loss: W x the chosen answers' cross-entropy + (1 - W) x the contrastive term "
+        f"(default {d.sft_weight})",
+    )
+    stage.add_argument(
+        "--concurrent",
+        type=positive,
+        default=q.concurrent,
+        metavar="N",
+        help=f"samples decoded together (default {q.concurrent})",
+    )
+    stage.add_argument(
+        "--reuse-samples",
+        metavar="FILE",
+        help="start round 1 from this samples.jsonl of another run with the same sampling settings (a run with "
+        "another --quality-weight): only its missing prompts are sampled",
+    )
     output = p.add_argument_group("output")
     output.add_argument(
         "--log-every", type=positive, default=d.log_every, metavar="N", help="a loss.csv row every N steps"
@@ -221,9 +303,13 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
             chat=args.chat is not False,
             base_model=args.model,
             repetition_penalty=args.repetition_penalty,
+            stage=args.stage,
+            sft_weight=args.sft_weight,
         )
     except TrainError as error:
         raise UsageError(str(error)) from None
+    if args.stage == "preference":
+        return _prefer(args, out, data, folder, options)
     from pastac.train.distributed import DistributedError, PeerFailure, joined
 
     try:
@@ -317,5 +403,73 @@ def _train(args: argparse.Namespace, out: TextIO, data: Path, folder: Path, opti
         f"pastac: trained {result.steps} of {result.planned_steps} planned steps{processes} on {result.examples} "
         f"examples ({result.invalid} invalid and {result.too_long} too long skipped){resumed}{last}; "
         f"adapter in {folder}\n"
+    )
+    return EXIT_OK
+
+
+def _prefer(args: argparse.Namespace, out: TextIO, data: Path, folder: Path, options: TrainOptions) -> int:
+    """``pastac train --stage preference``: the rounds of ``pastac.train.preference``, on one process."""
+    from pastac.models import ModelError, check_architecture, load_model
+    from pastac.models.adapter import resolve_adapter
+    from pastac.train.data import DataError
+    from pastac.train.distributed import World
+    from pastac.train.options import TrainError
+    from pastac.train.preference import PreferenceOptions, run_stage
+
+    if World.from_environment().distributed:
+        raise UsageError("the preference stage runs on one process (it samples as it trains): not under a launcher")
+    try:
+        start = resolve_adapter(args.adapter, args.model)
+    except ModelError as error:
+        raise UsageError(str(error)) from None
+    if start is None:
+        raise UsageError("the preference stage trains an adapter further: name one with --adapter DIR")
+    try:
+        stage = PreferenceOptions(
+            samples=args.samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            quality_weight=args.quality_weight,
+            rounds=args.rounds,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            seed=args.seed,
+            concurrent=args.concurrent,
+            reuse_samples=args.reuse_samples,
+        )
+    except TrainError as error:
+        raise UsageError(str(error)) from None
+    if args.reuse_samples is not None and not Path(args.reuse_samples).is_file():
+        raise UsageError(f"cannot read '{args.reuse_samples}': no such file")
+
+    def load(adapter: str | None) -> LoadedModel:
+        try:
+            loaded = load_model(args.model, device=args.device, dtype=args.dtype, adapter=adapter, progress=False)
+            check_architecture(loaded.model)
+        except ModelError as error:
+            raise UsageError(str(error)) from None
+        return loaded
+
+    try:
+        result = run_stage(
+            load,
+            data,
+            folder,
+            str(start),
+            stage,
+            options,
+            prompt_field=args.prompt_field,
+            progress=not args.quiet,
+            force=args.force,
+        )
+    except (DataError, TrainError) as error:
+        raise UsageError(str(error)) from error
+    except KeyboardInterrupt:
+        print(f"pastac: interrupted; run the same command again to resume in {folder}", file=sys.stderr)
+        return 130
+    last = result.rounds[-1]
+    out.write(
+        f"pastac: {len(result.rounds)} preference round(s); the last sampled {last['prompts']} prompts, "
+        f"{last['usable']} of {last['samples']} answers usable, trained on {last['pairs']} pairs; adapter in {folder}\n"
     )
     return EXIT_OK

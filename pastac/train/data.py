@@ -36,6 +36,7 @@ the strict checker and measures the valid ones (``Dataset.example`` encodes one 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
@@ -57,15 +58,19 @@ from pastac.runtime.replay import node_token_ids
 
 __all__ = [
     "IGNORE",
+    "PAIR_FIELDS",
     "Batch",
     "DataError",
     "Dataset",
     "Example",
     "Item",
+    "Pair",
+    "Pairs",
     "collate",
     "encode_example",
     "layout_labels",
     "load_examples",
+    "load_pairs",
     "runtime_form",
     "text_positions",
     "text_tokens",
@@ -292,6 +297,50 @@ class Dataset:
         return sum(i.targets for i in self.items)
 
 
+def _usable(
+    data: Dataset | Pairs,
+    number: int,
+    prompt: str,
+    annotated: str,
+    *,
+    max_depth: int,
+    max_length: int | None,
+    max_position: int | None,
+) -> Item | None:
+    """The record's item, or None with why noted and counted on ``data`` (invalid, or too long)."""
+    result = check(annotated, mode="strict", max_depth=max_depth)
+    if result.errors:
+        data.invalid += 1
+        first = result.errors[0]
+        data.note(number, f"{first.code}: {first.message}")
+        return None
+    try:
+        example = encode_example(
+            data.tokenizer, prompt, result.document, data.positions, chat=data.chat, eos_id=data.eos_id
+        )
+    except ValueError as error:
+        data.invalid += 1
+        data.note(number, str(error))
+        return None
+    if max_length is not None and len(example) > max_length:
+        data.too_long += 1
+        data.note(number, f"{len(example)} tokens, more than {max_length}")
+        return None
+    if max_position is not None and int(example.position_ids.max()) >= max_position:
+        data.too_long += 1
+        data.note(number, f"position {int(example.position_ids.max())} past the model's {max_position}")
+        return None
+    return Item(number, prompt, result.document, len(example), example.targets)
+
+
+def _records(path: str | Path) -> list[tuple[int, dict[str, Any] | str]]:
+    try:
+        text = read_text(Path(path))
+    except InputFileError as error:
+        raise DataError(str(error)) from None
+    return list(jsonl.parse(text))
+
+
 def load_examples(
     path: str | Path,
     tokenizer: Any,
@@ -311,13 +360,9 @@ def load_examples(
     (a model's ``max_position_embeddings``: predicted reservations may place tokens past the sequence length).
     Raises ``DataError`` when the file cannot be read.
     """
-    source = Path(path)
-    try:
-        text = read_text(source)
-    except InputFileError as error:
-        raise DataError(str(error)) from None
     data = Dataset(tokenizer, options, chat=chat, eos_id=eos_id)
-    for number, record in jsonl.parse(text):
+    limits = {"max_depth": max_depth, "max_length": max_length, "max_position": max_position}
+    for number, record in _records(path):
         data.records += 1
         if isinstance(record, str):
             data.invalid += 1
@@ -328,29 +373,127 @@ def load_examples(
             data.invalid += 1
             data.note(number, f"no string fields {prompt_field!r} and {field!r}")
             continue
-        result = check(annotated, mode="strict", max_depth=max_depth)
-        if result.errors:
+        item = _usable(data, number, prompt, annotated, **limits)
+        if item is not None:
+            data.items.append(item)
+    return data
+
+
+#: The fields of a preference pair (``load_pairs``): the prompt, the chosen and the rejected annotated
+#: answers, and the log-probability of each under the reference model (summed over its labelled positions).
+PAIR_FIELDS = ("prompt", "chosen", "rejected", "chosen_reference", "rejected_reference")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A usable preference pair: its two answers and their log-probabilities under the reference model."""
+
+    chosen: Item
+    rejected: Item
+    chosen_reference: float
+    rejected_reference: float
+
+    @property
+    def length(self) -> int:
+        """The tokens of both sequences, prompts included."""
+        return self.chosen.length + self.rejected.length
+
+    @property
+    def targets(self) -> int:
+        """The chosen answer's labelled positions: what the supervised term is a mean over."""
+        return self.chosen.targets
+
+
+@dataclass
+class Pairs:
+    """The usable pairs of a JSONL file of preference pairs (``PAIR_FIELDS``), as ``Dataset`` holds examples:
+    a batch of pairs is the chosen and the rejected answer of each, in that order, row after row."""
+
+    tokenizer: Any = field(repr=False)
+    positions: PositionOptions
+    chat: bool = True
+    eos_id: int | None = None
+    items: list[Pair] = field(default_factory=list)
+    records: int = 0
+    invalid: int = 0
+    too_long: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _encode(self, item: Item) -> Example:
+        return encode_example(
+            self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat, eos_id=self.eos_id
+        )
+
+    def examples(self, index: int) -> tuple[Example, Example]:
+        """Pair ``index``'s chosen and rejected examples."""
+        pair = self.items[index]
+        return self._encode(pair.chosen), self._encode(pair.rejected)
+
+    def references(self, indices: Sequence[int]) -> torch.Tensor:
+        """float64 [K, 2]: the reference log-probabilities of the chosen and rejected answers of these pairs."""
+        rows = [(self.items[i].chosen_reference, self.items[i].rejected_reference) for i in indices]
+        return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 2)
+
+    def forks(self, index: int) -> bool:
+        """Whether pair ``index``'s chosen answer makes a promise."""
+        return any(isinstance(node, Promise) for node in self.items[index].chosen.document.body)
+
+    def note(self, line: int, message: str) -> None:
+        """Keep why the record on ``line`` was left out, for the log (the first 20 reasons only)."""
+        if len(self.problems) < 20:
+            self.problems.append(f"line {line}: {message}")
+
+    @property
+    def tokens(self) -> int:
+        """The tokens of all usable pairs, both answers."""
+        return sum(p.length for p in self.items)
+
+    @property
+    def targets(self) -> int:
+        """The labelled positions of the chosen answers."""
+        return sum(p.targets for p in self.items)
+
+
+def load_pairs(
+    path: str | Path,
+    tokenizer: Any,
+    options: PositionOptions,
+    *,
+    chat: bool = True,
+    eos_id: int | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_length: int | None = None,
+    max_position: int | None = None,
+) -> Pairs:
+    """Read a JSONL file of preference pairs (one object per line with ``PAIR_FIELDS``); a pair whose answers
+    are not both usable (as ``load_examples`` judges them) is skipped and counted.  ``DataError`` when the
+    file cannot be read."""
+    data = Pairs(tokenizer, options, chat=chat, eos_id=eos_id)
+    limits = {"max_depth": max_depth, "max_length": max_length, "max_position": max_position}
+    for number, record in _records(path):
+        data.records += 1
+        if isinstance(record, str):
             data.invalid += 1
-            first = result.errors[0]
-            data.note(number, f"{first.code}: {first.message}")
+            data.note(number, record)
             continue
-        try:
-            example = encode_example(
-                tokenizer, prompt, result.document, options, chat=chat, eos_id=eos_id, max_depth=max_depth
+        texts = [record.get(name) for name in PAIR_FIELDS[:3]]
+        references = [record.get(name) for name in PAIR_FIELDS[3:]]
+        if not all(isinstance(t, str) for t in texts) or not all(
+            isinstance(r, int | float) and not isinstance(r, bool) and math.isfinite(r) for r in references
+        ):
+            data.invalid += 1
+            data.note(
+                number, f"not a pair: string fields prompt, chosen, rejected and numbers {', '.join(PAIR_FIELDS[3:])}"
             )
-        except ValueError as error:
-            data.invalid += 1
-            data.note(number, str(error))
             continue
-        if max_length is not None and len(example) > max_length:
-            data.too_long += 1
-            data.note(number, f"{len(example)} tokens, more than {max_length}")
-            continue
-        if max_position is not None and int(example.position_ids.max()) >= max_position:
-            data.too_long += 1
-            data.note(number, f"position {int(example.position_ids.max())} past the model's {max_position}")
-            continue
-        data.items.append(Item(number, prompt, result.document, len(example), example.targets))
+        prompt, chosen, rejected = (str(t) for t in texts)
+        first = _usable(data, number, prompt, chosen, **limits)
+        second = _usable(data, number, prompt, rejected, **limits) if first is not None else None
+        if first is not None and second is not None:
+            data.items.append(Pair(first, second, float(references[0]), float(references[1])))  # type: ignore[arg-type]
     return data
 
 

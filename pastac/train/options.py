@@ -8,7 +8,10 @@ from pastac.adapters.settings import AdapterSettings
 from pastac.grammar import DEFAULT_MAX_DEPTH
 from pastac.passes.positions import Policy, PositionOptions
 
-__all__ = ["TrainError", "TrainOptions"]
+__all__ = ["STAGES", "TrainError", "TrainOptions"]
+
+#: ``sft``: supervised fine-tuning on annotated responses; ``preference``: BoNBoN on pairs of the model's own.
+STAGES = ("sft", "preference")
 
 
 class TrainError(ValueError):
@@ -55,6 +58,14 @@ class TrainOptions:
     base_model: str | None = None  # recorded in pastac.json (default: the model's name_or_path)
     # a decode setting recorded in pastac.json: the repetition penalty the runtime uses when a run sets none
     repetition_penalty: float | None = None
+    # the stage: "sft" trains on annotated responses; "preference" on pairs of them (``pastac.train.data.Pairs``)
+    # with the BoNBoN loss: sft_weight x the chosen answers' cross-entropy + (1 - sft_weight) x the contrastive
+    # term at the target ``margin`` (``pastac.train.loss.pair_losses``)
+    stage: str = "sft"
+    # an adapter folder to start from, trained further (its rank, alpha, dropout and layers); None: a new one
+    init_adapter: str | None = None
+    sft_weight: float = 0.5
+    margin: float = 5.5  # bonbon_margin(4)
 
     def __post_init__(self) -> None:
         for name in (
@@ -86,6 +97,14 @@ class TrainOptions:
             raise TrainError(f"max_grad_norm must be > 0, not {self.max_grad_norm}")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             raise TrainError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+        if self.stage not in STAGES:
+            raise TrainError(f"stage must be one of {', '.join(STAGES)}, not {self.stage!r}")
+        if not 0 <= self.sft_weight <= 1:
+            raise TrainError(f"sft_weight must be in [0, 1], not {self.sft_weight}")
+        if not self.margin > 0:
+            raise TrainError(f"margin must be > 0, not {self.margin}")
+        if self.stage == "preference" and self.kl_weight:
+            raise TrainError("the KL term is the first stage's; the preference stage's reference is its pairs'")
         if self.dtype not in ("float32", "bfloat16"):
             raise TrainError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.policy not in (Policy.PREDICTED, Policy.RESTART, Policy.LOCKSTEP):

@@ -30,7 +30,9 @@ def write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
     """Write the loss rows to ``out/loss.csv`` and plot them in ``out/loss.png``, each file atomically
     (``pastac.output``; its ``OutputError`` when one cannot be written)."""
     table = io.StringIO()
-    fields = ["step", "loss", "lr", "tokens", "seconds"] + (["kl"] if any("kl" in r for r in history) else [])
+    # the first stage's KL term, or the preference stage's two terms (its loss being their weighted sum)
+    extra = [name for name in ("kl", "sft", "ipo") if any(name in r for r in history)]
+    fields = ["step", "loss", "lr", "tokens", "seconds", *extra]
     writer = csv.DictWriter(table, fieldnames=fields)
     writer.writeheader()
     for row in history:
@@ -44,7 +46,8 @@ def write_loss(out: Path, history: Sequence[dict[str, float]]) -> None:
     axes = fig.subplots()
     axes.plot([r["step"] for r in history], [r["loss"] for r in history], color="#1f77b4", linewidth=1.2)
     axes.set_xlabel("step")
-    axes.set_ylabel("loss (mean cross-entropy per labelled token)")
+    preference = "ipo" in extra
+    axes.set_ylabel("BoNBoN loss" if preference else "loss (mean cross-entropy per labelled token)")
     axes.set_title("pastac train")
     axes.grid(alpha=0.3)
     with atomic(out / "loss.png", binary=True) as file:
@@ -86,6 +89,9 @@ def model_card(log: dict[str, Any], settings: AdapterSettings, *, name: str = "a
     processes = hw.get("world_size", 1)
     if processes > 1:
         device = f"{processes} processes, data-parallel (torch.distributed, {hw.get('backend')}), each on: {device}"
+    lora = log.get("lora") or {"rank": o["rank"], "alpha": o["alpha"], "dropout": o["dropout"]}
+    preference = o.get("stage") == "preference"
+    what = "pairs" if preference else "examples"
     lines = [
         f"# {name}",
         "",
@@ -106,15 +112,15 @@ def model_card(log: dict[str, Any], settings: AdapterSettings, *, name: str = "a
         "## Data",
         "",
         f"- `{data['path']}` (sha256 `{data['sha256'][:16]}…`): {data['records']} records, {data['examples']} "
-        f"examples used ({data['invalid']} invalid and {data['too_long']} too long skipped), "
-        f"{data['tokens']:,} tokens, {data['targets']:,} labelled.",
+        f"{what} used ({data['invalid']} invalid and {data['too_long']} too long skipped), "
+        f"{data['tokens']:,} tokens, {data['targets']:,} labelled" + (" (the chosen answers')." if preference else "."),
         "- Layout: the prompt (chat template: " + ("yes" if settings.chat else "no") + ") then the "
         "annotated response, with the attention mask and position ids of the runtime; one label per position "
         "(a child's opening `<async>` is force-fed at run time and is not a target).",
         "",
         "## Recipe",
         "",
-        f"- LoRA rank {o['rank']}, alpha {o['alpha']}, dropout {o['dropout']} on "
+        f"- LoRA rank {lora['rank']}, alpha {lora['alpha']}, dropout {lora['dropout']} on "
         f"{', '.join(log['target_modules'])}: {log['trainable_parameters']:,} trainable parameters.",
         f"- AdamW, learning rate {o['lr']} ({o['schedule']}, {o['warmup_steps']} warm-up steps), weight decay "
         f"{o['weight_decay']}, gradient clipping {o['max_grad_norm']}; batch {o['batch_size']} x "
@@ -132,8 +138,17 @@ def model_card(log: dict[str, Any], settings: AdapterSettings, *, name: str = "a
             if processes > 1
             else ""
         ),
-        f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "
-        f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`.",
+        (
+            f"- Preference stage (BoNBoN), trained further from the adapter `{o['init_adapter']}`: the loss is "
+            f"{o['sft_weight']:g} x the chosen answers' cross-entropy per labelled token + {1 - o['sft_weight']:g} x "
+            f"((h - m) / m)^2, h being how much more than that adapter the model favours the chosen answer over the "
+            f"rejected one (log-probability ratios summed over each answer's labelled positions), m = "
+            f"{o['margin']:.3g} the best-of-n target; its first step {_loss(log['first_loss'])}, its last "
+            f"{_loss(log['final_loss'])} (the terms in `loss.csv`'s columns sft and ipo), `loss.png`."
+            if preference
+            else f"- Loss (mean cross-entropy per labelled token): {_loss(log['first_loss'])} at the first step, "
+            f"{_loss(log['final_loss'])} at the last; `loss.csv`, `loss.png`."
+        ),
         "",
         "## Hardware and time",
         "",
@@ -143,8 +158,9 @@ def model_card(log: dict[str, Any], settings: AdapterSettings, *, name: str = "a
         "",
         "## Evaluation",
         "",
-        "Measure it with `pastac eval --prompts PROMPTS.jsonl --adapter DIR`: valid annotations, fork rate, "
-        "speedups and the quality proxies.",
+        "Measure it with `pastac eval --prompts PROMPTS.jsonl --adapter DIR --sampled-reference 0.3 "
+        "--sequential-answer`: valid annotations, fork rates, speedups and the quality gaps (Q_ref: below the "
+        "base model's own sampled answer; Q_async: below the adapted model's own sequential answer).",
         "",
     ]
     return "\n".join(lines)

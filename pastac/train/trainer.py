@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from pastac.adapters.settings import SETTINGS_FILE
+from pastac.files import shown_path
 from pastac.models import DTYPES
 from pastac.output import OutputError, check_folder, reason, write_text
 from pastac.progress import progress_bar
@@ -61,9 +62,9 @@ from pastac.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from pastac.train.data import IGNORE, Dataset, collate, load_examples
+from pastac.train.data import Dataset, Pairs, collate, load_examples, load_pairs
 from pastac.train.distributed import DistributedError, World, joined, rank_seed
-from pastac.train.loss import micro_batch_losses
+from pastac.train.loss import micro_batch_losses, pair_losses
 from pastac.train.options import TrainError, TrainOptions
 from pastac.train.report import hardware, model_card, write_loss
 from pastac.train.schedule import Plan
@@ -125,10 +126,11 @@ class TrainResult:
 
 
 def is_adapter_folder(folder: Path) -> bool:
-    """Whether ``folder`` is the output of a training run: it holds the runtime's settings (``pastac.json``)
-    or a checkpoint (one being written included)."""
+    """Whether ``folder`` is the output of a training run: it holds the runtime's settings (``pastac.json``),
+    a checkpoint (one being written included) or the preference stage's record."""
     return (
         (folder / SETTINGS_FILE).is_file()
+        or (folder / "preference.json").is_file()  # the preference stage's (pastac.train.preference)
         or checkpoint_folder(folder) is not None
         or (folder / f"{CHECKPOINT}.tmp").is_dir()
     )
@@ -152,7 +154,7 @@ def find_target_modules(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(name for name in KNOWN_TARGETS if name in found)
 
 
-def _eos_id(model: torch.nn.Module, tokenizer: Any) -> int:
+def end_of_sequence(model: torch.nn.Module, tokenizer: Any) -> int:
     eos = tokenizer.eos_token_id
     if eos is None:
         config = getattr(model, "generation_config", None)
@@ -163,7 +165,29 @@ def _eos_id(model: torch.nn.Module, tokenizer: Any) -> int:
     return int(eos)
 
 
-def _digest(path: Path) -> str:
+def _init_config(folder: str | None) -> Any:
+    """The LoRA config of the adapter to start from (None: none); ``TrainError`` if it is not one."""
+    if folder is None:
+        return None
+    from peft import LoraConfig
+
+    try:
+        config = LoraConfig.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as error:
+        raise TrainError(f"cannot start from the adapter '{folder}': {error}") from None
+    if not config.target_modules:
+        raise TrainError(f"the adapter '{folder}' names no layers (target_modules)")
+    return config
+
+
+def _lora_record(peft_model: Any) -> dict[str, Any]:
+    """The adapter's rank, alpha and dropout as trained (an adapter started from keeps its own)."""
+    config = peft_model.peft_config["default"]
+    return {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout}
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, in hex: what a checkpoint and a log record their data by."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -228,7 +252,7 @@ def _train(
     force: bool,
 ) -> TrainResult:
     """``train`` in process ``world.rank`` of ``world.size``."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     started = time.perf_counter()
@@ -241,27 +265,32 @@ def _train(
             check_output_folder(out, force=force)
         except OutputError as error:
             raise TrainError(str(error)) from None
-        eos = _eos_id(model, tokenizer)
+        eos = end_of_sequence(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         max_position = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        data = load_examples(
-            source,
-            tokenizer,
-            options.positions,
-            field=options.field,
-            prompt_field=options.prompt_field,
-            chat=options.chat,
-            eos_id=eos,
-            max_depth=options.max_depth,
-            max_length=options.max_length,
-            max_position=max_position,
-        )
+        layout = {
+            "chat": options.chat,
+            "eos_id": eos,
+            "max_depth": options.max_depth,
+            "max_length": options.max_length,
+            "max_position": max_position,
+        }
+        data: Dataset | Pairs
+        if options.stage == "preference":
+            data = load_pairs(source, tokenizer, options.positions, **layout)
+        else:
+            data = load_examples(
+                source, tokenizer, options.positions, field=options.field, prompt_field=options.prompt_field, **layout
+            )
         if not data.items:
             raise TrainError(
                 f"no usable examples in '{source}': {data.records} records, {data.invalid} invalid, "
                 f"{data.too_long} too long" + (f" (first: {data.problems[0]})" if data.problems else "")
             )
-        targets = options.target_modules or find_target_modules(model)
+        init = _init_config(options.init_adapter)
+        targets = (
+            tuple(init.target_modules) if init is not None else options.target_modules or find_target_modules(model)
+        )
         if not targets:
             raise TrainError(
                 f"{type(model).__name__} has none of the known projection layers "
@@ -269,8 +298,8 @@ def _train(
             )
         record = {
             "options": _options_record(options),
-            "data": str(source.resolve()),
-            "data_sha256": _digest(source),
+            "data": shown_path(source),
+            "data_sha256": file_sha256(source),
             "examples": len(data),
         }
     world.same(
@@ -300,7 +329,10 @@ def _train(
         )
         with warnings.catch_warnings():  # peft 0.21 reads an attribute that transformers 5 deprecates
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-            peft_model = get_peft_model(model, config)
+            if options.init_adapter is not None:  # trained further: its own rank, alpha, dropout and layers
+                peft_model = PeftModel.from_pretrained(model, options.init_adapter, is_trainable=True)
+            else:
+                peft_model = get_peft_model(model, config)
         peft_model.train()
         parameters = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=options.lr, weight_decay=options.weight_decay)
@@ -330,25 +362,38 @@ def _train(
                     group["lr"] = lr
                 step = plan.step(state.step)
                 # process r takes the micro-batches r, r + N, ...: perhaps none, but it joins the reduction
-                batches = [
-                    collate([data.example(i) for i in indices], pad) for indices in step[world.rank :: world.size]
-                ]
-                if world.distributed:  # the whole step's, which every process knows from the plan
-                    labelled = sum(data.items[i].targets for indices in step for i in indices)
-                    tokens = sum(data.items[i].length for indices in step for i in indices)
-                else:
-                    labelled = sum(int((b.labels != IGNORE).sum()) for b in batches)
-                    tokens = sum(b.tokens for b in batches)
+                mine = step[world.rank :: world.size]
+                # the whole step's labelled positions (the chosen answers' for pairs) and tokens, which every
+                # process knows from the plan
+                labelled = sum(data.items[i].targets for indices in step for i in indices)
+                tokens = sum(data.items[i].length for indices in step for i in indices)
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = kl_sum = 0.0
-                for batch in batches:
-                    cross_entropy, kl = micro_batch_losses(
-                        peft_model, batch.to(device), dtype, labelled, options.kl_weight > 0
-                    )
-                    (cross_entropy + options.kl_weight * kl).backward()
-                    loss_sum += float(cross_entropy.detach())
-                    kl_sum += float(kl.detach())
+                for indices in mine:
+                    if isinstance(data, Pairs):  # the second term is the contrastive one
+                        batch = collate([e for i in indices for e in data.examples(i)], pad)
+                        pairs = sum(len(group) for group in step)
+                        first, second = pair_losses(
+                            peft_model,
+                            batch.to(device),
+                            dtype,
+                            data.references(indices),
+                            labelled,
+                            pairs,
+                            options.margin,
+                        )
+                        (options.sft_weight * first + (1 - options.sft_weight) * second).backward()
+                    else:  # the second term is the KL one
+                        batch = collate([data.example(i) for i in indices], pad)
+                        first, second = micro_batch_losses(
+                            peft_model, batch.to(device), dtype, labelled, options.kl_weight > 0
+                        )
+                        (first + options.kl_weight * second).backward()
+                    loss_sum += float(first.detach())
+                    kl_sum += float(second.detach())
                 loss_sum, kl_sum = world.reduce_gradients(parameters, (loss_sum, kl_sum))
+                if isinstance(data, Pairs):  # the step's objective; its terms go to their own columns
+                    sft_sum, loss_sum = loss_sum, options.sft_weight * loss_sum + (1 - options.sft_weight) * kl_sum
                 if options.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, options.max_grad_norm)
                 optimizer.step()
@@ -360,6 +405,8 @@ def _train(
                 state.seconds += elapsed
                 state.pending.append(loss_sum)
                 state.pending_kl.append(kl_sum)
+                if isinstance(data, Pairs):
+                    state.pending_sft.append(sft_sum)
                 if state.step % options.log_every == 0 or state.step == plan.total:
                     row = {
                         "step": state.step,
@@ -368,10 +415,13 @@ def _train(
                         "tokens": state.tokens,
                         "seconds": round(state.seconds, 3),
                     }
-                    if options.kl_weight > 0:
+                    if isinstance(data, Pairs):
+                        row["ipo"] = sum(state.pending_kl) / len(state.pending_kl)
+                        row["sft"] = sum(state.pending_sft) / len(state.pending_sft)
+                    elif options.kl_weight > 0:
                         row["kl"] = sum(state.pending_kl) / len(state.pending_kl)
                     state.history.append(row)
-                    state.pending, state.pending_kl = [], []
+                    state.pending, state.pending_kl, state.pending_sft = [], [], []
                 if state.step % options.save_every == 0 or state.step == plan.total:
                     _checkpoint(world, out, peft_model, optimizer, state, plan, record, device)
                 if update is not None:
@@ -386,6 +436,7 @@ def _train(
     log = {
         "options": _options_record(options),
         "target_modules": list(targets),
+        "lora": _lora_record(peft_model),
         "data": {
             "path": record["data"],
             "sha256": record["data_sha256"],
