@@ -180,6 +180,12 @@ def _init_config(folder: str | None) -> Any:
     return config
 
 
+def _in_known_order(names: Any) -> tuple[str, ...]:
+    """Layer names in ``KNOWN_TARGETS``' order, then the others sorted (PEFT keeps them as a set)."""
+    known = {name: i for i, name in enumerate(KNOWN_TARGETS)}
+    return tuple(sorted(names, key=lambda n: (known.get(n, len(known)), n)))
+
+
 def _lora_record(peft_model: Any) -> dict[str, Any]:
     """The adapter's rank, alpha and dropout as trained (an adapter started from keeps its own)."""
     config = peft_model.peft_config["default"]
@@ -198,6 +204,8 @@ def file_sha256(path: Path) -> str:
 def _options_record(options: TrainOptions) -> dict[str, Any]:
     record = asdict(options)
     record["target_modules"] = None if options.target_modules is None else list(options.target_modules)
+    if options.init_adapter is not None:  # as the checkout or the package shows it, not this machine's path
+        record["init_adapter"] = shown_path(options.init_adapter)
     return record
 
 
@@ -289,7 +297,9 @@ def _train(
             )
         init = _init_config(options.init_adapter)
         targets = (
-            tuple(init.target_modules) if init is not None else options.target_modules or find_target_modules(model)
+            _in_known_order(init.target_modules)
+            if init is not None
+            else options.target_modules or find_target_modules(model)
         )
         if not targets:
             raise TrainError(
