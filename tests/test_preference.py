@@ -306,3 +306,5 @@ def test_the_command_line_runs_the_stage_and_says_what_is_wrong(capsys, tmp_path
     assert len(drawn.splitlines()) == 1 and not any(s["ended"] for s in json.loads(drawn)["samples"])
     code, out, err = run(capsys, "train", *argv)  # a rerun reads them back, and says the same
     assert code == 2 and "no pairs" in err and samples.read_text() == drawn
+    stage = json.loads((tmp_path / "o" / PREFERENCE_FILE).read_text())
+    assert stage["train_options"]["lr"] == 1e-4 and stage["options"]["samples"] == 2  # the stage's own default

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 _probability = number(lambda v: 0 <= v < 1, "in [0, 1)")
 _rate = number(lambda v: v > 0, "> 0")
 _top_p = number(lambda v: 0 < v <= 1, "in (0, 1]")
+#: The preference stage's default learning rate (the first stage's is ``TrainOptions.lr``).
+PREFERENCE_LR = 1e-4
 _at_least_two = integer(2)
 
 
@@ -115,7 +117,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="stop after N optimizer steps (the learning-rate schedule still spans the epochs)",
     )
-    how.add_argument("--lr", type=_rate, default=d.lr, metavar="X", help=f"peak learning rate (default {d.lr:g})")
+    how.add_argument(
+        "--lr",
+        type=_rate,
+        default=None,
+        metavar="X",
+        help=f"peak learning rate (default {d.lr:g}; {PREFERENCE_LR:g} for --stage preference, whose contrastive "
+        "term sums log-probability ratios over whole answers and overshoots its target at the first stage's rate)",
+    )
     how.add_argument(
         "--schedule",
         choices=("linear", "constant"),
@@ -280,7 +289,7 @@ def train_command(args: argparse.Namespace, out: TextIO) -> int:
             alpha=args.alpha,
             dropout=args.dropout,
             target_modules=targets,
-            lr=args.lr,
+            lr=args.lr if args.lr is not None else PREFERENCE_LR if args.stage == "preference" else TrainOptions.lr,
             schedule=args.schedule,
             warmup_steps=args.warmup_steps,
             epochs=args.epochs,

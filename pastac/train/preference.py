@@ -77,7 +77,7 @@ class PreferenceOptions:
     top_p: float = 1.0
     quality_weight: float = 1.0  # lambda: score = speedup + quality_weight x quality
     rounds: int = 1
-    max_new_tokens: int = 384
+    max_new_tokens: int = 768  # a forked answer is longer than a plain one; a sample the budget cuts is unusable
     limit: int | None = None  # the first N prompts of the seeded order (a trial); None: all
     seed: int = 0
     concurrent: int = 8  # requests decoded together (each prompt's samples are requests of their own)
