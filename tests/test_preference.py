@@ -23,6 +23,7 @@ from pastac.train.preference import (
     pair_of,
     prompt_records,
     run_stage,
+    speedup,
 )
 from pastac.train.trainer import train
 
@@ -57,6 +58,7 @@ def _sample(usable: bool, speedup: float, quality: float | None, text: str = "x"
         "annotated": text,
         "reference_logprob": -1.0 if usable else None,
         "k": 0,
+        "tokens": 100,
     }
 
 
@@ -81,10 +83,30 @@ def test_the_pair_is_the_best_and_the_worst_usable_sample_by_speedup_plus_weight
     assert pair_of([samples[0], samples[2]], 1.0) is None  # one usable sample
     assert pair_of([_sample(True, 1.0, -0.2), _sample(True, 1.0, -0.2)], 1.0) is None  # nothing to prefer
     assert pair_of([_sample(True, 1.0, None), _sample(True, 2.0, -0.2)], 1.0) is None  # no quality: unscored
-    lines = [{"id": "p", "prompt": "q", "category": "list", "samples": samples}]
+    lines = [{"id": "p", "prompt": "q", "category": "list", "reference": {"tokens": 80}, "samples": samples}]
     (pair,) = make_pairs(lines, 0.0)
     assert pair["chosen_speedup"] == 2.0 and pair["rejected_quality"] == -0.1
     assert pair["chosen_score"] == 2.0 and pair["rejected_score"] == 1.0
+
+
+def test_the_reference_speedup_counts_the_base_answers_tokens_over_the_critical_path():
+    # 300 tokens at a theoretical speedup of 3: a critical path of 100 steps; the base answer has 150 tokens
+    long = _sample(True, 3.0, -0.2) | {"tokens": 300}
+    short = _sample(True, 1.0, -0.2) | {"tokens": 60}  # one thread, 60 steps
+    assert speedup(long, "theoretical", 150) == 3.0 and speedup(long, "reference", 150) == pytest.approx(1.5)
+    assert speedup(short, "reference", 150) == pytest.approx(2.5)
+    assert speedup(short, "reference", None) is None  # no reference length: not scored
+    assert pair_of([long, short], 0.0) == (0, 1)  # more parallel
+    assert pair_of([long, short], 0.0, "reference", 150) == (1, 0)  # done sooner than the base answer
+    assert pair_of([long, short], 0.0, "reference", None) is None
+    lines = [{"id": "p", "prompt": "q", "reference": {"tokens": 150}, "samples": [long, short]}]
+    (pair,) = make_pairs(lines, 0.0, "reference")
+    assert pair["chosen_speedup"] == pytest.approx(2.5) and (pair["chosen_tokens"], pair["rejected_tokens"]) == (
+        60,
+        300,
+    )
+    with pytest.raises(TrainError, match="speedup must be one of theoretical, reference"):
+        PreferenceOptions(speedup="wall")
 
 
 def test_prompts_come_in_a_seeded_order_and_a_limit_takes_its_first(tmp_path):

@@ -170,7 +170,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     stage = p.add_argument_group(
         "preference stage (--stage preference: DATA.jsonl holds prompts; see docs/train.md)",
     )
-    from pastac.train.preference import PreferenceOptions
+    from pastac.train.preference import SPEEDUP_TERMS, PreferenceOptions
 
     q = PreferenceOptions()
     stage.add_argument(
@@ -214,6 +214,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LAMBDA",
         help="score = theoretical speedup + LAMBDA x quality, quality being the base model's log-likelihood per "
         f"token of the answer relative to that of its own greedy answer (default {q.quality_weight:g})",
+    )
+    stage.add_argument(
+        "--speedup-term",
+        choices=SPEEDUP_TERMS,
+        default=q.speedup,
+        help="the score's speedup: theoretical (default, PASTA's: the answer's tokens over its critical path) or "
+        "reference (the base model's greedy answer's tokens over the answer's critical path, which a longer "
+        "answer does not raise)",
     )
     stage.add_argument("--rounds", type=positive, default=q.rounds, metavar="N", help="sample, pair, train N times")
     stage.add_argument(
@@ -439,6 +447,7 @@ def _prefer(args: argparse.Namespace, out: TextIO, data: Path, folder: Path, opt
             temperature=args.temperature,
             top_p=args.top_p,
             quality_weight=args.quality_weight,
+            speedup=args.speedup_term,
             rounds=args.rounds,
             max_new_tokens=args.max_new_tokens,
             limit=args.limit,

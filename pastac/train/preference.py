@@ -76,6 +76,7 @@ class PreferenceOptions:
     temperature: float = 0.5
     top_p: float = 1.0
     quality_weight: float = 1.0  # lambda: score = speedup + quality_weight x quality
+    speedup: str = "theoretical"  # the speedup term (SPEEDUP_TERMS)
     rounds: int = 1
     max_new_tokens: int = 768  # a forked answer is longer than a plain one; a sample the budget cuts is unusable
     limit: int | None = None  # the first N prompts of the seeded order (a trial); None: all
@@ -90,6 +91,8 @@ class PreferenceOptions:
             raise TrainError(f"temperature must be > 0 (the samples must differ), not {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise TrainError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.speedup not in SPEEDUP_TERMS:
+            raise TrainError(f"speedup must be one of {', '.join(SPEEDUP_TERMS)}, not {self.speedup!r}")
         if not (math.isfinite(self.quality_weight) and self.quality_weight >= 0):
             raise TrainError(f"quality_weight must be >= 0, not {self.quality_weight}")
         for name in ("rounds", "max_new_tokens", "concurrent"):
@@ -148,29 +151,56 @@ def prompt_records(path: str | Path, *, prompt_field: str = "prompt", limit: int
 # -- scoring and pairing ------------------------------------------------------------------------------------
 
 
+#: The speedup terms a score may use: ``theoretical`` (PASTA's: the answer's tokens over its critical path) or
+#: ``reference`` (the base model's greedy answer's tokens over the answer's critical path: the speedup against
+#: decoding the base answer one token per step, which a longer answer does not raise).
+SPEEDUP_TERMS = ("theoretical", "reference")
+
+
+def speedup(sample: dict[str, Any], term: str, reference_tokens: int | None) -> float | None:
+    """A sample's speedup term (``SPEEDUP_TERMS``); None for ``reference`` without the reference's length."""
+    theoretical = float(sample["theoretical_speedup"])
+    if term == "theoretical":
+        return theoretical
+    if not reference_tokens or not sample.get("tokens"):
+        return None
+    return reference_tokens * theoretical / sample["tokens"]  # tokens / theoretical is the critical path
+
+
 @dataclass(frozen=True)
 class Scored:
     """One sample's figures as pairing reads them from its record."""
 
     index: int
     usable: bool
-    speedup: float
+    speedup: float | None
     quality: float | None
 
     def score(self, quality_weight: float) -> float | None:
-        """``speedup + quality_weight x quality`` (None without a quality figure)."""
-        return None if self.quality is None else self.speedup + quality_weight * self.quality
+        """``speedup + quality_weight x quality`` (None without both figures)."""
+        if self.quality is None or self.speedup is None:
+            return None
+        return self.speedup + quality_weight * self.quality
 
 
-def score(sample: dict[str, Any], index: int) -> Scored:
-    """A sample record's figures (``sample_prompts`` writes them)."""
-    return Scored(index, bool(sample["usable"]), float(sample["theoretical_speedup"]), sample.get("quality"))
+def score(sample: dict[str, Any], index: int, term: str = "theoretical", reference_tokens: int | None = None) -> Scored:
+    """A sample record's figures (``sample_prompts`` writes them), its speedup by ``term``."""
+    return Scored(index, bool(sample["usable"]), speedup(sample, term, reference_tokens), sample.get("quality"))
 
 
-def pair_of(samples: Sequence[dict[str, Any]], quality_weight: float) -> tuple[int, int] | None:
+def pair_of(
+    samples: Sequence[dict[str, Any]],
+    quality_weight: float,
+    term: str = "theoretical",
+    reference_tokens: int | None = None,
+) -> tuple[int, int] | None:
     """The indices of the best and the worst usable sample by score (the first of equals), or None when fewer
-    than two are usable or the best scores no higher than the worst (nothing to prefer)."""
-    scored = [s for s in (score(x, i) for i, x in enumerate(samples)) if s.usable and s.quality is not None]
+    than two are usable and scored or the best scores no higher than the worst (nothing to prefer)."""
+    scored = [
+        s
+        for s in (score(x, i, term, reference_tokens) for i, x in enumerate(samples))
+        if s.usable and s.score(quality_weight) is not None
+    ]
     if len(scored) < 2:
         return None
     values = {s.index: s.score(quality_weight) for s in scored}
@@ -369,31 +399,35 @@ def sample_prompts(
 # -- pairs and their card -----------------------------------------------------------------------------------
 
 
-def make_pairs(lines: Sequence[dict[str, Any]], quality_weight: float) -> list[dict[str, Any]]:
+def make_pairs(lines: Sequence[dict[str, Any]], quality_weight: float, term: str = "theoretical") -> list[dict]:
     """The pairs of the sampled prompts (``pair_of``), as ``pastac.train.data.load_pairs`` reads them."""
     out = []
     for line in lines:
-        chosen = pair_of(line["samples"], quality_weight)
+        tokens = line["reference"].get("tokens")
+        chosen = pair_of(line["samples"], quality_weight, term, tokens)
         if chosen is None:
             continue
-        best, worst = (line["samples"][i] for i in chosen)
+        best, worst = (score(line["samples"][i], i, term, tokens) for i in chosen)
+        first, second = (line["samples"][i] for i in chosen)
         out.append(
             {
                 "id": line["id"],
                 "category": line.get("category"),
                 "prompt": line["prompt"],
-                "chosen": best["annotated"],
-                "rejected": worst["annotated"],
-                "chosen_reference": best["reference_logprob"],
-                "rejected_reference": worst["reference_logprob"],
-                "chosen_k": best["k"],
-                "rejected_k": worst["k"],
-                "chosen_score": score(best, 0).score(quality_weight),
-                "rejected_score": score(worst, 0).score(quality_weight),
-                "chosen_speedup": best["theoretical_speedup"],
-                "rejected_speedup": worst["theoretical_speedup"],
-                "chosen_quality": best["quality"],
-                "rejected_quality": worst["quality"],
+                "chosen": first["annotated"],
+                "rejected": second["annotated"],
+                "chosen_reference": first["reference_logprob"],
+                "rejected_reference": second["reference_logprob"],
+                "chosen_k": first["k"],
+                "rejected_k": second["k"],
+                "chosen_score": best.score(quality_weight),
+                "rejected_score": worst.score(quality_weight),
+                "chosen_speedup": best.speedup,
+                "rejected_speedup": worst.speedup,
+                "chosen_quality": best.quality,
+                "rejected_quality": worst.quality,
+                "chosen_tokens": first["tokens"],
+                "rejected_tokens": second["tokens"],
             }
         )
     return out
@@ -421,6 +455,8 @@ def round_figures(lines: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any
         "rejected_speedup": _mean([p["rejected_speedup"] for p in pairs]),
         "chosen_quality": _mean([p["chosen_quality"] for p in pairs]),
         "rejected_quality": _mean([p["rejected_quality"] for p in pairs]),
+        "chosen_tokens": _mean([p["chosen_tokens"] for p in pairs]),
+        "rejected_tokens": _mean([p["rejected_tokens"] for p in pairs]),
     }
 
 
@@ -447,8 +483,13 @@ def samples_card(round_: int, figures: dict[str, Any], options: PreferenceOption
             "## Scored",
             "",
             "- score = speedup + λ × quality, λ = " + f"{options.quality_weight:g}.",
-            "- speedup: the answer's theoretical speedup (its tokens over its critical path); mean "
-            f"{_figure(f['mean_speedup'])}.",
+            (
+                "- speedup: the answer's theoretical speedup (its tokens over its critical path)"
+                if options.speedup == "theoretical"
+                else "- speedup: the base model's greedy answer's tokens over the answer's critical path (a longer "
+                "answer does not raise it)"
+            )
+            + f"; the samples' mean theoretical speedup {_figure(f['mean_speedup'])}.",
             "- quality: the base model's log-likelihood per token of the stitched answer relative to that of its "
             "own greedy answer, (ll − ll_ref) / |ll_ref| (the prompt's `response`, else a greedy answer decoded "
             f"for it); mean {_figure(f['mean_quality'])}.",
@@ -459,7 +500,8 @@ def samples_card(round_: int, figures: dict[str, Any], options: PreferenceOption
             "scoring differently, each with its log-probability under the sampling adapter in the training "
             "layout (the contrastive term's reference).",
             f"- chosen vs rejected: speedup {_figure(f['chosen_speedup'])} vs {_figure(f['rejected_speedup'])}, "
-            f"quality {_figure(f['chosen_quality'])} vs {_figure(f['rejected_quality'])}.",
+            f"quality {_figure(f['chosen_quality'])} vs {_figure(f['rejected_quality'])}, tokens "
+            f"{_figure(f['chosen_tokens'], '.0f')} vs {_figure(f['rejected_tokens'], '.0f')}.",
             "- Files: `samples.jsonl` (one line per prompt: the reference, every sample with its figures), "
             "`pairs.jsonl`.",
             "",
@@ -618,7 +660,7 @@ def run_stage(
             del models, adapted, base
         if lines is None:
             lines = _read_samples(samples_path, records)
-        pairs = make_pairs(lines, options.quality_weight)
+        pairs = make_pairs(lines, options.quality_weight, options.speedup)
         if not pairs:
             raise TrainError(f"round {round_}: no prompt has two usable samples that score differently: no pairs")
         try:
@@ -684,8 +726,9 @@ def stage_card(card: str, rounds: Sequence[dict[str, Any]], options: PreferenceO
             "",
             f"Trained from `{start}` by {len(rounds)} round(s) of `pastac train --stage preference`: "
             f"{options.samples} answers sampled per prompt (temperature {options.temperature}), scored "
-            f"speedup + {options.quality_weight:g} × quality, the best and the worst usable answer of each prompt "
-            "paired; each round's `CARD.md`, `samples.jsonl` and `pairs.jsonl` are in its folder.",
+            f"speedup ({options.speedup}) + {options.quality_weight:g} × quality, the best and the worst usable "
+            "answer of each prompt paired; each round's `CARD.md`, `samples.jsonl` and `pairs.jsonl` are in its "
+            "folder.",
             "",
             "| round | sampled from | prompts | usable answers | forked | pairs | speedup chosen vs rejected "
             "| quality chosen vs rejected |",
