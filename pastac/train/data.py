@@ -254,37 +254,47 @@ class Item:
 
 
 @dataclass
-class Dataset:
-    """The usable records of a JSONL file, how to encode them, and what was left out."""
+class _Read:
+    """What reading a JSONL file of training records keeps besides its items: how to encode them (the tokenizer
+    and the layout's settings) and what was left out."""
 
     tokenizer: Any = field(repr=False)
     positions: PositionOptions
     chat: bool = True
     eos_id: int | None = None
-    items: list[Item] = field(default_factory=list)
     records: int = 0  # non-blank lines read
     invalid: int = 0  # bad JSON, missing fields, or a response the strict checker rejects
     too_long: int = 0  # longer than max_length tokens, or positions past the model's
     problems: list[str] = field(default_factory=list)  # the first few reasons, for the log
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def example(self, index: int) -> Example:
-        """Example ``index`` encoded (encoded again on each call: the dataset keeps documents, not tensors)."""
-        item = self.items[index]
-        return encode_example(
-            self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat, eos_id=self.eos_id
-        )
-
-    def forks(self, index: int) -> bool:
-        """Whether example ``index`` makes a promise (a nested one always sits inside a top-level one's part)."""
-        return any(isinstance(node, Promise) for node in self.items[index].document.body)
-
     def note(self, line: int, message: str) -> None:
         """Keep why the record on ``line`` was left out, for the log (the first 20 reasons only)."""
         if len(self.problems) < 20:
             self.problems.append(f"line {line}: {message}")
+
+    def encode(self, prompt: str, document: Document) -> Example:
+        """A prompt and its annotated response in the layout (encoded again on each call: a dataset keeps
+        documents, not tensors)."""
+        return encode_example(self.tokenizer, prompt, document, self.positions, chat=self.chat, eos_id=self.eos_id)
+
+
+@dataclass
+class Dataset(_Read):
+    """The usable records of a JSONL file, how to encode them, and what was left out."""
+
+    items: list[Item] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def example(self, index: int) -> Example:
+        """Example ``index`` encoded."""
+        item = self.items[index]
+        return self.encode(item.prompt, item.document)
+
+    def forks(self, index: int) -> bool:
+        """Whether example ``index`` makes a promise (a nested one always sits inside a top-level one's part)."""
+        return any(isinstance(node, Promise) for node in self.items[index].document.body)
 
     @property
     def tokens(self) -> int:
@@ -298,7 +308,7 @@ class Dataset:
 
 
 def _usable(
-    data: Dataset | Pairs,
+    data: _Read,
     number: int,
     prompt: str,
     annotated: str,
@@ -315,9 +325,7 @@ def _usable(
         data.note(number, f"{first.code}: {first.message}")
         return None
     try:
-        example = encode_example(
-            data.tokenizer, prompt, result.document, data.positions, chat=data.chat, eos_id=data.eos_id
-        )
+        example = data.encode(prompt, result.document)
     except ValueError as error:
         data.invalid += 1
         data.note(number, str(error))
@@ -405,32 +413,19 @@ class Pair:
 
 
 @dataclass
-class Pairs:
+class Pairs(_Read):
     """The usable pairs of a JSONL file of preference pairs (``PAIR_FIELDS``), as ``Dataset`` holds examples:
     a batch of pairs is the chosen and the rejected answer of each, in that order, row after row."""
 
-    tokenizer: Any = field(repr=False)
-    positions: PositionOptions
-    chat: bool = True
-    eos_id: int | None = None
     items: list[Pair] = field(default_factory=list)
-    records: int = 0
-    invalid: int = 0
-    too_long: int = 0
-    problems: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _encode(self, item: Item) -> Example:
-        return encode_example(
-            self.tokenizer, item.prompt, item.document, self.positions, chat=self.chat, eos_id=self.eos_id
-        )
-
     def examples(self, index: int) -> tuple[Example, Example]:
         """Pair ``index``'s chosen and rejected examples."""
-        pair = self.items[index]
-        return self._encode(pair.chosen), self._encode(pair.rejected)
+        chosen, rejected = self.items[index].chosen, self.items[index].rejected
+        return self.encode(chosen.prompt, chosen.document), self.encode(rejected.prompt, rejected.document)
 
     def references(self, indices: Sequence[int]) -> torch.Tensor:
         """float64 [K, 2]: the reference log-probabilities of the chosen and rejected answers of these pairs."""
@@ -440,11 +435,6 @@ class Pairs:
     def forks(self, index: int) -> bool:
         """Whether pair ``index``'s chosen answer makes a promise."""
         return any(isinstance(node, Promise) for node in self.items[index].chosen.document.body)
-
-    def note(self, line: int, message: str) -> None:
-        """Keep why the record on ``line`` was left out, for the log (the first 20 reasons only)."""
-        if len(self.problems) < 20:
-            self.problems.append(f"line {line}: {message}")
 
     @property
     def tokens(self) -> int:
