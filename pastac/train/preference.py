@@ -51,7 +51,7 @@ from pastac import jsonl
 from pastac.adapters.settings import SETTINGS_FILE, AdapterSettings, SettingsError
 from pastac.files import shown_path
 from pastac.grammar import check
-from pastac.output import OutputError, write_text
+from pastac.output import OutputError, atomic, write_text
 from pastac.train.options import TrainError, TrainOptions
 
 __all__ = [
@@ -277,6 +277,7 @@ def _sample_record(
 ) -> dict[str, Any]:
     """One prompt's line of ``samples.jsonl``: its reference and every sample with its figures."""
     from pastac.evaluation.metrics import log_likelihood
+    from pastac.runtime.threads import FinishReason
 
     base = models.base
     ids = base.prompt_ids(record["prompt"])
@@ -284,13 +285,14 @@ def _sample_record(
     samples = []
     for k, (answer, seed) in enumerate(zip(answers, seeds, strict=True)):
         strict = check(answer.annotated, mode="strict", max_depth=models.adapted.defaults.max_depth)
-        ended = str(answer.finish_reason) == "stop"
+        valid = not strict.errors and not answer.warnings
+        ended = answer.finish_reason is FinishReason.STOP
         stitched = base.tokenizer.encode(answer.text, add_special_tokens=False)
         ll = log_likelihood(base.model, ids, stitched)
         quality = (
             None if ll is None or not reference["loglik"] else (ll - reference["loglik"]) / abs(reference["loglik"])
         )
-        usable = not strict.errors and not answer.warnings and ended and bool(stitched)
+        usable = valid and ended and bool(stitched)
         samples.append(
             {
                 "k": k,
@@ -298,7 +300,7 @@ def _sample_record(
                 "annotated": answer.annotated,
                 "text": answer.text,
                 "usable": usable,
-                "valid": not strict.errors and not answer.warnings,
+                "valid": valid,
                 "ended": ended,
                 "threads": answer.stats.threads,
                 "tokens": answer.stats.tokens,
@@ -746,8 +748,8 @@ def _publish(folder: Path, out: Path, card: str) -> None:
     try:
         for name in names:
             if (folder / name).is_file():
-                shutil.copyfile(folder / name, out / f".{name}.tmp")
-                (out / f".{name}.tmp").replace(out / name)
+                with (folder / name).open("rb") as source, atomic(out / name, binary=True) as target:
+                    shutil.copyfileobj(source, target)
         write_text(out / "README.md", card)
     except (OSError, OutputError) as error:
         raise TrainError(f"cannot write the adapter into '{out}': {error}") from None
