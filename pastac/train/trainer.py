@@ -328,20 +328,22 @@ def _train(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(options.seed)
         model.to(device=device, dtype=dtype)
-        conv1d = any(isinstance(m, Conv1D) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in targets)
-        config = LoraConfig(
-            r=options.rank,
-            lora_alpha=options.alpha,
-            lora_dropout=options.dropout,
-            target_modules=list(targets),
-            fan_in_fan_out=conv1d,
-            task_type="CAUSAL_LM",
-        )
         with warnings.catch_warnings():  # peft 0.21 reads an attribute that transformers 5 deprecates
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             if options.init_adapter is not None:  # trained further: its own rank, alpha, dropout and layers
                 peft_model = PeftModel.from_pretrained(model, options.init_adapter, is_trainable=True)
             else:
+                conv1d = any(
+                    isinstance(m, Conv1D) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in targets
+                )
+                config = LoraConfig(
+                    r=options.rank,
+                    lora_alpha=options.alpha,
+                    lora_dropout=options.dropout,
+                    target_modules=list(targets),
+                    fan_in_fan_out=conv1d,
+                    task_type="CAUSAL_LM",
+                )
                 peft_model = get_peft_model(model, config)
         peft_model.train()
         parameters = [p for p in peft_model.parameters() if p.requires_grad]
