@@ -144,6 +144,8 @@ def ray_cluster():
     pastac's own calls to Ray use it rather than starting their own."""
     ray = pytest.importorskip("ray", reason="the Ray tests need the extra pastac[ray]")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    # Serve gives its HTTP proxy five seconds to get ready, three times, then fails: not enough on two busy cores
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     if not ray.is_initialized():
         # the workers import the test modules' helper functions by name, as they would pastac's
         path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)

@@ -4,8 +4,8 @@ The command line's checks run without Ray (and never start it).  The tests marke
 cluster in this process (two CPUs, no dashboard) and run ``pastac serve --ray ADDRESS --replicas 2`` against it
 in a subprocess, as a user would, with Serve's HTTP proxy on 127.0.0.1 at a free port.  Each replica takes at
 most two requests at once (``--max-concurrent 2 --max-waiting 0``), so eight sent at once must be spread over
-both replicas; every answer must equal the one-process server's answer to the same (greedy) request.  The last
-test stops the command with SIGTERM.
+both replicas; every answer must equal the one-process server's answer to the same (greedy) request.  Then
+SIGTERM stops the command, and a last one is sent to a command whose replicas are still starting.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ START_TIMEOUT = 180.0  # seconds for the command to connect, start Serve and loa
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 REPLICA_HEADER = "x-pastac-replica"
+REPLICAS = 2  # started by `pastac serve --ray`
 # the model options of both servers; one torch thread and greedy decoding make their answers the same
 MODEL_OPTIONS = ["--no-adapter", "--kernels", "stock", "--torch-threads", "1", "--max-concurrent", "2"]
 TEMPLATE = 'A <promise topic="x"/> B <promise topic="y"/><sync/> C'
@@ -161,6 +162,25 @@ def test_replica_options_map_onto_serve_deployment_options():
     assert given["model"] == "m" and given["api_key"] == "k" and "port" not in given and "run" not in given
 
 
+@pytest.mark.ray
+def test_a_proxy_that_does_not_start_is_a_clear_error(monkeypatch):
+    from ray.exceptions import RayError
+
+    from pastac.cli.common import UsageError
+    from pastac.serve import ray_serve
+
+    def dies(**_options: Any) -> None:
+        raise RayError("The actor died unexpectedly before finishing this task.\n\tclass_name: ProxyActor")
+
+    monkeypatch.setattr(ray_serve.serve, "start", dies)
+    args = build_parser().parse_args(["serve", "--ray", "--port", "8123"])
+    with pytest.raises(UsageError) as refused:
+        ray_serve.Deployed(args).start()
+    says = str(refused.value)
+    assert "Serve's HTTP proxy did not start on 127.0.0.1:8123: The actor died unexpectedly" in says
+    assert ray_serve.PROXY_READY_VARIABLE in says and "class_name" not in says
+
+
 # -- replicas on a local Ray cluster -----------------------------------------------------------------------------
 
 
@@ -190,6 +210,9 @@ class Served:
     def post(self, route: str, body: dict[str, Any]) -> httpx.Response:
         self.sent[0] += 1
         return httpx.post(self.url + route, json={"model": self.model, **body}, headers=AUTH, timeout=TIMEOUT)
+
+    def said(self, text: str) -> bool:
+        return text in self.log.read_text(errors="replace")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -231,21 +254,21 @@ def served(cluster: str, saved_tiny_model: Path, tmp_path_factory: pytest.TempPa
     """``pastac serve --ray CLUSTER --replicas 2`` on 127.0.0.1 at a free port, ready to answer."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve-ray") / "serve.log"
-    argv = [sys.executable, "-m", "pastac", "serve", "--ray", cluster, "--replicas", "2", "--model"]
+    argv = [sys.executable, "-m", "pastac", "serve", "--ray", cluster, "--replicas", str(REPLICAS), "--model"]
     argv += [str(saved_tiny_model), *MODEL_OPTIONS, "--max-waiting", "0", "--api-key", KEY, "--port", str(port)]
     with log.open("wb") as sink:
-        process = subprocess.Popen([*argv, "-q"], stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     try:
         model, expected = answers_alone(saved_tiny_model)  # while the replicas start
         served = Served(process, f"http://127.0.0.1:{port}", log, expected, model)
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
+        # Serve's proxy answers as soon as one replica runs; the command says it serves once they all do
+        while not served.said("pastac: serving"):
             assert process.poll() is None, f"pastac serve --ray exited {process.returncode}:\n{served.output()}"
-            assert time.monotonic() < deadline, f"the replicas did not answer in time:\n{served.output()}"
-            with _refused_or_not_yet():
-                if httpx.get(served.url + "/v1/models", headers=AUTH, timeout=5).status_code == 200:
-                    break
+            assert time.monotonic() < deadline, f"the replicas did not start in time:\n{served.output()}"
             time.sleep(0.5)
+        # the proxy may route to the first replica alone for a moment more
+        assert len(each_replica(served.url, "/v1/models")) == REPLICAS, served.output()
         yield served
     finally:
         if process.poll() is None:
@@ -257,14 +280,18 @@ def served(cluster: str, saved_tiny_model: Path, tmp_path_factory: pytest.TempPa
                 process.wait(TIMEOUT)
 
 
-class _refused_or_not_yet:
-    """Swallow the errors of a server not listening yet."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, httpx.TransportError)
+def each_replica(url: str, route: str, *, within: float = TIMEOUT) -> dict[str, httpx.Response]:
+    """The latest answer of every replica to GET ``route`` through Serve's proxy, asked until each of the
+    ``REPLICAS`` answered or ``within`` seconds passed.  The proxy routes each request to one replica, by the
+    queue lengths it last heard of, which it keeps for ten seconds: a run of requests can all reach one."""
+    seen: dict[str, httpx.Response] = {}
+    deadline = time.monotonic() + within
+    while len(seen) < REPLICAS and time.monotonic() < deadline:
+        response = httpx.get(url + route, headers=AUTH, timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        seen[response.headers[REPLICA_HEADER]] = response
+        time.sleep(0.1)
+    return seen
 
 
 def events(response: httpx.Response) -> list[dict[str, Any]]:
@@ -296,22 +323,17 @@ def same_answer(got: httpx.Response, expected: httpx.Response, body: dict[str, A
         assert chunks[-1]["usage"] == want["usage"]
 
 
-def per_replica(url: str, replicas: int, tries: int = 60) -> dict[str, dict[str, float]]:
-    """Each replica's figures from ``/metrics`` (one replica answers each scrape), until ``replicas`` answered."""
-    seen: dict[str, dict[str, float]] = {}
-    for _ in range(tries):
-        response = httpx.get(url + "/metrics", timeout=TIMEOUT)
-        assert response.status_code == 200
-        figures = {
+def per_replica(url: str) -> dict[str, dict[str, float]]:
+    """Each replica's figures from ``/metrics`` (one replica answers each scrape)."""
+    return {
+        replica: {
             sample.name: sample.value
             for family in text_string_to_metric_families(response.text)
             for sample in family.samples
             if sample.name.startswith("pastac_")
         }
-        seen[response.headers[REPLICA_HEADER]] = figures
-        if len(seen) == replicas:
-            break
-    return seen
+        for replica, response in each_replica(url, "/metrics").items()
+    }
 
 
 @pytest.mark.ray
@@ -330,9 +352,9 @@ def test_two_replicas_answer_concurrent_requests_as_one_process_does(served):
     for reply, expected, (_route, body) in zip(replies, served.expected, REQUESTS, strict=True):
         same_answer(reply, expected, body)
     replicas = {reply.headers[REPLICA_HEADER] for reply in replies}
-    assert len(replicas) == 2, f"one replica served every request: {replicas}"
+    assert len(replicas) == REPLICAS, f"one replica served every request: {replicas}"
 
-    figures = per_replica(served.url, replicas=2)
+    figures = per_replica(served.url)
     assert set(figures) == replicas
     finished = {replica: f["pastac_requests_finished_total"] for replica, f in figures.items()}
     assert all(count >= 1 for count in finished.values()), finished
@@ -366,3 +388,40 @@ def test_sigterm_deletes_the_replicas_and_exits_zero(served):
     with pytest.raises(httpx.TransportError):
         httpx.get(served.url + "/health", timeout=5)
     assert ray.is_initialized() and ray.cluster_resources().get("CPU", 0) >= 2
+
+
+def serve_actors() -> list[str]:
+    """The names of Serve's actors on the cluster (its controller, proxy and replicas), asked of Ray rather than of
+    Serve, whose client in this process would go on using a controller that another process shut down."""
+    import ray
+
+    return [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if actor["namespace"] == "serve"]
+
+
+@pytest.mark.ray
+def test_sigterm_while_the_replicas_start_deletes_them_and_is_an_interruption(cluster, saved_tiny_model, tmp_path):
+    """SIGTERM before the replicas all run (here one cannot be placed: each asks for all the cluster's CPUs): the
+    command deletes what it started, shuts Serve down and exits 130: neither 0 (it never served) nor killed by
+    Ray's own handlers (exit status 1, or SIGABRT three seconds after the signal)."""
+    log = tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "pastac", "serve", "--ray", cluster, "--model", str(saved_tiny_model), "--no-adapter"]
+    argv += ["--replicas", "2", "--cpus-per-replica", "2", "--port", str(free_port()), "-q"]
+    assert not serve_actors()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not any("pastac" in name for name in serve_actors()):  # no replica yet
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.5)
+        time.sleep(2.0)  # well into starting the replicas
+        assert process.poll() is None, log.read_text(errors="replace")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 130, log.read_text(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+    assert "pastac: interrupted" in log.read_text(errors="replace")
+    assert not serve_actors()

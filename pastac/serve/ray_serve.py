@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.exceptions import RayError
 
 from pastac.cli.common import EXIT_OK, UsageError
 from pastac.cli.options import LOCAL_RAY
@@ -30,6 +31,7 @@ from pastac.scale import unreachable
 APP_NAME = "pastac"  # the Serve application (and deployment) this command runs
 REPLICA_HEADER = "x-pastac-replica"
 SHUTDOWN_MARGIN = 10.0  # seconds a replica's shutdown gets beyond --drain-timeout
+PROXY_READY_VARIABLE = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"  # how long Serve waits for its proxy, each try
 
 #: what a replica reads of the command line: the model's options (``load_engine``'s), the engine's and the app's
 REPLICA_OPTIONS = (
@@ -181,7 +183,14 @@ class Deployed:
 
     def start(self) -> Deployed:
         """Deploy the replicas and wait until they all serve; ``UsageError`` if they cannot start."""
-        serve.start(http_options={"host": self.args.host, "port": self.args.port})
+        try:
+            serve.start(http_options={"host": self.args.host, "port": self.args.port})
+        except RayError as error:  # the proxy's actor did not come up, e.g. not ready in time, three times over
+            why = str(error).strip().splitlines()[0]
+            raise UsageError(
+                f"Serve's HTTP proxy did not start on {self.args.host}:{self.args.port}: {why} (on a busy machine, "
+                f"{PROXY_READY_VARIABLE}=SECONDS where the Ray cluster starts gives it longer than five seconds)"
+            ) from None
         if APP_NAME in serve.status().applications:
             raise UsageError(
                 f"Serve on this Ray cluster already runs an application named {APP_NAME!r} (another pastac serve?)"
@@ -228,22 +237,25 @@ def _deployment_message() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Serve on Ray until Ctrl-C or SIGTERM: connect to the cluster at ``args.ray`` (``local``: start one), run
-    the replicas, wait, then delete them and disconnect (stopping the local cluster)."""
+    the replicas, wait, then delete them and disconnect (stopping the local cluster).  A signal while the replicas
+    start deletes them and is an interruption (``KeyboardInterrupt``: exit status 130)."""
     local = args.ray == LOCAL_RAY  # a new local cluster, which this command starts and stops
     _check_reachable(args.ray)
     try:
         ray.init(address=args.ray, logging_level=logging.WARNING if args.quiet else logging.INFO)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UsageError(f"--ray {args.ray}: cannot reach the Ray cluster: {error}") from None
-    try:
-        with Deployed(args, shutdown_serve=local) as deployed:
-            if not args.quiet:
-                print(f"pastac: serving {_what(args, deployed, f'{deployed.url}/v1')}", file=sys.stderr)
-            _wait_for_a_signal()
-            if not args.quiet:
-                print("pastac: shutting down: the replicas finish their requests", file=sys.stderr)
-    finally:
-        ray.shutdown()
+    with _Signals() as signals:  # after ray.init, whose own handlers these replace
+        try:
+            with Deployed(args, shutdown_serve=local) as deployed:
+                signals.serving()
+                if not args.quiet:
+                    print(f"pastac: serving {_what(args, deployed, f'{deployed.url}/v1')}", file=sys.stderr)
+                signals.wait()
+                if not args.quiet:
+                    print("pastac: shutting down: the replicas finish their requests", file=sys.stderr)
+        finally:
+            ray.shutdown()
     return EXIT_OK
 
 
@@ -268,16 +280,43 @@ def _what(args: argparse.Namespace, deployed: Deployed, url: str) -> str:
     return f"{about['model']} on {url} through Ray Serve: {replicas}, {each} and {about['kv_slots']:,} KV slots"
 
 
-def _wait_for_a_signal() -> None:
-    """Block until SIGINT (Ctrl-C) or SIGTERM; the handlers before are put back after."""
-    stop = threading.Event()
-    before = {number: signal.signal(number, lambda _signal, _frame: stop.set()) for number in _SIGNALS}
-    try:
-        while not stop.wait(0.5):
+class _Signals:
+    """SIGINT (Ctrl-C) and SIGTERM for the command's whole life on Ray, from ``ray.init`` on; the handlers before
+    are put back at the end.
+
+    ``ray.init`` installs handlers of its own for SIGTERM: one in Python that exits with status 1, and one in C++
+    that aborts the process (SIGABRT) if it is still running three seconds after the signal, which deleting the
+    replicas and disconnecting takes longer than.  These replace both.  While the replicas start, the first signal
+    raises ``KeyboardInterrupt`` where the command is (``Deployed.start`` deletes what it started); once they
+    serve (``serving``), a signal ends ``wait``.  Later signals change nothing: the shutdown under way goes on."""
+
+    _NUMBERS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._serving = False
+        self._before: dict[int, Any] = {}
+
+    def _handle(self, _number: int, _frame: object) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if not self._serving:
+            raise KeyboardInterrupt
+
+    def serving(self) -> None:
+        """From now on a signal ends ``wait`` instead of interrupting."""
+        self._serving = True
+
+    def wait(self) -> None:
+        """Block until a signal (or return at once if one came already)."""
+        while not self._stop.wait(0.5):
             pass
-    finally:
-        for number, handler in before.items():
+
+    def __enter__(self) -> _Signals:
+        self._before = {number: signal.signal(number, self._handle) for number in self._NUMBERS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._before.items():
             signal.signal(number, handler)
-
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
