@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -253,10 +253,13 @@ class Item:
     targets: int  # labelled positions
 
 
+_Usable = TypeVar("_Usable", "Item", "Pair")
+
+
 @dataclass
-class _Read:
-    """What reading a JSONL file of training records keeps besides its items: how to encode them (the tokenizer
-    and the layout's settings) and what was left out."""
+class _Read(Generic[_Usable]):
+    """What reading a JSONL file of training records keeps: its usable items (each with its ``length`` and
+    ``targets``), how to encode them (the tokenizer and the layout's settings) and what was left out."""
 
     tokenizer: Any = field(repr=False)
     positions: PositionOptions
@@ -266,6 +269,20 @@ class _Read:
     invalid: int = 0  # bad JSON, missing fields, or a response the strict checker rejects
     too_long: int = 0  # longer than max_length tokens, or positions past the model's
     problems: list[str] = field(default_factory=list)  # the first few reasons, for the log
+    items: list[_Usable] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def tokens(self) -> int:
+        """The tokens of all usable items (both answers of a pair)."""
+        return sum(i.length for i in self.items)
+
+    @property
+    def targets(self) -> int:
+        """The labelled positions of all usable items (a pair's chosen answer's)."""
+        return sum(i.targets for i in self.items)
 
     def note(self, line: int, message: str) -> None:
         """Keep why the record on ``line`` was left out, for the log (the first 20 reasons only)."""
@@ -279,13 +296,8 @@ class _Read:
 
 
 @dataclass
-class Dataset(_Read):
+class Dataset(_Read[Item]):
     """The usable records of a JSONL file, how to encode them, and what was left out."""
-
-    items: list[Item] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def example(self, index: int) -> Example:
         """Example ``index`` encoded."""
@@ -295,16 +307,6 @@ class Dataset(_Read):
     def forks(self, index: int) -> bool:
         """Whether example ``index`` makes a promise (a nested one always sits inside a top-level one's part)."""
         return any(isinstance(node, Promise) for node in self.items[index].document.body)
-
-    @property
-    def tokens(self) -> int:
-        """The tokens of all usable examples."""
-        return sum(i.length for i in self.items)
-
-    @property
-    def targets(self) -> int:
-        """The labelled positions of all usable examples."""
-        return sum(i.targets for i in self.items)
 
 
 def _usable(
@@ -413,14 +415,9 @@ class Pair:
 
 
 @dataclass
-class Pairs(_Read):
+class Pairs(_Read[Pair]):
     """The usable pairs of a JSONL file of preference pairs (``PAIR_FIELDS``), as ``Dataset`` holds examples:
     a batch of pairs is the chosen and the rejected answer of each, in that order, row after row."""
-
-    items: list[Pair] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def examples(self, index: int) -> tuple[Example, Example]:
         """Pair ``index``'s chosen and rejected examples."""
@@ -435,16 +432,6 @@ class Pairs(_Read):
     def forks(self, index: int) -> bool:
         """Whether pair ``index``'s chosen answer makes a promise."""
         return any(isinstance(node, Promise) for node in self.items[index].chosen.document.body)
-
-    @property
-    def tokens(self) -> int:
-        """The tokens of all usable pairs, both answers."""
-        return sum(p.length for p in self.items)
-
-    @property
-    def targets(self) -> int:
-        """The labelled positions of the chosen answers."""
-        return sum(p.targets for p in self.items)
 
 
 def load_pairs(
